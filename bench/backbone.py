@@ -1,0 +1,350 @@
+"""One object over a Stable-Diffusion-shaped pipeline's parts; methods and samplers talk only to it.
+
+A `Backbone` holds a diffusers `UNet2DConditionModel`, an `AutoencoderKL`, a transformers
+`CLIPTextModel` + `CLIPTokenizer` and the DDIM noise schedule. The toy pipeline and SD 1.5 are the
+same class with other weights (`Backbone.from_pretrained(dir_or_hub_id)`).
+
+Notation (as in DDIM, Song et al. 2021): ᾱ_t = `alphas_cumprod[t]`, a_t = √ᾱ_t, s_t = √(1 − ᾱ_t),
+x_t = a_t x_0 + s_t ε. The UNet may predict ε (`epsilon`), v = a_t ε − s_t x_0 (`v_prediction`,
+Salimans & Ho 2022; SD 2.x) or x_0 (`sample`); `eps()` always returns ε, converted with
+
+    ε = s_t x_t + a_t v        (v-prediction; no division, stable at every t)
+    ε = (x_t − a_t x̂_0) / s_t  (x0-prediction)
+
+so every method and sampler works in ε-space whatever the model's parametrisation.
+
+`alphas_cumprod` is diffusers' table promoted to float64: the same numbers diffusers uses, with all
+further coefficient arithmetic in float64. Level t = −1 stands for the clean end of the chain
+(`final_alpha_cumprod`: 1, or ᾱ_0 when `set_alpha_to_one=False`, as in SD).
+
+Every UNet call goes through `model_output`, which counts NFE: one per latent in the batch, and a
+call made with gradients enabled on trainable weights is also charged 2 per latent for its backward.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a batch: per-token embeddings and, for SDXL-shaped UNets, the extra
+    `added_cond_kwargs` (pooled text embeddings, micro-conditioning time ids)."""
+
+    embeds: torch.Tensor  # (B, L, D)
+    added: dict[str, torch.Tensor] | None = None  # name -> (B, ...)
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def map(self, fn) -> Conditioning:
+        added = None if self.added is None else {k: fn(v) for k, v in self.added.items()}
+        return Conditioning(fn(self.embeds), added)
+
+    def __getitem__(self, index) -> Conditioning:
+        return self.map(lambda t: t[index])
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        return self.map(lambda t: t.to(*args, **kwargs))
+
+    @staticmethod
+    def cat(items: list[Conditioning]) -> Conditioning:
+        added = None
+        if items[0].added is not None:
+            added = {k: torch.cat([c.added[k] for c in items]) for k in items[0].added}
+        return Conditioning(torch.cat([c.embeds for c in items]), added)
+
+    def where(self, mask: torch.Tensor, other: Conditioning) -> Conditioning:
+        """Per-sample choice: `other` where mask (B,) is True, else self (prompt dropout)."""
+
+        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.where(mask.view(-1, *([1] * (a.ndim - 1))), b, a)
+
+        added = None if self.added is None else {k: pick(v, other.added[k]) for k, v in self.added.items()}
+        return Conditioning(pick(self.embeds, other.embeds), added)
+
+
+@dataclass
+class NFECounter:
+    """UNet evaluations of one latent. `total` charges a backward pass as 2 forwards."""
+
+    forward: int = 0
+    grad_forward: int = 0  # forwards made with gradients on trainable weights (each implies a backward)
+
+    @property
+    def total(self) -> int:
+        return self.forward + 2 * self.grad_forward
+
+    def reset(self) -> None:
+        self.forward = self.grad_forward = 0
+
+
+class BackboneLoadError(RuntimeError):
+    """A pipeline that cannot be loaded (missing files, offline hub, mismatched tokenizer)."""
+
+
+class Backbone:
+    """UNet + VAE + text encoder + tokenizer + DDIM schedule behind one small interface."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler: DDIMScheduler,
+        *,
+        source: str = "",
+        counter: NFECounter | None = None,
+    ):
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.scheduler = scheduler
+        self.source = source
+        self.nfe = counter if counter is not None else NFECounter()
+        max_len = getattr(text_encoder.config, "max_position_embeddings", tokenizer.model_max_length)
+        self.max_prompt_tokens = min(tokenizer.model_max_length, max_len)
+        if len(tokenizer) != text_encoder.config.vocab_size:
+            raise BackboneLoadError(
+                f"tokenizer has {len(tokenizer)} tokens but the text encoder expects {text_encoder.config.vocab_size}"
+                " (an offline CLIPTokenizer.from_pretrained without its files returns a 2-token tokenizer)"
+            )
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)  # (T,)
+        self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
+        self._null: Conditioning | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> Backbone:
+        """Load a diffusers-format SD-1.5-shaped pipeline from a local directory or a hub id.
+
+        A directory without a `tokenizer/` folder gets the CLIP BPE tokenizer built from open_clip's
+        vocabulary (the toy pipeline ships that way: no third-party files in the repo).
+        """
+        source = str(path_or_id)
+        local = Path(source).is_dir()
+        if not local and os.path.exists(source):
+            raise BackboneLoadError(f"pipeline path {source!r} is not a directory")
+        if not local and (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1):
+            raise BackboneLoadError(f"pipeline directory {source!r} does not exist")
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+            scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
+        except (OSError, ValueError) as err:
+            where = "local directory" if local else "hub id"
+            offline = " (HF_HUB_OFFLINE=1: only the local cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise BackboneLoadError(
+                f"cannot load pipeline from {where} {source!r}{offline}: {str(err).splitlines()[0]}. "
+                "Pass a local diffusers-format directory, or fetch it first with `huggingface-cli download <id>`."
+            ) from err
+        if local and not (Path(source) / "tokenizer").is_dir():
+            from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+
+            if text_encoder.config.vocab_size != CLIP_VOCAB_SIZE:
+                raise BackboneLoadError(f"{source} has no tokenizer/ and its text encoder is not CLIP-BPE sized")
+            tokenizer = clip_bpe_tokenizer(text_encoder.config.max_position_embeddings)
+        else:
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        for module in (unet, vae, text_encoder):
+            module.requires_grad_(False).eval().to(device)
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, source=source)
+
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                        include_tokenizer: bool = True) -> None:
+        """Write a diffusers-format directory. Without the tokenizer, `from_pretrained` rebuilds the
+        CLIP BPE tokenizer from open_clip's vocabulary (so no third-party files are written)."""
+        for name, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+            saved = module
+            if dtype is not None:  # nn.Module.to: diffusers' override warns about fp32-pinned modules it has none of
+                saved = torch.nn.Module.to(copy.deepcopy(module), dtype)
+            saved.save_pretrained(Path(path) / name, safe_serialization=True)
+        self.scheduler.save_pretrained(Path(path) / "scheduler")
+        if include_tokenizer:
+            self.tokenizer.save_pretrained(Path(path) / "tokenizer")
+        index = {
+            "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+            "unet": ["diffusers", type(self.unet).__name__], "vae": ["diffusers", type(self.vae).__name__],
+            "text_encoder": ["transformers", type(self.text_encoder).__name__],
+            "tokenizer": ["transformers", type(self.tokenizer).__name__] if include_tokenizer else [None, None],
+            "scheduler": ["diffusers", type(self.scheduler).__name__], "safety_checker": [None, None],
+            "feature_extractor": [None, None], "requires_safety_checker": False,
+        }
+        (Path(path) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ views and properties
+    def with_unet(self, unet: torch.nn.Module) -> Backbone:
+        """A view sharing everything (encoders, schedule, NFE counter) but the denoiser."""
+        view = copy.copy(self)
+        view.unet = unet
+        return view
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vae.config.sample_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.unet.config.in_channels, self.image_size // factor, self.image_size // factor)
+
+    def fingerprint(self, part: str) -> str:
+        """sha256 over the weights of `unet`, `vae` or `text_encoder` (keys caches of derived data)."""
+        cache = self.__dict__.setdefault("_fingerprints", {})
+        if part not in cache:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(getattr(self, part).state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            cache[part] = digest.hexdigest()[:16]
+        return cache[part]
+
+    # ------------------------------------------------------------------ schedule
+    def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
+        """ᾱ at integer levels t (float64); t < 0 is the clean end (`final_alpha_cumprod`)."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        table = self.alphas_cumprod
+        clean = torch.tensor(self.final_alpha_cumprod, dtype=torch.float64)
+        return torch.where(t >= 0, table[t.clamp(min=0)], clean)
+
+    def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, s_t) shaped to broadcast against `like` (B, C, H, W), in its dtype and device."""
+        abar = self.alpha_bar(t).view(-1, *([1] * (like.ndim - 1)))
+        return abar.sqrt().to(like), (1 - abar).sqrt().to(like)
+
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The DDIM sampling timesteps for `num_steps` steps, descending (981, 961, ..., 1 for 50 on SD)."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(num_steps)
+        return scheduler.timesteps.to(torch.long)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = a_t x0 + s_t ε, per-sample t (B,)."""
+        a, s = self.coefficients(t, x0)
+        return a * x0 + s * noise
+
+    # ------------------------------------------------------------------ text and images
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """Per-token text embeddings, (B, L, D), L the text encoder's context length."""
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_prompt_tokens,
+                             truncation=True, return_tensors="pt").input_ids
+        device = next(self.text_encoder.parameters()).device
+        embeds = self.text_encoder(ids.to(device)).last_hidden_state
+        return Conditioning(embeds.to(self.dtype))
+
+    def null_conditioning(self, batch: int) -> Conditioning:
+        """The empty prompt's conditioning, repeated to `batch` (unconditional branch of CFG)."""
+        if self._null is None:
+            self._null = self.encode_prompts([""])
+        return self._null.map(lambda t: t.expand(batch, *t.shape[1:]))
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None,
+                      batch_size: int = 64) -> torch.Tensor:
+        """Images (B, 3, H, W) float RGB in [0, 1] -> scaled latents (B, C, h, w).
+
+        Uses the posterior mean unless a generator is given, in which case it samples
+        `latent_dist` as the Diffusion-DPO training script does.
+        """
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"images must be (B, 3, {self.image_size}, {self.image_size}) for this model, got {tuple(images.shape)}"
+            )
+        vae_dtype = next(self.vae.parameters()).dtype
+        out = []
+        for chunk in images.split(batch_size):
+            dist = self.vae.encode(chunk.to(self.device, vae_dtype) * 2 - 1).latent_dist
+            latents = dist.sample(generator=generator) if generator is not None else dist.mode()
+            out.append(latents * self.vae.config.scaling_factor)
+        return torch.cat(out).to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, H, W) float RGB in [0, 1]."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        out = []
+        for chunk in latents.split(batch_size):
+            pixels = self.vae.decode(chunk.to(vae_dtype) / self.vae.config.scaling_factor).sample
+            out.append(((pixels.float() + 1) / 2).clamp(0, 1))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ denoiser
+    def _as_batch_timesteps(self, t: torch.Tensor | int, batch: int) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.long, device=self.device)
+        return t.expand(batch) if t.ndim == 0 else t
+
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning) -> torch.Tensor:
+        """The UNet's raw prediction (its own parametrisation), counted in `nfe`."""
+        batch = x_t.shape[0]
+        self.nfe.forward += batch
+        if torch.is_grad_enabled() and next(self.unet.parameters()).requires_grad:
+            self.nfe.grad_forward += batch
+        return self.unet(x_t, self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
+                         added_cond_kwargs=cond.added).sample
+
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Convert a raw model output to ε (see the module docstring)."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return output
+        a, s = self.coefficients(self._as_batch_timesteps(t, x_t.shape[0]).cpu(), x_t)
+        if kind == "v_prediction":
+            return s * x_t + a * output
+        if kind == "sample":
+            return (x_t - a * output) / s
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning, guidance: float = 1.0,
+            uncond: Conditioning | None = None) -> torch.Tensor:
+        """ε̂(x_t, t, c), with classifier-free guidance ε_u + w (ε_c − ε_u) when w ≠ 1.
+
+        At w = 1 only the conditional branch is evaluated (B NFE); otherwise both branches run in
+        one batched UNet call (2B NFE). `uncond` defaults to the empty prompt.
+        """
+        batch = x_t.shape[0]
+        t = self._as_batch_timesteps(t, batch)
+        if guidance == 1.0:
+            return self.to_eps(self.model_output(x_t, t, cond), x_t, t)
+        uncond = uncond if uncond is not None else self.null_conditioning(batch)
+        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+        eps_u, eps_c = self.to_eps(self.model_output(x2, t2, Conditioning.cat([uncond, cond])), x2, t2).chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    def to(self, device: str | torch.device) -> Backbone:
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device)
+        self._null = None
+        return self

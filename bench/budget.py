@@ -1,0 +1,112 @@
+"""Compute budgets and the meter that enforces them.
+
+A budget is a limit in one unit:
+
+- `steps`   optimizer steps;
+- `samples` training images consumed (a preference pair is two images);
+- `nfe`     UNet evaluations of one latent, counted by the Backbone; a backward pass counts as 2,
+            so a forward+backward on a batch of B latents costs 3B and a frozen reference forward B;
+- `seconds` wall-clock seconds spent in training steps (evaluation excluded).
+
+`Budget.parse` reads `2e5nfe`, `90s`, `400steps`, `1e4samples`. The meter records all four units
+whatever the limit's unit, so a run records what it used in every unit.
+
+Stopping rule: before a step, the meter predicts the step's cost as the largest cost seen so far
+(or the method's declared worst case before the first step) and stops if it would cross the limit.
+For steps, samples and nfe this keeps `used <= limit`; for seconds it is a prediction, so a run can
+overshoot by the variation of one step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+UNITS = ("steps", "samples", "nfe", "seconds")
+_ALIASES = {"step": "steps", "steps": "steps", "sample": "samples", "samples": "samples", "nfe": "nfe",
+            "s": "seconds", "sec": "seconds", "secs": "seconds", "seconds": "seconds", "min": "minutes",
+            "m": "minutes"}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]+)\s*$")
+
+
+class BudgetError(ValueError):
+    """A budget string that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    unit: str
+    limit: float
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise BudgetError(f"budget unit {self.unit!r} is not one of {', '.join(UNITS)}")
+        if not self.limit > 0:
+            raise BudgetError(f"budget limit must be positive, got {self.limit}")
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """`2e5nfe`, `90s`, `1.5min`, `400steps`, `1e4samples` -> Budget."""
+        match = _PATTERN.match(str(text))
+        if not match or match.group(2).lower() not in _ALIASES:
+            raise BudgetError(
+                f"cannot parse budget {text!r}: expected a number and a unit, e.g. 2e5nfe, 90s, 400steps, 1e4samples"
+            )
+        value, unit = float(match.group(1)), _ALIASES[match.group(2).lower()]
+        if unit == "minutes":
+            value, unit = value * 60, "seconds"
+        return cls(unit, value)
+
+    def __str__(self) -> str:
+        suffix = {"steps": "steps", "samples": "samples", "nfe": "nfe", "seconds": "s"}[self.unit]
+        return f"{self.limit:g}{suffix}"
+
+
+@dataclass
+class Usage:
+    steps: int = 0
+    samples: int = 0
+    nfe: int = 0
+    seconds: float = 0.0
+
+    def get(self, unit: str) -> float:
+        return getattr(self, unit)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(*(a - b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
+
+@dataclass
+class BudgetMeter:
+    """Accumulates usage and decides whether the next step fits in the budget."""
+
+    budget: Budget
+    used: Usage = field(default_factory=Usage)
+    max_step_cost: float = 0.0  # largest cost of one step so far, in the budget's unit
+
+    def fits(self, declared_step_cost: float) -> bool:
+        """Whether a step predicted to cost max(seen, declared) still fits under the limit."""
+        predicted = self.max_step_cost if self.max_step_cost > 0 else declared_step_cost
+        return self.used.get(self.budget.unit) + predicted <= self.budget.limit
+
+    def add(self, step: Usage) -> None:
+        self.used = self.used + step
+        self.max_step_cost = max(self.max_step_cost, step.get(self.budget.unit))
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.used.get(self.budget.unit) / self.budget.limit)
+
+    def state_dict(self) -> dict:
+        return {"used": asdict(self.used), "max_step_cost": self.max_step_cost}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.used = Usage(**state["used"])
+        self.max_step_cost = state["max_step_cost"]
+
+    def summary(self) -> dict:
+        return {"unit": self.budget.unit, "limit": self.budget.limit, "used": self.used.get(self.budget.unit),
+                "seconds": self.used.seconds, "usage": asdict(self.used)}

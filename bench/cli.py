@@ -1,0 +1,173 @@
+"""The `bench` command line: a thin layer over the harness (no logic of its own).
+
+Errors a user can fix (unknown names, bad budgets or arguments, missing files or weights) print one
+line naming the problem and exit with code 2, before any work starts where they can be detected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="diffusion-align-bench: compare diffusion alignment methods under one compute budget.")
+toy_app = typer.Typer(no_args_is_help=True, help="The toy world: build its pipeline and preference data.")
+app.add_typer(toy_app, name="toy")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bench.backbone import BackboneLoadError
+    from bench.budget import BudgetError
+    from bench.config import OverrideError
+    from bench.data import DataError
+    from bench.records import RecordError
+    from bench.registry import UnknownNameError
+    from bench.run import RunSetupError
+    from metrics.base import MissingWeightsError
+
+    return (BackboneLoadError, BudgetError, OverrideError, DataError, RecordError, UnknownNameError, RunSetupError,
+            MissingWeightsError)
+
+
+def _split(csv: str) -> list[str]:
+    return [item.strip() for item in csv.split(",") if item.strip()]
+
+
+@app.command()
+def run(
+    methods: str = typer.Option("dpo,inpo,kto", "--methods", "-m", help="comma-separated method names (see `bench list`)"),
+    suite: str = typer.Option("toy", help="suite to run (see `bench list`)"),
+    budget: str = typer.Option(None, help="compute budget per method, e.g. 4e4nfe, 90s, 400steps (default: the suite's)"),
+    seeds: str = typer.Option("0", help="comma-separated training seeds"),
+    method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim"),
+    run_dir: Path = typer.Option(None, help="where records go (default: runs/<suite>-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir (skip finished methods)"),
+    json_path: Path = typer.Option(None, "--json", help="also write a summary JSON here"),
+    pipeline: str = typer.Option(None, help="override the suite's pipeline (local diffusers directory or hub id)"),
+    data: str = typer.Option(None, help="override the suite's preference data (Pick-a-Pic v2 schema)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Train each method under the same budget, evaluate against the base model, write run records."""
+    _quiet_libraries()
+    from bench.budget import Budget
+    from bench.records import write_json_atomic
+    from bench.report import runs_table, write_tables
+    from bench.run import execute, parse_method_args, plan_run, summary
+    from bench.suites import get_suite
+
+    try:
+        the_suite = get_suite(suite)
+        try:
+            seed_list = [int(s) for s in _split(seeds)]
+        except ValueError:
+            _fail(f"--seeds {seeds!r}: expected comma-separated integers")
+        if run_dir is None and resume:
+            _fail("--resume needs --run-dir")
+        target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        plan = plan_run(the_suite, _split(methods), budget=Budget.parse(budget) if budget else None, seeds=seed_list,
+                        method_args=parse_method_args(method_arg), run_dir=target, resume=resume,
+                        progress=not quiet, pipeline=pipeline, preference_data=data)
+        console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget {plan.budget} per method; "
+                      f"records in {plan.run_dir}", highlight=False)
+
+        def announce(path: Path, record: dict) -> None:
+            metric = the_suite.primary_metric
+            stat = record["metrics"][metric]
+            console.print(f"  {record['method']:>6}  {metric} {stat['mean']:.3f} "
+                          f"[{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]  -> {path}", highlight=False)
+
+        paths = execute(plan, on_record=announce)
+    except _user_errors() as err:
+        _fail(str(err))
+    from bench.records import read_record
+
+    records = [read_record(p) for p in paths]
+    df = runs_table(records, the_suite.primary_metric)
+    write_tables(df, plan.run_dir)
+    table = Table(title=f"{suite}: {the_suite.primary_metric}, budget {plan.budget} per method")
+    for column in df.columns:
+        table.add_column(column)
+    for row in df.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
+    if json_path is not None:
+        write_json_atomic(json_path, summary(plan, paths))
+        console.print(f"summary written to {json_path}")
+
+
+@app.command("list")
+def list_registry() -> None:
+    """List the registered alignment methods, inversion samplers, metrics and suites."""
+    from bench.suites import SUITES
+    from methods.alignment import METHODS
+    from methods.inversion import SAMPLERS
+    from metrics import SCORERS
+
+    for title, registry in (("methods", METHODS), ("samplers", SAMPLERS), ("metrics", SCORERS), ("suites", SUITES)):
+        table = Table(title=title, show_header=False, title_justify="left")
+        for name, obj in registry.items():
+            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip()
+            table.add_row(name, " ".join(doc.split("\n\n")[0].split()))
+        console.print(table)
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Path = typer.Option(None, help="output directory (default: the cache's toy/ directory)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
+    _quiet_libraries()
+    from bench.cache import cache_dir
+    from bench.toy.build import build_toy
+
+    target = out or cache_dir() / "toy"
+    report = build_toy(target, progress=not quiet)
+    console.print(json.dumps(report, indent=1))
+    console.print(f"toy build written to {target}; use it with BENCH_TOY_DIR={target} bench run ...")
+
+
+def main() -> None:
+    import torch
+
+    # Denormal floats make CPU kernels 10-100x slower (seen here with lightly trained toy weights).
+    torch.set_flush_denormal(True)
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted; resume with `bench run --resume --run-dir DIR`")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Preference data in the Pick-a-Pic v2 schema, and its encoded (cached) training tensors.
+
+Pick-a-Pic v2 (Kirstain et al. 2023, `yuvalkirstain/pickapic_v2`) stores one comparison per row:
+`caption`, `jpg_0`, `jpg_1` (encoded image bytes), `label_0`, `label_1` (1/0, or 0.5/0.5 for a tie),
+`image_0_uid`, `image_1_uid`, ... The toy world writes the same schema (PNG bytes in `jpg_*`, which
+PIL decodes alike). As the Diffusion-DPO training script does, ties are dropped and the winner is
+put first.
+
+KTO's binary labels are derived as in Diffusion-KTO (Li et al. 2024): an image that was ever
+preferred is desirable, every other image undesirable.
+
+Encoding (VAE latents, posterior mean, no flips; text embeddings per unique caption) runs once and
+is cached under the cache directory, keyed by the dataset's and the encoders' fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from bench.backbone import Backbone, Conditioning
+from bench.cache import cache_dir
+
+log = logging.getLogger(__name__)
+
+PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+
+
+class DataError(ValueError):
+    """Preference data that cannot be found or does not have the Pick-a-Pic v2 schema."""
+
+
+def load_pickapic(source: str | os.PathLike, split: str = "train") -> datasets.Dataset:
+    """Pick-a-Pic-v2-schema data from a parquet file, a directory of parquet files, a
+    `save_to_disk` directory, or a hub dataset id (read from the local cache when offline)."""
+    path = Path(source)
+    try:
+        if path.is_file():
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        elif path.is_dir() and (path / "dataset_info.json").exists():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        elif path.is_dir():
+            files = sorted(str(p) for p in path.rglob("*.parquet") if split in p.name or split in p.parent.name)
+            files = files or sorted(str(p) for p in path.rglob("*.parquet"))
+            if not files:
+                raise DataError(f"no parquet files under {path}")
+            ds = datasets.load_dataset("parquet", data_files=files, split="train")
+        else:
+            ds = datasets.load_dataset(str(source), split=split)
+    except DataError:
+        raise
+    except Exception as err:  # datasets raises many types for a missing / offline dataset
+        raise DataError(
+            f"cannot load preference data {str(source)!r} (split {split!r}): {str(err).splitlines()[0]}. "
+            "Pass a local parquet file or directory in the Pick-a-Pic v2 schema, or a hub id that is in the cache."
+        ) from err
+    missing = [c for c in PICKAPIC_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{source}: missing Pick-a-Pic v2 columns {missing} (has {ds.column_names})")
+    return ds
+
+
+@dataclass
+class PreferencePairs:
+    """Decoded comparisons, winner first, ties dropped."""
+
+    captions: list[str]
+    winners: list[bytes]
+    losers: list[bytes]
+    winner_ids: list[str]
+    loser_ids: list[str]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def _image_id(row: dict, side: int) -> str:
+    uid = row.get(f"image_{side}_uid")
+    return str(uid) if uid else hashlib.sha1(row[f"jpg_{side}"]).hexdigest()
+
+
+def preference_pairs(ds: datasets.Dataset, max_pairs: int | None = None) -> PreferencePairs:
+    """Winner-first pairs from a Pick-a-Pic-schema dataset; ties (label_0 == label_1) are dropped."""
+    captions, winners, losers, win_ids, lose_ids = [], [], [], [], []
+    for row in ds:
+        if row["label_0"] == row["label_1"]:
+            continue  # a tie carries no preference
+        w = 0 if row["label_0"] > row["label_1"] else 1
+        captions.append(row["caption"])
+        winners.append(row[f"jpg_{w}"])
+        losers.append(row[f"jpg_{1 - w}"])
+        win_ids.append(_image_id(row, w))
+        lose_ids.append(_image_id(row, 1 - w))
+        if max_pairs is not None and len(captions) >= max_pairs:
+            break
+    if not captions:
+        raise DataError("the preference data has no non-tied pairs")
+    fingerprint = hashlib.sha256(f"{ds._fingerprint}:{max_pairs}".encode()).hexdigest()[:16]
+    return PreferencePairs(captions, winners, losers, win_ids, lose_ids, fingerprint)
+
+
+def decode_images(blobs: list[bytes], size: int) -> torch.Tensor:
+    """Encoded images -> (N, 3, size, size) float RGB in [0, 1] (shorter side resized, centre crop)."""
+    out = torch.empty(len(blobs), 3, size, size)
+    for i, blob in enumerate(blobs):
+        img = Image.open(io.BytesIO(blob)).convert("RGB")
+        if img.size != (size, size):
+            scale = size / min(img.size)
+            img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                             Image.BICUBIC)
+            left, top = (img.width - size) // 2, (img.height - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        out[i] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1) / 255
+    return out
+
+
+@dataclass
+class EncodedPreferences:
+    """Training tensors. Images are stored once; pairs and binary labels index into them."""
+
+    latents: torch.Tensor  # (M, C, h, w) unique images
+    image_ids: list[str]  # (M,) their uids
+    image_prompt: torch.Tensor  # (M,) index into `prompts`
+    prompts: list[str]
+    embeds: torch.Tensor  # (P, L, D) text embeddings of `prompts`
+    pair_winner: torch.Tensor  # (N,) index into latents
+    pair_loser: torch.Tensor  # (N,)
+    desirable: torch.Tensor  # (M,) bool: the image was preferred in at least one pair (Diffusion-KTO)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pair_winner)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.latents)
+
+    def conditioning(self, prompt_index: torch.Tensor) -> Conditioning:
+        return Conditioning(self.embeds[prompt_index])
+
+
+def encode_preferences(backbone: Backbone, pairs: PreferencePairs, *, use_cache: bool = True,
+                       batch_size: int = 64) -> EncodedPreferences:
+    """Encode images (VAE posterior mean) and captions once; cached on disk by fingerprint."""
+    key = hashlib.sha256(
+        f"{pairs.fingerprint}:{backbone.fingerprint('vae')}:{backbone.fingerprint('text_encoder')}:"
+        f"{backbone.image_size}:{backbone.dtype}".encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / "encoded" / f"{key}.safetensors"
+
+    ids = list(dict.fromkeys(pairs.winner_ids + pairs.loser_ids))  # unique, first-seen order
+    index = {uid: i for i, uid in enumerate(ids)}
+    prompts = list(dict.fromkeys(pairs.captions))
+    prompt_index = {p: i for i, p in enumerate(prompts)}
+    image_prompt = torch.empty(len(ids), dtype=torch.long)
+    blob_of: dict[str, bytes] = {}
+    for caption, w, l, wid, lid in zip(pairs.captions, pairs.winners, pairs.losers, pairs.winner_ids, pairs.loser_ids):
+        for uid, blob in ((wid, w), (lid, l)):
+            blob_of.setdefault(uid, blob)
+            image_prompt[index[uid]] = prompt_index[caption]
+    pair_winner = torch.tensor([index[u] for u in pairs.winner_ids])
+    pair_loser = torch.tensor([index[u] for u in pairs.loser_ids])
+    desirable = torch.zeros(len(ids), dtype=torch.bool)
+    desirable[pair_winner] = True
+
+    if use_cache and path.exists():
+        tensors = load_file(str(path))
+        latents, embeds = tensors["latents"], tensors["embeds"]
+    else:
+        latents = torch.cat([
+            backbone.encode_images(decode_images([blob_of[u] for u in ids[i:i + batch_size]], backbone.image_size))
+            for i in range(0, len(ids), batch_size)
+        ]).cpu()
+        embeds = torch.cat([backbone.encode_prompts(prompts[i:i + 256]).embeds for i in range(0, len(prompts), 256)]).cpu()
+        if use_cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file({"latents": latents.contiguous(), "embeds": embeds.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+    return EncodedPreferences(latents, ids, image_prompt, prompts, embeds, pair_winner, pair_loser, desirable)

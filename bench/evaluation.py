@@ -1,0 +1,81 @@
+"""Evaluation: fixed prompts x fixed seeds, identical for every method and the base model.
+
+Image i of the evaluation set is prompt `prompts[i // k]` with seed `eval.seed + i` (k images per
+prompt), sampled with DDIM (`bench.sampling`) and scored by every requested scorer. Aggregates are
+bootstrap means with 95% CIs; comparisons with the base model are paired over the same images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.backbone import Backbone
+from bench.config import EvalConfig
+from bench.sampling import generate
+from bench.stats import bootstrap_mean, paired_comparison
+from metrics.base import Scorer
+
+
+def evaluation_set(prompts: list[str], cfg: EvalConfig) -> tuple[list[str], list[int]]:
+    """(prompt per image, seed per image): each prompt `images_per_prompt` times, seeds seed + i."""
+    per_image = [p for p in prompts for _ in range(cfg.images_per_prompt)]
+    return per_image, [cfg.seed + i for i in range(len(per_image))]
+
+
+@dataclass
+class EvalResult:
+    prompts: list[str]
+    seeds: list[int]
+    scores: dict[str, list[float]]  # metric -> per-image score
+    components: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # metric -> term -> per image
+    seconds: float = 0.0
+    nfe: int = 0
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "seeds": self.seeds, "scores": self.scores, "components": self.components,
+                "seconds": self.seconds, "nfe": self.nfe}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalResult:
+        return cls(d["prompts"], d["seeds"], d["scores"], d.get("components", {}), d.get("seconds", 0.0), d.get("nfe", 0))
+
+
+def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: dict[str, Scorer], *,
+             progress: bool = False, desc: str = "eval") -> tuple[EvalResult, torch.Tensor]:
+    """Sample the evaluation set and score it; returns the result and the images (N, 3, H, W)."""
+    per_image, seeds = evaluation_set(prompts, cfg)
+    nfe_before, t0 = backbone.nfe.total, time.perf_counter()
+    images = generate(backbone, per_image, seeds, steps=cfg.steps, guidance=cfg.guidance,
+                      batch_size=cfg.batch_size, progress=progress, desc=desc)
+    scores, components = {}, {}
+    for name, scorer in scorers.items():
+        scores[name] = scorer.score(per_image, images).tolist()
+        terms = scorer.components(per_image, images)
+        if terms:
+            components[name] = {k: v.tolist() for k, v in terms.items()}
+    result = EvalResult(per_image, seeds, scores, components, time.perf_counter() - t0, backbone.nfe.total - nfe_before)
+    return result, images
+
+
+def aggregate(result: EvalResult, cfg: EvalConfig) -> dict[str, dict]:
+    """Per metric: bootstrap mean and 95% CI over images."""
+    return {name: bootstrap_mean(torch.tensor(values), resamples=cfg.bootstrap, seed=cfg.seed)
+            for name, values in result.scores.items()}
+
+
+def compare_to_base(result: EvalResult, base: EvalResult, scorers: dict[str, Scorer],
+                    cfg: EvalConfig) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(win rate vs base, mean change vs base) per metric, paired over the same prompts and seeds."""
+    if result.prompts != base.prompts or result.seeds != base.seeds:
+        raise ValueError("cannot compare with the base run: its evaluation prompts or seeds differ")
+    wins, deltas = {}, {}
+    for name, values in result.scores.items():
+        if name not in base.scores:
+            continue
+        wins[name], deltas[name] = paired_comparison(
+            torch.tensor(values), torch.tensor(base.scores[name]), higher_is_better=scorers[name].higher_is_better,
+            resamples=cfg.bootstrap, seed=cfg.seed)
+    return wins, deltas

@@ -1,0 +1,89 @@
+"""Run records: one versioned JSON per run, written atomically.
+
+A record holds everything needed to rebuild any table or figure: the full configuration, the budget
+limit and what was used, the training history, per-image scores with their prompts and seeds,
+aggregates with bootstrap CIs, the paired comparison with the base model, and the environment
+(git commit, package versions, hardware).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+SCHEMA_VERSION = 1
+PACKAGES = ("diffusion-align-bench", "torch", "diffusers", "transformers", "accelerate", "datasets",
+            "open_clip_torch", "safetensors", "numpy")
+
+
+class RecordError(ValueError):
+    """A run record that is missing, corrupt or of an unknown schema version."""
+
+
+def git_commit() -> dict:
+    """The commit of the checkout this package runs from, and whether it has local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "git": git_commit(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "hardware": {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads(), "cuda_devices": devices},
+    }
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
+    """Write JSON to a temporary file in the same directory, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecordError(f"run record {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(f"run record {path} is corrupt: {err}") from None
+    found = record.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise RecordError(f"run record {path} has schema version {found!r}; this version reads {SCHEMA_VERSION}")
+    return record

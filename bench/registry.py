@@ -1,0 +1,84 @@
+"""One small registry type for alignment methods, inversion samplers, scorers and suites.
+
+Registration is by decorator (`@METHODS.register("dpo")`) or by a third-party package through an
+entry point group (e.g. `[project.entry-points."diffusion_align_bench.methods"]`). A typo gets the
+nearest known name, as lm-evaluation-harness's registry does.
+
+This module sits at the bottom of the import graph (it imports nothing of the project), so that
+`methods/` and `metrics/` can use it without knowing the harness.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; the message lists the known names and the nearest one."""
+
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, known
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        super().__init__(f"unknown {kind} {name!r}{hint} Known {kind}s: {', '.join(known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class Registry(Generic[T]):
+    """Name -> object, with decorator registration, entry points and "did you mean" on a typo."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._entry_points_loaded = entry_point_group is None
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered to {self._items[name]!r}")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name not in self._items:
+                self._items[ep.name] = ep.load()
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._items)
+
+    def get(self, name: str) -> T:
+        self._load_entry_points()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
+    def check(self, names: list[str]) -> None:
+        """Raise UnknownNameError for the first unknown name, before any work starts."""
+        for name in names:
+            self.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(name, self._items[name]) for name in self.names()]

@@ -1,0 +1,260 @@
+"""`bench run`: train every requested method under the suite's budget, evaluate, write records.
+
+Flow: validate everything (methods, their arguments, budget, run directory) before any work; load
+the Backbone; evaluate the base model (cached: it never changes for a given pipeline, prompt set and
+evaluation config); encode the preference data once (cached); then per method and training seed:
+train with checkpoints, evaluate on the same prompts and seeds, compare with the base run, and
+write the run record atomically. `resume=True` skips runs whose record exists and continues a
+killed run from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.backbone import Backbone
+from bench.budget import Budget
+from bench.cache import cache_dir
+from bench.config import EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
+from bench.data import encode_preferences, load_pickapic, preference_pairs
+from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
+from bench.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
+from bench.suites import Suite
+from bench.trainer import Trainer, declared_step_cost
+from methods.alignment import METHODS, AlignmentMethod
+from metrics import SCORERS, Scorer
+
+log = logging.getLogger(__name__)
+
+
+class RunSetupError(ValueError):
+    """A run that cannot start: bad arguments or an unusable run directory (nothing is written)."""
+
+
+@dataclass
+class RunPlan:
+    suite: Suite
+    methods: dict[str, AlignmentMethod]
+    train_configs: dict[str, TrainConfig]
+    budget: Budget
+    seeds: list[int]
+    run_dir: Path
+    resume: bool = False
+    progress: bool = True
+    pipeline: str = ""
+    preference_data: str = ""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def config(self) -> dict:
+        """The full configuration, as stored in run.json and in every record."""
+        return {
+            "suite": self.suite.name,
+            "pipeline": self.pipeline,
+            "preference_data": self.preference_data,
+            "preference_split": self.suite.preference_split,
+            "max_pairs": self.suite.max_pairs,
+            "eval_prompts": list(self.suite.eval_prompts),
+            "metrics": list(self.suite.metrics),
+            "budget": {"unit": self.budget.unit, "limit": self.budget.limit},
+            "seeds": self.seeds,
+            "eval": as_dict(self.eval),
+            "methods": {name: {"config": as_dict(m.config), "train": as_dict(self.train_configs[name])}
+                        for name, m in self.methods.items()},
+        }
+
+
+def parse_method_args(items: list[str]) -> dict[str, dict[str, str]]:
+    """["inpo.inversion=bdia", "dpo.beta=2000"] -> {"inpo": {"inversion": "bdia"}, "dpo": {"beta": "2000"}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise RunSetupError(f"--method-arg {item!r}: expected METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim")
+        out.setdefault(method.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
+def plan_run(suite: Suite, method_names: list[str], *, budget: Budget | None = None, seeds: list[int] | None = None,
+             method_args: dict[str, dict[str, str]] | None = None, run_dir: Path, resume: bool = False,
+             progress: bool = True, pipeline: str | None = None, preference_data: str | None = None) -> RunPlan:
+    """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work."""
+    if not method_names:
+        raise RunSetupError("no methods given; e.g. --methods dpo,inpo,kto")
+    if len(set(method_names)) != len(method_names):
+        raise RunSetupError(f"--methods lists a method twice: {','.join(method_names)}")
+    METHODS.check(method_names)
+    SCORERS.check(list(suite.metrics))
+    method_args = method_args or {}
+    for name in method_args:
+        if name not in method_names:
+            METHODS.get(name)  # an unknown name gets "did you mean"
+            raise RunSetupError(f"--method-arg for {name!r}, which is not in --methods")
+    methods, train_configs = {}, {}
+    for name in method_names:
+        cls = METHODS.get(name)
+        try:
+            config = apply_overrides(cls.Config(), {**suite.method_args.get(name, {}), **method_args.get(name, {})})
+            methods[name] = cls(config)
+            train_configs[name] = apply_overrides(suite.train, suite.train_args.get(name, {}))
+        except (OverrideError, ValueError, KeyError) as err:
+            raise RunSetupError(f"{name}: {err}") from None
+    budget = budget or suite.budget
+    for name, method in methods.items():
+        step = declared_step_cost(method, train_configs[name], budget.unit)
+        if step > budget.limit:
+            raise RunSetupError(f"budget {budget} is smaller than one {name} step ({step:g} {budget.unit} at batch "
+                                f"size {train_configs[name].batch_size}); raise the budget")
+    seeds = seeds if seeds is not None else [0]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
+    plan = RunPlan(suite, methods, train_configs, budget, seeds, Path(run_dir), resume, progress,
+                   pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval)
+    manifest = plan.run_dir / "run.json"
+    if resume:
+        if not manifest.exists():
+            raise RunSetupError(f"--resume: {plan.run_dir} holds no run (no run.json)")
+        stored = json.loads(manifest.read_text())["config"]
+        if stored != json.loads(json.dumps(plan.config())):
+            diff = sorted(k for k in plan.config() if stored.get(k) != json.loads(json.dumps(plan.config()))[k])
+            raise RunSetupError(f"--resume: {plan.run_dir} was started with a different configuration ({', '.join(diff)})")
+    elif plan.run_dir.exists() and any(plan.run_dir.iterdir()):
+        raise RunSetupError(f"run directory {plan.run_dir} is not empty; pass --resume to continue it or choose another")
+    return plan
+
+
+def _scorers(names) -> dict[str, Scorer]:
+    return {name: SCORERS.get(name)() for name in names}
+
+
+def _base_cache_key(backbone: Backbone, plan: RunPlan) -> str:
+    import hashlib
+
+    payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"),
+                          "text": backbone.fingerprint("text_encoder"), "prompts": list(plan.suite.eval_prompts),
+                          "eval": as_dict(plan.eval), "metrics": list(plan.suite.metrics),
+                          "schema": SCHEMA_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _budget_summary(plan: RunPlan, used=None, seconds: float = 0.0, usage: dict | None = None) -> dict:
+    return {"unit": plan.budget.unit, "limit": plan.budget.limit, "used": used if used is not None else 0,
+            "seconds": seconds, "usage": usage or {"steps": 0, "samples": 0, "nfe": 0, "seconds": 0.0}}
+
+
+def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> dict:
+    """The base model's record, from the cache when this pipeline/prompts/eval config was seen before."""
+    cached = cache_dir() / "base" / f"{_base_cache_key(backbone, plan)}.json"
+    if cached.exists():
+        try:
+            evaluation = read_record(cached)["evaluation"]
+        except RecordError as err:
+            log.warning("ignoring unreadable base cache: %s", err)
+        else:
+            return _record(plan, "base", None, _budget_summary(plan), None, EvalResult.from_dict(evaluation), scorers,
+                           None)
+    result, _ = evaluate(backbone, list(plan.suite.eval_prompts), plan.eval, scorers, progress=plan.progress,
+                         desc="eval base")
+    record = _record(plan, "base", None, _budget_summary(plan), None, result, scorers, None)
+    write_json_atomic(cached, record)
+    return record
+
+
+def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training: dict | None, result: EvalResult,
+            scorers: dict[str, Scorer], base: EvalResult | None) -> dict:
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "alignment-run",
+        "suite": plan.suite.name,
+        "method": method,
+        "seed": seed,
+        "config": plan.config(),
+        "budget": budget,
+        "training": training,
+        "evaluation": result.to_dict(),
+        "scorers": {name: s.describe() for name, s in scorers.items()},
+        "metrics": aggregate(result, plan.eval),
+        "environment": environment(),
+        "created": now(),
+    }
+    if base is not None:
+        wins, deltas = compare_to_base(result, base, scorers, plan.eval)
+        record["win_rate_vs_base"], record["delta_vs_base"] = wins, deltas
+    return record
+
+
+def record_name(method: str, seed: int) -> str:
+    return f"{method}-s{seed}"
+
+
+def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
+    """Run the plan; returns the record paths in order (base first). `on_record(path, record)` is
+    called as each record lands."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if not plan.resume:
+        write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
+                                                      "created": now()})
+    backbone = Backbone.from_pretrained(plan.pipeline)
+    scorers = _scorers(plan.suite.metrics)
+    paths = []
+    base_path = plan.run_dir / "base.json"
+    if plan.resume and base_path.exists():
+        base = read_record(base_path)
+    else:
+        base = base_record(backbone, plan, scorers)
+        write_json_atomic(base_path, base)
+    paths.append(base_path)
+    if on_record:
+        on_record(base_path, base)
+    base_eval = EvalResult.from_dict(base["evaluation"])
+
+    data = None
+    for seed in plan.seeds:
+        for name, method in plan.methods.items():
+            path = plan.run_dir / f"{record_name(name, seed)}.json"
+            if plan.resume and path.exists():
+                paths.append(path)
+                if on_record:
+                    on_record(path, read_record(path))
+                continue
+            if data is None:
+                pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split),
+                                         plan.suite.max_pairs)
+                data = encode_preferences(backbone, pairs)
+            ckpt = plan.run_dir / f"{record_name(name, seed)}.ckpt"
+            backbone.nfe.reset()
+            trainer = Trainer(method, backbone, data, plan.train_configs[name], plan.budget, seed=seed,
+                              checkpoint_path=ckpt, progress=plan.progress, callbacks=trainer_callbacks)
+            result = trainer.fit()
+            evaluation, _ = evaluate(result.policy, list(plan.suite.eval_prompts), plan.eval, scorers,
+                                     progress=plan.progress, desc=f"eval {name}")
+            training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
+                        "history": result.history,
+                        "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
+            used = result.usage
+            budget = _budget_summary(plan, used.get(plan.budget.unit), used.seconds, vars(used))
+            record = _record(plan, name, seed, budget, training, evaluation, scorers, base_eval)
+            write_json_atomic(path, record)
+            ckpt.unlink(missing_ok=True)
+            paths.append(path)
+            if on_record:
+                on_record(path, record)
+    return paths
+
+
+def summary(plan: RunPlan, paths: list[Path]) -> dict:
+    """The `--json` summary: one entry per run with budget, metrics and the paired comparison."""
+    runs = []
+    for path in paths:
+        record = read_record(path)
+        entry = {"method": record["method"], "seed": record["seed"],
+                 "budget": {k: record["budget"][k] for k in ("unit", "limit", "used", "seconds")},
+                 "metrics": record["metrics"], "record": str(path)}
+        if record["method"] != "base":
+            entry["win_rate_vs_base"] = record["win_rate_vs_base"]
+            entry["delta_vs_base"] = record["delta_vs_base"]
+        runs.append(entry)
+    return {"suite": plan.suite.name, "run_dir": str(plan.run_dir), "runs": runs}

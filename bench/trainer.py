@@ -1,0 +1,154 @@
+"""One training loop for every alignment method, on accelerate.
+
+The policy is a trainable copy of the base UNet; the reference is the base UNet itself, frozen (both
+share the Backbone's encoders, schedule and NFE counter). Per optimizer step: `grad_accum`
+micro-batches drawn by `BatchSampler`, prompt dropout (the empty prompt replaces a pair's or image's
+prompt with probability p), `method.loss`, backward, gradient clipping, AdamW, linear warmup.
+
+The budget meter decides before each step whether it fits; every step's cost is measured (steps,
+images, NFE from the Backbone's counter, seconds). A checkpoint (policy, optimizer, LR schedule,
+sampler position, generator state, meter, history) is written atomically every `checkpoint_every`
+steps and at the end; `fit()` continues from it, so a killed run resumes to the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from bench.backbone import Backbone
+from bench.batches import BatchSampler
+from bench.budget import Budget, BudgetMeter, Usage
+from bench.config import TrainConfig
+from bench.data import EncodedPreferences
+from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    policy: Backbone
+    usage: Usage
+    steps: int
+    history: list[dict] = field(default_factory=list)  # per-step logs
+
+
+def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str) -> float:
+    """A step's worst-case cost in `unit` from the method's declaration (seconds: unknown, 0)."""
+    items = config.batch_size * config.grad_accum
+    images_per_item = 2 if method.data_kind == "pairs" else 1
+    return {"steps": 1, "samples": items * images_per_item, "nfe": items * method.max_nfe_per_item(),
+            "seconds": 0.0}[unit]
+
+
+class Trainer:
+    def __init__(self, method: AlignmentMethod, base: Backbone, data: EncodedPreferences, config: TrainConfig,
+                 budget: Budget, *, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
+                 progress: bool = True, callbacks: list[Callable[[int, dict], None]] | None = None):
+        self.method, self.base, self.data, self.config, self.budget = method, base, data, config, budget
+        self.seed = seed
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.progress = progress
+        self.callbacks = callbacks or []
+
+    def _prompt_dropout(self, batch: PairBatch | ImageBatch, rng: torch.Generator) -> None:
+        if self.config.prompt_dropout == 0:
+            return
+        drop = torch.rand(len(batch), generator=rng) < self.config.prompt_dropout
+        batch.cond = batch.cond.where(drop.to(batch.cond.embeds.device), self.base.null_conditioning(len(batch)))
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                                  cpu=self.base.device.type == "cpu")
+        unet = copy.deepcopy(self.base.unet).train().requires_grad_(True)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      weight_decay=cfg.weight_decay)
+        warmup = max(cfg.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        policy = self.base.with_unet(unet)
+        reference = self.base if self.method.needs_reference else None
+
+        rng = torch.Generator().manual_seed(self.seed)
+        weights = self.method.sampling_weights(self.data.desirable) if self.method.data_kind == "binary" else None
+        sampler = BatchSampler(self.data, self.method.data_kind, cfg.batch_size, self.seed, weights, accelerator.device)
+        meter = BudgetMeter(self.budget)
+        history: list[dict] = []
+        step = 0
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            accelerator.unwrap_model(unet).load_state_dict(state["policy"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            rng.set_state(state["rng"])
+            sampler.load_state_dict(state["sampler"])
+            meter.load_state_dict(state["meter"])
+            history, step = state["history"], state["step"]
+            log.info("resumed %s from step %d (%s used)", self.method.name, step, meter.used)
+
+        declared = declared_step_cost(self.method, cfg, self.budget.unit)
+        bar = tqdm(total=self.budget.limit, initial=meter.used.get(self.budget.unit), disable=not self.progress,
+                   desc=f"train {self.method.name}", unit=self.budget.unit, leave=False)
+        while meter.fits(declared):
+            nfe_before, t0 = self.base.nfe.total, time.perf_counter()
+            logs: dict[str, float] = {}
+            images = 0
+            for _ in range(cfg.grad_accum):
+                with accelerator.accumulate(unet):
+                    batch = sampler.next(rng)
+                    self._prompt_dropout(batch, rng)
+                    out = self.method.loss(batch, policy, reference, rng)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients:
+                        logs["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                images += len(batch) * (2 if isinstance(batch, PairBatch) else 1)
+                for key, value in out.logs.items():
+                    logs[key] = logs.get(key, 0.0) + value / cfg.grad_accum
+            schedule.step()
+            step += 1
+            usage = Usage(steps=1, samples=images, nfe=self.base.nfe.total - nfe_before,
+                          seconds=time.perf_counter() - t0)
+            meter.add(usage)
+            logs.update(step=step, lr=schedule.get_last_lr()[0], nfe=meter.used.nfe, seconds=meter.used.seconds)
+            history.append(logs)
+            bar.update(usage.get(self.budget.unit))
+            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
+            if self.checkpoint_path is not None and step % cfg.checkpoint_every == 0:
+                self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step)
+            for callback in self.callbacks:
+                callback(step, logs)
+        bar.close()
+        if self.checkpoint_path is not None:
+            self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step)
+        final = accelerator.unwrap_model(unet).eval().requires_grad_(False)
+        return TrainResult(self.base.with_unet(final), meter.used, step, history)
+
+    def _save(self, accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step) -> None:
+        state = {
+            "policy": accelerator.unwrap_model(unet).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng.get_state(),
+            "sampler": sampler.state_dict(),
+            "meter": meter.state_dict(),
+            "history": history,
+            "step": step,
+        }
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)

@@ -1,0 +1,1 @@
+"""Alignment methods (`methods.alignment`) and inversion samplers (`methods.inversion`)."""

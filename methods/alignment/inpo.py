@@ -1,0 +1,110 @@
+"""InPO: Inversion Preference Optimization, DDIM-InPO (Lu et al., CVPR 2025, arXiv 2503.18454).
+
+Reference implementation: JaydenLyh/InPO @a9cfc4d, `train.py` L958-1052 (forked from Diffusion-DPO).
+Instead of noising x0 forward with fresh ε, each image is DDIM-inverted to its noisy latent with the
+**policy** UNet (no gradient, conditional, no guidance), and the noise "that explains" it is
+
+    ε̂ = (x_τ − √ᾱ_t x0) / √(1 − ᾱ_t)
+
+which replaces ε in the Diffusion-DPO loss (see `dpo.py`; one t per pair, shared by both images).
+
+Two modes:
+- `faithful` (default): the official grid. `DDIMInverseScheduler.set_timesteps(10)` in diffusers
+  0.20 gives levels {−99, 1, 101, ..., 801}; every grid point g < t is stepped g → g + 100 with ε
+  evaluated at g, and 0.1·σ·N(0, I) is added after each step. The latent therefore ends at
+  τ = (largest grid point < t) + 100, not at t, while ᾱ_t is used above.
+- `exact`: the same grid but the last step ends exactly at t, no noise injected, ε evaluated at the
+  step's target level; any registered inverter can be used (`inversion=<sampler>`), so with an exact
+  inverter the latent is really at level t.
+
+Defaults: β = 2000 (official SD 1.5 example; SDXL uses 5000), 10 grid steps, noise 0.1.
+Cost per pair: 8F as DPO, plus one no-grad forward per image per inversion step (≤ 10 steps: ≤ 28F).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.backbone import Backbone, Conditioning
+from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, register, sample_timesteps
+from methods.alignment.dpo import pair_preference_loss
+from methods.inversion.base import SAMPLERS
+from methods.inversion.ddim import DDIMInversion
+
+MODES = ("faithful", "exact")
+
+
+@dataclass
+class InPOConfig:
+    beta: float = field(default=2000.0, metadata={"help": "DPO β (official SD 1.5 example; SDXL 5000)"})
+    mode: str = field(default="faithful", metadata={"help": "'faithful' (official coarse grid) or 'exact' (ends at t)"})
+    grid_steps: int = field(default=10, metadata={"help": "inverse-scheduler steps over [0, T) (official: 10)"})
+    inversion_noise: float = field(default=0.1, metadata={"help": "σ multiplier injected per step (faithful mode)"})
+    inversion: str = field(default="ddim", metadata={"help": "registered inverter (exact mode)"})
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.grid_steps < 1:
+            raise ValueError(f"grid_steps must be >= 1, got {self.grid_steps}")
+        if self.inversion_noise < 0:
+            raise ValueError(f"inversion_noise must be >= 0, got {self.inversion_noise}")
+        if self.mode == "faithful" and self.inversion != "ddim":
+            raise ValueError("mode=faithful reproduces the official DDIM inversion; use mode=exact with other inverters")
+        SAMPLERS.get(self.inversion)  # unknown names fail here, before training
+
+
+def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int, mode: str) -> torch.Tensor:
+    """Per-sample level paths (K+1, B) from the clean end to the inverted level.
+
+    Grid {−(Δ−1), 1, 1+Δ, ..., 1+(n−2)Δ}, Δ = T // n (for T = 1000, n = 10: −99, 1, 101, ..., 801).
+    Faithful: the grid points g < t, then last + Δ. Exact: the grid points g < t, then t.
+    Shorter paths are padded by repeating their last level (a skipped step).
+    """
+    delta = num_train_timesteps // grid_steps
+    grid = [1 - delta] + [1 + k * delta for k in range(grid_steps - 1)]
+    paths = []
+    for level in t.tolist():
+        points = [g for g in grid if g < level]
+        paths.append(points + [points[-1] + delta if mode == "faithful" else level])
+    length = max(len(p) for p in paths)
+    return torch.tensor([p + [p[-1]] * (length - len(p)) for p in paths], dtype=torch.long).T
+
+
+def inverted_noise(x_t: torch.Tensor, x0: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """ε̂ = (x_t − √ᾱ_t x0) / √(1 − ᾱ_t), with ᾱ_t (B,) float64."""
+    abar = abar_t.view(-1, *([1] * (x0.ndim - 1)))
+    return ((x_t.double() - abar.sqrt() * x0.double()) / (1 - abar).sqrt()).to(x_t.dtype)
+
+
+@register
+class InPO(AlignmentMethod):
+    name = "inpo"
+    data_kind = "pairs"
+    needs_reference = True
+    Config = InPOConfig
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if self.config.mode == "faithful":
+            self.inverter = DDIMInversion(eval_at="source", noise_scale=self.config.inversion_noise)
+        else:
+            self.inverter = SAMPLERS.get(self.config.inversion)()
+
+    def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
+        t = sample_timesteps(policy, len(batch), rng).repeat(2)  # (2B,) shared within each pair
+        x0 = torch.cat([batch.winner, batch.loser])  # (2B, C, h, w)
+        cond = Conditioning.cat([batch.cond, batch.cond])
+        levels = inversion_levels(t, policy.num_train_timesteps, self.config.grid_steps, self.config.mode)
+        x_t = self.inverter.invert(policy, x0, cond, levels, guidance=1.0, rng=rng).latents
+        eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
+        out = pair_preference_loss(policy, reference, x_t, t, cond, eps_hat, self.config.beta)
+        out.logs["inversion_steps"] = float((levels[1:] != levels[:-1]).sum(0).float().mean())
+        return out
+
+    def max_nfe_per_item(self) -> int:
+        return 8 + 2 * self.config.grid_steps

@@ -1,0 +1,75 @@
+"""DDIM inversion (Song et al. 2021; Dhariwal & Nichol 2021, App. F; Mokady et al. 2023, p2p
+`NullInversion.next_step`) and DDIM sampling as its reverse.
+
+Inversion step from level j to the next level k > j:
+
+    z_k = Φ_{j→k}(z_j, ε̂(z_j, τ)),   τ = k ("target", diffusers' `DDIMInverseScheduler` since
+                                             v0.21 and prompt-to-prompt) or τ = j ("source",
+                                             diffusers v0.20, which InPO's official code ran)
+
+Optionally `noise_scale · σ_{j→k} · N(0, I)` is added after each step, σ² = (1 − ᾱ_j)/(1 − ᾱ_k) ·
+(1 − ᾱ_k/ᾱ_j) (DDPM posterior variance), as InPO's `inversion_eta = 0.1` does
+(JaydenLyh/InPO @a9cfc4d `train.py` L1010-1011).
+Reconstruction walks the path down with z_j = Φ_{k→j}(z_k, ε̂(z_k, k)) (DDIM sampling, η = 0).
+Not exact: each inversion step errs by (s_k − a_k s_j / a_j)(ε̂(z_j, k) − ε̂(z_k, k)).
+Cost: one model call per step and direction (two UNet evaluations per latent under CFG).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.backbone import Backbone, Conditioning
+from methods.inversion.base import InversionSampler, InversionState, SAMPLERS, ddim_map, per_sample_levels
+
+EVAL_AT = ("target", "source")
+
+
+@SAMPLERS.register("ddim")
+class DDIMInversion(InversionSampler):
+    name = "ddim"
+    exact = False
+
+    def __init__(self, eval_at: str = "target", noise_scale: float = 0.0):
+        if eval_at not in EVAL_AT:
+            raise ValueError(f"eval_at must be one of {EVAL_AT}, got {eval_at!r}")
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+        self.eval_at, self.noise_scale = eval_at, noise_scale
+
+    @torch.no_grad()
+    def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
+               guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
+        levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
+        if self.noise_scale > 0 and rng is None:
+            raise ValueError("stochastic DDIM inversion (noise_scale > 0) needs an rng")
+        z = x0.clone()
+        for src, dst in zip(levels[:-1], levels[1:]):
+            active = (dst != src).nonzero().flatten()
+            if len(active) == 0:
+                continue
+            zs, s, d = z[active], src[active], dst[active]
+            tau = d if self.eval_at == "target" else s
+            eps = backbone.eps(zs, tau.to(backbone.device), cond[active.to(cond.embeds.device)], guidance)
+            new = ddim_map(backbone, zs, eps, s, d)
+            if self.noise_scale > 0:
+                abar_lo, abar_hi = backbone.alpha_bar(s), backbone.alpha_bar(d)
+                var = (1 - abar_lo) / (1 - abar_hi) * (1 - abar_hi / abar_lo)
+                noise = torch.randn(new.shape, generator=rng, dtype=torch.float32).to(new)
+                new = new + self.noise_scale * var.sqrt().view(-1, 1, 1, 1).to(new) * noise
+            z[active] = new
+        return InversionState(z, levels)
+
+    @torch.no_grad()
+    def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
+                    guidance: float = 1.0) -> torch.Tensor:
+        levels = state.levels
+        z = state.latents.clone()
+        for src, dst in zip(levels.flip(0)[:-1], levels.flip(0)[1:]):
+            active = (dst != src).nonzero().flatten()
+            if len(active) == 0:
+                continue
+            zs, s, d = z[active], src[active], dst[active]
+            eps = backbone.eps(zs, s.to(backbone.device), cond[active.to(cond.embeds.device)], guidance)
+            z[active] = ddim_map(backbone, zs, eps, s, d)
+        return z

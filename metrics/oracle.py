@@ -1,0 +1,28 @@
+"""`oracle`: the toy world's ground-truth reward as a scorer.
+
+R = bgok + colour * (1 + pos + shape + size + centring) in [0, 6], higher is better; the terms and
+their definitions are in `bench.toy.oracle` (this is the one scorer that reads the toy world, whose
+definition *is* its ground truth). Ground-truth renders of the evaluation prompts score about 4.7.
+Prompts must be toy-world captions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.toy.oracle import TERMS, oracle_terms
+from metrics.base import SCORERS, Scorer
+
+
+@SCORERS.register("oracle")
+class OracleScorer(Scorer):
+    name = "oracle"
+    higher_is_better = True
+    scale = "toy-world oracle reward in [0, 6]"
+
+    def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        return oracle_terms(prompts, images)["reward"]
+
+    def components(self, prompts: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = oracle_terms(prompts, images)
+        return {name: terms[name] for name in TERMS if name != "reward"}

@@ -1,0 +1,75 @@
+"""The `bench` CLI end to end on a tiny toy build: errors exit 2 before any work, a run writes
+records and a summary, `--resume` continues."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--methods", "dpo,inpoo"], "unknown method 'inpoo'; did you mean 'inpo'? Known methods: dpo, inpo, kto, sft"),
+    (["run", "--budget", "lots"], "cannot parse budget 'lots'"),
+    (["run", "--suite", "tyo"], "unknown suite 'tyo'; did you mean 'toy'?"),
+    (["run", "--method-arg", "inpo.mode=fast"], "inpo: mode must be one of"),
+    (["run", "--method-arg", "dpo.betta=3"], "has no field 'betta'"),
+    (["run", "--method-arg", "kto.beta=2", "--methods", "dpo"], "not in --methods"),
+    (["run", "--seeds", "a,b"], "--seeds"),
+    (["run", "--resume"], "--resume needs --run-dir"),
+    (["run", "--methods", "dpo", "--budget", "100nfe"], "smaller than one dpo step (128 nfe"),
+])
+def test_bad_input_exits_2_and_writes_nothing(in_tmp, args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_run_writes_records_summary_and_resumes(in_tmp):
+    args = ["run", "--methods", "dpo,kto", "--budget", "300nfe", "--run-dir", "out", "--json", "summary.json", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((in_tmp / "summary.json").read_text())
+    assert summary["suite"] == "toy" and [r["method"] for r in summary["runs"]] == ["base", "dpo", "kto"]
+    for run in summary["runs"]:
+        assert run["budget"]["unit"] == "nfe" and run["budget"]["limit"] == 300
+        assert 0 <= run["budget"]["used"] <= 300
+        oracle = run["metrics"]["oracle"]
+        assert oracle["ci_low"] <= oracle["mean"] <= oracle["ci_high"] and oracle["n"] == 256
+        if run["method"] != "base":
+            assert run["budget"]["used"] > 0
+            assert set(run["win_rate_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n"}
+            assert set(run["delta_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n"}
+    record = json.loads((in_tmp / "out" / "dpo-s0.json").read_text())
+    assert record["schema_version"] == 1 and record["config"]["methods"]["dpo"]["config"]["beta"] == 500.0
+    assert len(record["evaluation"]["scores"]["oracle"]) == 256 and record["environment"]["packages"]["torch"]
+    assert (in_tmp / "out" / "table.md").exists() and not list((in_tmp / "out").glob("*.ckpt"))
+
+    again = runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "300nfe", "--run-dir", "out", "--resume", "-q"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((in_tmp / "out" / "dpo-s0.json").read_text())["created"] == record["created"]  # not redone
+
+    clash = runner.invoke(app, ["run", "--methods", "dpo", "--budget", "300nfe", "--run-dir", "out", "-q"])
+    assert clash.exit_code == 2 and "not empty" in clash.output
+    changed = runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "400nfe", "--run-dir", "out", "--resume"])
+    assert changed.exit_code == 2 and "different configuration (budget)" in " ".join(changed.output.split())
+
+
+def test_list_shows_registries():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for name in ("dpo", "inpo", "kto", "sft", "ddim", "oracle", "toy"):
+        assert name in result.output
