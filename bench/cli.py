@@ -23,8 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="diffusion-align-bench: compare diffusion alignment methods under one compute budget.")
 toy_app = typer.Typer(no_args_is_help=True, help="The toy world: build its pipeline and preference data.")
 app.add_typer(toy_app, name="toy")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table on one line
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _quiet_libraries() -> None:

@@ -73,42 +73,62 @@ def load_pickapic(source: str | os.PathLike, split: str = "train") -> datasets.D
 
 @dataclass
 class PreferencePairs:
-    """Decoded comparisons, winner first, ties dropped."""
+    """Comparisons, winner first, ties dropped. Image bytes stay in the (memory-mapped) dataset and
+    are read in chunks when encoding, so Pick-a-Pic-sized data does not have to fit in memory."""
 
+    dataset: datasets.Dataset
+    rows: list[int]  # dataset row of each kept pair
+    winner_side: list[int]  # 0 if jpg_0 won, else 1
     captions: list[str]
-    winners: list[bytes]
-    losers: list[bytes]
     winner_ids: list[str]
     loser_ids: list[str]
     fingerprint: str
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.rows)
 
-
-def _image_id(row: dict, side: int) -> str:
-    uid = row.get(f"image_{side}_uid")
-    return str(uid) if uid else hashlib.sha1(row[f"jpg_{side}"]).hexdigest()
+    def image_bytes(self, refs: list[tuple[int, int]]) -> list[bytes]:
+        """Encoded bytes of images given as (dataset row, side) references."""
+        out = []
+        for side in (0, 1):
+            wanted = [(i, row) for i, (row, s) in enumerate(refs) if s == side]
+            if wanted:
+                column = self.dataset.select([row for _, row in wanted])[f"jpg_{side}"]
+                out.extend(zip((i for i, _ in wanted), column))
+        return [blob for _, blob in sorted(out, key=lambda item: item[0])]
 
 
 def preference_pairs(ds: datasets.Dataset, max_pairs: int | None = None) -> PreferencePairs:
-    """Winner-first pairs from a Pick-a-Pic-schema dataset; ties (label_0 == label_1) are dropped."""
-    captions, winners, losers, win_ids, lose_ids = [], [], [], [], []
-    for row in ds:
+    """Winner-first pairs from a Pick-a-Pic-schema dataset; ties (label_0 == label_1) are dropped.
+
+    Image identity comes from `image_{0,1}_uid` when present (the KTO labels need it), else from a
+    hash of the image bytes.
+    """
+    has_uids = {"image_0_uid", "image_1_uid"} <= set(ds.column_names)
+    meta = ds.select_columns(["caption", "label_0", "label_1"] + (["image_0_uid", "image_1_uid"] if has_uids else []))
+    rows, sides, captions, win_ids, lose_ids = [], [], [], [], []
+    for i, row in enumerate(meta):
         if row["label_0"] == row["label_1"]:
             continue  # a tie carries no preference
         w = 0 if row["label_0"] > row["label_1"] else 1
+        rows.append(i)
+        sides.append(w)
         captions.append(row["caption"])
-        winners.append(row[f"jpg_{w}"])
-        losers.append(row[f"jpg_{1 - w}"])
-        win_ids.append(_image_id(row, w))
-        lose_ids.append(_image_id(row, 1 - w))
-        if max_pairs is not None and len(captions) >= max_pairs:
+        if has_uids:
+            win_ids.append(str(row[f"image_{w}_uid"]))
+            lose_ids.append(str(row[f"image_{1 - w}_uid"]))
+        if max_pairs is not None and len(rows) >= max_pairs:
             break
-    if not captions:
+    if not rows:
         raise DataError("the preference data has no non-tied pairs")
     fingerprint = hashlib.sha256(f"{ds._fingerprint}:{max_pairs}".encode()).hexdigest()[:16]
-    return PreferencePairs(captions, winners, losers, win_ids, lose_ids, fingerprint)
+    pairs = PreferencePairs(ds, rows, sides, captions, win_ids, lose_ids, fingerprint)
+    if not has_uids:
+        for start in range(0, len(rows), 1024):
+            chunk = list(zip(rows[start:start + 1024], sides[start:start + 1024]))
+            pairs.winner_ids += [hashlib.sha1(b).hexdigest() for b in pairs.image_bytes(chunk)]
+            pairs.loser_ids += [hashlib.sha1(b).hexdigest() for b in pairs.image_bytes([(r, 1 - s) for r, s in chunk])]
+    return pairs
 
 
 def decode_images(blobs: list[bytes], size: int) -> torch.Tensor:
@@ -165,10 +185,11 @@ def encode_preferences(backbone: Backbone, pairs: PreferencePairs, *, use_cache:
     prompts = list(dict.fromkeys(pairs.captions))
     prompt_index = {p: i for i, p in enumerate(prompts)}
     image_prompt = torch.empty(len(ids), dtype=torch.long)
-    blob_of: dict[str, bytes] = {}
-    for caption, w, l, wid, lid in zip(pairs.captions, pairs.winners, pairs.losers, pairs.winner_ids, pairs.loser_ids):
-        for uid, blob in ((wid, w), (lid, l)):
-            blob_of.setdefault(uid, blob)
+    ref_of: dict[str, tuple[int, int]] = {}  # uid -> (dataset row, side)
+    for caption, row, side, wid, lid in zip(pairs.captions, pairs.rows, pairs.winner_side, pairs.winner_ids,
+                                            pairs.loser_ids):
+        for uid, ref in ((wid, (row, side)), (lid, (row, 1 - side))):
+            ref_of.setdefault(uid, ref)
             image_prompt[index[uid]] = prompt_index[caption]
     pair_winner = torch.tensor([index[u] for u in pairs.winner_ids])
     pair_loser = torch.tensor([index[u] for u in pairs.loser_ids])
@@ -180,7 +201,8 @@ def encode_preferences(backbone: Backbone, pairs: PreferencePairs, *, use_cache:
         latents, embeds = tensors["latents"], tensors["embeds"]
     else:
         latents = torch.cat([
-            backbone.encode_images(decode_images([blob_of[u] for u in ids[i:i + batch_size]], backbone.image_size))
+            backbone.encode_images(decode_images(pairs.image_bytes([ref_of[u] for u in ids[i:i + batch_size]]),
+                                                 backbone.image_size))
             for i in range(0, len(ids), batch_size)
         ]).cpu()
         embeds = torch.cat([backbone.encode_prompts(prompts[i:i + 256]).embeds for i in range(0, len(prompts), 256)]).cpu()

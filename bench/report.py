@@ -21,7 +21,7 @@ def runs_table(records: list[dict], metric: str) -> pd.DataFrame:
         rows.append({
             "method": r["method"],
             "seed": "-" if r["seed"] is None else r["seed"],
-            "budget": f"{budget['used']:g}/{budget['limit']:g} {budget['unit']}",
+            f"used/limit ({budget['unit']})": f"{budget['used']:g}/{budget['limit']:g}",
             "train s": f"{budget['seconds']:.0f}",
             f"{metric} (95% CI)": _ci(r["metrics"].get(metric)),
             "win rate vs base": _ci(r.get("win_rate_vs_base", {}).get(metric)),

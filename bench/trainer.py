@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
@@ -69,6 +70,10 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.config
+        # accelerate keeps one process-wide state; each method of a run may choose its own mixed precision
+        # and accumulation, so start from a clean state (the process group, PartialState, is kept).
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                   cpu=self.base.device.type == "cpu")
         unet = copy.deepcopy(self.base.unet).train().requires_grad_(True)

@@ -45,6 +45,14 @@ def test_loader_drops_ties_and_puts_winner_first(pickapic_parquet):
     assert len(pairs) == 3  # the tie is dropped
     assert list(zip(pairs.winner_ids, pairs.loser_ids)) == [("A", "B"), ("C", "B"), ("D", "A")]
     assert preference_pairs(load_pickapic(pickapic_parquet), max_pairs=2).winner_ids == ["A", "C"]
+    assert pairs.image_bytes([(1, 1), (0, 0)]) == [load_pickapic(pickapic_parquet)[1]["jpg_1"],
+                                                   load_pickapic(pickapic_parquet)[0]["jpg_0"]]
+
+
+def test_ids_fall_back_to_image_hashes(pickapic_parquet):
+    ds = load_pickapic(pickapic_parquet).remove_columns(["image_0_uid", "image_1_uid"])
+    pairs = preference_pairs(ds)
+    assert len(set(pairs.winner_ids + pairs.loser_ids)) == 4 and pairs.winner_ids[0] == pairs.loser_ids[2]
 
 
 def test_loader_sources(pickapic_parquet, tmp_path):
@@ -76,7 +84,7 @@ def test_encoded_preferences_and_kto_labels(pickapic_parquet, tiny_backbone):
     assert dict(zip(data.image_ids, data.desirable.tolist())) == {"A": True, "B": False, "C": True, "D": True}
     assert data.prompts[data.image_prompt[data.image_ids.index("D")]] == pairs.captions[2]
     assert [data.image_ids[i] for i in data.pair_winner] == pairs.winner_ids
-    expected = tiny_backbone.encode_images(decode_images([pairs.winners[0]], 32))
+    expected = tiny_backbone.encode_images(decode_images(pairs.image_bytes([(0, 0)]), 32))
     assert torch.allclose(data.latents[data.image_ids.index("A")], expected[0], atol=1e-5)
     again = encode_preferences(tiny_backbone, pairs)  # second call reads the cache
     assert torch.equal(again.latents, data.latents) and torch.equal(again.embeds, data.embeds)

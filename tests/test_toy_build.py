@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
-
 from bench.data import PICKAPIC_COLUMNS, load_pickapic
 from bench.suites import SHIPPED_TOY_DIR
 
@@ -45,7 +43,6 @@ def test_build_is_deterministic(tiny_toy_dir, tmp_path, tiny_arch):
     assert _digest(tmp_path / "again") == _digest(tiny_toy_dir)
 
 
-@pytest.mark.skipif(not (SHIPPED_TOY_DIR / "build.json").exists(), reason="no shipped toy build")
 def test_shipped_build_reports_base_below_ground_truth():
     build = json.loads((SHIPPED_TOY_DIR / "build.json").read_text())
     report = build["report"]

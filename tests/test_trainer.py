@@ -78,3 +78,11 @@ def test_training_moves_the_policy_not_the_reference(toy_setup):
     assert all(torch.equal(before[k], v) for k, v in backbone.unet.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in result.policy.unet.state_dict().items())
     assert not any(p.requires_grad for p in result.policy.unet.parameters())
+
+
+def test_gradient_accumulation_and_mixed_precision_in_one_process(toy_setup):
+    accumulated = _train(toy_setup, "dpo", "2steps", grad_accum=3)
+    assert accumulated.steps == 2 and accumulated.usage.samples == 2 * 3 * 2 * 2  # steps x micro x pairs x 2
+    assert accumulated.usage.nfe == 2 * 3 * 2 * 8
+    bf16 = _train(toy_setup, "kto", "2steps", mixed_precision="bf16")
+    assert bf16.steps == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in bf16.history)
