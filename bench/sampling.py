@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 
 import torch
-from tqdm.auto import tqdm
 
 from bench.backbone import Backbone, Conditioning
+from bench.progress import progress_bar
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -49,7 +49,7 @@ def generate(backbone: Backbone, prompts: list[str], seeds: list[int], *, steps:
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     images = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+    for start in progress_bar(starts, enabled=progress, desc=desc, unit="batch"):
         chunk = slice(start, start + batch_size)
         cond = backbone.encode_prompts(prompts[chunk])
         latents = sample_latents(backbone, cond, seeds[chunk], steps=steps, guidance=guidance)

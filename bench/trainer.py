@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
 from bench.batches import BatchSampler
 from bench.budget import Budget, BudgetMeter, Usage
 from bench.config import TrainConfig
 from bench.data import EncodedPreferences
+from bench.progress import progress_bar
 from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Trainer:
             log.info("resumed %s from step %d (%s used)", self.method.name, step, meter.used)
 
         declared = declared_step_cost(self.method, cfg, self.budget.unit)
-        bar = tqdm(total=self.budget.limit, initial=meter.used.get(self.budget.unit), disable=not self.progress,
+        bar = progress_bar(total=self.budget.limit, initial=meter.used.get(self.budget.unit), enabled=self.progress,
                    desc=f"train {self.method.name}", unit=self.budget.unit, leave=False)
         while meter.fits(declared):
             nfe_before, t0 = self.base.nfe.total, time.perf_counter()

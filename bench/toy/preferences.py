@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import datasets
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
 from bench.data import decode_images
+from bench.progress import progress_bar
 from bench.sampling import generate
 from bench.toy.oracle import oracle_reward
 
@@ -69,7 +69,7 @@ def generate_preferences(backbone: Backbone, prompts: list[str], cfg: Preference
     rows = {name: [] for name in ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "image_0_uid", "image_1_uid",
                                   "best_image_uid", "model_0", "model_1", "has_label", "are_different",
                                   "ranking_id", "reward_0", "reward_1")}
-    for g, (prompt, _) in enumerate(tqdm(groups, desc="toy preference pairs", disable=not progress)):
+    for g, (prompt, _) in enumerate(progress_bar(groups, enabled=progress, desc="toy preference pairs")):
         for i, j in itertools.combinations(range(g * k, (g + 1) * k), 2):
             p_first = torch.sigmoid((rewards[i] - rewards[j]) / cfg.temperature)
             first_wins = bool(torch.rand((), generator=labels) < p_first)

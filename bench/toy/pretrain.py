@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 from transformers import CLIPTextModel
+
+from bench.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def pretrain_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: PretrainConfig, 
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     schedule = _one_cycle(optimizer, cfg.vae_lr, cfg.vae_steps)
-    bar = tqdm(range(cfg.vae_steps), desc="toy VAE", disable=not progress)
+    bar = progress_bar(range(cfg.vae_steps), enabled=progress, desc="toy VAE")
     for _ in bar:
         x = images[torch.randint(0, len(images), (cfg.batch_size,), generator=gen)] * 2 - 1  # (B, 3, H, W)
         posterior = vae.encode(x).latent_dist
@@ -90,7 +91,7 @@ def pretrain_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, s
     schedule = _one_cycle(optimizer, cfg.denoiser_lr, cfg.denoiser_steps)
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
     abar = scheduler.alphas_cumprod.to(torch.float64)
-    bar = tqdm(range(cfg.denoiser_steps), desc="toy UNet", disable=not progress)
+    bar = progress_bar(range(cfg.denoiser_steps), enabled=progress, desc="toy UNet")
     for _ in bar:
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
         x0, ids = latents[idx], token_ids[idx].clone()  # (B, C, h, w), (B, L)

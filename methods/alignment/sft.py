@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from bench.backbone import Backbone
-from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, noise_mse, register, sample_noise, sample_timesteps
+from methods.alignment.base import (
+    AlignmentMethod,
+    ImageBatch,
+    LossOutput,
+    noise_mse,
+    register,
+    sample_noise,
+    sample_timesteps,
+)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from bench.backbone import Backbone, Conditioning
-from methods.inversion.base import InversionSampler, InversionState, SAMPLERS, ddim_map, per_sample_levels
+from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, ddim_map, per_sample_levels
 
 EVAL_AT = ("target", "source")
 
