@@ -124,6 +124,7 @@ class Backbone:
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)  # (T,)
         self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
         self._null: Conditioning | None = None
+        self._fingerprints: dict[str, str] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -191,6 +192,7 @@ class Backbone:
         """A view sharing everything (encoders, schedule, NFE counter) but the denoiser."""
         view = copy.copy(self)
         view.unet = unet
+        view._fingerprints = {k: v for k, v in self._fingerprints.items() if k != "unet"}
         return view
 
     @property
@@ -220,7 +222,7 @@ class Backbone:
 
     def fingerprint(self, part: str) -> str:
         """sha256 over the weights of `unet`, `vae` or `text_encoder` (keys caches of derived data)."""
-        cache = self.__dict__.setdefault("_fingerprints", {})
+        cache = self._fingerprints
         if part not in cache:
             digest = hashlib.sha256()
             for name, tensor in sorted(getattr(self, part).state_dict().items()):

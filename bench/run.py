@@ -10,6 +10,7 @@ killed run from its checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -131,8 +132,6 @@ def _scorers(names) -> dict[str, Scorer]:
 
 
 def _base_cache_key(backbone: Backbone, plan: RunPlan) -> str:
-    import hashlib
-
     payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"),
                           "text": backbone.fingerprint("text_encoder"), "prompts": list(plan.suite.eval_prompts),
                           "eval": as_dict(plan.eval), "metrics": list(plan.suite.metrics),
@@ -155,16 +154,16 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
             log.warning("ignoring unreadable base cache: %s", err)
         else:
             return _record(plan, "base", None, _budget_summary(plan), None, EvalResult.from_dict(evaluation), scorers,
-                           None)
+                           None, backbone)
     result, _ = evaluate(backbone, list(plan.suite.eval_prompts), plan.eval, scorers, progress=plan.progress,
                          desc="eval base")
-    record = _record(plan, "base", None, _budget_summary(plan), None, result, scorers, None)
+    record = _record(plan, "base", None, _budget_summary(plan), None, result, scorers, None, backbone)
     write_json_atomic(cached, record)
     return record
 
 
 def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training: dict | None, result: EvalResult,
-            scorers: dict[str, Scorer], base: EvalResult | None) -> dict:
+            scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone) -> dict:
     record = {
         "schema_version": SCHEMA_VERSION,
         "kind": "alignment-run",
@@ -172,6 +171,7 @@ def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training
         "method": method,
         "seed": seed,
         "config": plan.config(),
+        "pipeline_weights": {part: backbone.fingerprint(part) for part in ("unet", "vae", "text_encoder")},
         "budget": budget,
         "training": training,
         "evaluation": result.to_dict(),
@@ -236,7 +236,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                         "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
             used = result.usage
             budget = _budget_summary(plan, used.get(plan.budget.unit), used.seconds, vars(used))
-            record = _record(plan, name, seed, budget, training, evaluation, scorers, base_eval)
+            record = _record(plan, name, seed, budget, training, evaluation, scorers, base_eval, backbone)
             write_json_atomic(path, record)
             ckpt.unlink(missing_ok=True)
             paths.append(path)

@@ -70,6 +70,8 @@ def test_views_share_encoders_and_counter(tiny_backbone):
     view = tiny_backbone.with_unet(other)
     assert view.unet is other and tiny_backbone.unet is not other
     assert view.vae is tiny_backbone.vae and view.nfe is tiny_backbone.nfe
+    assert view.fingerprint("vae") == tiny_backbone.fingerprint("vae")
+    assert view.fingerprint("unet") != tiny_backbone.fingerprint("unet")
 
 
 def test_encode_decode_shapes_and_size_check(tiny_backbone):
