@@ -83,13 +83,14 @@ class NFECounter:
 
     forward: int = 0
     grad_forward: int = 0  # forwards made with gradients on trainable weights (each implies a backward)
+    calls: int = 0  # UNet invocations (a CFG evaluation of a batch is one call of 2B latents)
 
     @property
     def total(self) -> int:
         return self.forward + 2 * self.grad_forward
 
     def reset(self) -> None:
-        self.forward = self.grad_forward = 0
+        self.forward = self.grad_forward = self.calls = 0
 
 
 class BackboneLoadError(RuntimeError):
@@ -208,6 +209,11 @@ class Backbone:
         return self.scheduler.config.prediction_type
 
     @property
+    def family(self) -> str:
+        """"sdxl" for UNets with SDXL's text-time micro-conditioning, else "sd" (SD 1.x/2.x-shaped)."""
+        return "sdxl" if self.unet.config.get("addition_embed_type") == "text_time" else "sd"
+
+    @property
     def num_train_timesteps(self) -> int:
         return self.scheduler.config.num_train_timesteps
 
@@ -311,6 +317,7 @@ class Backbone:
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning) -> torch.Tensor:
         """The UNet's raw prediction (its own parametrisation), counted in `nfe`."""
         batch = x_t.shape[0]
+        self.nfe.calls += 1
         self.nfe.forward += batch
         if torch.is_grad_enabled() and next(self.unet.parameters()).requires_grad:
             self.nfe.grad_forward += batch

@@ -63,6 +63,7 @@ def test_grad_forward_charges_a_backward(tiny_backbone):
     tiny_backbone.unet.requires_grad_(True)
     tiny_backbone.eps(x, 10, cond).sum().backward()
     assert (tiny_backbone.nfe.forward, tiny_backbone.nfe.grad_forward, tiny_backbone.nfe.total) == (4, 2, 8)
+    assert tiny_backbone.nfe.calls == 2 and tiny_backbone.family == "sd"
 
 
 def test_views_share_encoders_and_counter(tiny_backbone):
