@@ -2,7 +2,12 @@
 
 A `Backbone` holds a diffusers `UNet2DConditionModel`, an `AutoencoderKL`, a transformers
 `CLIPTextModel` + `CLIPTokenizer` and the DDIM noise schedule. The toy pipeline and SD 1.5 are the
-same class with other weights (`Backbone.from_pretrained(dir_or_hub_id)`).
+same class with other weights (`Backbone.from_pretrained(dir_or_hub_id)`). SDXL-shaped pipelines add
+a second encoder (`CLIPTextModelWithProjection` + tokenizer) and micro-conditioning: as diffusers'
+`StableDiffusionXLPipeline.encode_prompt` does, the per-token embeddings are the penultimate hidden
+states of both encoders concatenated on the feature axis, the pooled embedding is the second
+encoder's projection, the time ids are (H, W, 0, 0, H, W), and the empty prompt is all zeros when the
+pipeline sets `force_zeros_for_empty_prompt` (SDXL base does).
 
 Notation (as in DDIM, Song et al. 2021): ᾱ_t = `alphas_cumprod[t]`, a_t = √ᾱ_t, s_t = √(1 − ᾱ_t),
 x_t = a_t x_0 + s_t ε. The UNet may predict ε (`epsilon`), v = a_t ε − s_t x_0 (`v_prediction`,
@@ -33,8 +38,8 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +113,37 @@ class Backbone:
         tokenizer: CLIPTokenizer,
         scheduler: DDIMScheduler,
         *,
+        text_encoder_2: CLIPTextModelWithProjection | None = None,
+        tokenizer_2: CLIPTokenizer | None = None,
+        force_zeros_for_empty_prompt: bool = True,
         source: str = "",
         counter: NFECounter | None = None,
     ):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.scheduler = scheduler
         self.source = source
         self.nfe = counter if counter is not None else NFECounter()
-        max_len = getattr(text_encoder.config, "max_position_embeddings", tokenizer.model_max_length)
-        self.max_prompt_tokens = min(tokenizer.model_max_length, max_len)
-        if len(tokenizer) != text_encoder.config.vocab_size:
-            raise BackboneLoadError(
-                f"tokenizer has {len(tokenizer)} tokens but the text encoder expects {text_encoder.config.vocab_size}"
-                " (an offline CLIPTokenizer.from_pretrained without its files returns a 2-token tokenizer)"
-            )
+        if self.family == "sdxl" and (text_encoder_2 is None or tokenizer_2 is None):
+            raise BackboneLoadError("an SDXL-shaped UNet (addition_embed_type='text_time') needs text_encoder_2 "
+                                    "and tokenizer_2")
+        for tok, enc in self._text_encoders():
+            if len(tok) != enc.config.vocab_size:
+                raise BackboneLoadError(
+                    f"tokenizer has {len(tok)} tokens but the text encoder expects {enc.config.vocab_size}"
+                    " (an offline CLIPTokenizer.from_pretrained without its files returns a 2-token tokenizer)"
+                )
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)  # (T,)
         self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
         self._null: Conditioning | None = None
         self._fingerprints: dict[str, str] = {}
+
+    def _text_encoders(self) -> list[tuple[CLIPTokenizer, torch.nn.Module]]:
+        pairs = [(self.tokenizer, self.text_encoder)]
+        if self.text_encoder_2 is not None:
+            pairs.append((self.tokenizer_2, self.text_encoder_2))
+        return pairs
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -143,9 +161,13 @@ class Backbone:
         if not local and (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1):
             raise BackboneLoadError(f"pipeline directory {source!r} does not exist")
         try:
+            index = DiffusionPipeline.load_config(source)
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
             text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+            text_encoder_2 = None
+            if (index.get("text_encoder_2") or [None])[0] is not None:
+                text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=dtype)
             scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
         except (OSError, ValueError) as err:
             where = "local directory" if local else "hub id"
@@ -154,38 +176,55 @@ class Backbone:
                 f"cannot load pipeline from {where} {source!r}{offline}: {str(err).splitlines()[0]}. "
                 "Pass a local diffusers-format directory, or fetch it first with `huggingface-cli download <id>`."
             ) from err
-        if local and not (Path(source) / "tokenizer").is_dir():
+        tokenizers = [cls._load_tokenizer(source, local, sub, enc)
+                      for sub, enc in (("tokenizer", text_encoder), ("tokenizer_2", text_encoder_2)) if enc is not None]
+        for module in (unet, vae, text_encoder, text_encoder_2):
+            if module is not None:
+                module.requires_grad_(False).eval().to(device)
+        return cls(unet, vae, text_encoder, tokenizers[0], scheduler, text_encoder_2=text_encoder_2,
+                   tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None,
+                   force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True), source=source)
+
+    @staticmethod
+    def _load_tokenizer(source: str, local: bool, subfolder: str, encoder) -> CLIPTokenizer:
+        if local and not (Path(source) / subfolder).is_dir():
             from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
 
-            if text_encoder.config.vocab_size != CLIP_VOCAB_SIZE:
-                raise BackboneLoadError(f"{source} has no tokenizer/ and its text encoder is not CLIP-BPE sized")
-            tokenizer = clip_bpe_tokenizer(text_encoder.config.max_position_embeddings)
-        else:
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-        for module in (unet, vae, text_encoder):
-            module.requires_grad_(False).eval().to(device)
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, source=source)
+            if encoder.config.vocab_size != CLIP_VOCAB_SIZE:
+                raise BackboneLoadError(f"{source} has no {subfolder}/ and its text encoder is not CLIP-BPE sized")
+            return clip_bpe_tokenizer(encoder.config.max_position_embeddings)
+        return CLIPTokenizer.from_pretrained(source, subfolder=subfolder)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                         include_tokenizer: bool = True) -> None:
-        """Write a diffusers-format directory. Without the tokenizer, `from_pretrained` rebuilds the
+        """Write a diffusers-format directory. Without the tokenizers, `from_pretrained` rebuilds the
         CLIP BPE tokenizer from open_clip's vocabulary (so no third-party files are written)."""
-        for name, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+        modules = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+                   "text_encoder_2": self.text_encoder_2}
+        for name, module in modules.items():
+            if module is None:
+                continue
             saved = module
             if dtype is not None:  # nn.Module.to: diffusers' override warns about fp32-pinned modules it has none of
                 saved = torch.nn.Module.to(copy.deepcopy(module), dtype)
             saved.save_pretrained(Path(path) / name, safe_serialization=True)
         self.scheduler.save_pretrained(Path(path) / "scheduler")
-        if include_tokenizer:
-            self.tokenizer.save_pretrained(Path(path) / "tokenizer")
-        index = {
-            "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-            "unet": ["diffusers", type(self.unet).__name__], "vae": ["diffusers", type(self.vae).__name__],
-            "text_encoder": ["transformers", type(self.text_encoder).__name__],
-            "tokenizer": ["transformers", type(self.tokenizer).__name__] if include_tokenizer else [None, None],
-            "scheduler": ["diffusers", type(self.scheduler).__name__], "safety_checker": [None, None],
-            "feature_extractor": [None, None], "requires_safety_checker": False,
-        }
+        tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2}
+        for name, tok in tokenizers.items():
+            if tok is not None and include_tokenizer:
+                tok.save_pretrained(Path(path) / name)
+        sdxl = self.family == "sdxl"
+        index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+                 "_diffusers_version": diffusers.__version__, "scheduler": ["diffusers", type(self.scheduler).__name__]}
+        for name, module in {**modules, **tokenizers}.items():
+            if module is not None or name in ("text_encoder_2", "tokenizer_2") and sdxl:
+                library = "diffusers" if name in ("unet", "vae") else "transformers"
+                keep = module is not None and (include_tokenizer or not name.startswith("tokenizer"))
+                index[name] = [library, type(module).__name__] if keep else [None, None]
+        if sdxl:
+            index["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
+        else:
+            index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
         (Path(path) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     # ------------------------------------------------------------------ views and properties
@@ -227,13 +266,15 @@ class Backbone:
         return (self.unet.config.in_channels, self.image_size // factor, self.image_size // factor)
 
     def fingerprint(self, part: str) -> str:
-        """sha256 over the weights of `unet`, `vae` or `text_encoder` (keys caches of derived data)."""
+        """sha256 over the weights of "unet", "vae" or "text" (every text encoder); keys caches of derived data."""
+        modules = {"unet": [self.unet], "vae": [self.vae], "text": [enc for _, enc in self._text_encoders()]}[part]
         cache = self._fingerprints
         if part not in cache:
             digest = hashlib.sha256()
-            for name, tensor in sorted(getattr(self, part).state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            for module in modules:
+                for name, tensor in sorted(module.state_dict().items()):
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
             cache[part] = digest.hexdigest()[:16]
         return cache[part]
 
@@ -264,19 +305,33 @@ class Backbone:
         return a * x0 + s * noise
 
     # ------------------------------------------------------------------ text and images
+    def _encode_text(self, tokenizer: CLIPTokenizer, encoder: torch.nn.Module, prompts: list[str]):
+        max_len = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
+        ids = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
+                        return_tensors="pt").input_ids
+        return encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=self.family == "sdxl")
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
-        """Per-token text embeddings, (B, L, D), L the text encoder's context length."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_prompt_tokens,
-                             truncation=True, return_tensors="pt").input_ids
-        device = next(self.text_encoder.parameters()).device
-        embeds = self.text_encoder(ids.to(device)).last_hidden_state
-        return Conditioning(embeds.to(self.dtype))
+        """Per-token text embeddings (B, L, D); for SDXL also the pooled embedding and time ids."""
+        if self.family == "sd":
+            return Conditioning(self._encode_text(self.tokenizer, self.text_encoder, prompts).last_hidden_state.to(self.dtype))
+        first = self._encode_text(self.tokenizer, self.text_encoder, prompts)
+        second = self._encode_text(self.tokenizer_2, self.text_encoder_2, prompts)
+        embeds = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # (B, L, D1 + D2)
+        size = self.image_size
+        time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=self.dtype).expand(len(prompts), 6)
+        added = {"text_embeds": second.text_embeds.to(self.dtype), "time_ids": time_ids.to(embeds.device)}
+        return Conditioning(embeds.to(self.dtype), added)
 
     def null_conditioning(self, batch: int) -> Conditioning:
         """The empty prompt's conditioning, repeated to `batch` (unconditional branch of CFG)."""
         if self._null is None:
-            self._null = self.encode_prompts([""])
+            null = self.encode_prompts([""])
+            if self.family == "sdxl" and self.force_zeros_for_empty_prompt:
+                null = Conditioning(torch.zeros_like(null.embeds), {"text_embeds": torch.zeros_like(null.added["text_embeds"]),
+                                                                    "time_ids": null.added["time_ids"]})
+            self._null = null
         return self._null.map(lambda t: t.expand(batch, *t.shape[1:]))
 
     @torch.no_grad()
@@ -353,7 +408,7 @@ class Backbone:
         return eps_u + guidance * (eps_c - eps_u)
 
     def to(self, device: str | torch.device) -> Backbone:
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.unet, self.vae, *(enc for _, enc in self._text_encoders())):
             module.to(device)
         self._null = None
         return self

@@ -75,6 +75,7 @@ def run(
     json_path: Path = typer.Option(None, "--json", help="also write a summary JSON here"),
     pipeline: str = typer.Option(None, help="override the suite's pipeline (local diffusers directory or hub id)"),
     data: str = typer.Option(None, help="override the suite's preference data (Pick-a-Pic v2 schema)"),
+    prompts: str = typer.Option(None, help="override the suite's evaluation prompts (text file, one per line)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train each method under the same budget, evaluate against the base model, write run records."""
@@ -96,7 +97,8 @@ def run(
         target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         plan = plan_run(the_suite, _split(methods), budget=Budget.parse(budget) if budget else None, seeds=seed_list,
                         method_args=parse_method_args(method_arg), run_dir=target, resume=resume,
-                        progress=not quiet, pipeline=pipeline, preference_data=data)
+                        progress=not quiet, pipeline=pipeline, preference_data=data,
+                        prompts=prompts)
         console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget {plan.budget} per method; "
                       f"records in {plan.run_dir}", highlight=False)
 

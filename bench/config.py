@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adafactor")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class TrainConfig:
     prompt_dropout: float = field(default=0.2, metadata={"help": "probability of training a pair/image on the empty prompt"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision: no, fp16, bf16"})
     checkpoint_every: int = field(default=50, metadata={"help": "optimizer steps between resumable checkpoints"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw, or adafactor (Diffusion-DPO's SDXL recipe)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute UNet activations in backward"})
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -37,6 +40,8 @@ class TrainConfig:
             raise ValueError("warmup_steps and weight_decay must be >= 0 and max_grad_norm > 0")
         if not 0 <= self.prompt_dropout < 1:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
 

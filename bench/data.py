@@ -154,7 +154,7 @@ class EncodedPreferences:
     image_ids: list[str]  # (M,) their uids
     image_prompt: torch.Tensor  # (M,) index into `prompts`
     prompts: list[str]
-    embeds: torch.Tensor  # (P, L, D) text embeddings of `prompts`
+    prompt_cond: Conditioning  # (P,) text conditioning of `prompts`
     pair_winner: torch.Tensor  # (N,) index into latents
     pair_loser: torch.Tensor  # (N,)
     desirable: torch.Tensor  # (M,) bool: the image was preferred in at least one pair (Diffusion-KTO)
@@ -168,14 +168,14 @@ class EncodedPreferences:
         return len(self.latents)
 
     def conditioning(self, prompt_index: torch.Tensor) -> Conditioning:
-        return Conditioning(self.embeds[prompt_index])
+        return self.prompt_cond[prompt_index]
 
 
 def encode_preferences(backbone: Backbone, pairs: PreferencePairs, *, use_cache: bool = True,
                        batch_size: int = 64) -> EncodedPreferences:
     """Encode images (VAE posterior mean) and captions once; cached on disk by fingerprint."""
     key = hashlib.sha256(
-        f"{pairs.fingerprint}:{backbone.fingerprint('vae')}:{backbone.fingerprint('text_encoder')}:"
+        f"{pairs.fingerprint}:{backbone.fingerprint('vae')}:{backbone.fingerprint('text')}:"
         f"{backbone.image_size}:{backbone.dtype}".encode()
     ).hexdigest()[:24]
     path = cache_dir() / "encoded" / f"{key}.safetensors"
@@ -198,17 +198,30 @@ def encode_preferences(backbone: Backbone, pairs: PreferencePairs, *, use_cache:
 
     if use_cache and path.exists():
         tensors = load_file(str(path))
-        latents, embeds = tensors["latents"], tensors["embeds"]
+        latents = tensors.pop("latents")
+        prompt_cond = _conditioning_from_flat(tensors)
     else:
         latents = torch.cat([
             backbone.encode_images(decode_images(pairs.image_bytes([ref_of[u] for u in ids[i:i + batch_size]]),
                                                  backbone.image_size))
             for i in range(0, len(ids), batch_size)
         ]).cpu()
-        embeds = torch.cat([backbone.encode_prompts(prompts[i:i + 256]).embeds for i in range(0, len(prompts), 256)]).cpu()
+        prompt_cond = Conditioning.cat([backbone.encode_prompts(prompts[i:i + 256])
+                                        for i in range(0, len(prompts), 256)]).to("cpu")
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"latents": latents.contiguous(), "embeds": embeds.contiguous()}, str(tmp))
+            save_file({"latents": latents.contiguous(), **_conditioning_to_flat(prompt_cond)}, str(tmp))
             os.replace(tmp, path)
-    return EncodedPreferences(latents, ids, image_prompt, prompts, embeds, pair_winner, pair_loser, desirable)
+    return EncodedPreferences(latents, ids, image_prompt, prompts, prompt_cond, pair_winner, pair_loser, desirable)
+
+
+def _conditioning_to_flat(cond: Conditioning) -> dict[str, torch.Tensor]:
+    flat = {"embeds": cond.embeds.contiguous()}
+    flat.update({f"added.{k}": v.contiguous() for k, v in (cond.added or {}).items()})
+    return flat
+
+
+def _conditioning_from_flat(flat: dict[str, torch.Tensor]) -> Conditioning:
+    added = {k.removeprefix("added."): v for k, v in flat.items() if k.startswith("added.")}
+    return Conditioning(flat["embeds"], added or None)

@@ -22,6 +22,7 @@ from bench.cache import cache_dir
 from bench.config import EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
 from bench.data import encode_preferences, load_pickapic, preference_pairs
 from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
+from bench.prompts import PromptSource, load_prompts
 from bench.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
 from bench.suites import Suite
 from bench.trainer import Trainer, declared_step_cost
@@ -48,6 +49,7 @@ class RunPlan:
     pipeline: str = ""
     preference_data: str = ""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    prompts: list[str] = field(default_factory=list)  # the evaluation prompts, resolved
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -57,7 +59,9 @@ class RunPlan:
             "preference_data": self.preference_data,
             "preference_split": self.suite.preference_split,
             "max_pairs": self.suite.max_pairs,
-            "eval_prompts": list(self.suite.eval_prompts),
+            "eval_prompt_source": (self.suite.eval_prompts.describe() if isinstance(self.suite.eval_prompts, PromptSource)
+                                   else None),
+            "eval_prompts": self.prompts,
             "metrics": list(self.suite.metrics),
             "budget": {"unit": self.budget.unit, "limit": self.budget.limit},
             "seeds": self.seeds,
@@ -81,7 +85,8 @@ def parse_method_args(items: list[str]) -> dict[str, dict[str, str]]:
 
 def plan_run(suite: Suite, method_names: list[str], *, budget: Budget | None = None, seeds: list[int] | None = None,
              method_args: dict[str, dict[str, str]] | None = None, run_dir: Path, resume: bool = False,
-             progress: bool = True, pipeline: str | None = None, preference_data: str | None = None) -> RunPlan:
+             progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
+             prompts: str | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work."""
     if not method_names:
         raise RunSetupError("no methods given; e.g. --methods dpo,inpo,kto")
@@ -113,7 +118,8 @@ def plan_run(suite: Suite, method_names: list[str], *, budget: Budget | None = N
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
     plan = RunPlan(suite, methods, train_configs, budget, seeds, Path(run_dir), resume, progress,
-                   pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval)
+                   pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
+                   load_prompts(prompts if prompts is not None else suite.eval_prompts))
     manifest = plan.run_dir / "run.json"
     if resume:
         if not manifest.exists():
@@ -133,7 +139,7 @@ def _scorers(names) -> dict[str, Scorer]:
 
 def _base_cache_key(backbone: Backbone, plan: RunPlan) -> str:
     payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"),
-                          "text": backbone.fingerprint("text_encoder"), "prompts": list(plan.suite.eval_prompts),
+                          "text": backbone.fingerprint("text"), "prompts": plan.prompts,
                           "eval": as_dict(plan.eval), "metrics": list(plan.suite.metrics),
                           "schema": SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -155,7 +161,7 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
         else:
             return _record(plan, "base", None, _budget_summary(plan), None, EvalResult.from_dict(evaluation), scorers,
                            None, backbone)
-    result, _ = evaluate(backbone, list(plan.suite.eval_prompts), plan.eval, scorers, progress=plan.progress,
+    result, _ = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress,
                          desc="eval base")
     record = _record(plan, "base", None, _budget_summary(plan), None, result, scorers, None, backbone)
     write_json_atomic(cached, record)
@@ -171,7 +177,7 @@ def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training
         "method": method,
         "seed": seed,
         "config": plan.config(),
-        "pipeline_weights": {part: backbone.fingerprint(part) for part in ("unet", "vae", "text_encoder")},
+        "pipeline_weights": {part: backbone.fingerprint(part) for part in ("unet", "vae", "text")},
         "budget": budget,
         "training": training,
         "evaluation": result.to_dict(),
@@ -229,7 +235,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
             trainer = Trainer(method, backbone, data, plan.train_configs[name], plan.budget, seed=seed,
                               checkpoint_path=ckpt, progress=plan.progress, callbacks=trainer_callbacks)
             result = trainer.fit()
-            evaluation, _ = evaluate(result.policy, list(plan.suite.eval_prompts), plan.eval, scorers,
+            evaluation, _ = evaluate(result.policy, plan.prompts, plan.eval, scorers,
                                      progress=plan.progress, desc=f"eval {name}")
             training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
                         "history": result.history,

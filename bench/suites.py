@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.budget import Budget
 from bench.config import EvalConfig, TrainConfig
+from bench.prompts import PromptSource
 from bench.registry import Registry
 from bench.toy.world import split_combos
 
@@ -33,7 +34,7 @@ class Suite:
     description: str
     pipeline: str
     preference_data: str
-    eval_prompts: tuple[str, ...]
+    eval_prompts: tuple[str, ...] | PromptSource
     metrics: tuple[str, ...]
     budget: Budget
     train: TrainConfig
@@ -76,3 +77,64 @@ def toy_suite() -> Suite:
 
 def get_suite(name: str) -> Suite:
     return SUITES.get(name)()
+
+
+_PICKAPIC = "yuvalkirstain/pickapic_v2"
+_REAL_METRICS = ("pickscore", "hps", "imagereward", "clip", "aesthetic")
+_DPO_BUDGET = Budget("nfe", 2000 * 2048 * 8)  # Diffusion-DPO's run: 2000 steps x 2048 pairs x 8F per pair
+
+
+@SUITES.register("sd15-pickapic")
+def sd15_pickapic_suite() -> Suite:
+    """SD 1.5 on Pick-a-Pic v2 with Diffusion-DPO's recipe (configuration only: needs the weights and GPUs).
+
+    SalesforceAIResearch/DiffusionDPO `launchers/sd15.sh` and paper §5.1: 2048 pairs per step
+    (16 processes x 1 pair x 128 accumulation), 2000 steps, AdamW lr 1e-8 x 2048 = 2.048e-5
+    (`--scale_lr`), weight decay 1e-2, clip 1, constant lr after 500 warmup steps, prompt dropout 0.2,
+    β = 2000 (paper; the launcher passes 5000). Every method gets that run's compute, 3.28e7 NFE.
+    Method recipes: KTO paper App. A.1 (β 5000, lr 1e-7, 8 images per step, 1000 warmup); InPO's SD 1.5
+    example (β 2000, 1024 pairs per step, lr 1e-8 x 1024); DSPO README (β 0.001).
+    """
+    return Suite(
+        name="sd15-pickapic",
+        description="SD 1.5 + Pick-a-Pic v2, Diffusion-DPO's recipe (GPUs and the weights required)",
+        pipeline="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        preference_data=_PICKAPIC,
+        eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
+        metrics=_REAL_METRICS,
+        budget=_DPO_BUDGET,
+        train=TrainConfig(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, warmup_steps=500,
+                          prompt_dropout=0.2, mixed_precision="fp16", checkpoint_every=100),
+        eval=EvalConfig(images_per_prompt=1, steps=50, guidance=7.5, batch_size=16),
+        method_args={"dpo": {"beta": 2000.0}, "dense-dpo": {"beta": 2000.0}, "inpo": {"beta": 2000.0},
+                     "kto": {"beta": 5000.0}, "dspo": {"beta": 0.001}},
+        train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000},
+                    "inpo": {"lr": 1.024e-5, "grad_accum": 64, "warmup_steps": 200}},
+    )
+
+
+@SUITES.register("sdxl-pickapic")
+def sdxl_pickapic_suite() -> Suite:
+    """SDXL on Pick-a-Pic v2 with Diffusion-DPO's SDXL recipe (configuration only: needs the weights and GPUs).
+
+    SalesforceAIResearch/DiffusionDPO `launchers/sdxl.sh`: 2048 pairs per step (16 x 1 x 128), 2000 steps,
+    lr 2.048e-5, constant after 200 warmup steps, β = 5000, Adafactor and gradient checkpointing (forced
+    by `train.py` for SDXL); the launcher also swaps in the `madebyollin/sdxl-vae-fp16-fix` VAE, which a
+    local pipeline directory can include. InPO's SDXL example uses β = 5000 too.
+    """
+    return Suite(
+        name="sdxl-pickapic",
+        description="SDXL + Pick-a-Pic v2, Diffusion-DPO's SDXL recipe (GPUs and the weights required)",
+        pipeline="stabilityai/stable-diffusion-xl-base-1.0",
+        preference_data=_PICKAPIC,
+        eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
+        metrics=_REAL_METRICS,
+        budget=_DPO_BUDGET,
+        train=TrainConfig(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, warmup_steps=200,
+                          prompt_dropout=0.2, mixed_precision="fp16", checkpoint_every=100, optimizer="adafactor",
+                          gradient_checkpointing=True),
+        eval=EvalConfig(images_per_prompt=1, steps=50, guidance=5.0, batch_size=8),
+        method_args={"dpo": {"beta": 5000.0}, "dense-dpo": {"beta": 5000.0}, "inpo": {"beta": 5000.0},
+                     "kto": {"beta": 5000.0}, "dspo": {"beta": 5000.0}},
+        train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000}},
+    )

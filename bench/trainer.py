@@ -52,6 +52,16 @@ def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str) 
             "seconds": 0.0}[unit]
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or Adafactor configured as Diffusion-DPO's SDXL recipe (fixed lr, no relative step)."""
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_threshold=1.0, scale_parameter=False,
+                         relative_step=False)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+
+
 class Trainer:
     def __init__(self, method: AlignmentMethod, base: Backbone, data: EncodedPreferences, config: TrainConfig,
                  budget: Budget, *, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
@@ -77,9 +87,10 @@ class Trainer:
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                   cpu=self.base.device.type == "cpu")
         unet = copy.deepcopy(self.base.unet).train().requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         params = [p for p in unet.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(params, cfg)
         warmup = max(cfg.warmup_steps, 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         unet, optimizer = accelerator.prepare(unet, optimizer)

@@ -60,3 +60,33 @@ def tiny_toy_dir(tmp_path_factory, tiny_arch):
     )
     build_toy(out, cfg, progress=False)
     return out
+
+
+@pytest.fixture()
+def tiny_sdxl_backbone(tiny_arch):
+    """A randomly initialised SDXL-shaped backbone: two text encoders (the second with a projection),
+    pooled text embeddings and time-id micro-conditioning, as diffusers' SDXL pipeline tests build it."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from bench.backbone import Backbone
+    from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+    from bench.toy.pipeline import build_components, sd_ddim_scheduler
+
+    torch.manual_seed(0)
+    _, vae, _, _ = build_components(tiny_arch, seed=0)
+    text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=16, projection_dim=16)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16, cross_attention_dim=16 + 16,
+        norm_num_groups=8,
+    )
+    modules = (unet, vae, CLIPTextModel(CLIPTextConfig(**text)), CLIPTextModelWithProjection(CLIPTextConfig(**text)))
+    for module in modules:
+        module.requires_grad_(False).eval()
+    tokenizer = clip_bpe_tokenizer(16)
+    return Backbone(modules[0], modules[1], modules[2], tokenizer, sd_ddim_scheduler("epsilon"),
+                    text_encoder_2=modules[3], tokenizer_2=tokenizer, source="random-sdxl")

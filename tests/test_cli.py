@@ -73,3 +73,15 @@ def test_list_shows_registries():
     assert result.exit_code == 0
     for name in ("dpo", "inpo", "kto", "sft", "ddim", "oracle", "toy"):
         assert name in result.output
+
+
+def test_run_with_a_prompt_file(in_tmp):
+    (in_tmp / "prompts.txt").write_text("a small red circle on the left, black background\n"
+                                        "a large blue square in the center, gray background\n")
+    result = runner.invoke(app, ["run", "--methods", "sft", "--budget", "2steps", "--prompts", "prompts.txt",
+                                 "--run-dir", "out", "--json", "s.json", "-q"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads((in_tmp / "s.json").read_text())["runs"]
+    assert [r["metrics"]["oracle"]["n"] for r in runs] == [8, 8]  # 2 prompts x 4 seeds
+    missing = runner.invoke(app, ["run", "--prompts", "nope.txt"])
+    assert missing.exit_code == 2 and "prompt file nope.txt does not exist" in missing.output

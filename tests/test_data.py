@@ -87,4 +87,4 @@ def test_encoded_preferences_and_kto_labels(pickapic_parquet, tiny_backbone):
     expected = tiny_backbone.encode_images(decode_images(pairs.image_bytes([(0, 0)]), 32))
     assert torch.allclose(data.latents[data.image_ids.index("A")], expected[0], atol=1e-5)
     again = encode_preferences(tiny_backbone, pairs)  # second call reads the cache
-    assert torch.equal(again.latents, data.latents) and torch.equal(again.embeds, data.embeds)
+    assert torch.equal(again.latents, data.latents) and torch.equal(again.prompt_cond.embeds, data.prompt_cond.embeds)

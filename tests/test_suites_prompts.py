@@ -1,0 +1,54 @@
+"""Suite definitions apply cleanly to every registered method; prompt sets resolve or fail clearly."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from bench.config import apply_overrides
+from bench.data import DataError
+from bench.prompts import PromptSource, load_prompts
+from bench.suites import SUITES, get_suite
+from methods.alignment import METHODS
+
+
+@pytest.mark.parametrize("name", SUITES.names())
+def test_suite_overrides_fit_the_method_configs(name):
+    suite = get_suite(name)
+    assert suite.budget.limit > 0 and suite.metrics
+    for method in METHODS.names():
+        apply_overrides(METHODS.get(method).Config(), suite.method_args.get(method, {}))
+        apply_overrides(suite.train, suite.train_args.get(method, {}))
+    for method in set(suite.method_args) | set(suite.train_args):
+        assert method in METHODS or method in ("dspo", "dense-dpo", "mapo"), method
+
+
+def test_real_suites_follow_the_dpo_recipes():
+    sd15, sdxl = get_suite("sd15-pickapic"), get_suite("sdxl-pickapic")
+    assert sd15.budget.limit == sdxl.budget.limit == 2000 * 2048 * 8
+    assert sd15.train.batch_size * sd15.train.grad_accum * 16 == 2048  # 16 processes
+    assert sdxl.train.optimizer == "adafactor" and sdxl.train.gradient_checkpointing
+    assert sdxl.method_args["dpo"]["beta"] == sdxl.method_args["inpo"]["beta"] == 5000.0
+    assert isinstance(sd15.eval_prompts, PromptSource) and sd15.eval_prompts.split == "test_unique"
+
+
+def test_prompts_from_text_file_and_list(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\n\n  a dog  \n")
+    assert load_prompts(path) == ["a cat", "a dog"]
+    assert load_prompts(("x", "y")) == ["x", "y"]
+    with pytest.raises(DataError, match="does not exist"):
+        load_prompts(tmp_path / "missing.txt")
+    with pytest.raises(DataError, match="empty"):
+        load_prompts(())
+
+
+def test_prompts_from_a_dataset_column(tmp_path):
+    path = tmp_path / "test.parquet"
+    datasets.Dataset.from_dict({"caption": ["b", "a", "b", "c"], "other": [1, 2, 3, 4]}).to_parquet(str(path))
+    assert load_prompts(PromptSource(str(path))) == ["b", "a", "c"]
+    assert load_prompts(PromptSource(str(path), unique=False, limit=3)) == ["b", "a", "b"]
+    with pytest.raises(DataError, match="no column 'prompt'"):
+        load_prompts(PromptSource(str(path), column="prompt"))
+    with pytest.raises(DataError, match="cannot load evaluation prompts 'no-such-org/prompts'"):
+        load_prompts(PromptSource("no-such-org/prompts"))
