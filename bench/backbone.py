@@ -407,8 +407,9 @@ class Backbone:
         eps_u, eps_c = self.to_eps(self.model_output(x2, t2, Conditioning.cat([uncond, cond])), x2, t2).chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
-    def to(self, device: str | torch.device) -> Backbone:
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
+        """Move (and/or cast) every module in place; returns self."""
         for module in (self.unet, self.vae, *(enc for _, enc in self._text_encoders())):
-            module.to(device)
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         self._null = None
         return self

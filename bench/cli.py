@@ -127,6 +127,65 @@ def run(
         console.print(f"summary written to {json_path}")
 
 
+@app.command()
+def invert(
+    samplers: str = typer.Option("ddim", help="comma-separated inversion samplers (see `bench list`)"),
+    steps: int = typer.Option(50, help="sampling steps (the same level path for every sampler)"),
+    guidance: float = typer.Option(1.0, help="classifier-free guidance scale for inversion and reconstruction"),
+    dtype: str = typer.Option("float32", help="float32 or float64"),
+    images_dir: Path = typer.Option(None, help="invert these images instead of toy renders"),
+    prompt: str = typer.Option("", help="prompt for --images-dir images"),
+    images: int = typer.Option(8, help="number of toy renders (held-out captions) when no --images-dir"),
+    pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
+    out: Path = typer.Option(Path("runs/invert"), help="where the JSON, table and figures go"),
+    json_path: Path = typer.Option(None, "--json", help="also write the records here"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
+    _quiet_libraries()
+    import pandas as pd
+
+    from bench.backbone import Backbone
+    from bench.invert import InvertConfig, load_image_dir, run_inversion_benchmark
+    from bench.plots import inversion_error_vs_nfe, inversion_time_per_image
+    from bench.records import environment, now, write_json_atomic
+    from bench.suites import get_suite
+    from bench.toy.world import render_dataset, split_combos
+
+    try:
+        cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidance=guidance, dtype=dtype)
+        backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
+        if images_dir is not None:
+            pixels = load_image_dir(images_dir, backbone.image_size)
+            prompts = [prompt] * len(pixels)
+        else:
+            pixels, prompts = render_dataset(split_combos()[1][:images], 1, seed=0)
+    except (ValueError, FileNotFoundError, *_user_errors()) as err:
+        _fail(str(err))
+    result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=not quiet)
+    result.update(environment=environment(), created=now(), pipeline=backbone.source)
+    write_json_atomic(out / "invert.json", result)
+    if json_path is not None:
+        write_json_atomic(json_path, result)
+    columns = ["sampler", "latent_mse", "pixel_mse", "psnr", "nfe_invert", "nfe_reconstruct", "seconds_invert",
+               "seconds_reconstruct", "overhead_ratio"]
+    df = pd.DataFrame(result["records"])[columns]
+    (out / "table.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
+    inversion_error_vs_nfe(result["records"], out / "error_vs_nfe.png")
+    inversion_time_per_image(result["records"], out / "time_per_image.png")
+    table = Table(title=f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")
+    for column in columns:
+        table.add_column(column)
+    for row in df.itertuples(index=False):
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+    ref = result["diffusers_reference"]
+    if ref:
+        console.print(f"diffusers DDIMInverseScheduler: max |Δ latent| {ref['max_abs_latent_diff']:.2e}, "
+                      f"ours/diffusers time {ref['speed_ratio_ours_over_diffusers']:.3f}", highlight=False)
+    console.print(f"records, table and figures in {out}")
+
+
 @app.command("list")
 def list_registry() -> None:
     """List the registered alignment methods, inversion samplers, metrics and suites."""

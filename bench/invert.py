@@ -1,0 +1,141 @@
+"""`bench invert`: reconstruction quality and speed of inversion samplers on the same images.
+
+For each sampler: encode the images, invert along the `steps`-step DDIM level path, reconstruct,
+and measure latent MSE, pixel MSE and PSNR against the encoded/decoded original, the NFE per image
+in each direction (UNet evaluations of one latent, from the Backbone's counter), wall time, and
+
+    overhead_ratio = (seconds_invert + seconds_reconstruct) / (calls × t_fwd)
+
+where `calls` counts the UNet invocations and t_fwd is one invocation timed in the same run at the
+same batch shape (2B latents under classifier-free guidance), so the compute floor is 1.0. A DDIM
+loop run by diffusers' own `DDIMInverseScheduler` on the same pipeline is reported beside ours:
+the largest latent difference and the speed ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMInverseScheduler
+
+from bench.backbone import Backbone, Conditioning
+from bench.data import decode_images
+from bench.progress import progress_bar
+from methods.inversion import SAMPLERS
+from methods.inversion.base import sampling_levels
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    samplers: tuple[str, ...] = ("ddim",)
+    steps: int = 50
+    guidance: float = 1.0
+    dtype: str = "float32"
+    seed: int = 0  # for samplers that draw noise (ddpm-ef)
+    timing_repeats: int = 5
+
+    def __post_init__(self):
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        SAMPLERS.check(list(self.samplers))
+
+
+def load_image_dir(path: Path, size: int) -> torch.Tensor:
+    """Every .png/.jpg/.jpeg/.webp in `path` (sorted), resized and centre-cropped to size: (N, 3, size, size)."""
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise FileNotFoundError(f"no .png/.jpg/.jpeg/.webp images in {path}")
+    return decode_images([p.read_bytes() for p in files], size)
+
+
+def _time_call(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _forward_time(backbone: Backbone, x: torch.Tensor, cond: Conditioning, guidance: float, repeats: int) -> float:
+    """Median seconds of one UNet invocation at the batch shape `eps` uses (2B under CFG)."""
+    with torch.no_grad():
+        return _time_call(lambda: backbone.eps(x, 500, cond, guidance), repeats)
+
+
+def _psnr(mse: float) -> float:
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def diffusers_ddim_inversion(backbone: Backbone, x0: torch.Tensor, cond: Conditioning, steps: int) -> torch.Tensor:
+    """The same DDIM inversion (w = 1) run by diffusers' `DDIMInverseScheduler` loop, for comparison."""
+    inverse = DDIMInverseScheduler.from_config(backbone.scheduler.config)
+    inverse.register_to_config(prediction_type="epsilon")  # we hand it ε whatever the model predicts
+    inverse.set_timesteps(steps)
+    z = x0.clone()
+    with torch.no_grad():
+        for t in inverse.timesteps:
+            z = inverse.step(backbone.eps(z, int(t), cond), t, z).prev_sample
+    return z
+
+
+def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: list[str], cfg: InvertConfig, *,
+                            progress: bool = True) -> dict:
+    """One record per sampler plus the diffusers reference; images (N, 3, H, W) in [0, 1]."""
+    dtype = DTYPES[cfg.dtype]
+    backbone.to(dtype=dtype)
+    cond = backbone.encode_prompts(prompts)
+    x0 = backbone.encode_images(images.to(dtype))  # (N, C, h, w)
+    reference_pixels = backbone.decode(x0)
+    levels = sampling_levels(backbone, cfg.steps)
+    n = x0.shape[0]
+    t_fwd = _forward_time(backbone, x0, cond, cfg.guidance, cfg.timing_repeats)
+    records = []
+    for name in progress_bar(cfg.samplers, enabled=progress, desc="samplers"):
+        sampler = SAMPLERS.get(name)()
+        backbone.nfe.reset()
+        start = time.perf_counter()
+        state = sampler.invert(backbone, x0, cond, levels, guidance=cfg.guidance,
+                               rng=torch.Generator().manual_seed(cfg.seed))
+        seconds_invert = time.perf_counter() - start
+        nfe_invert, calls_invert = backbone.nfe.forward / n, backbone.nfe.calls
+        backbone.nfe.reset()
+        start = time.perf_counter()
+        with torch.no_grad():
+            recon = sampler.reconstruct(backbone, state, cond, guidance=cfg.guidance)
+        seconds_reconstruct = time.perf_counter() - start
+        nfe_reconstruct, calls_reconstruct = backbone.nfe.forward / n, backbone.nfe.calls
+        latent_mse = ((recon.double() - x0.double()) ** 2).mean().item()
+        pixel_mse = ((backbone.decode(recon).double() - reference_pixels.double()) ** 2).mean().item()
+        floor = (calls_invert + calls_reconstruct) * t_fwd
+        records.append({
+            "sampler": name, "exact": sampler.exact, "steps": cfg.steps, "guidance": cfg.guidance, "dtype": cfg.dtype,
+            "images": n, "latent_mse": latent_mse, "pixel_mse": pixel_mse, "psnr": _psnr(pixel_mse),
+            "nfe_invert": nfe_invert, "nfe_reconstruct": nfe_reconstruct, "calls_invert": calls_invert,
+            "calls_reconstruct": calls_reconstruct, "seconds_invert": seconds_invert,
+            "seconds_reconstruct": seconds_reconstruct, "t_fwd": t_fwd,
+            "overhead_ratio": (seconds_invert + seconds_reconstruct) / floor if floor else None,
+        })
+    reference = None
+    if cfg.guidance == 1.0:
+        ours = SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels).latents
+        ours_seconds = _time_call(lambda: SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels), 1)
+        theirs_seconds = _time_call(lambda: diffusers_ddim_inversion(backbone, x0, cond, cfg.steps), 1)
+        theirs = diffusers_ddim_inversion(backbone, x0, cond, cfg.steps)
+        reference = {"implementation": "diffusers.DDIMInverseScheduler", "max_abs_latent_diff":
+                     (ours - theirs).abs().max().item(), "seconds_ours": ours_seconds, "seconds_diffusers": theirs_seconds,
+                     "speed_ratio_ours_over_diffusers": ours_seconds / theirs_seconds}
+    return {"config": {"samplers": list(cfg.samplers), "steps": cfg.steps, "guidance": cfg.guidance,
+                       "dtype": cfg.dtype, "images": n, "prompts": prompts},
+            "records": records, "diffusers_reference": reference}

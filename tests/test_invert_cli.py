@@ -1,0 +1,35 @@
+"""`bench invert` end to end on the tiny toy pipeline: records, figures and the diffusers reference."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+runner = CliRunner()
+FIELDS = {"sampler", "steps", "guidance", "dtype", "latent_mse", "pixel_mse", "psnr", "nfe_invert", "nfe_reconstruct",
+          "seconds_invert", "seconds_reconstruct", "overhead_ratio"}
+
+
+def test_invert_writes_records_table_and_figures(tmp_path, tiny_toy_dir):
+    out = tmp_path / "inv"
+    result = runner.invoke(app, ["invert", "--samplers", "ddim", "--steps", "4", "--images", "3", "--dtype", "float64",
+                                 "--pipeline", str(tiny_toy_dir / "pipeline"), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "invert.json").read_text())
+    (record,) = data["records"]
+    assert FIELDS <= set(record) and record["dtype"] == "float64" and record["images"] == 3
+    assert record["nfe_invert"] == record["nfe_reconstruct"] == 4 and record["latent_mse"] > 0
+    assert data["diffusers_reference"]["max_abs_latent_diff"] < 1e-6
+    for name in ("error_vs_nfe.png", "time_per_image.png", "table.md"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_invert_rejects_bad_arguments(tmp_path):
+    for args, message in ((["--samplers", "ddmi"], "did you mean 'ddim'"), (["--steps", "1"], "steps must be >= 2"),
+                          (["--dtype", "float16"], "dtype must be one of")):
+        result = runner.invoke(app, ["invert", *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "x").exists()
