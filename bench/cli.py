@@ -139,6 +139,7 @@ def invert(
     pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
     out: Path = typer.Option(Path("runs/invert"), help="where the JSON, table and figures go"),
     json_path: Path = typer.Option(None, "--json", help="also write the records here"),
+    repeats: int = typer.Option(1, help="timed runs per sampler (median reported)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
@@ -153,7 +154,7 @@ def invert(
     from bench.toy.world import render_dataset, split_combos
 
     try:
-        cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidance=guidance, dtype=dtype)
+        cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidance=guidance, dtype=dtype, repeats=repeats)
         backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
         if images_dir is not None:
             pixels = load_image_dir(images_dir, backbone.image_size)

@@ -38,7 +38,8 @@ class InvertConfig:
     guidance: float = 1.0
     dtype: str = "float32"
     seed: int = 0  # for samplers that draw noise (ddpm-ef)
-    timing_repeats: int = 5
+    repeats: int = 1  # timed runs per sampler; the median is reported
+    timing_repeats: int = 5  # timed UNet invocations for t_fwd
 
     def __post_init__(self):
         if self.steps < 2:
@@ -47,6 +48,8 @@ class InvertConfig:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         SAMPLERS.check(list(self.samplers))
 
 
@@ -90,6 +93,22 @@ def diffusers_ddim_inversion(backbone: Backbone, x0: torch.Tensor, cond: Conditi
     return z
 
 
+def _timed_round_trip(backbone: Backbone, sampler, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
+                      cfg: InvertConfig) -> dict:
+    backbone.nfe.reset()
+    start = time.perf_counter()
+    state = sampler.invert(backbone, x0, cond, levels, guidance=cfg.guidance, rng=torch.Generator().manual_seed(cfg.seed))
+    seconds_invert = time.perf_counter() - start
+    forward_invert, calls_invert = backbone.nfe.forward, backbone.nfe.calls
+    backbone.nfe.reset()
+    start = time.perf_counter()
+    with torch.no_grad():
+        latents = sampler.reconstruct(backbone, state, cond, guidance=cfg.guidance)
+    return {"latents": latents, "seconds_invert": seconds_invert, "seconds_reconstruct": time.perf_counter() - start,
+            "forward_invert": forward_invert, "calls_invert": calls_invert, "forward_reconstruct": backbone.nfe.forward,
+            "calls_reconstruct": backbone.nfe.calls}
+
+
 def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: list[str], cfg: InvertConfig, *,
                             progress: bool = True) -> dict:
     """One record per sampler plus the diffusers reference; images (N, 3, H, W) in [0, 1]."""
@@ -100,22 +119,19 @@ def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: l
     reference_pixels = backbone.decode(x0)
     levels = sampling_levels(backbone, cfg.steps)
     n = x0.shape[0]
+    with torch.no_grad():  # warm-up: the first UNet calls of a process are slow (allocator, kernel selection)
+        for t in (1, 500, 999):
+            backbone.eps(x0, t, cond, cfg.guidance)
     t_fwd = _forward_time(backbone, x0, cond, cfg.guidance, cfg.timing_repeats)
     records = []
     for name in progress_bar(cfg.samplers, enabled=progress, desc="samplers"):
         sampler = SAMPLERS.get(name)()
-        backbone.nfe.reset()
-        start = time.perf_counter()
-        state = sampler.invert(backbone, x0, cond, levels, guidance=cfg.guidance,
-                               rng=torch.Generator().manual_seed(cfg.seed))
-        seconds_invert = time.perf_counter() - start
-        nfe_invert, calls_invert = backbone.nfe.forward / n, backbone.nfe.calls
-        backbone.nfe.reset()
-        start = time.perf_counter()
-        with torch.no_grad():
-            recon = sampler.reconstruct(backbone, state, cond, guidance=cfg.guidance)
-        seconds_reconstruct = time.perf_counter() - start
-        nfe_reconstruct, calls_reconstruct = backbone.nfe.forward / n, backbone.nfe.calls
+        runs = [_timed_round_trip(backbone, sampler, x0, cond, levels, cfg) for _ in range(cfg.repeats)]
+        seconds_invert = sorted(r["seconds_invert"] for r in runs)[len(runs) // 2]
+        seconds_reconstruct = sorted(r["seconds_reconstruct"] for r in runs)[len(runs) // 2]
+        recon, counts = runs[-1]["latents"], runs[-1]
+        nfe_invert, calls_invert = counts["forward_invert"] / n, counts["calls_invert"]
+        nfe_reconstruct, calls_reconstruct = counts["forward_reconstruct"] / n, counts["calls_reconstruct"]
         latent_mse = ((recon.double() - x0.double()) ** 2).mean().item()
         pixel_mse = ((backbone.decode(recon).double() - reference_pixels.double()) ** 2).mean().item()
         floor = (calls_invert + calls_reconstruct) * t_fwd
