@@ -23,7 +23,8 @@ further coefficient arithmetic in float64. Level t = −1 stands for the clean e
 (`final_alpha_cumprod`: 1, or ᾱ_0 when `set_alpha_to_one=False`, as in SD).
 
 Every UNet call goes through `model_output`, which counts NFE: one per latent in the batch, and a
-call made with gradients enabled on trainable weights is also charged 2 per latent for its backward.
+call made with gradients enabled, on trainable weights or on an input (null-text inversion optimises
+the empty-prompt embedding), is also charged 2 per latent for its backward.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class NFECounter:
     """UNet evaluations of one latent. `total` charges a backward pass as 2 forwards."""
 
     forward: int = 0
-    grad_forward: int = 0  # forwards made with gradients on trainable weights (each implies a backward)
+    grad_forward: int = 0  # forwards made with gradients on weights or inputs (each implies a backward)
     calls: int = 0  # UNet invocations (a CFG evaluation of a batch is one call of 2B latents)
 
     @property
@@ -374,8 +375,9 @@ class Backbone:
         batch = x_t.shape[0]
         self.nfe.calls += 1
         self.nfe.forward += batch
-        if torch.is_grad_enabled() and next(self.unet.parameters()).requires_grad:
-            self.nfe.grad_forward += batch
+        inputs = [x_t, cond.embeds, *(cond.added or {}).values()]
+        if torch.is_grad_enabled() and (next(self.unet.parameters()).requires_grad or any(t.requires_grad for t in inputs)):
+            self.nfe.grad_forward += batch  # a backward will follow: through the weights or to an input (null-text)
         return self.unet(x_t, self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=cond.added).sample
 

@@ -66,7 +66,7 @@ class RunPlan:
             "budget": {"unit": self.budget.unit, "limit": self.budget.limit},
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
-            "methods": {name: {"config": as_dict(m.config), "train": as_dict(self.train_configs[name])}
+            "methods": {name: {"config": m.describe(), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
         }
 

@@ -70,7 +70,8 @@ def toy_suite() -> Suite:
         budget=Budget.parse("4e4nfe"),
         train=TrainConfig(lr=3e-5, batch_size=16, weight_decay=0.0, prompt_dropout=0.1, checkpoint_every=50),
         eval=EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0, batch_size=128),
-        method_args={"dpo": {"beta": 500.0}, "inpo": {"beta": 500.0}, "kto": {"beta": 500.0}},
+        method_args={"dpo": {"beta": 500.0}, "dense-dpo": {"beta": 500.0}, "inpo": {"beta": 500.0},
+                     "kto": {"beta": 500.0}},
         train_args={"kto": {"batch_size": 32}, "sft": {"batch_size": 32}},
     )
 

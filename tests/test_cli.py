@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
+from methods.alignment import METHODS
 
 runner = CliRunner()
 
@@ -21,7 +22,7 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--methods", "dpo,inpoo"], "unknown method 'inpoo'; did you mean 'inpo'? Known methods: dpo, inpo, kto, sft"),
+    (["run", "--methods", "dpo,inpoo"], f"unknown method 'inpoo'; did you mean 'inpo'? Known methods: {', '.join(METHODS)}"),
     (["run", "--budget", "lots"], "cannot parse budget 'lots'"),
     (["run", "--suite", "tyo"], "unknown suite 'tyo'; did you mean 'toy'?"),
     (["run", "--method-arg", "inpo.mode=fast"], "inpo: mode must be one of"),
@@ -85,3 +86,15 @@ def test_run_with_a_prompt_file(in_tmp):
     assert [r["metrics"]["oracle"]["n"] for r in runs] == [8, 8]  # 2 prompts x 4 seeds
     missing = runner.invoke(app, ["run", "--prompts", "nope.txt"])
     assert missing.exit_code == 2 and "prompt file nope.txt does not exist" in missing.output
+
+
+def test_inpo_with_an_exact_inverter_is_recorded(in_tmp):
+    (in_tmp / "p.txt").write_text("a small red circle on the left, black background\n")
+    result = runner.invoke(app, ["run", "--methods", "inpo", "--method-arg", "inpo.inversion=bdia", "--budget", "2steps",
+                                 "--prompts", "p.txt", "--run-dir", "out", "-q"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((in_tmp / "out" / "inpo-s0.json").read_text())
+    config = record["config"]["methods"]["inpo"]["config"]
+    assert config["inversion"] == "bdia" and config["mode"] == "exact"
+    steps = [h["inversion_steps"] for h in record["training"]["history"]]
+    assert len(steps) == 2 and all(1 <= s <= 10 for s in steps)

@@ -148,6 +148,9 @@ def test_method_configs_validate():
     with pytest.raises(ValueError, match="mode"):
         METHODS.get("inpo").Config(mode="fast")
     with pytest.raises(ValueError, match="faithful"):
-        METHODS.get("inpo").Config(mode="faithful", inversion="other")
+        METHODS.get("inpo").Config(mode="faithful", inversion="bdia")
+    assert METHODS.get("inpo").Config().resolved_mode == "faithful"
+    assert METHODS.get("inpo").Config(inversion="bdia").resolved_mode == "exact"
+    assert METHODS.get("inpo")(METHODS.get("inpo").Config(inversion="edict")).max_nfe_per_item() == 8 + 2 * 10 * 2
     with pytest.raises(KeyError, match="did you mean 'ddim'"):
         METHODS.get("inpo").Config(mode="exact", inversion="ddmi")

@@ -20,7 +20,7 @@ def test_suite_overrides_fit_the_method_configs(name):
         apply_overrides(METHODS.get(method).Config(), suite.method_args.get(method, {}))
         apply_overrides(suite.train, suite.train_args.get(method, {}))
     for method in set(suite.method_args) | set(suite.train_args):
-        assert method in METHODS or method in ("dspo", "dense-dpo", "mapo"), method
+        assert method in METHODS, method
 
 
 def test_real_suites_follow_the_dpo_recipes():

@@ -14,6 +14,7 @@ v error, so β keeps its meaning across parametrisations.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -71,6 +72,10 @@ class AlignmentMethod(ABC):
     def max_nfe_per_item(self) -> int:
         """Worst-case NFE per training item (pair or image), a backward counting as 2."""
 
+    def describe(self) -> dict:
+        """The configuration as recorded in run records (with any default resolved)."""
+        return dataclasses.asdict(self.config)
+
     def sampling_weights(self, desirable: torch.Tensor) -> torch.Tensor | None:
         """For `binary` data: relative probability of drawing each image, or None for uniform."""
         return None
@@ -84,6 +89,27 @@ def sample_timesteps(backbone: Backbone, n: int, rng: torch.Generator) -> torch.
 def sample_noise(like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """ε ~ N(0, I) shaped like `like`, drawn on the CPU generator (device-independent runs)."""
     return torch.randn(like.shape, generator=rng, dtype=torch.float32).to(like)
+
+
+@dataclass
+class NoisedPairs:
+    """A pair batch stacked as [winners; losers] and noised with one (t, ε) per pair."""
+
+    x0: torch.Tensor  # (2B, C, h, w)
+    x_t: torch.Tensor  # (2B, C, h, w)
+    t: torch.Tensor  # (2B,)
+    noise: torch.Tensor  # (2B, C, h, w)
+    cond: Conditioning  # (2B,)
+
+
+def noise_pairs(backbone: Backbone, batch: PairBatch, rng: torch.Generator,
+                t: torch.Tensor | None = None) -> NoisedPairs:
+    """Stack winners and losers and noise them with one (t, ε) shared within each pair, as Diffusion-DPO
+    does (`train.py` L1044, L1054-1055). `t` (B,) defaults to t ~ U{0..T−1}; ε is drawn after t."""
+    t = (sample_timesteps(backbone, len(batch), rng) if t is None else t).repeat(2)
+    noise = sample_noise(batch.winner, rng).repeat(2, 1, 1, 1)
+    x0 = torch.cat([batch.winner, batch.loser])
+    return NoisedPairs(x0, backbone.add_noise(x0, noise, t), t, noise, Conditioning.cat([batch.cond, batch.cond]))
 
 
 def noise_mse(backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,

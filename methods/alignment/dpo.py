@@ -22,15 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.backbone import Backbone, Conditioning
-from methods.alignment.base import (
-    AlignmentMethod,
-    LossOutput,
-    PairBatch,
-    noise_mse,
-    register,
-    sample_noise,
-    sample_timesteps,
-)
+from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, noise_mse, noise_pairs, register
 
 
 @dataclass
@@ -77,12 +69,8 @@ class DPO(AlignmentMethod):
     Config = DPOConfig
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
-        t = sample_timesteps(policy, len(batch), rng).repeat(2)  # (2B,) shared within each pair
-        noise = sample_noise(batch.winner, rng).repeat(2, 1, 1, 1)  # (2B, C, h, w) shared within each pair
-        x0 = torch.cat([batch.winner, batch.loser])
-        x_t = policy.add_noise(x0, noise, t)
-        cond = Conditioning.cat([batch.cond, batch.cond])
-        return pair_preference_loss(policy, reference, x_t, t, cond, noise, self.config.beta)
+        noised = noise_pairs(policy, batch, rng)
+        return pair_preference_loss(policy, reference, noised.x_t, noised.t, noised.cond, noised.noise, self.config.beta)
 
     def max_nfe_per_item(self) -> int:
         return 8

@@ -9,16 +9,18 @@ Instead of noising x0 forward with fresh ε, each image is DDIM-inverted to its 
 which replaces ε in the Diffusion-DPO loss (see `dpo.py`; one t per pair, shared by both images).
 
 Two modes:
-- `faithful` (default): the official grid. `DDIMInverseScheduler.set_timesteps(10)` in diffusers
+- `faithful` (the default with `inversion=ddim`): the official grid. `DDIMInverseScheduler.set_timesteps(10)` in diffusers
   0.20 gives levels {−99, 1, 101, ..., 801}; every grid point g < t is stepped g → g + 100 with ε
   evaluated at g, and 0.1·σ·N(0, I) is added after each step. The latent therefore ends at
   τ = (largest grid point < t) + 100, not at t, while ᾱ_t is used above.
-- `exact`: the same grid but the last step ends exactly at t, no noise injected, ε evaluated at the
-  step's target level; any registered inverter can be used (`inversion=<sampler>`), so with an exact
-  inverter the latent is really at level t.
+- `exact` (the default with any other inverter): the same grid but the last step ends exactly at t,
+  no noise injected, ε evaluated at the step's target level; any registered inverter can be used
+  (`inversion=<sampler>`, with its default parameters), so with an exact inverter (bdia, belm,
+  edict, ddpm-ef) the latent really is at level t.
 
 Defaults: β = 2000 (official SD 1.5 example; SDXL uses 5000), 10 grid steps, noise 0.1.
-Cost per pair: 8F as DPO, plus one no-grad forward per image per inversion step (≤ 10 steps: ≤ 28F).
+Cost per pair: 8F as DPO, plus the inverter's no-grad forwards: one per image per inversion step with
+DDIM (≤ 10 steps: ≤ 28F), two with EDICT.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ MODES = ("faithful", "exact")
 @dataclass
 class InPOConfig:
     beta: float = field(default=2000.0, metadata={"help": "DPO β (official SD 1.5 example; SDXL 5000)"})
-    mode: str = field(default="faithful", metadata={"help": "'faithful' (official coarse grid) or 'exact' (ends at t)"})
+    mode: str = field(default="", metadata={"help": "'faithful' (official grid, DDIM only) or 'exact' (ends at t); "
+                                                    "default: faithful with ddim, exact with any other inverter"})
     grid_steps: int = field(default=10, metadata={"help": "inverse-scheduler steps over [0, T) (official: 10)"})
     inversion_noise: float = field(default=0.1, metadata={"help": "σ multiplier injected per step (faithful mode)"})
     inversion: str = field(default="ddim", metadata={"help": "registered inverter (exact mode)"})
@@ -47,15 +50,19 @@ class InPOConfig:
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.mode not in MODES:
+        if self.mode and self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.grid_steps < 1:
             raise ValueError(f"grid_steps must be >= 1, got {self.grid_steps}")
         if self.inversion_noise < 0:
             raise ValueError(f"inversion_noise must be >= 0, got {self.inversion_noise}")
-        if self.mode == "faithful" and self.inversion != "ddim":
+        if self.resolved_mode == "faithful" and self.inversion != "ddim":
             raise ValueError("mode=faithful reproduces the official DDIM inversion; use mode=exact with other inverters")
         SAMPLERS.get(self.inversion)  # unknown names fail here, before training
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or ("faithful" if self.inversion == "ddim" else "exact")
 
 
 def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int, mode: str) -> torch.Tensor:
@@ -90,16 +97,16 @@ class InPO(AlignmentMethod):
 
     def __init__(self, config=None):
         super().__init__(config)
-        if self.config.mode == "faithful":
+        if self.config.resolved_mode == "faithful":
             self.inverter = DDIMInversion(eval_at="source", noise_scale=self.config.inversion_noise)
         else:
-            self.inverter = SAMPLERS.get(self.config.inversion)()
+            self.inverter = SAMPLERS.get(self.config.inversion)()  # the sampler's defaults (e.g. BDIA γ = 0.96)
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
         t = sample_timesteps(policy, len(batch), rng).repeat(2)  # (2B,) shared within each pair
         x0 = torch.cat([batch.winner, batch.loser])  # (2B, C, h, w)
         cond = Conditioning.cat([batch.cond, batch.cond])
-        levels = inversion_levels(t, policy.num_train_timesteps, self.config.grid_steps, self.config.mode)
+        levels = inversion_levels(t, policy.num_train_timesteps, self.config.grid_steps, self.config.resolved_mode)
         x_t = self.inverter.invert(policy, x0, cond, levels, guidance=1.0, rng=rng).latents
         eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
         out = pair_preference_loss(policy, reference, x_t, t, cond, eps_hat, self.config.beta)
@@ -107,4 +114,7 @@ class InPO(AlignmentMethod):
         return out
 
     def max_nfe_per_item(self) -> int:
-        return 8 + 2 * self.config.grid_steps
+        return 8 + 2 * self.config.grid_steps * self.inverter.inversion_calls_per_step
+
+    def describe(self) -> dict:
+        return {**super().describe(), "mode": self.config.resolved_mode}

@@ -3,16 +3,20 @@
 An inverter walks a latent up a path of noise levels, `levels` of shape (K+1,) or (K+1, B) with
 levels[0] the start (a negative level is the clean end of the chain, see `Backbone.alpha_bar`), and
 a sampler walks it back down. Per-sample paths let InPO invert every pair to its own t in one batch;
-a step whose level does not change is skipped without evaluating the model.
+a step whose level does not change is skipped without evaluating the model (`walk`).
 
 DDIM map from level j to level k (Song et al. 2021, Eq. 12 with η = 0):
 
     Φ_{j→k}(z, ε) = a_k (z − s_j ε) / a_j + s_k ε,       a = √ᾱ, s = √(1 − ᾱ), in float64 coefficients.
+
+`TwoStepSampler` is the mechanism BDIA and O-BELM share: an exact linear two-step update whose
+forward and inverse use the same float64 coefficients, with the pair of latents as the state.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -35,6 +39,11 @@ class InversionSampler(ABC):
     name: ClassVar[str]
     exact: ClassVar[bool]  # reconstruct(invert(x)) == x up to floating point
 
+    @property
+    def inversion_calls_per_step(self) -> int:
+        """Sequential model calls per inversion step at guidance 1 (the budget's worst case per latent)."""
+        return 1
+
     @abstractmethod
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
@@ -47,9 +56,45 @@ class InversionSampler(ABC):
 
 
 def per_sample_levels(levels: torch.Tensor, batch: int) -> torch.Tensor:
-    """(K+1,) or (K+1, B) -> (K+1, B) long."""
+    """(K+1,) or (K+1, B) -> (K+1, B) long, checked: K >= 1 and every path non-decreasing."""
     levels = torch.as_tensor(levels, dtype=torch.long)
-    return levels[:, None].expand(-1, batch) if levels.ndim == 1 else levels
+    if levels.ndim not in (1, 2) or levels.shape[0] < 2:
+        raise ValueError(f"levels must be (K+1,) or (K+1, B) with K >= 1 steps, got shape {tuple(levels.shape)}")
+    levels = levels[:, None].expand(-1, batch) if levels.ndim == 1 else levels
+    if levels.shape[1] != batch:
+        raise ValueError(f"levels has {levels.shape[1]} paths for a batch of {batch}")
+    if (levels[1:] < levels[:-1]).any():
+        raise ValueError("levels must be non-decreasing along each path (clean end first)")
+    return levels
+
+
+def walk(levels: torch.Tensor, down: bool = False,
+         skip: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The steps of the paths `levels` (K+1, B), up (i = 0 ... K−1) or down (i = K−1 ... 0).
+
+    Yields (i, active, src, dst) for step i between levels[i] and levels[i+1]: `active` (n,) the
+    samples whose level changes there (and are not masked by `skip` (K, B)), src and dst (n,) their
+    levels. Steps where no sample moves are not yielded.
+    """
+    order = range(len(levels) - 2, -1, -1) if down else range(len(levels) - 1)
+    for i in order:
+        lo, hi = levels[i], levels[i + 1]
+        moves = hi != lo if skip is None else (hi != lo) & ~skip[i]
+        active = moves.nonzero().flatten()
+        if len(active):
+            yield (i, active, hi[active], lo[active]) if down else (i, active, lo[active], hi[active])
+
+
+def steps_above(levels: torch.Tensor) -> torch.Tensor:
+    """(K, B): how many level changes lie above step i on each path, i.e. the step's index in a
+    sampling loop that starts at the top (0 = the first sampling step)."""
+    changes = (levels[1:] != levels[:-1]).long()  # (K, B)
+    return changes.flip(0).cumsum(0).flip(0) - changes
+
+
+def as_latent_scale(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(n,) float64 -> (n, 1, 1, 1) in the dtype and device of `like`."""
+    return coefficient.view(-1, *([1] * (like.ndim - 1))).to(like)
 
 
 def ddim_map(backbone: Backbone, z: torch.Tensor, eps: torch.Tensor, src: torch.Tensor,
@@ -60,7 +105,86 @@ def ddim_map(backbone: Backbone, z: torch.Tensor, eps: torch.Tensor, src: torch.
     return a_dst * (z - s_src * eps) / a_src + s_dst * eps
 
 
+def ddim_coefficients(backbone: Backbone, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Φ_{src→dst}(z, ε) = c_z z + c_ε ε: (c_z, c_ε) = (a_dst / a_src, s_dst − a_dst s_src / a_src), float64 (n,)."""
+    abar_src, abar_dst = backbone.alpha_bar(src), backbone.alpha_bar(dst)
+    c_z = (abar_dst / abar_src).sqrt()
+    return c_z, (1 - abar_dst).sqrt() - c_z * (1 - abar_src).sqrt()
+
+
+def ddpm_variance(backbone: Backbone, hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """σ² of the DDPM posterior step from level hi down to lo (Ho et al. 2020, Eq. 7), float64 (n,):
+    (1 − ᾱ_lo)/(1 − ᾱ_hi) · (1 − ᾱ_hi/ᾱ_lo)."""
+    abar_hi, abar_lo = backbone.alpha_bar(hi), backbone.alpha_bar(lo)
+    return (1 - abar_lo) / (1 - abar_hi) * (1 - abar_hi / abar_lo)
+
+
 def sampling_levels(backbone: Backbone, steps: int) -> torch.Tensor:
     """[clean, t_N, ..., t_1] ascending: the levels a `steps`-step DDIM sampler visits, reversed
     (for SD at 50 steps: -1, 1, 21, ..., 981)."""
     return torch.cat([torch.tensor([-1]), backbone.timesteps(steps).flip(0)])
+
+
+class TwoStepSampler(InversionSampler):
+    """An exact two-step sampler (BDIA, O-BELM): from the latents z_hi, z_mid at levels hi > mid,
+
+        sampling   z_lo = c_hi z_hi + c_mid z_mid + c_ε ε̂(z_mid, mid)
+        inversion  z_hi = (z_lo − c_mid z_mid − c_ε ε̂(z_mid, mid)) / c_hi
+
+    with the same float64 coefficients both ways, so the round trip is exact up to rounding (which
+    the inverse amplifies by 1/c_hi per step). The first step of a path has no partner latent and is
+    a DDIM step (inversion: ε at the target level, as DDIM inversion). The state is therefore the pair
+    (z_K, z_{K−1}) (`extra["previous"]`); reconstruction from the pair never evaluates the top level.
+    Without `previous` (sampling from z_K alone) the first sampling step is DDIM, which is not exact.
+    A path of a single step is one DDIM step whose pair holds x0 itself.
+    """
+
+    exact = True
+
+    @abstractmethod
+    def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor,
+                     hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_hi, c_mid, c_ε), each float64 (n,), of the sampling step to level lo from hi > mid > lo."""
+
+    def _latent_coefficients(self, backbone: Backbone, lo, mid, hi, like: torch.Tensor) -> list[torch.Tensor]:
+        return [as_latent_scale(c, like) for c in self.coefficients(backbone, lo, mid, hi)]
+
+    @torch.no_grad()
+    def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
+               guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
+        levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
+        changes = levels[1:] != levels[:-1]
+        first = changes & (changes.cumsum(0) == 1)  # (K, B) the first step of each path
+        z, below, below_level = x0.clone(), x0.clone(), levels[0].clone()  # z and its partner one level down
+        for i, active, src, dst in walk(levels):
+            zs, ddim = z[active], first[i, active]  # ddim: rows taking their first step
+            eps = backbone.eps(zs, torch.where(ddim, dst, src), cond[active], guidance)
+            new = torch.empty_like(zs)
+            new[ddim] = ddim_map(backbone, zs[ddim], eps[ddim], src[ddim], dst[ddim])
+            two, rows = ~ddim, active[~ddim]
+            c_hi, c_mid, c_eps = self._latent_coefficients(backbone, below_level[rows], src[two], dst[two], zs)
+            new[two] = (below[rows] - c_mid * zs[two] - c_eps * eps[two]) / c_hi
+            below[active], below_level[active] = zs, src
+            z[active] = new
+        return InversionState(z, levels, {"previous": below})
+
+    @torch.no_grad()
+    def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
+                    guidance: float = 1.0) -> torch.Tensor:
+        levels = state.levels
+        changes = levels[1:] != levels[:-1]
+        top = changes & (steps_above(levels) == 0)  # (K, B) the last step of each path
+        above, above_level = state.latents.clone(), levels[-1].clone()  # the partner one level up
+        previous = state.extra.get("previous")
+        z = state.latents.clone() if previous is None else previous.clone()
+        for i, active, src, dst in walk(levels, down=True, skip=None if previous is None else top):
+            zs, ddim = z[active], top[i, active]  # ddim: rows taking their first step (only without the pair)
+            eps = backbone.eps(zs, src, cond[active], guidance)
+            new = torch.empty_like(zs)
+            new[ddim] = ddim_map(backbone, zs[ddim], eps[ddim], src[ddim], dst[ddim])
+            two, rows = ~ddim, active[~ddim]
+            c_hi, c_mid, c_eps = self._latent_coefficients(backbone, dst[two], src[two], above_level[rows], zs)
+            new[two] = c_hi * above[rows] + c_mid * zs[two] + c_eps * eps[two]
+            above[active], above_level[active] = zs, src
+            z[active] = new
+        return z

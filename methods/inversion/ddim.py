@@ -20,7 +20,16 @@ from __future__ import annotations
 import torch
 
 from bench.backbone import Backbone, Conditioning
-from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, ddim_map, per_sample_levels
+from methods.inversion.base import (
+    SAMPLERS,
+    InversionSampler,
+    InversionState,
+    as_latent_scale,
+    ddim_map,
+    ddpm_variance,
+    per_sample_levels,
+    walk,
+)
 
 EVAL_AT = ("target", "source")
 
@@ -44,32 +53,20 @@ class DDIMInversion(InversionSampler):
         if self.noise_scale > 0 and rng is None:
             raise ValueError("stochastic DDIM inversion (noise_scale > 0) needs an rng")
         z = x0.clone()
-        for src, dst in zip(levels[:-1], levels[1:]):
-            active = (dst != src).nonzero().flatten()
-            if len(active) == 0:
-                continue
-            zs, s, d = z[active], src[active], dst[active]
-            tau = d if self.eval_at == "target" else s
-            eps = backbone.eps(zs, tau.to(backbone.device), cond[active.to(cond.embeds.device)], guidance)
-            new = ddim_map(backbone, zs, eps, s, d)
+        for _, active, src, dst in walk(levels):
+            zs = z[active]
+            tau = dst if self.eval_at == "target" else src
+            new = ddim_map(backbone, zs, backbone.eps(zs, tau, cond[active], guidance), src, dst)
             if self.noise_scale > 0:
-                abar_lo, abar_hi = backbone.alpha_bar(s), backbone.alpha_bar(d)
-                var = (1 - abar_lo) / (1 - abar_hi) * (1 - abar_hi / abar_lo)
                 noise = torch.randn(new.shape, generator=rng, dtype=torch.float32).to(new)
-                new = new + self.noise_scale * var.sqrt().view(-1, 1, 1, 1).to(new) * noise
+                new = new + self.noise_scale * as_latent_scale(ddpm_variance(backbone, dst, src).sqrt(), new) * noise
             z[active] = new
         return InversionState(z, levels)
 
     @torch.no_grad()
     def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
                     guidance: float = 1.0) -> torch.Tensor:
-        levels = state.levels
         z = state.latents.clone()
-        for src, dst in zip(levels.flip(0)[:-1], levels.flip(0)[1:]):
-            active = (dst != src).nonzero().flatten()
-            if len(active) == 0:
-                continue
-            zs, s, d = z[active], src[active], dst[active]
-            eps = backbone.eps(zs, s.to(backbone.device), cond[active.to(cond.embeds.device)], guidance)
-            z[active] = ddim_map(backbone, zs, eps, s, d)
+        for _, active, src, dst in walk(state.levels, down=True):
+            z[active] = ddim_map(backbone, z[active], backbone.eps(z[active], src, cond[active], guidance), src, dst)
         return z

@@ -1,0 +1,100 @@
+"""DSPO: Direct Score Preference Optimization (Zhu et al., ICLR 2025, openreview DomBynQsqt).
+
+Reference implementation: huaishengzhu/DSPO @8b4e09b, `train.py` L1141-1169, the
+`train_method == 'dspo'` loss block (the same code at @20867cf; forked from Diffusion-DPO).
+Noising as in DPO (see `dpo.py`): one (t, ε) shared by both images of a pair.
+With the ε-predictions at x_t^w of the policy and of the frozen reference,
+
+    R_w   = ε_θ(x_t^w) − ε                   the winner's score-matching residual   (B, C, H, W)
+    D_w   = ε_θ(x_t^w) − ε_ref(x_t^w)        the winner's drift from the reference  (B, C, H, W)
+    z     = −(β/2) (Δ_θ − Δ_ref)             the Diffusion-DPO logit, NOT detached
+
+    SD 1.5 form:  loss = mean_{B,C,H,W} (R_w − β (1 − σ(z)) D_w)²
+    SDXL form:    loss = mean_{B,C,H,W} ((1 − σ(z)) D_w)²    if mean_{B,C,H,W} D_w² ≥ 0.1
+                  loss = mean_B (1 − σ(z))²                   otherwise
+
+The repo picks the form with its `--sdxl` flag; `form="auto"` follows `policy.family`. β enters z
+with the DPO ½ but the SD 1.5 loss without it (the scale question of DSPO issue #3): at the
+launcher's β = 0.001, z ≈ 0 and the loss is ≈ ‖R_w − 0.0005 D_w‖², almost SFT on the winners.
+Defaults: β = 0.001 for the SD 1.5 form (`launchers/sd15.sh`; README grid {0.001, 0.01, 0.05}),
+5000 for the SDXL form (`launchers/sdxl.sh` and the argparse default; README grid 1000-5000).
+Cost per pair: policy forward+backward on 2 latents (6F) and a reference forward on 2 (2F) = 8F.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.backbone import Backbone
+from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, noise_pairs, register
+from methods.alignment.dpo import dpo_loss
+
+FORMS = ("auto", "sd15", "sdxl")
+DEFAULT_BETA = {"sd15": 0.001, "sdxl": 5000.0}  # launchers/sd15.sh, launchers/sdxl.sh
+SDXL_DRIFT_THRESHOLD = 0.1  # train.py, SDXL branch: `pred2.pow(2).mean(...).mean() >= 0.1`
+
+
+@dataclass
+class DSPOConfig:
+    beta: float | None = field(default=None, metadata={
+        "help": "β in z and in the SD 1.5 loss; None: the launcher value of the form used (SD 1.5 0.001, SDXL 5000)"})
+    form: str = field(default="auto", metadata={"help": "'sd15', 'sdxl' or 'auto' (follow the policy's family)"})
+
+    def __post_init__(self):
+        if self.beta is not None and not self.beta > 0:
+            raise ValueError(f"beta must be > 0 (or None for the form's default), got {self.beta}")
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+
+
+def dspo_loss(policy_eps: torch.Tensor, ref_eps: torch.Tensor, noise: torch.Tensor, beta: float,
+              form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, z) from ε-predictions and the shared noise, each (2B, C, H, W) stacked [winners; losers]."""
+    policy_err = ((policy_eps - noise) ** 2).mean(dim=(1, 2, 3))  # (2B,)
+    ref_err = ((ref_eps - noise) ** 2).mean(dim=(1, 2, 3))
+    _, z = dpo_loss(*policy_err.chunk(2), *ref_err.chunk(2), beta)  # (B,)
+    residual_w = (policy_eps - noise).chunk(2)[0]  # R_w (B, C, H, W)
+    drift_w = (policy_eps - ref_eps).chunk(2)[0]  # D_w (B, C, H, W)
+    weight = (1 - torch.sigmoid(z)).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    if form == "sd15":
+        loss = ((residual_w - beta * weight * drift_w) ** 2).mean()
+    elif (drift_w ** 2).mean() >= SDXL_DRIFT_THRESHOLD:
+        loss = ((weight * drift_w) ** 2).mean()
+    else:
+        loss = (weight ** 2).mean()
+    return loss, z
+
+
+@register
+class DSPO(AlignmentMethod):
+    name = "dspo"
+    data_kind = "pairs"
+    needs_reference = True
+    Config = DSPOConfig
+
+    def form_for(self, policy: Backbone) -> str:
+        """The loss form used with this policy ("sd15" or "sdxl")."""
+        if self.config.form != "auto":
+            return self.config.form
+        return "sdxl" if policy.family == "sdxl" else "sd15"
+
+    def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
+        noised = noise_pairs(policy, batch, rng)
+        noise = noised.noise
+        policy_eps = policy.eps(noised.x_t, noised.t, noised.cond).float()  # (2B, C, h, w)
+        with torch.no_grad():
+            ref_eps = reference.eps(noised.x_t, noised.t, noised.cond).float()
+        form = self.form_for(policy)
+        beta = self.config.beta if self.config.beta is not None else DEFAULT_BETA[form]
+        loss, z = dspo_loss(policy_eps, ref_eps, noise.float(), beta, form)
+        return LossOutput(loss, {
+            "loss": loss.item(),
+            "implicit_acc": (z > 0).float().mean().item(),
+            "policy_mse": ((policy_eps.detach() - noise) ** 2).mean().item(),
+            "ref_mse": ((ref_eps - noise) ** 2).mean().item(),
+        })
+
+    def max_nfe_per_item(self) -> int:
+        return 8

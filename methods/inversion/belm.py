@@ -1,0 +1,42 @@
+"""O-BELM: the optimal second-order bidirectional explicit linear multistep sampler (Wang et al.,
+"BELM: Bidirectional Explicit Linear Multi-step Sampler for Exact Inversion in Diffusion Models",
+NeurIPS 2024; zituitui/BELM @aa09c5e, `samplers/BELM.py`).
+
+With h_i = s_i/a_i − s_{i−1}/a_{i−1} (steps in σ̄ = s/a) and ε_i = ε̂(z_i, t_i), sampling from the
+pair (z_{i+1}, z_i):
+
+    z_{i−1} = (h_i²/h_{i+1}²)(a_{i−1}/a_{i+1}) z_{i+1} + ((h_{i+1}² − h_i²)/h_{i+1}²)(a_{i−1}/a_i) z_i
+              − (h_i (h_i + h_{i+1}) / h_{i+1}) a_{i−1} ε_i
+
+and its exact inverse:
+
+    z_{i+1} = (h_{i+1}²/h_i²)(a_{i+1}/a_{i−1}) z_{i−1} + ((h_i² − h_{i+1}²)/h_i²)(a_{i+1}/a_i) z_i
+              + (h_{i+1} (h_i + h_{i+1}) / h_i) a_{i+1} ε_i
+
+In z̄ = z/a the weights on z̄_{i+1}, z̄_i sum to 1; the local truncation error is O((h_i + h_{i+1})³).
+The first step of a path is a DDIM step, so the state is the pair (z_N, z_{N−1}) (`TwoStepSampler`).
+Rounding errors grow by (h_{i+1}/h_i)² per inversion step, (h_N/h_1)² over the path.
+Cost: one model call per step (N in inversion, N − 1 in reconstruction from the pair).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.backbone import Backbone
+from methods.inversion.base import SAMPLERS, TwoStepSampler
+
+
+@SAMPLERS.register("belm")
+class OBELM(TwoStepSampler):
+    name = "belm"
+
+    def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor,
+                     hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        abar_lo, abar_mid, abar_hi = (backbone.alpha_bar(level) for level in (lo, mid, hi))
+        sigma_lo, sigma_mid, sigma_hi = (((1 - abar) / abar).sqrt() for abar in (abar_lo, abar_mid, abar_hi))  # s/a
+        h_mid, h_hi = sigma_mid - sigma_lo, sigma_hi - sigma_mid  # h_i, h_{i+1}
+        ratio = (h_mid / h_hi) ** 2
+        c_hi = ratio * (abar_lo / abar_hi).sqrt()
+        c_mid = (1 - ratio) * (abar_lo / abar_mid).sqrt()
+        return c_hi, c_mid, -h_mid * (h_mid + h_hi) / h_hi * abar_lo.sqrt()

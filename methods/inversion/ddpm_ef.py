@@ -1,0 +1,94 @@
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas, Kulikov & Michaeli, "An Edit Friendly DDPM
+Noise Space: Inversion and Manipulations", CVPR 2024; inbarhub/DDPM_inversion @58fc881,
+`ddm_inversion/inversion_utils.py` `inversion_forward_process`).
+
+Inversion draws every noisy latent independently from the forward marginal, then solves each DDPM
+step for its noise map (t' < t the next level down, σ_t the DDPM posterior standard deviation):
+
+    x_t = a_t x_0 + s_t ε̃_t,   ε̃_t ~ N(0, I) iid
+    z_t = (x_{t'} − μ_θ(x_t, t)) / σ_t,   μ_θ(x_t, t) = a_t' x̂_0 + √(1 − ᾱ_t' − σ_t²) ε̂(x_t, t),
+    x̂_0 = (x_t − s_t ε̂(x_t, t)) / a_t,   σ_t² = (1 − ᾱ_t')/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_t')
+
+and DDPM sampling (DDIM with η = 1) driven by these maps, x_{t'} = μ_θ(x_t, t) + σ_t z_t, rebuilds
+x_0 by construction, in any dtype. The model calls of the inversion are independent of each other,
+so they run batched, `max_batch` latents per call (None: all N steps in one call). The reference
+defaults (100 steps, source guidance 3.5, skip 36) belong to editing, not to this sampler.
+Cost: N model evaluations per latent in inversion (sequential depth 1), N calls in reconstruction;
+memory N noise maps per latent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.backbone import Backbone, Conditioning
+from methods.inversion.base import (
+    SAMPLERS,
+    InversionSampler,
+    InversionState,
+    as_latent_scale,
+    ddpm_variance,
+    per_sample_levels,
+    walk,
+)
+
+
+def ddpm_posterior(backbone: Backbone, x: torch.Tensor, eps: torch.Tensor, src: torch.Tensor,
+                   dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean μ_θ (n, C, h, w) and std σ (n, 1, 1, 1) of the DDPM step from level src down to dst (n,)."""
+    abar_src, abar_dst = backbone.alpha_bar(src), backbone.alpha_bar(dst)  # (n,) float64
+    var = ddpm_variance(backbone, src, dst)
+    x0_hat = (x - as_latent_scale((1 - abar_src).sqrt(), x) * eps) / as_latent_scale(abar_src.sqrt(), x)
+    mean = as_latent_scale(abar_dst.sqrt(), x) * x0_hat + as_latent_scale((1 - abar_dst - var).sqrt(), x) * eps
+    return mean, as_latent_scale(var.sqrt(), x)
+
+
+@SAMPLERS.register("ddpm-ef")
+class EditFriendlyDDPM(InversionSampler):
+    name = "ddpm-ef"
+    exact = True
+
+    def __init__(self, max_batch: int | None = None):
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        self.max_batch = max_batch
+
+    @torch.no_grad()
+    def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
+               guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
+        if rng is None:
+            raise ValueError("ddpm-ef inversion draws its noisy latents at random and needs an rng")
+        levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
+        moves = levels[1:] != levels[:-1]  # (K, B)
+        xs = [x0]  # x at every level of the path; a repeated level keeps its latent
+        for i in range(len(levels) - 1):
+            noise = torch.randn(x0.shape, generator=rng, dtype=torch.float32).to(x0)
+            fresh = backbone.add_noise(x0, noise, levels[i + 1])
+            xs.append(torch.where(moves[i].view(-1, *([1] * (x0.ndim - 1))).to(x0.device), fresh, xs[-1]))
+        xs = torch.stack(xs)  # (K+1, B, C, h, w)
+        step, row = moves.nonzero(as_tuple=True)  # (n,) every (step, sample) that moves
+        src, dst = levels[step + 1, row], levels[step, row]
+        x_src = xs[step + 1, row]  # (n, C, h, w)
+        chunk = self.max_batch or max(len(row), 1)  # latents per model call
+        eps = torch.empty_like(x_src)
+        for start in range(0, len(row), chunk):
+            part = slice(start, start + chunk)
+            eps[part] = backbone.eps(x_src[part], src[part], cond[row[part]], guidance)
+        mean, std = ddpm_posterior(backbone, x_src, eps, src, dst)
+        if (std == 0).any():
+            raise ValueError("ddpm-ef needs a DDPM variance > 0 on every step (the clean end has ᾱ = 1 here)")
+        noise_maps = torch.zeros_like(xs[1:])  # (K, B, C, h, w); zero on steps that do not move
+        noise_maps[step, row] = (xs[step, row] - mean) / std
+        return InversionState(xs[-1], levels, {"noise_maps": noise_maps})
+
+    @torch.no_grad()
+    def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
+                    guidance: float = 1.0) -> torch.Tensor:
+        if "noise_maps" not in state.extra:
+            raise ValueError("ddpm-ef reconstruction needs the noise maps of its inversion (state.extra['noise_maps'])")
+        noise_maps = state.extra["noise_maps"]  # (K, B, C, h, w)
+        z = state.latents.clone()
+        for i, active, src, dst in walk(state.levels, down=True):
+            mean, std = ddpm_posterior(backbone, z[active], backbone.eps(z[active], src, cond[active], guidance), src, dst)
+            z[active] = mean + std * noise_maps[i, active]
+        return z

@@ -1,0 +1,116 @@
+"""Null-text inversion (Mokady, Hertz, Aberman, Pritch & Cohen-Or, CVPR 2023; google/prompt-to-prompt
+@9c472e4, `null_text_w_ptp.ipynb` `NullInversion`).
+
+1. Pivots z*_0 = x0, ..., z*_K: DDIM inversion with the prompt at w = 1 (`ddim.py`).
+2. From z̄_K = z*_K down, for sampling step i = 0, 1, ... (level t to t'), starting from the previous
+   step's embedding (the empty prompt's at i = 0), take up to `inner_steps` Adam steps
+   (lr 1e-2 (1 − i/100)) on the unconditional embedding ∅_i, minimising
+
+       ‖Φ_{t→t'}(z̄_t, ε̂_w(z̄_t, t, c, ∅_i)) − z*_{t'}‖²  (mean),   ε̂_w = ε_∅ + w (ε_c − ε_∅),
+
+   stopping early once the loss is below 1e-5 + i·2e-5; then z̄_{t'} = Φ_{t→t'}(z̄_t, ε̂_w(·, ∅_i)).
+3. Reconstruction is DDIM sampling with CFG at w and ∅_i at step i (`extra["uncond_embeds"]`).
+
+w is the `guidance` argument (p2p: 7.5; at w = 1 there is nothing to optimise) and must be the same
+in `invert` and `reconstruct`. Each sample has its own embedding, Adam state and early stop, so a
+batch optimises as its samples would alone. With `inner_steps = 0` it is DDIM inversion followed by
+CFG sampling. Not exact. Cost per step: 1 (ε_c) + J (ε_∅ forward, then backward to the embedding
+through the frozen UNet, charged as 2 more by `Backbone.nfe`) + 2 (CFG step) evaluations, J ≤ inner_steps;
+reconstruction 2 per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.backbone import Backbone, Conditioning
+from methods.inversion.base import (
+    SAMPLERS,
+    InversionSampler,
+    InversionState,
+    ddim_map,
+    per_sample_levels,
+    steps_above,
+    walk,
+)
+from methods.inversion.ddim import DDIMInversion
+
+LR, LR_DECAY = 1e-2, 100  # lr 1e-2 (1 − i/100)
+EARLY_STOP, EARLY_STOP_SLOPE = 1e-5, 2e-5  # stop once loss < 1e-5 + i·2e-5
+
+
+@SAMPLERS.register("null-text")
+class NullTextInversion(InversionSampler):
+    name = "null-text"
+    exact = False
+
+    def __init__(self, inner_steps: int = 10):
+        if inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        self.inner_steps = inner_steps
+        self.ddim = DDIMInversion()
+
+    @torch.no_grad()
+    def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
+               guidance: float = 7.5, rng: torch.Generator | None = None) -> InversionState:
+        levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
+        from_top = steps_above(levels)  # (K, B) the step index i of p2p
+        if from_top.max() >= LR_DECAY:
+            raise ValueError(f"null-text inversion's lr schedule 1e-2 (1 − i/100) allows at most {LR_DECAY} steps")
+        pivots = [x0]  # z*_0 ... z*_K, each (B, C, h, w)
+        for i in range(len(levels) - 1):
+            pivots.append(self.ddim.invert(backbone, pivots[-1], cond, levels[i:i + 2]).latents)
+        null = backbone.null_conditioning(x0.shape[0])
+        embeds = null.embeds.clone()  # (B, L, D) the current ∅ of each sample
+        per_step = embeds.expand(len(levels) - 1, *embeds.shape).clone()  # (K, B, L, D) ∅ of every step
+        state = InversionState(pivots[-1], levels, {"uncond_embeds": per_step})
+        if self.inner_steps == 0 or guidance == 1.0:  # nothing to optimise: ε̂_w = ε_c at w = 1
+            return state
+        z = pivots[-1].clone()  # z̄
+        for i, active, src, dst in walk(levels, down=True):
+            zs, c = z[active], cond[active]
+            eps_c = backbone.eps(zs, src, c)
+            start = Conditioning(embeds[active], null[active].added)
+            uncond = self._optimise(backbone, zs, src, dst, eps_c, start, pivots[i][active], from_top[i, active],
+                                    guidance)
+            embeds[active] = per_step[i, active] = uncond.embeds
+            z[active] = ddim_map(backbone, zs, backbone.eps(zs, src, c, guidance, uncond=uncond), src, dst)
+        return state
+
+    def _optimise(self, backbone: Backbone, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                  eps_c: torch.Tensor, start: Conditioning, target: torch.Tensor, from_top: torch.Tensor,
+                  guidance: float) -> Conditioning:
+        """Adam on each sample's ∅ (n, L, D) from `start` until its loss is below the early-stop bound."""
+        params = [e.clone().requires_grad_(True) for e in start.embeds]  # n × (L, D)
+        optim = torch.optim.Adam([{"params": [p], "lr": LR * (1 - i / LR_DECAY)} for p, i in
+                                  zip(params, from_top.tolist())])
+        bound = EARLY_STOP + from_top.double() * EARLY_STOP_SLOPE  # (n,)
+        todo = torch.arange(len(params))
+        with torch.enable_grad():
+            for _ in range(self.inner_steps):
+                trial = Conditioning(torch.stack(params), start.added)[todo]
+                eps_u = backbone.eps(z[todo], src[todo], trial)  # ε_∅: the UNet's conditional branch given ∅
+                eps = eps_u + guidance * (eps_c[todo] - eps_u)
+                loss = ((ddim_map(backbone, z[todo], eps, src[todo], dst[todo]) - target[todo]) ** 2).flatten(1).mean(1)
+                grads = torch.autograd.grad(loss.sum(), [params[j] for j in todo])
+                optim.zero_grad()  # grads of stopped samples stay None: Adam leaves them untouched
+                for j, grad in zip(todo.tolist(), grads):
+                    params[j].grad = grad
+                optim.step()
+                todo = todo[loss.detach().cpu().double() >= bound[todo]]
+                if len(todo) == 0:
+                    break
+        return Conditioning(torch.stack(params).detach(), start.added)
+
+    @torch.no_grad()
+    def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
+                    guidance: float = 7.5) -> torch.Tensor:
+        levels = state.levels
+        null = backbone.null_conditioning(len(state.latents))
+        per_step = state.extra.get("uncond_embeds", null.embeds.expand(len(levels) - 1, *null.embeds.shape))
+        z = state.latents.clone()
+        for i, active, src, dst in walk(levels, down=True):
+            uncond = Conditioning(per_step[i, active], null[active].added)
+            eps = backbone.eps(z[active], src, cond[active], guidance, uncond=uncond)
+            z[active] = ddim_map(backbone, z[active], eps, src, dst)
+        return z

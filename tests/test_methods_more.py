@@ -1,0 +1,267 @@
+"""DSPO, dense-reward DPO and MaPO: hand-computed losses (latent shape (1, 4, 1, 1), ε = 0), full
+`loss()` against independent recomputations with the same random draws, and every method's NFE per
+pair or image measured through the Trainer."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench.backbone import Backbone
+from bench.budget import Budget
+from bench.config import TrainConfig
+from bench.data import encode_preferences, load_pickapic, preference_pairs
+from bench.trainer import Trainer
+from methods.alignment import METHODS
+from methods.alignment.base import PairBatch
+from methods.alignment.dense_dpo import sample_discounted_timesteps, step_probabilities
+from methods.alignment.dpo import dpo_loss
+from methods.alignment.dspo import dspo_loss
+from methods.alignment.mapo import mapo_loss
+
+SHAPE = (1, 4, 1, 1)
+
+
+def stacked(winner: float, loser: float) -> torch.Tensor:
+    """Constant predictions stacked [winner; loser], (2, 4, 1, 1)."""
+    return torch.cat([torch.full(SHAPE, winner), torch.full(SHAPE, loser)])
+
+
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def per_sample_error(pred_value: float) -> torch.Tensor:
+    """mean over (C, H, W) of (ε_θ − ε)² with ε = 0 and a constant prediction, (1,)."""
+    return (torch.full(SHAPE, pred_value) ** 2).mean(dim=(1, 2, 3))
+
+
+# ---------------------------------------------------------------- DSPO
+def test_dspo_hand_values():
+    # ε_θ^w = 1, ε_ref^w = 0.5, ε_θ^l = 2, ε_ref^l = 1, ε = 0, β = 8/9:
+    # Lθ = [1, 4], Lref = [0.25, 1]; Δθ = −3, Δref = −0.75; z = −(4/9)(−3 + 0.75) = 1.
+    # R_w = 1, D_w = 0.5, 1 − σ(1) = 0.268941.
+    # SD 1.5: (1 − (8/9)(0.268941)(0.5))² = (1 − 0.119529)² = 0.880471² = 0.775228.
+    # SDXL: mean D_w² = 0.25 ≥ 0.1, so ((0.268941)(0.5))² = 0.134471² = 0.018082.
+    policy, ref, noise = stacked(1.0, 2.0), stacked(0.5, 1.0), torch.zeros(2, 4, 1, 1)
+    loss, z = dspo_loss(policy, ref, noise, 8 / 9, "sd15")
+    assert z.item() == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(0.775228, abs=1e-6)
+    assert loss.item() == pytest.approx((1 - (8 / 9) * (1 - sigmoid(1)) * 0.5) ** 2, abs=1e-7)
+    loss, z = dspo_loss(policy, ref, noise, 8 / 9, "sdxl")
+    assert z.item() == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(0.018082, abs=1e-6)
+
+
+def test_dspo_sdxl_small_drift_branch_and_z_keeps_its_gradient():
+    # ε_θ^w = 1, ε_ref^w = 0.9, ε_θ^l = ε_ref^l = 1: D_w = 0.1, mean D_w² = 0.01 < 0.1, so loss = (1 − σ(z))².
+    # Δθ = 0, Δref = 0.81 − 1 = −0.19; β = 200/19 gives z = −(100/19)(0.19) = −1, loss = σ(1)² = 0.534447.
+    policy = stacked(1.0, 1.0).requires_grad_(True)
+    loss, z = dspo_loss(policy, stacked(0.9, 1.0), torch.zeros(2, 4, 1, 1), 200 / 19, "sdxl")
+    assert z.item() == pytest.approx(-1.0)
+    assert loss.item() == pytest.approx(0.534447, abs=1e-6)
+    loss.backward()  # the loss depends on θ only through z: a detached z would leave no gradient
+    # d loss / d ε_θ^w = 2(1 − σ(z))(−σ'(z)) · dz/dε_θ^w, dz/dε_θ^w = −(β/2)(2 ε_θ^w / 4) per element.
+    s = sigmoid(-1.0)
+    expected = 2 * (1 - s) * (-s * (1 - s)) * (-(100 / 19) * 2 * 1.0 / 4)
+    assert policy.grad[0].flatten().tolist() == pytest.approx([expected] * 4, rel=1e-5)
+
+
+def _pair_batch(backbone, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, *backbone.latent_shape)
+    cond = backbone.encode_prompts(["a small red circle on the left, black background"] * n)
+    return PairBatch(torch.randn(shape, generator=g), torch.randn(shape, generator=g), cond)
+
+
+def _other_policy(backbone: Backbone) -> Backbone:
+    torch.manual_seed(1)
+    return backbone.with_unet(type(backbone.unet).from_config(backbone.unet.config).eval())
+
+
+def _shared_draws(batch, seed=7):
+    """(t, ε) as a DPO-style method draws them: t ~ U{0..999} per pair, then ε per pair."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 1000, (len(batch),), generator=g), torch.randn(batch.winner.shape, generator=g)
+
+
+def test_dspo_full_loss_matches_recomputation(tiny_backbone):
+    batch = _pair_batch(tiny_backbone)
+    t, noise = _shared_draws(batch)
+    policy = _other_policy(tiny_backbone)
+    beta = 0.05
+
+    def eps(backbone, x0):  # (B, C, h, w)
+        return backbone.eps(backbone.add_noise(x0, noise, t), t, batch.cond)
+
+    pw, pl, rw, rl = eps(policy, batch.winner), eps(policy, batch.loser), eps(tiny_backbone, batch.winner), \
+        eps(tiny_backbone, batch.loser)
+    mse = lambda e: ((e - noise) ** 2).mean(dim=(1, 2, 3))  # noqa: E731
+    z = -0.5 * beta * ((mse(pw) - mse(pl)) - (mse(rw) - mse(rl)))  # (B,)
+    weight = (1 - torch.sigmoid(z))[:, None, None, None]
+    expected_sd15 = ((pw - noise) - beta * weight * (pw - rw)).pow(2).mean()
+    drift = (pw - rw).pow(2).mean()
+    expected_sdxl = (weight * (pw - rw)).pow(2).mean() if drift >= 0.1 else weight.pow(2).mean()
+
+    method = METHODS.get("dspo")
+    for form, expected in (("sd15", expected_sd15), ("auto", expected_sd15), ("sdxl", expected_sdxl)):
+        out = method(method.Config(beta=beta, form=form)).loss(batch, policy, tiny_backbone,
+                                                               torch.Generator().manual_seed(7))
+        assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5), form
+
+
+def test_dspo_auto_form_follows_the_family():
+    dspo = METHODS.get("dspo")
+    assert dspo().form_for(SimpleNamespace(family="sdxl")) == "sdxl"
+    assert dspo().form_for(SimpleNamespace(family="sd")) == "sd15"
+    assert dspo(dspo.Config(form="sd15")).form_for(SimpleNamespace(family="sdxl")) == "sd15"
+
+
+def test_dspo_policy_equal_to_reference(tiny_backbone):
+    # D_w = 0 and z = 0: the SD 1.5 form is the winners' MSE (SFT), the SDXL form (1 − σ(0))² = 0.25.
+    batch = _pair_batch(tiny_backbone)
+    t, noise = _shared_draws(batch)
+    x_t = tiny_backbone.add_noise(batch.winner, noise, t)
+    winner_mse = ((tiny_backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean()
+    method = METHODS.get("dspo")
+    sd15 = method(method.Config(form="sd15")).loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
+    assert sd15.loss.item() == pytest.approx(winner_mse.item(), rel=1e-6)
+    sdxl = method(method.Config(form="sdxl")).loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
+    assert sdxl.loss.item() == pytest.approx(0.25, abs=1e-7)
+
+
+# ---------------------------------------------------------------- dense-reward DPO
+def test_dense_step_probabilities_hand_value():
+    # p(0) = (1 − γ) / (1 − γ^50) = 0.1 / (1 − 0.005154) = 0.1 / 0.994846 = 0.100518.
+    p = step_probabilities(50, 0.9)
+    assert p[0].item() == pytest.approx(0.100518, abs=1e-6)
+    assert p.sum().item() == pytest.approx(1.0)
+    assert torch.allclose(p[1:] / p[:-1], torch.full((49,), 0.9, dtype=torch.float64))
+    assert torch.allclose(step_probabilities(4, 1.0), torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_dense_drawn_timesteps_follow_the_discounted_distribution(tiny_backbone):
+    n = 200_000
+    t = sample_discounted_timesteps(tiny_backbone, n, 50, 0.9, torch.Generator().manual_seed(0))
+    grid = tiny_backbone.timesteps(50)  # 981, 961, ..., 1
+    counts = (t[:, None] == grid[None, :]).sum(0).double()  # (50,)
+    assert counts.sum() == n  # every draw is one of the sampler's timesteps
+    p = step_probabilities(50, 0.9)
+    # Deterministic at this seed; the bound is 6 binomial standard deviations per step.
+    assert torch.all((counts / n - p).abs() <= 6 * (p * (1 - p) / n).sqrt())
+    assert counts[0] / n == pytest.approx(0.100518, abs=0.003)
+
+
+def test_dense_dpo_full_loss_matches_recomputation(tiny_backbone):
+    batch = _pair_batch(tiny_backbone)
+    method = METHODS.get("dense-dpo")
+    method = method(method.Config(beta=100.0, gamma=0.8, sampling_steps=20))
+    out = method.loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
+    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy == reference: z = 0
+
+    g = torch.Generator().manual_seed(7)
+    probs = torch.tensor([0.8 ** i for i in range(20)], dtype=torch.float64)
+    index = torch.multinomial(probs / probs.sum(), 3, replacement=True, generator=g)
+    t = torch.arange(951, 0, -50)[index]  # the 20-step DDIM grid 951, 901, ..., 1 (steps_offset 1)
+    noise = torch.randn(batch.winner.shape, generator=g)
+
+    def err(backbone, x0):
+        x_t = backbone.add_noise(x0, noise, t)
+        return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+
+    policy = _other_policy(tiny_backbone)
+    out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
+    expected, _ = dpo_loss(err(policy, batch.winner), err(policy, batch.loser), err(tiny_backbone, batch.winner),
+                           err(tiny_backbone, batch.loser), 100.0)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.logs["mean_t"] == pytest.approx(t.float().mean().item())
+
+
+# ---------------------------------------------------------------- MaPO
+def test_mapo_hand_values():
+    # s(L) = γL / (e^{γL} − 1), γ = 0.5: s(1) = 0.5 / 0.648721 = 0.770747; s(4) = 2 / 6.389056 = 0.313035.
+    # Winner worse (ε_θ^w = 2 → L_w = 4, ε_θ^l = 1 → L_l = 1), T = 1000: margin = 0.313035 − 0.770747 = −0.457712,
+    # log σ(−457.712) = −457.712 (to 1e-198), loss = 4 + 0.1 · 457.712 = 49.771176.
+    winner, loser = per_sample_error(2.0), per_sample_error(1.0)
+    loss, margin = mapo_loss(winner, loser, 0.1, 0.5, 1000)
+    assert margin.item() == pytest.approx(-0.457712, abs=1e-6)
+    assert loss.item() == pytest.approx(49.771176, abs=1e-4)
+    # Winner better by the same margin: log σ(457.712) = 0, the loss is the winner's MSE, 1.
+    loss, _ = mapo_loss(loser, winner, 0.1, 0.5, 1000)
+    assert loss.item() == pytest.approx(1.0, abs=1e-7)
+    # With T = 1 the margin term is not saturated: 1 + 0.1 log(1 + e^{−0.457712}) = 1 + 0.1 log 1.632730
+    # = 1 + 0.1 · 0.490253 = 1.049025.
+    loss, _ = mapo_loss(loser, winner, 0.1, 0.5, 1)
+    assert loss.item() == pytest.approx(1.049025, abs=1e-6)
+    # Equal errors: margin 0, loss = L_w + 0.1 log 2 = 1.069315.
+    loss, _ = mapo_loss(loser, loser, 0.1, 0.5, 1000)
+    assert loss.item() == pytest.approx(1 + 0.1 * math.log(2), abs=1e-6)
+
+
+def test_mapo_full_loss_matches_recomputation(tiny_backbone):
+    batch = _pair_batch(tiny_backbone)
+    t, noise = _shared_draws(batch)
+    policy = _other_policy(tiny_backbone)
+    # T = 1000 multiplies the margin, so even float32 differences of the UNet between batch layouts show in
+    # the loss: evaluate winners and losers in one batch, as the method does, and score in float64.
+    x_t = policy.add_noise(torch.cat([batch.winner, batch.loser]), noise.repeat(2, 1, 1, 1), t.repeat(2))
+    cond = type(batch.cond).cat([batch.cond, batch.cond])
+    err = ((policy.eps(x_t, t.repeat(2), cond) - noise.repeat(2, 1, 1, 1)) ** 2).mean(dim=(1, 2, 3)).double()
+    winner, loser = err[:3], err[3:]
+    score = lambda mse: 0.5 * mse / (torch.exp(0.5 * mse) - 1)  # noqa: E731
+    expected = winner.mean() - 0.1 * torch.log(torch.sigmoid(1000 * (score(winner) - score(loser)))).mean()
+    out = METHODS.get("mapo")().loss(batch, policy, None, torch.Generator().manual_seed(7))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- configs
+def test_new_method_configs_validate():
+    for name, bad, field in [("dspo", dict(beta=0.0), "beta"), ("dspo", dict(form="sd2"), "form"),
+                             ("dense-dpo", dict(beta=-1.0), "beta"), ("dense-dpo", dict(gamma=0.0), "gamma"),
+                             ("dense-dpo", dict(gamma=1.5), "gamma"), ("dense-dpo", dict(sampling_steps=0), "sampling_steps"),
+                             ("mapo", dict(beta=0.0), "beta"), ("mapo", dict(gamma=-0.5), "gamma")]:
+        with pytest.raises(ValueError, match=field):
+            METHODS.get(name).Config(**bad)
+
+
+def test_method_flags():
+    assert not METHODS.get("mapo").needs_reference
+    assert METHODS.get("dspo").needs_reference and METHODS.get("dense-dpo").needs_reference
+    assert all(METHODS.get(name).data_kind == "pairs" for name in ("dspo", "dense-dpo", "mapo"))
+
+
+# ---------------------------------------------------------------- measured NFE
+@pytest.fixture(scope="module")
+def toy_data(tiny_toy_dir):
+    backbone = Backbone.from_pretrained(tiny_toy_dir / "pipeline")
+    return backbone, encode_preferences(backbone, preference_pairs(load_pickapic(tiny_toy_dir / "prefs.parquet")))
+
+
+def _train_two_steps(toy_data, name, items=2):
+    """(method, per-step NFE, history) of 2 optimizer steps of `items` pairs or images."""
+    backbone, data = toy_data
+    method = METHODS.get(name)()
+    result = Trainer(method, backbone, data, TrainConfig(lr=1e-3, batch_size=items), Budget.parse("2steps"),
+                     seed=0, progress=False).fit()
+    step_nfe = [b["nfe"] - a["nfe"] for a, b in zip([{"nfe": 0}] + result.history, result.history)]
+    assert result.steps == 2 and sum(step_nfe) == result.usage.nfe
+    return method, step_nfe, result.history
+
+
+@pytest.mark.parametrize("name, per_item", [("dpo", 8), ("dspo", 8), ("dense-dpo", 8), ("mapo", 6), ("kto", 4),
+                                            ("sft", 3)])
+def test_measured_nfe_per_item(toy_data, name, per_item):
+    method, step_nfe, _ = _train_two_steps(toy_data, name)
+    assert step_nfe == [per_item * 2] * 2  # a backward counts as 2 forwards
+    assert method.max_nfe_per_item() == per_item  # the declared worst case is exact
+
+
+def test_measured_nfe_inpo(toy_data):
+    # 8F per pair plus one no-grad forward per latent (2 per pair) per inversion step, within the worst case.
+    method, step_nfe, history = _train_two_steps(toy_data, "inpo")
+    for cost, logs in zip(step_nfe, history):
+        assert cost == 8 * 2 + round(logs["inversion_steps"] * 2 * 2)
+        assert 8 * 2 < cost <= method.max_nfe_per_item() * 2
