@@ -187,6 +187,49 @@ def invert(
     console.print(f"records, table and figures in {out}")
 
 
+@app.command()
+def speed(
+    samplers: str = typer.Option("ddim,edict,bdia,belm", help="comma-separated inversion samplers"),
+    steps: int = typer.Option(50, help="sampling steps"),
+    images: int = typer.Option(8, help="batch of toy renders inverted at once"),
+    dtype: str = typer.Option("float32", help="float32 or float64"),
+    repeats: int = typer.Option(3, help="timed round trips per sampler (median reported)"),
+    pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
+    json_path: Path = typer.Option(None, "--json", help="also write the timings here"),
+) -> None:
+    """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians)."""
+    _quiet_libraries()
+    from bench.backbone import Backbone
+    from bench.invert import InvertConfig, run_inversion_benchmark
+    from bench.records import environment, now, write_json_atomic
+    from bench.suites import get_suite
+    from bench.toy.world import render_dataset, split_combos
+
+    try:
+        names = _split(samplers)
+        cfg = InvertConfig(samplers=tuple(dict.fromkeys(["ddim", *names])), steps=steps, dtype=dtype, repeats=repeats)
+        backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
+    except (ValueError, *_user_errors()) as err:
+        _fail(str(err))
+    pixels, prompts = render_dataset(split_combos()[1][:images], 1, seed=0)
+    result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=False)
+    ddim = next(r for r in result["records"] if r["sampler"] == "ddim")
+    ddim_seconds = ddim["seconds_invert"] + ddim["seconds_reconstruct"]
+    table = Table(title=f"inversion speed: batch {images}, {steps} steps, {dtype}, median of {repeats}, "
+                        f"t_fwd {result['records'][0]['t_fwd'] * 1e3:.1f} ms")
+    for column in ("sampler", "s/image invert", "s/image reconstruct", "time vs ddim", "overhead vs floor"):
+        table.add_column(column)
+    for r in result["records"]:
+        if r["sampler"] not in names:
+            continue
+        r["time_vs_ddim"] = (r["seconds_invert"] + r["seconds_reconstruct"]) / ddim_seconds
+        table.add_row(r["sampler"], f"{r['seconds_invert'] / images:.4f}", f"{r['seconds_reconstruct'] / images:.4f}",
+                      f"{r['time_vs_ddim']:.3f}", f"{r['overhead_ratio']:.3f}")
+    console.print(table)
+    if json_path is not None:
+        write_json_atomic(json_path, {**result, "environment": environment(), "created": now()})
+
+
 @app.command("list")
 def list_registry() -> None:
     """List the registered alignment methods, inversion samplers, metrics and suites."""

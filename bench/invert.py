@@ -4,10 +4,13 @@ For each sampler: encode the images, invert along the `steps`-step DDIM level pa
 and measure latent MSE, pixel MSE and PSNR against the encoded/decoded original, the NFE per image
 in each direction (UNet evaluations of one latent, from the Backbone's counter), wall time, and
 
-    overhead_ratio = (seconds_invert + seconds_reconstruct) / (calls × t_fwd)
+    overhead_ratio = (seconds_invert + seconds_reconstruct) / ((nfe_invert + nfe_reconstruct) / g × t_fwd)
 
-where `calls` counts the UNet invocations and t_fwd is one invocation timed in the same run at the
-same batch shape (2B latents under classifier-free guidance), so the compute floor is 1.0. A DDIM
+where the NFE are UNet evaluations per image, t_fwd is one guided evaluation of the batch (a UNet
+call on B latents, or on 2B under classifier-free guidance, where g = 2; else g = 1) timed in the
+same run, so the compute floor is 1.0. Samplers that batch more latents into one call than that
+(edit-friendly DDPM inverts all steps at once) can beat the floor's shape and report their time
+against it all the same. A DDIM
 loop run by diffusers' own `DDIMInverseScheduler` on the same pipeline is reported beside ours:
 the largest latent difference and the speed ratio.
 """
@@ -134,7 +137,7 @@ def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: l
         nfe_reconstruct, calls_reconstruct = counts["forward_reconstruct"] / n, counts["calls_reconstruct"]
         latent_mse = ((recon.double() - x0.double()) ** 2).mean().item()
         pixel_mse = ((backbone.decode(recon).double() - reference_pixels.double()) ** 2).mean().item()
-        floor = (calls_invert + calls_reconstruct) * t_fwd
+        floor = (nfe_invert + nfe_reconstruct) / (1 if cfg.guidance == 1.0 else 2) * t_fwd
         records.append({
             "sampler": name, "exact": sampler.exact, "steps": cfg.steps, "guidance": cfg.guidance, "dtype": cfg.dtype,
             "images": n, "latent_mse": latent_mse, "pixel_mse": pixel_mse, "psnr": _psnr(pixel_mse),

@@ -48,3 +48,22 @@ def test_sample_64_images_20_steps_cfg(benchmark, toy):
     prompts = ["a large blue square in the center, gray background"] * 64
     benchmark.pedantic(generate, args=(backbone, prompts, list(range(64))), kwargs={"steps": 20, "guidance": 3.0},
                        rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="inversion")
+@pytest.mark.parametrize("name", ["ddim", "edict", "bdia", "belm", "ddpm-ef", "npi", "renoise", "null-text"])
+def test_inversion_round_trip_8_images_50_steps(benchmark, toy, name):
+    from methods.inversion import SAMPLERS
+    from methods.inversion.base import sampling_levels
+
+    backbone, _ = toy
+    prompts = ["a large blue square in the center, gray background"] * 8
+    cond = backbone.encode_prompts(prompts)
+    x0 = torch.randn(8, *backbone.latent_shape, generator=torch.Generator().manual_seed(0))
+    sampler, levels = SAMPLERS.get(name)(), sampling_levels(backbone, 50)
+
+    def round_trip():
+        state = sampler.invert(backbone, x0, cond, levels, rng=torch.Generator().manual_seed(0))
+        return sampler.reconstruct(backbone, state, cond)
+
+    benchmark.pedantic(round_trip, rounds=3, warmup_rounds=1)
