@@ -54,9 +54,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bench.registry import UnknownNameError
     from bench.run import RunSetupError
     from metrics.base import MissingWeightsError
+    from metrics.weights import UnsafeWeightsError
 
     return (BackboneLoadError, BudgetError, OverrideError, DataError, RecordError, UnknownNameError, RunSetupError,
-            MissingWeightsError)
+            MissingWeightsError, UnsafeWeightsError)
 
 
 def _split(csv: str) -> list[str]:

@@ -1,0 +1,59 @@
+"""Weight resolution order, the missing-weight message, hashing and safe loading."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from metrics.base import MissingWeightsError
+from metrics.weights import WEIGHTS_ENV, UnsafeWeightsError, WeightSpec, load_state_dict, resolve, sha256_file
+
+SPEC = WeightSpec("hps", "xswu/HPSv2", "HPS_v2.1_compressed.pt")
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    explicit = tmp_path / "mine" / "HPS_v2.1_compressed.pt"
+    explicit.parent.mkdir()
+    explicit.write_bytes(b"a")
+    env = tmp_path / "env"
+    (env / "hps").mkdir(parents=True)
+    (env / "hps" / "HPS_v2.1_compressed.pt").write_bytes(b"b")
+    (env / "HPS_v2.1_compressed.pt").write_bytes(b"c")
+    monkeypatch.setenv(WEIGHTS_ENV, str(env))
+    assert resolve(SPEC, explicit) == explicit  # 1. explicit file
+    assert resolve(SPEC, explicit.parent) == explicit  # 1. explicit directory holding the file
+    assert resolve(SPEC) == env / "hps" / "HPS_v2.1_compressed.pt"  # 2. $BENCH_WEIGHTS_DIR/<scorer>/<file>
+    (env / "hps" / "HPS_v2.1_compressed.pt").unlink()
+    assert resolve(SPEC) == env / "HPS_v2.1_compressed.pt"  # 2. $BENCH_WEIGHTS_DIR/<file>
+
+
+def test_missing_weights_message_names_file_repo_flag_and_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(MissingWeightsError) as err:
+        resolve(SPEC)
+    message = str(err.value)
+    for part in ("'HPS_v2.1_compressed.pt'", "'xswu/HPSv2'", "--weights hps=DIR", f"{WEIGHTS_ENV}=DIR",
+                 "huggingface-cli download xswu/HPSv2 HPS_v2.1_compressed.pt"):
+        assert part in message, part
+    with pytest.raises(MissingWeightsError, match="looked in .*nope"):
+        resolve(SPEC, tmp_path / "nope")
+
+
+def test_hash_and_safe_loading(tmp_path):
+    tensors = {"w": torch.arange(6.0).view(2, 3)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    assert torch.equal(load_state_dict(tmp_path / "w.safetensors")["w"], tensors["w"])
+    torch.save({"state_dict": tensors}, tmp_path / "w.pt")
+    assert torch.equal(load_state_dict(tmp_path / "w.pt")["w"], tensors["w"])
+    assert sha256_file(tmp_path / "w.pt") == hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
+    torch.save({"state_dict": tensors, "object": _Custom()}, tmp_path / "pickled.pt")
+    with pytest.raises(UnsafeWeightsError, match="--allow-pickle"):
+        load_state_dict(tmp_path / "pickled.pt")
+    assert torch.equal(load_state_dict(tmp_path / "pickled.pt", allow_pickle=True)["w"], tensors["w"])
+
+
+class _Custom:
+    pass
