@@ -68,7 +68,9 @@ def _split(csv: str) -> list[str]:
 def run(
     methods: str = typer.Option("dpo,inpo,kto", "--methods", "-m", help="comma-separated method names (see `bench list`)"),
     suite: str = typer.Option("toy", help="suite to run (see `bench list`)"),
-    budget: str = typer.Option(None, help="compute budget per method, e.g. 4e4nfe, 90s, 400steps (default: the suite's)"),
+    budget: str = typer.Option(None, "--budget", "--budgets",
+                               help="compute budget per method, e.g. 4e4nfe, 90s, 400steps; a comma-separated list "
+                                    "runs every method at each (the efficiency frontier); default: the suite's"),
     seeds: str = typer.Option("0", help="comma-separated training seeds"),
     method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim"),
     run_dir: Path = typer.Option(None, help="where records go (default: runs/<suite>-<time>)"),
@@ -96,11 +98,13 @@ def run(
         if run_dir is None and resume:
             _fail("--resume needs --run-dir")
         target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        plan = plan_run(the_suite, _split(methods), budget=Budget.parse(budget) if budget else None, seeds=seed_list,
+        budgets = [Budget.parse(b) for b in _split(budget)] if budget else None
+        plan = plan_run(the_suite, _split(methods), budgets=budgets, seeds=seed_list,
                         method_args=parse_method_args(method_arg), run_dir=target, resume=resume,
                         progress=not quiet, pipeline=pipeline, preference_data=data,
                         prompts=prompts)
-        console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget {plan.budget} per method; "
+        console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget {', '.join(map(str, plan.budgets))} "
+                      f"per method; "
                       f"records in {plan.run_dir}", highlight=False)
 
         def announce(path: Path, record: dict) -> None:
@@ -117,7 +121,7 @@ def run(
     records = [read_record(p) for p in paths]
     df = runs_table(records, the_suite.primary_metric)
     write_tables(df, plan.run_dir)
-    table = Table(title=f"{suite}: {the_suite.primary_metric}, budget {plan.budget} per method")
+    table = Table(title=f"{suite}: {the_suite.primary_metric}, budget {', '.join(map(str, plan.budgets))} per method")
     for column in df.columns:
         table.add_column(column)
     for row in df.itertuples(index=False):

@@ -54,6 +54,7 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "image i of the evaluation uses seed + i"})
     batch_size: int = field(default=128, metadata={"help": "images sampled per batch"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples for confidence intervals"})
+    sample_images: int = field(default=8, metadata={"help": "evaluation images kept as thumbnails in run records"})
 
     def __post_init__(self):
         for name in ("images_per_prompt", "steps", "batch_size", "bootstrap"):

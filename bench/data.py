@@ -131,6 +131,14 @@ def preference_pairs(ds: datasets.Dataset, max_pairs: int | None = None) -> Pref
     return pairs
 
 
+def png_bytes(image: torch.Tensor) -> bytes:
+    """(3, H, W) float in [0, 1] -> PNG bytes (8-bit RGB)."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def decode_images(blobs: list[bytes], size: int) -> torch.Tensor:
     """Encoded images -> (N, 3, size, size) float RGB in [0, 1] (shorter side resized, centre crop)."""
     out = torch.empty(len(blobs), 3, size, size)

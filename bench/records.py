@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PACKAGES = ("diffusion-align-bench", "torch", "diffusers", "transformers", "accelerate", "datasets",
             "open_clip_torch", "safetensors", "numpy")
 
@@ -84,6 +84,23 @@ def read_record(path: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecordError(f"run record {path} is corrupt: {err}") from None
     found = record.get("schema_version")
+    if found in MIGRATIONS:
+        record = MIGRATIONS[found](record)
+        found = record["schema_version"]
     if found != SCHEMA_VERSION:
-        raise RecordError(f"run record {path} has schema version {found!r}; this version reads {SCHEMA_VERSION}")
+        raise RecordError(f"run record {path} has schema version {found!r}; this version reads "
+                          f"{sorted([*MIGRATIONS, SCHEMA_VERSION])}")
     return record
+
+
+def _from_v1(record: dict) -> dict:
+    """Version 1 had no sample thumbnails and a single budget per run."""
+    record = dict(record, schema_version=2, samples={"indices": [], "png_base64": []})
+    config = dict(record.get("config", {}))
+    if "budget" in config:
+        config["budgets"] = [config.pop("budget")]
+    record["config"] = config
+    return record
+
+
+MIGRATIONS = {1: _from_v1}  # schema version -> function returning the record one version newer

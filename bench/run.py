@@ -10,17 +10,21 @@ killed run from its checkpoint.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from bench.backbone import Backbone
-from bench.budget import Budget
+from bench.budget import Budget, Usage
 from bench.cache import cache_dir
 from bench.config import EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
-from bench.data import encode_preferences, load_pickapic, preference_pairs
+from bench.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
 from bench.prompts import PromptSource, load_prompts
 from bench.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
@@ -41,7 +45,7 @@ class RunPlan:
     suite: Suite
     methods: dict[str, AlignmentMethod]
     train_configs: dict[str, TrainConfig]
-    budget: Budget
+    budgets: list[Budget]
     seeds: list[int]
     run_dir: Path
     resume: bool = False
@@ -63,7 +67,7 @@ class RunPlan:
                                    else None),
             "eval_prompts": self.prompts,
             "metrics": list(self.suite.metrics),
-            "budget": {"unit": self.budget.unit, "limit": self.budget.limit},
+            "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
             "methods": {name: {"config": m.describe(), "train": as_dict(self.train_configs[name])}
@@ -83,7 +87,7 @@ def parse_method_args(items: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def plan_run(suite: Suite, method_names: list[str], *, budget: Budget | None = None, seeds: list[int] | None = None,
+def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | None = None, seeds: list[int] | None = None,
              method_args: dict[str, dict[str, str]] | None = None, run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
              prompts: str | None = None) -> RunPlan:
@@ -108,16 +112,19 @@ def plan_run(suite: Suite, method_names: list[str], *, budget: Budget | None = N
             train_configs[name] = apply_overrides(suite.train, suite.train_args.get(name, {}))
         except (OverrideError, ValueError, KeyError) as err:
             raise RunSetupError(f"{name}: {err}") from None
-    budget = budget or suite.budget
-    for name, method in methods.items():
-        step = declared_step_cost(method, train_configs[name], budget.unit)
-        if step > budget.limit:
-            raise RunSetupError(f"budget {budget} is smaller than one {name} step ({step:g} {budget.unit} at batch "
-                                f"size {train_configs[name].batch_size}); raise the budget")
+    budgets = budgets or [suite.budget]
+    if len(set(budgets)) != len(budgets):
+        raise RunSetupError(f"a budget is listed twice: {', '.join(map(str, budgets))}")
+    for budget in budgets:
+        for name, method in methods.items():
+            step = declared_step_cost(method, train_configs[name], budget.unit)
+            if step > budget.limit:
+                raise RunSetupError(f"budget {budget} is smaller than one {name} step ({step:g} {budget.unit} at "
+                                    f"batch size {train_configs[name].batch_size}); raise the budget")
     seeds = seeds if seeds is not None else [0]
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
-    plan = RunPlan(suite, methods, train_configs, budget, seeds, Path(run_dir), resume, progress,
+    plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
                    load_prompts(prompts if prompts is not None else suite.eval_prompts))
     manifest = plan.run_dir / "run.json"
@@ -145,9 +152,19 @@ def _base_cache_key(backbone: Backbone, plan: RunPlan) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _budget_summary(plan: RunPlan, used=None, seconds: float = 0.0, usage: dict | None = None) -> dict:
-    return {"unit": plan.budget.unit, "limit": plan.budget.limit, "used": used if used is not None else 0,
-            "seconds": seconds, "usage": usage or {"steps": 0, "samples": 0, "nfe": 0, "seconds": 0.0}}
+def _budget_summary(unit: str, limit: float, usage: Usage | None = None) -> dict:
+    """The record's budget: limit and use in its unit, and use in every unit (the base model: none, limit 0)."""
+    usage = usage or Usage()
+    return {"unit": unit, "limit": limit, "used": usage.get(unit), "seconds": usage.seconds, "usage": vars(usage)}
+
+
+def sample_thumbnails(images: torch.Tensor, plan: RunPlan, size: int = 128) -> dict:
+    """The first `eval.sample_images` evaluation images as PNG (base64), at most `size` px, for figures."""
+    k = min(plan.eval.sample_images, len(images))
+    thumbs = images[:k]
+    if thumbs.shape[-1] > size:
+        thumbs = torch.nn.functional.interpolate(thumbs, size=(size, size), mode="bilinear", antialias=True)
+    return {"indices": list(range(k)), "png_base64": [base64.b64encode(png_bytes(img)).decode() for img in thumbs]}
 
 
 def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> dict:
@@ -155,21 +172,21 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
     cached = cache_dir() / "base" / f"{_base_cache_key(backbone, plan)}.json"
     if cached.exists():
         try:
-            evaluation = read_record(cached)["evaluation"]
+            stored = read_record(cached)
         except RecordError as err:
             log.warning("ignoring unreadable base cache: %s", err)
         else:
-            return _record(plan, "base", None, _budget_summary(plan), None, EvalResult.from_dict(evaluation), scorers,
-                           None, backbone)
-    result, _ = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress,
-                         desc="eval base")
-    record = _record(plan, "base", None, _budget_summary(plan), None, result, scorers, None, backbone)
+            return _record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None,
+                           EvalResult.from_dict(stored["evaluation"]), scorers, None, backbone, stored["samples"])
+    result, images = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress, desc="eval base")
+    record = _record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None, result, scorers, None,
+                     backbone, sample_thumbnails(images, plan))
     write_json_atomic(cached, record)
     return record
 
 
 def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training: dict | None, result: EvalResult,
-            scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone) -> dict:
+            scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone, samples: dict) -> dict:
     record = {
         "schema_version": SCHEMA_VERSION,
         "kind": "alignment-run",
@@ -181,6 +198,7 @@ def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training
         "budget": budget,
         "training": training,
         "evaluation": result.to_dict(),
+        "samples": samples,
         "scorers": {name: s.describe() for name, s in scorers.items()},
         "metrics": aggregate(result, plan.eval),
         "environment": environment(),
@@ -192,62 +210,55 @@ def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training
     return record
 
 
-def record_name(method: str, seed: int) -> str:
-    return f"{method}-s{seed}"
+def record_name(method: str, budget: Budget, seed: int) -> str:
+    return f"{method}-{budget}-s{seed}"
 
 
 def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
-    """Run the plan; returns the record paths in order (base first). `on_record(path, record)` is
-    called as each record lands."""
+    """Run the plan; returns the record paths in order (base first, then per budget, seed and method).
+    `on_record(path, record)` is called as each record lands."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resume:
         write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
                                                       "created": now()})
     backbone = Backbone.from_pretrained(plan.pipeline)
     scorers = _scorers(plan.suite.metrics)
-    paths = []
     base_path = plan.run_dir / "base.json"
-    if plan.resume and base_path.exists():
-        base = read_record(base_path)
-    else:
-        base = base_record(backbone, plan, scorers)
-        write_json_atomic(base_path, base)
-    paths.append(base_path)
+    base = read_record(base_path) if plan.resume and base_path.exists() else base_record(backbone, plan, scorers)
+    write_json_atomic(base_path, base)
+    paths = [base_path]
     if on_record:
         on_record(base_path, base)
     base_eval = EvalResult.from_dict(base["evaluation"])
 
     data = None
-    for seed in plan.seeds:
-        for name, method in plan.methods.items():
-            path = plan.run_dir / f"{record_name(name, seed)}.json"
-            if plan.resume and path.exists():
-                paths.append(path)
-                if on_record:
-                    on_record(path, read_record(path))
-                continue
-            if data is None:
-                pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split),
-                                         plan.suite.max_pairs)
-                data = encode_preferences(backbone, pairs)
-            ckpt = plan.run_dir / f"{record_name(name, seed)}.ckpt"
-            backbone.nfe.reset()
-            trainer = Trainer(method, backbone, data, plan.train_configs[name], plan.budget, seed=seed,
-                              checkpoint_path=ckpt, progress=plan.progress, callbacks=trainer_callbacks)
-            result = trainer.fit()
-            evaluation, _ = evaluate(result.policy, plan.prompts, plan.eval, scorers,
-                                     progress=plan.progress, desc=f"eval {name}")
-            training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
-                        "history": result.history,
-                        "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
-            used = result.usage
-            budget = _budget_summary(plan, used.get(plan.budget.unit), used.seconds, vars(used))
-            record = _record(plan, name, seed, budget, training, evaluation, scorers, base_eval, backbone)
-            write_json_atomic(path, record)
-            ckpt.unlink(missing_ok=True)
+    for budget, seed, (name, method) in itertools.product(plan.budgets, plan.seeds, plan.methods.items()):
+        path = plan.run_dir / f"{record_name(name, budget, seed)}.json"
+        if plan.resume and path.exists():
             paths.append(path)
             if on_record:
-                on_record(path, record)
+                on_record(path, read_record(path))
+            continue
+        if data is None:
+            pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split), plan.suite.max_pairs)
+            data = encode_preferences(backbone, pairs)
+        ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
+        backbone.nfe.reset()
+        trainer = Trainer(method, backbone, data, plan.train_configs[name], budget, seed=seed, checkpoint_path=ckpt,
+                          progress=plan.progress, callbacks=trainer_callbacks)
+        result = trainer.fit()
+        evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, scorers, progress=plan.progress,
+                                      desc=f"eval {name}")
+        training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
+                    "history": result.history,
+                    "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
+        record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit, result.usage), training,
+                         evaluation, scorers, base_eval, backbone, sample_thumbnails(images, plan))
+        write_json_atomic(path, record)
+        ckpt.unlink(missing_ok=True)
+        paths.append(path)
+        if on_record:
+            on_record(path, record)
     return paths
 
 

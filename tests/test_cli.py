@@ -46,27 +46,27 @@ def test_run_writes_records_summary_and_resumes(in_tmp):
     summary = json.loads((in_tmp / "summary.json").read_text())
     assert summary["suite"] == "toy" and [r["method"] for r in summary["runs"]] == ["base", "dpo", "kto"]
     for run in summary["runs"]:
-        assert run["budget"]["unit"] == "nfe" and run["budget"]["limit"] == 300
-        assert 0 <= run["budget"]["used"] <= 300
+        assert run["budget"]["unit"] == "nfe" and run["budget"]["limit"] == (0 if run["method"] == "base" else 300)
+        assert 0 <= run["budget"]["used"] <= run["budget"]["limit"]
         oracle = run["metrics"]["oracle"]
         assert oracle["ci_low"] <= oracle["mean"] <= oracle["ci_high"] and oracle["n"] == 256
         if run["method"] != "base":
             assert run["budget"]["used"] > 0
             assert set(run["win_rate_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n"}
             assert set(run["delta_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n"}
-    record = json.loads((in_tmp / "out" / "dpo-s0.json").read_text())
-    assert record["schema_version"] == 1 and record["config"]["methods"]["dpo"]["config"]["beta"] == 500.0
+    record = json.loads((in_tmp / "out" / "dpo-300nfe-s0.json").read_text())
+    assert record["schema_version"] == 2 and record["config"]["methods"]["dpo"]["config"]["beta"] == 500.0
     assert len(record["evaluation"]["scores"]["oracle"]) == 256 and record["environment"]["packages"]["torch"]
     assert (in_tmp / "out" / "table.md").exists() and not list((in_tmp / "out").glob("*.ckpt"))
 
     again = runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "300nfe", "--run-dir", "out", "--resume", "-q"])
     assert again.exit_code == 0, again.output
-    assert json.loads((in_tmp / "out" / "dpo-s0.json").read_text())["created"] == record["created"]  # not redone
+    assert json.loads((in_tmp / "out" / "dpo-300nfe-s0.json").read_text())["created"] == record["created"]  # not redone
 
     clash = runner.invoke(app, ["run", "--methods", "dpo", "--budget", "300nfe", "--run-dir", "out", "-q"])
     assert clash.exit_code == 2 and "not empty" in clash.output
     changed = runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "400nfe", "--run-dir", "out", "--resume"])
-    assert changed.exit_code == 2 and "different configuration (budget)" in " ".join(changed.output.split())
+    assert changed.exit_code == 2 and "different configuration (budgets)" in " ".join(changed.output.split())
 
 
 def test_list_shows_registries():
@@ -93,8 +93,22 @@ def test_inpo_with_an_exact_inverter_is_recorded(in_tmp):
     result = runner.invoke(app, ["run", "--methods", "inpo", "--method-arg", "inpo.inversion=bdia", "--budget", "2steps",
                                  "--prompts", "p.txt", "--run-dir", "out", "-q"])
     assert result.exit_code == 0, result.output
-    record = json.loads((in_tmp / "out" / "inpo-s0.json").read_text())
+    record = json.loads((in_tmp / "out" / "inpo-2steps-s0.json").read_text())
     config = record["config"]["methods"]["inpo"]["config"]
     assert config["inversion"] == "bdia" and config["mode"] == "exact"
     steps = [h["inversion_steps"] for h in record["training"]["history"]]
     assert len(steps) == 2 and all(1 <= s <= 10 for s in steps)
+
+
+def test_several_budgets_make_a_frontier(in_tmp):
+    (in_tmp / "p.txt").write_text("a small red circle on the left, black background\n")
+    result = runner.invoke(app, ["run", "--methods", "sft", "--budgets", "2steps,3steps", "--prompts", "p.txt",
+                                 "--run-dir", "out", "-q"])
+    assert result.exit_code == 0, result.output
+    steps = [json.loads((in_tmp / "out" / f"sft-{b}-s0.json").read_text())["training"]["steps"]
+             for b in ("2steps", "3steps")]
+    assert steps == [2, 3]
+    record = json.loads((in_tmp / "out" / "sft-2steps-s0.json").read_text())
+    assert len(record["samples"]["png_base64"]) == 4  # min(sample_images, 1 prompt x 4 seeds)
+    twice = runner.invoke(app, ["run", "--budgets", "2steps,2steps"])
+    assert twice.exit_code == 2 and "listed twice" in twice.output

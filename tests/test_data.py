@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import DataError, decode_images, encode_preferences, load_pickapic, preference_pairs
-from bench.toy.preferences import png_bytes
+from bench.data import DataError, decode_images, encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.toy.world import all_combos, render_dataset
 
 

@@ -14,16 +14,14 @@ scored), and `reward_0`/`reward_1` keep the oracle scores for diagnostics.
 
 from __future__ import annotations
 
-import io
 import itertools
 from dataclasses import dataclass
 
 import datasets
 import torch
-from PIL import Image
 
 from bench.backbone import Backbone
-from bench.data import decode_images
+from bench.data import decode_images, png_bytes
 from bench.progress import progress_bar
 from bench.sampling import generate
 from bench.toy.oracle import oracle_reward
@@ -43,14 +41,6 @@ class PreferenceConfig:
             raise ValueError("need samples_per_prompt >= 2 and groups_per_prompt >= 1")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-
-def png_bytes(image: torch.Tensor) -> bytes:
-    """(3, H, W) float in [0, 1] -> PNG bytes (8-bit RGB)."""
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
 
 
 def generate_preferences(backbone: Backbone, prompts: list[str], cfg: PreferenceConfig, *,

@@ -1,0 +1,35 @@
+"""Run records: atomic writes, schema migration, clear errors for corrupt or unknown records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.records import SCHEMA_VERSION, RecordError, read_record, write_json_atomic
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    write_json_atomic(tmp_path / "r.json", {"schema_version": SCHEMA_VERSION, "b": 1, "a": [1, 2]})
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert read_record(tmp_path / "r.json")["a"] == [1, 2]
+    assert (tmp_path / "r.json").read_text().index('"a"') < (tmp_path / "r.json").read_text().index('"b"')  # sorted
+
+
+def test_version_1_records_are_migrated(tmp_path):
+    old = {"schema_version": 1, "method": "dpo", "config": {"budget": {"unit": "nfe", "limit": 10.0}}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    record = read_record(tmp_path / "old.json")
+    assert record["schema_version"] == SCHEMA_VERSION == 2
+    assert record["config"]["budgets"] == [{"unit": "nfe", "limit": 10.0}] and record["samples"]["png_base64"] == []
+
+
+def test_unknown_versions_missing_and_corrupt_records_are_named(tmp_path):
+    (tmp_path / "future.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(RecordError, match="future.json has schema version 99"):
+        read_record(tmp_path / "future.json")
+    with pytest.raises(RecordError, match="missing.json does not exist"):
+        read_record(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(RecordError, match="bad.json is corrupt"):
+        read_record(tmp_path / "bad.json")
