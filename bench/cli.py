@@ -60,6 +60,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             MissingWeightsError, UnsafeWeightsError)
 
 
+def _print_table(df, title: str) -> None:
+    table = Table(title=title)
+    for column in df.columns:
+        table.add_column(str(column))
+    for row in df.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
+
+
 def _split(csv: str) -> list[str]:
     return [item.strip() for item in csv.split(",") if item.strip()]
 
@@ -85,7 +94,7 @@ def run(
     _quiet_libraries()
     from bench.budget import Budget
     from bench.records import write_json_atomic
-    from bench.report import runs_table, write_tables
+    from bench.report import comparison_table, directions, display_table, write_tables
     from bench.run import execute, parse_method_args, plan_run, summary
     from bench.suites import get_suite
 
@@ -119,14 +128,11 @@ def run(
     from bench.records import read_record
 
     records = [read_record(p) for p in paths]
-    df = runs_table(records, the_suite.primary_metric)
-    write_tables(df, plan.run_dir)
-    table = Table(title=f"{suite}: {the_suite.primary_metric}, budget {', '.join(map(str, plan.budgets))} per method")
-    for column in df.columns:
-        table.add_column(column)
-    for row in df.itertuples(index=False):
-        table.add_row(*map(str, row))
-    console.print(table)
+    df = comparison_table(records, group_by=("suite", "budget", "seed"), metrics=[the_suite.primary_metric])
+    higher = directions(records)
+    write_tables(df, higher, plan.run_dir, caption=f"{suite}: {the_suite.primary_metric}")
+    _print_table(display_table(df, higher, "plain"),
+                 f"{suite}: {the_suite.primary_metric}, budget {', '.join(map(str, plan.budgets))} per method")
     if json_path is not None:
         write_json_atomic(json_path, summary(plan, paths))
         console.print(f"summary written to {json_path}")
@@ -152,8 +158,8 @@ def invert(
     import pandas as pd
 
     from bench.backbone import Backbone
+    from bench.figures import inversion_error_vs_nfe, inversion_time_per_image
     from bench.invert import InvertConfig, load_image_dir, run_inversion_benchmark
-    from bench.plots import inversion_error_vs_nfe, inversion_time_per_image
     from bench.records import environment, now, write_json_atomic
     from bench.suites import get_suite
     from bench.toy.world import render_dataset, split_combos
@@ -179,12 +185,8 @@ def invert(
     (out / "table.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
     inversion_error_vs_nfe(result["records"], out / "error_vs_nfe.png")
     inversion_time_per_image(result["records"], out / "time_per_image.png")
-    table = Table(title=f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")
-    for column in columns:
-        table.add_column(column)
-    for row in df.itertuples(index=False):
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(table)
+    shown = df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+    _print_table(shown, f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")
     ref = result["diffusers_reference"]
     if ref:
         console.print(f"diffusers DDIMInverseScheduler: max |Δ latent| {ref['max_abs_latent_diff']:.2e}, "
@@ -233,6 +235,81 @@ def speed(
     console.print(table)
     if json_path is not None:
         write_json_atomic(json_path, {**result, "environment": environment(), "created": now()})
+
+
+@app.command()
+def report(
+    paths: list[Path] = typer.Argument(..., help="run records or directories of them"),
+    group_by: str = typer.Option("suite,budget", help="row keys among suite, budget, seed (seeds are aggregated "
+                                                     "unless listed)"),
+    metrics: str = typer.Option(None, help="comma-separated metrics (default: all recorded)"),
+    formats: str = typer.Option("md,csv,tex", "--format", help="any of md, csv, tex"),
+    out: Path = typer.Option(Path("report"), help="where table.md/.csv/.tex go"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+) -> None:
+    """Comparison tables from run records: one row per method, mean ± 95% CI, win rate and Δ vs base, budget used."""
+    from bench.report import comparison_table, directions, display_table, find_records, load_records, write_tables
+
+    try:
+        records = [r for _, r in load_records(find_records(paths), skip_bad=skip_bad, progress=True)]
+        if not records:
+            _fail(f"no alignment run records in {', '.join(map(str, paths))}")
+        wanted = _split(formats)
+        if set(wanted) - {"md", "csv", "tex"}:
+            _fail(f"--format {formats!r}: choose from md, csv, tex")
+        df = comparison_table(records, tuple(_split(group_by)), _split(metrics) if metrics else None)
+    except (ValueError, KeyError, *_user_errors()) as err:
+        _fail(str(err))
+    higher = directions(records)
+    written = write_tables(df, higher, out, formats=tuple(wanted), caption="comparison under equal compute budgets")
+    _print_table(display_table(df, higher, "plain"), f"{len(records)} run records")
+    console.print("written: " + ", ".join(map(str, written)))
+
+
+@app.command()
+def figures(
+    paths: list[Path] = typer.Argument(..., help="run records, `bench invert` results or directories of them"),
+    out: Path = typer.Option(Path("figures"), help="output directory"),
+    fmt: str = typer.Option("png", "--format", help="png or pdf"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+) -> None:
+    """Paper figures: efficiency frontier, win rates, proxy vs oracle, inversion error and time, sample grids."""
+    from bench.leaderboard import build_figures
+
+    if fmt not in ("png", "pdf"):
+        _fail(f"--format {fmt!r}: choose png or pdf")
+    try:
+        written = build_figures(paths, out, fmt, skip_bad=skip_bad)
+    except (ValueError, KeyError, *_user_errors()) as err:
+        _fail(str(err))
+    if not written:
+        _fail(f"nothing to plot in {', '.join(map(str, paths))}")
+    console.print("written: " + ", ".join(map(str, written)))
+
+
+@app.command()
+def leaderboard(
+    results: Path = typer.Option(Path("results"), help="the results directory (records under results/runs/)"),
+    check: bool = typer.Option(False, "--check", help="fail, naming what differs, if the committed leaderboard is stale"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+) -> None:
+    """Rebuild results/leaderboard.md, .csv, figures/ and index.html from the committed run records."""
+    from bench.leaderboard import build
+    from bench.leaderboard import check as check_leaderboard
+
+    try:
+        if check:
+            problems = check_leaderboard(results, skip_bad=skip_bad)
+            if problems:
+                for problem in problems:
+                    err_console.print(f"stale leaderboard: {problem}", highlight=False)
+                raise typer.Exit(code=1)
+            console.print(f"{results}: leaderboard up to date")
+            return
+        manifest = build(results, skip_bad=skip_bad, progress=True)
+    except _user_errors() as err:
+        _fail(str(err))
+    console.print(f"{results}: {len(manifest['records'])} records -> {len(manifest['outputs'])} files")
 
 
 @app.command("list")

@@ -1,36 +1,176 @@
-"""Comparison tables from run records (terminal, markdown, CSV)."""
+"""Comparison tables from run records: terminal, markdown, CSV and LaTeX (booktabs).
+
+One row per (suite, budget, method) by default; `group_by` chooses the grouping keys among
+`suite`, `budget` and `seed`. Seeds that fall in one row are aggregated: each evaluation image's
+score is averaged over the seeds, then the mean and its 95% bootstrap CI are taken over images, and
+the win rate and mean change against the base model are paired per image (same prompt and seed).
+Budget columns give the mean use (NFE and training seconds). In markdown and LaTeX the best value of
+each metric column is bold (by the scorer's direction); the CSV keeps plain numbers with CI columns.
+Every table is a pure function of the records: rows are sorted, numbers formatted with fixed digits.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
+import torch
+
+from bench.progress import progress_bar
+from bench.records import RecordError, read_record
+from bench.stats import bootstrap_mean, paired_comparison
+
+GROUP_KEYS = ("suite", "budget", "seed")
 
 
-def _ci(stat: dict | None, digits: int = 3) -> str:
-    if not stat:
-        return "-"
-    return f"{stat['mean']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+def find_records(paths: list[str | Path]) -> list[Path]:
+    """Alignment run records under the given files/directories (run manifests are skipped), sorted."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += [p for p in path.rglob("*.json") if p.name not in ("run.json", "invert.json")]
+        elif path.exists():
+            found.append(path)
+        else:
+            raise RecordError(f"run record {path} does not exist")
+    return sorted(set(found))
 
 
-def runs_table(records: list[dict], metric: str) -> pd.DataFrame:
-    """One row per run: budget used/limit, training time, the metric with its CI, and vs-base stats."""
-    rows = []
+def load_records(paths: list[Path], *, skip_bad: bool = False, progress: bool = False) -> list[tuple[Path, dict]]:
+    """Read records; a missing or corrupt one raises RecordError naming it unless `skip_bad`."""
+    out = []
+    for path in progress_bar(paths, enabled=progress, desc="records"):
+        try:
+            record = read_record(path)
+        except RecordError:
+            if skip_bad:
+                continue
+            raise
+        if record.get("kind") == "alignment-run":
+            out.append((path, record))
+    return out
+
+
+def _budget_label(record: dict) -> str:
+    b = record["budget"]
+    return "-" if record["method"] == "base" else f"{b['limit']:g}{b['unit']}"
+
+
+def _row_key(record: dict, group_by: tuple[str, ...]) -> tuple:
+    parts = {"suite": record["suite"], "budget": _budget_label(record), "seed": record["seed"]}
+    return tuple(parts[k] if k in group_by else None for k in GROUP_KEYS) + (record["method"],)
+
+
+def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", "budget"),
+                     metrics: list[str] | None = None, resamples: int = 2000) -> pd.DataFrame:
+    """Numeric table: per row, metric mean/CI, win rate and Δ vs base with CIs, budget use, seeds."""
+    unknown = set(group_by) - set(GROUP_KEYS)
+    if unknown:
+        raise ValueError(f"--group-by {sorted(unknown)}: choose from {', '.join(GROUP_KEYS)}")
+    bases = {r["suite"]: r for r in records if r["method"] == "base"}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        budget = r["budget"]
-        rows.append({
-            "method": r["method"],
-            "seed": "-" if r["seed"] is None else r["seed"],
-            f"used/limit ({budget['unit']})": f"{budget['used']:g}/{budget['limit']:g}",
-            "train s": f"{budget['seconds']:.0f}",
-            f"{metric} (95% CI)": _ci(r["metrics"].get(metric)),
-            "win rate vs base": _ci(r.get("win_rate_vs_base", {}).get(metric)),
-            "Δ vs base": _ci(r.get("delta_vs_base", {}).get(metric)),
-        })
-    return pd.DataFrame(rows)
+        groups[_row_key(r, group_by)].append(r)
+    rows = []
+    for key, members in groups.items():
+        first = members[0]
+        names = metrics or list(first["metrics"])
+        row = {"suite": first["suite"], "method": first["method"], "budget": _budget_label(first),
+               "seed": key[2] if "seed" in group_by else "-", "seeds": len({m["seed"] for m in members}),
+               "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
+               "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members)}
+        base = bases.get(first["suite"])
+        for name in names:
+            scores = torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64).mean(0)
+            stat = bootstrap_mean(scores, resamples=resamples)
+            row.update({f"{name}": stat["mean"], f"{name}_ci_low": stat["ci_low"], f"{name}_ci_high": stat["ci_high"],
+                        f"{name}_n": stat["n"]})
+            if base is not None and first["method"] != "base" and name in base["evaluation"]["scores"]:
+                higher = first["scorers"][name]["higher_is_better"]
+                win, delta = paired_comparison(scores, torch.tensor(base["evaluation"]["scores"][name]),
+                                               higher_is_better=higher, resamples=resamples)
+                row.update({f"{name}_win": win["mean"], f"{name}_win_ci_low": win["ci_low"],
+                            f"{name}_win_ci_high": win["ci_high"], f"{name}_delta": delta["mean"],
+                            f"{name}_delta_ci_low": delta["ci_low"], f"{name}_delta_ci_high": delta["ci_high"]})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    order = {"base": 0}
+    df["_base_last"] = df["method"].map(lambda m: order.get(m, 1))
+    df["_budget_sort"] = df["budget"].map(lambda b: float("-inf") if b == "-" else float(b.rstrip("nfestpamlc")))
+    df = df.sort_values(["suite", "_base_last", "_budget_sort", "budget", "method", "seed"], kind="stable")
+    return df.drop(columns=["_base_last", "_budget_sort"]).reset_index(drop=True)
 
 
-def write_tables(df: pd.DataFrame, out_dir: Path) -> None:
+def _metric_names(df: pd.DataFrame) -> list[str]:
+    return [c[: -len("_ci_low")] for c in df.columns if c.endswith("_ci_low") and not c.endswith(("_win_ci_low",
+                                                                                                   "_delta_ci_low"))]
+
+
+def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str = "md", digits: int = 3) -> pd.DataFrame:
+    """Strings for humans: 'mean [lo, hi]' per metric, best per column bold (md/tex)."""
+    metrics = _metric_names(df)
+    bold = {"md": "**{}**", "tex": "\\textbf{{{}}}", "plain": "{}"}[fmt]
+    out = pd.DataFrame({"method": df["method"], "budget": df["budget"]})
+    if df["seed"].ne("-").any():
+        out["seed"] = df["seed"]
+    if df["suite"].nunique() > 1:
+        out.insert(0, "suite", df["suite"])
+    out["seeds"] = df["seeds"]
+    out["NFE used"] = df["nfe"].map(lambda v: f"{v:.3g}")
+    out["train s"] = df["train_seconds"].map(lambda v: f"{v:.0f}")
+
+    def ci(mean, low, high) -> str:
+        return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    for name in metrics:
+        values = df[name]
+        best = values.max() if higher_is_better.get(name, True) else values.min()
+        out[f"{name} (95% CI)"] = [bold.format(ci(m, lo, hi)) if m == best and fmt != "plain" else ci(m, lo, hi)
+                                   for m, lo, hi in zip(values, df[f"{name}_ci_low"], df[f"{name}_ci_high"])]
+        if f"{name}_win" in df:
+            out[f"{name} win rate vs base"] = [
+                "-" if pd.isna(w) else ci(w, lo, hi)
+                for w, lo, hi in zip(df[f"{name}_win"], df[f"{name}_win_ci_low"], df[f"{name}_win_ci_high"])]
+            out[f"{name} Δ vs base"] = [
+                "-" if pd.isna(d) else ci(d, lo, hi)
+                for d, lo, hi in zip(df[f"{name}_delta"], df[f"{name}_delta_ci_low"], df[f"{name}_delta_ci_high"])]
+    return out
+
+
+def to_latex(table: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (no pandas Styler/jinja needed)."""
+    escape = {"_": "\\_", "%": "\\%", "&": "\\&", "Δ": "$\\Delta$"}
+
+    def cell(value) -> str:
+        text = str(value)
+        for a, b in escape.items():
+            text = text.replace(a, b) if not text.startswith("\\textbf") or a != "_" else text
+        return text
+
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{cell(caption)}}}",
+             "\\begin{tabular}{" + "l" * 2 + "r" * (len(table.columns) - 2) + "}", "\\toprule",
+             " & ".join(cell(c) for c in table.columns) + " \\\\", "\\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def directions(records: list[dict]) -> dict[str, bool]:
+    return {name: s["higher_is_better"] for r in records for name, s in r.get("scorers", {}).items()}
+
+
+def write_tables(df: pd.DataFrame, higher_is_better: dict[str, bool], out_dir: Path, *, stem: str = "table",
+                 formats: tuple[str, ...] = ("md", "csv", "tex"), caption: str = "") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table.md").write_text(df.to_markdown(index=False) + "\n")
-    df.to_csv(out_dir / "table.csv", index=False)
+    written = []
+    if "md" in formats:
+        written.append(out_dir / f"{stem}.md")
+        written[-1].write_text(display_table(df, higher_is_better, "md").to_markdown(index=False) + "\n")
+    if "csv" in formats:
+        written.append(out_dir / f"{stem}.csv")
+        df.to_csv(written[-1], index=False, float_format="%.6g")
+    if "tex" in formats:
+        written.append(out_dir / f"{stem}.tex")
+        written[-1].write_text(to_latex(display_table(df, higher_is_better, "tex"), caption or stem))
+    return written

@@ -1,0 +1,169 @@
+"""Paper-ready figures with matplotlib: one colour-blind-safe style, labelled axes with units.
+
+Every figure is a pure function of run records (alignment runs, and `bench invert` results). PNG and
+PDF metadata carry no dates or software versions, so regenerating a figure gives identical bytes.
+
+- `frontier`: a metric against the NFE each run used, per method, one point per budget (the
+  efficiency frontier), with 95% CIs and the base model as a band;
+- `win_rates`: paired win rate against the base model with 95% CIs, per method;
+- `proxy_vs_oracle`: change of a proxy scorer against change of the oracle, per method, so that a
+  proxy gain that is not a true gain (reward hacking) falls in the lower-right quadrant;
+- `inversion_error_vs_nfe`, `inversion_time_per_image`: from `bench invert`;
+- `sample_grid`: the first evaluation images (same prompts and seeds) of every method.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# Okabe & Ito (2008) colour-blind-safe palette.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+STYLE = {"figure.dpi": 150, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+         "axes.grid": True, "grid.alpha": 0.3, "savefig.bbox": "tight"}
+
+
+def save(fig, path: Path) -> Path:
+    """Save with fixed metadata (no dates) so the bytes depend only on the data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"CreationDate": None, "ModDate": None} if path.suffix == ".pdf" else {"Software": None}
+    fig.savefig(path, metadata=metadata)
+    plt.close(fig)
+    return path
+
+
+def inversion_error_vs_nfe(records: list[dict], path: Path) -> Path:
+    """Reconstruction latent MSE (log scale) against NFE per image (invert + reconstruct), one point per sampler."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.2, 3.0))
+        floor = min((r["latent_mse"] for r in records if r["latent_mse"] > 0), default=1e-30)
+        for i, r in enumerate(records):
+            mse = max(r["latent_mse"], floor * 1e-2)  # an exact 0 is drawn just below the smallest error
+            # shrinking markers of different shapes keep coinciding samplers (ddim, npi, ...) visible
+            ax.scatter(r["nfe_invert"] + r["nfe_reconstruct"], mse, color=PALETTE[i % len(PALETTE)], label=r["sampler"],
+                       marker=MARKERS[i % len(MARKERS)], s=70 - 6 * i, zorder=3 + i)
+        ax.set_yscale("log")
+        ax.set_xlabel("UNet evaluations per image (invert + reconstruct)")
+        ax.set_ylabel("reconstruction latent MSE")
+        ax.set_title(f"{records[0]['steps']} steps, guidance {records[0]['guidance']:g}, {records[0]['dtype']}")
+        ax.legend(fontsize=7, frameon=False)
+        return save(fig, path)
+
+
+def inversion_time_per_image(records: list[dict], path: Path) -> Path:
+    """Stacked bars: seconds per image to invert and to reconstruct, per sampler."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.2, 3.0))
+        names = [r["sampler"] for r in records]
+        invert = [r["seconds_invert"] / r["images"] for r in records]
+        recon = [r["seconds_reconstruct"] / r["images"] for r in records]
+        ax.bar(names, invert, color=PALETTE[0], label="invert")
+        ax.bar(names, recon, bottom=invert, color=PALETTE[1], label="reconstruct")
+        ax.set_ylabel("seconds per image")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=7, frameon=False)
+        return save(fig, path)
+
+
+def _color(method: str, methods: list[str]) -> str:
+    return PALETTE[sorted(methods).index(method) % len(PALETTE)]
+
+
+def _largest_budget_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the row of its largest budget (base excluded)."""
+    runs = table[table["method"] != "base"].copy()
+    runs["_limit"] = runs["budget"].map(lambda b: float(b.rstrip("nfestpamlc")))
+    return runs.sort_values(["method", "_limit"]).groupby("method", sort=True).tail(1).drop(columns="_limit")
+
+
+def frontier(table: pd.DataFrame, metric: str, path: Path, unit_label: str = "UNet evaluations used (NFE)") -> Path:
+    """Metric against NFE used, one line per method over its budgets, 95% CIs; base as a band."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        base = table[table["method"] == "base"]
+        if len(base):
+            b = base.iloc[0]
+            ax.axhspan(b[f"{metric}_ci_low"], b[f"{metric}_ci_high"], color="0.85", zorder=0)
+            ax.axhline(b[metric], color="0.4", linestyle="--", linewidth=1, label="base")
+        runs = table[table["method"] != "base"]
+        methods = sorted(runs["method"].unique())
+        for method in methods:
+            rows = runs[runs["method"] == method].sort_values("nfe")
+            yerr = [rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]]
+            ax.errorbar(rows["nfe"], rows[metric], yerr=yerr, marker="o", markersize=3.5, capsize=2, linewidth=1.2,
+                        color=_color(method, methods), label=method)
+        if runs["nfe"].max() > 4 * max(runs["nfe"].min(), 1):
+            ax.set_xscale("log")
+        ax.set_xlabel(unit_label)
+        ax.set_ylabel(f"{metric} (mean, 95% CI)")
+        ax.legend(fontsize=7, frameon=False, ncol=2)
+        return save(fig, path)
+
+
+def win_rates(table: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Paired win rate vs the base model (95% CI), per method at its largest budget."""
+    rows = _largest_budget_rows(table).sort_values(f"{metric}_win")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.2, 0.35 * len(rows) + 1.0))
+        methods = sorted(rows["method"])
+        xerr = [rows[f"{metric}_win"] - rows[f"{metric}_win_ci_low"], rows[f"{metric}_win_ci_high"] - rows[f"{metric}_win"]]
+        ax.barh(rows["method"], rows[f"{metric}_win"], xerr=xerr, capsize=2,
+                color=[_color(m, methods) for m in rows["method"]])
+        ax.axvline(0.5, color="0.3", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"win rate vs base on {metric} (paired, 95% CI)")
+        return save(fig, path)
+
+
+def proxy_vs_oracle(table: pd.DataFrame, proxy: str, oracle: str, path: Path) -> Path:
+    """Δ proxy vs Δ oracle against the base model (95% CIs), per method at its largest budget."""
+    rows = _largest_budget_rows(table)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        methods = sorted(rows["method"])
+        for _, r in rows.iterrows():
+            ax.errorbar(r[f"{proxy}_delta"], r[f"{oracle}_delta"],
+                        xerr=[[r[f"{proxy}_delta"] - r[f"{proxy}_delta_ci_low"]],
+                              [r[f"{proxy}_delta_ci_high"] - r[f"{proxy}_delta"]]],
+                        yerr=[[r[f"{oracle}_delta"] - r[f"{oracle}_delta_ci_low"]],
+                              [r[f"{oracle}_delta_ci_high"] - r[f"{oracle}_delta"]]],
+                        fmt="o", markersize=4, capsize=2, color=_color(r["method"], methods), label=r["method"])
+        ax.set_xlabel(f"Δ {proxy} vs base (proxy)")
+        ax.set_ylabel(f"Δ {oracle} vs base (ground truth)")
+        ax.set_title("lower right: the proxy improves, the truth does not", fontsize=7)
+        ax.legend(fontsize=7, frameon=False)
+        return save(fig, path)
+
+
+def sample_grid(records: list[dict], path: Path, columns: int = 8) -> Path:
+    """The first evaluation images of every run (base first), same prompts and seeds per column."""
+    runs = [r for r in records if r.get("samples", {}).get("png_base64")]
+    runs.sort(key=lambda r: (r["method"] != "base", r["method"], r["budget"]["limit"], r["seed"] or 0))
+    k = min(columns, min(len(r["samples"]["png_base64"]) for r in runs))
+    with plt.rc_context({**STYLE, "axes.grid": False}):
+        fig, axes = plt.subplots(len(runs), k, figsize=(0.9 * k + 1.0, 0.9 * len(runs) + 0.6), squeeze=False)
+        for i, r in enumerate(runs):
+            for j in range(k):
+                image = Image.open(io.BytesIO(base64.b64decode(r["samples"]["png_base64"][j])))
+                ax = axes[i][j]
+                ax.imshow(image, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    budget = f"{r['budget']['limit']:g}{r['budget']['unit']}"
+                    label = r["method"] if r["method"] == "base" else f"{r['method']}\n{budget}"
+                    ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+        fig.suptitle("same prompts and seeds per column", fontsize=7)
+        return save(fig, path)

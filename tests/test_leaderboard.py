@@ -1,0 +1,77 @@
+"""`bench report`, `bench figures` and `bench leaderboard` on records from tiny toy runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, tiny_toy_dir):
+    root = tmp_path_factory.mktemp("results")
+    prompts = root / "p.txt"
+    prompts.write_text("a small red circle on the left, black background\n"
+                       "a large blue square in the center, gray background\n")
+    env = {"BENCH_TOY_DIR": str(tiny_toy_dir)}
+    run = runner.invoke(app, ["run", "--methods", "sft,dpo", "--budgets", "2steps,3steps", "--prompts", str(prompts),
+                              "--run-dir", str(root / "runs" / "toy"), "-q"], env=env)
+    assert run.exit_code == 0, run.output
+    inv = runner.invoke(app, ["invert", "--samplers", "ddim,bdia", "--steps", "4", "--images", "2", "--pipeline",
+                              str(tiny_toy_dir / "pipeline"), "--out", str(root / "runs" / "invert-toy"), "-q"])
+    assert inv.exit_code == 0, inv.output
+    return root
+
+
+def test_report_tables(results, tmp_path):
+    result = runner.invoke(app, ["report", str(results / "runs"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "table.md").read_text()
+    assert md.count("| sft ") == 2 and md.count("| dpo ") == 2 and "| base " in md and "**" in md
+    assert "\\toprule" in (tmp_path / "table.tex").read_text()
+    csv = (tmp_path / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("suite,method,budget,seed,seeds,nfe,train_seconds,oracle,oracle_ci_low") and len(csv) == 6
+    by_seed = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "suite,seed", "--out", str(tmp_path)])
+    assert by_seed.exit_code == 0
+    bad = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "colour", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "choose from suite, budget, seed" in bad.output
+
+
+def test_figures(results, tmp_path):
+    result = runner.invoke(app, ["figures", str(results / "runs"), "--out", str(tmp_path), "--format", "pdf"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["inversion-invert-toy-error-vs-nfe.pdf", "inversion-invert-toy-time.pdf", "toy-frontier.pdf",
+                     "toy-samples.pdf", "toy-win-rates.pdf"]
+    assert all(b"CreationDate" not in (tmp_path / n).read_bytes() for n in names)
+
+
+def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
+    built = runner.invoke(app, ["leaderboard", "--results", str(results)])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((results / "leaderboard.json").read_text())
+    assert len(manifest["records"]) == 6  # base + 2 methods x 2 budgets + the inversion result
+    first = {name: (results / name).read_bytes() for name in manifest["outputs"]}
+    assert runner.invoke(app, ["leaderboard", "--results", str(results)]).exit_code == 0
+    assert {name: (results / name).read_bytes() for name in manifest["outputs"]} == first  # identical bytes
+    html = (results / "index.html").read_text()
+    assert "<table>" in html and "sortTable" in html and "data:image/png;base64," in html and "http" not in html
+    assert runner.invoke(app, ["leaderboard", "--results", str(results), "--check"]).exit_code == 0
+
+    victim = results / "runs" / "toy" / "dpo-3steps-s0.json"
+    saved = victim.read_bytes()
+    victim.unlink()
+    stale = runner.invoke(app, ["leaderboard", "--results", str(results), "--check"])
+    victim.write_bytes(saved)
+    assert stale.exit_code == 1
+    assert "record runs/toy/dpo-3steps-s0.json is in the leaderboard but missing" in stale.output
+    assert runner.invoke(app, ["leaderboard", "--results", str(results), "--check"]).exit_code == 0
+    (results / "runs" / "toy" / "dpo-2steps-s0.json").write_text("{corrupt")
+    corrupt = runner.invoke(app, ["leaderboard", "--results", str(results)])
+    assert corrupt.exit_code == 2 and "dpo-2steps-s0.json is corrupt" in corrupt.output
+    assert runner.invoke(app, ["leaderboard", "--results", str(results), "--skip-bad"]).exit_code == 0
