@@ -5,8 +5,10 @@
 - `binary` (KTO): images drawn with replacement with the method's sampling weights (uniform if none),
   from the training generator.
 
-The sampler's whole state is (epoch, cursor); with the training generator's state it makes a run
-resumable bit for bit.
+Each draw is made for the global batch (the local batch size times the number of processes) and
+sliced to this process's shard (`methods.shards`), so a sample's place in the data order does not
+depend on the number of processes. The sampler's whole state is (epoch, cursor); with the training
+generator's state it makes a run resumable bit for bit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from bench.data import EncodedPreferences
 from methods.alignment.base import ImageBatch, PairBatch
+from methods.shards import current, sample_categorical
 
 
 class BatchSampler:
@@ -32,10 +35,10 @@ class BatchSampler:
 
     def _next_indices(self, rng: torch.Generator) -> torch.Tensor:
         if self.kind == "binary":
-            if self.weights is None:
-                return torch.randint(0, self.data.num_images, (self.batch_size,), generator=rng)
-            return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=rng)
-        picked, need = [], self.batch_size
+            weights = self.weights if self.weights is not None else torch.ones(self.data.num_images, dtype=torch.float64)
+            return sample_categorical(weights, self.batch_size, rng)
+        shard = current()
+        picked, need = [], self.batch_size * shard.world
         while need > 0:
             if self._order is None:
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -46,7 +49,7 @@ class BatchSampler:
             self.cursor += len(take)
             if self.cursor >= len(self._order):
                 self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
-        return torch.cat(picked)
+        return torch.cat(picked)[shard.rows(self.batch_size)]
 
     def next(self, rng: torch.Generator) -> PairBatch | ImageBatch:
         idx = self._next_indices(rng)

@@ -6,9 +6,11 @@ A budget is a limit in one unit:
 - `samples` training images consumed (a preference pair is two images);
 - `nfe`     UNet evaluations of one latent, counted by the Backbone; a backward pass counts as 2,
             so a forward+backward on a batch of B latents costs 3B and a frozen reference forward B;
-- `seconds` wall-clock seconds spent in training steps (evaluation excluded).
+- `seconds` wall-clock seconds spent in training steps (evaluation excluded);
+- `gpu-h`   device-hours: training seconds times the number of processes (devices), / 3600, so a
+            paper's "N GPU-hours" budget is one flag (`--budget 384gpu-h`).
 
-`Budget.parse` reads `2e5nfe`, `90s`, `400steps`, `1e4samples`. The meter records all four units
+`Budget.parse` reads `2e5nfe`, `90s`, `400steps`, `1e4samples`, `384gpu-h`. The meter records all four units
 whatever the limit's unit, so a run records what it used in every unit.
 
 Stopping rule: before a step, the meter predicts the step's cost as the largest cost seen so far
@@ -22,11 +24,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-UNITS = ("steps", "samples", "nfe", "seconds")
+UNITS = ("steps", "samples", "nfe", "seconds", "gpu-h")
 _ALIASES = {"step": "steps", "steps": "steps", "sample": "samples", "samples": "samples", "nfe": "nfe",
             "s": "seconds", "sec": "seconds", "secs": "seconds", "seconds": "seconds", "min": "minutes",
-            "m": "minutes"}
-_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]+)\s*$")
+            "m": "minutes", "gpu-h": "gpu-h", "gpuh": "gpu-h", "gpu-hours": "gpu-h", "gpu-hour": "gpu-h"}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z][a-zA-Z-]*)\s*$")
 
 
 class BudgetError(ValueError):
@@ -50,7 +52,7 @@ class Budget:
         match = _PATTERN.match(str(text))
         if not match or match.group(2).lower() not in _ALIASES:
             raise BudgetError(
-                f"cannot parse budget {text!r}: expected a number and a unit, e.g. 2e5nfe, 90s, 400steps, 1e4samples"
+                f"cannot parse budget {text!r}: expected a number and a unit, e.g. 2e5nfe, 90s, 400steps, 1e4samples, 8gpu-h"
             )
         value, unit = float(match.group(1)), _ALIASES[match.group(2).lower()]
         if unit == "minutes":
@@ -58,7 +60,7 @@ class Budget:
         return cls(unit, value)
 
     def __str__(self) -> str:
-        suffix = {"steps": "steps", "samples": "samples", "nfe": "nfe", "seconds": "s"}[self.unit]
+        suffix = {"steps": "steps", "samples": "samples", "nfe": "nfe", "seconds": "s", "gpu-h": "gpu-h"}[self.unit]
         return f"{self.limit:g}{suffix}"
 
 
@@ -68,9 +70,10 @@ class Usage:
     samples: int = 0
     nfe: int = 0
     seconds: float = 0.0
+    device_seconds: float = 0.0  # seconds x processes
 
     def get(self, unit: str) -> float:
-        return getattr(self, unit)
+        return self.device_seconds / 3600 if unit == "gpu-h" else getattr(self, unit)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))

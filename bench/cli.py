@@ -82,6 +82,8 @@ def run(
                                     "runs every method at each (the efficiency frontier); default: the suite's"),
     seeds: str = typer.Option("0", help="comma-separated training seeds"),
     method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim"),
+    train_arg: list[str] = typer.Option([], "--train-arg", "-t",
+                                        help="[METHOD.]FIELD=VALUE training setting, e.g. batch_size=8 or dpo.lr=1e-5"),
     run_dir: Path = typer.Option(None, help="where records go (default: runs/<suite>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir (skip finished methods)"),
     json_path: Path = typer.Option(None, "--json", help="also write a summary JSON here"),
@@ -92,6 +94,8 @@ def run(
 ) -> None:
     """Train each method under the same budget, evaluate against the base model, write run records."""
     _quiet_libraries()
+    from accelerate import PartialState
+
     from bench.budget import Budget
     from bench.records import write_json_atomic
     from bench.report import comparison_table, directions, display_table, write_tables
@@ -109,12 +113,13 @@ def run(
         target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         budgets = [Budget.parse(b) for b in _split(budget)] if budget else None
         plan = plan_run(the_suite, _split(methods), budgets=budgets, seeds=seed_list,
-                        method_args=parse_method_args(method_arg), run_dir=target, resume=resume,
+                        method_args=parse_method_args(method_arg),
+                        train_args=parse_method_args(train_arg, "--train-arg", any_method=True), run_dir=target, resume=resume,
                         progress=not quiet, pipeline=pipeline, preference_data=data,
                         prompts=prompts)
-        console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget {', '.join(map(str, plan.budgets))} "
-                      f"per method; "
-                      f"records in {plan.run_dir}", highlight=False)
+        if PartialState().is_main_process:
+            console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget "
+                          f"{', '.join(map(str, plan.budgets))} per method; records in {plan.run_dir}", highlight=False)
 
         def announce(path: Path, record: dict) -> None:
             metric = the_suite.primary_metric
@@ -126,6 +131,9 @@ def run(
     except _user_errors() as err:
         _fail(str(err))
     from bench.records import read_record
+
+    if not PartialState().is_main_process:  # under accelerate launch / torchrun, one process reports
+        return
 
     records = [read_record(p) for p in paths]
     df = comparison_table(records, group_by=("suite", "budget", "seed"), metrics=[the_suite.primary_metric])
@@ -328,6 +336,247 @@ def list_registry() -> None:
         console.print(table)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _parse_weights(items: list[str], metrics: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            _fail(f"--weights {item!r}: expected NAME=PATH, e.g. pickscore=/models/PickScore_v1")
+        if name.strip() not in metrics:
+            _fail(f"--weights {item!r}: {name.strip()!r} is not in --metrics ({', '.join(metrics)})")
+        out[name.strip()] = Path(path.strip()).expanduser()
+    return out
+
+
+def _read_prompts(path: Path, n_images: int) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        _fail(f"--prompts {path}: {err.strerror or err}")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) == 1:
+        return lines * n_images
+    if len(lines) != n_images:
+        _fail(f"--prompts {path}: {len(lines)} prompts for {n_images} images; give one per image (in sorted "
+              "file-name order) or a single prompt for all")
+    return lines
+
+
+def _load_image(path: Path):
+    """(3, H, W) float RGB in [0, 1] at the file's own size (each scorer preprocesses as its model expects)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as img:
+        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def _image_batches(files: list[Path] | None, images, prompts: list[str], batch_size: int):
+    """(indices, prompts, images (B, 3, H, W)) of equal-size images, `batch_size` files read at a time."""
+    import torch
+
+    for start in range(0, len(prompts), batch_size):
+        index = list(range(start, min(start + batch_size, len(prompts))))
+        if files is None:
+            yield index, [prompts[i] for i in index], images[index[0]:index[-1] + 1]
+            continue
+        loaded = {i: _load_image(files[i]) for i in index}
+        sizes = {}
+        for i, tensor in loaded.items():
+            sizes.setdefault(tuple(tensor.shape), []).append(i)
+        for group in sizes.values():
+            yield group, [prompts[i] for i in group], torch.stack([loaded[i] for i in group])
+
+
+@app.command("eval")
+def eval_images(
+    metrics: str = typer.Option(..., "--metrics", "-m", help="comma-separated scorers, e.g. pickscore,clip,aesthetic "
+                                "(see `bench list`)"),
+    images: Path = typer.Option(None, "--images", help="folder of .png/.jpg/.jpeg/.webp images, scored in sorted "
+                                "file-name order"),
+    prompts: Path = typer.Option(None, "--prompts", help="text file: one prompt per image in the same order, or one "
+                                 "prompt for all"),
+    toy_renders: int = typer.Option(None, "--toy-renders", help="instead of --images: score N ground-truth toy renders "
+                                    "of the held-out captions (offline; for oracle, toy-clip, toy-pickscore)"),
+    weights: list[str] = typer.Option([], "--weights", help="NAME=PATH: local weights (file or directory) for scorer "
+                                      "NAME; repeatable"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="load checkpoints holding pickled Python objects "
+                                      "(runs their code: trusted files only)"),
+    clip_backbone: str = typer.Option(None, "--clip-backbone", help="backbone of `clip`: transformers id or directory, "
+                                      "or open_clip NAME[:TAG] (default openai/clip-vit-large-patch14)"),
+    json_path: Path = typer.Option(None, "--json", help="write per-image scores and scorer descriptions (weight paths, "
+                                   "SHA256) here"),
+    batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
+    seed: int = typer.Option(0, help="seed of the toy renders' unnamed variables (position jitter, y, radius)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Score images with each metric: mean, 95% bootstrap CI and n per metric; per-image scores to --json.
+
+    Every scorer is built (weights found and loaded) before any image is scored, so missing weights stop
+    the command with exit code 2 having written nothing.
+    """
+    _quiet_libraries()
+    import inspect
+
+    import torch
+
+    from bench.progress import progress_bar
+    from bench.records import environment, now, write_json_atomic
+    from bench.stats import bootstrap_mean
+    from metrics import SCORERS
+
+    names = _split(metrics)
+    if not names:
+        _fail("--metrics: give at least one scorer")
+    try:
+        SCORERS.check(names)
+    except _user_errors() as err:
+        _fail(str(err))
+    explicit = _parse_weights(weights, names)
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
+    if clip_backbone and "clip" not in names:
+        _fail("--clip-backbone applies to the `clip` metric, which is not in --metrics")
+    if (images is None) == (toy_renders is None):
+        _fail("give either --images DIR (with --prompts FILE) or --toy-renders N")
+    files, pixels = None, None
+    if images is not None:
+        if not images.is_dir():
+            _fail(f"--images {images}: not a directory")
+        files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            _fail(f"--images {images}: no {'/'.join(IMAGE_SUFFIXES)} files")
+        if prompts is None:
+            _fail("--images needs --prompts FILE (one prompt per image, or one for all)")
+        per_image = _read_prompts(prompts, len(files))
+    else:
+        if toy_renders < 1:
+            _fail(f"--toy-renders must be >= 1, got {toy_renders}")
+        if prompts is not None:
+            _fail("--prompts does not apply to --toy-renders (the renders' captions are their prompts)")
+        import random
+
+        from bench.toy.world import render, sample_scene, split_combos
+
+        held_out = split_combos()[1]
+        rng = random.Random(seed)
+        scenes = [sample_scene(held_out[i % len(held_out)], rng) for i in range(toy_renders)]
+        pixels, per_image = render(scenes), [s.combo.caption for s in scenes]
+
+    scorers = {}
+    for name in names:  # build every scorer first: missing weights stop here, before any scoring
+        cls = SCORERS.get(name)
+        accepts = inspect.signature(cls).parameters
+        kwargs = {}
+        if name in explicit:
+            if "weights" not in accepts:
+                _fail(f"--weights {name}=...: the {name} scorer takes no weights")
+            kwargs["weights"] = explicit[name]
+        if allow_pickle and "allow_pickle" in accepts:
+            kwargs["allow_pickle"] = True
+        if name == "clip" and clip_backbone:
+            kwargs["backbone"] = clip_backbone
+        try:
+            scorers[name] = cls(**kwargs)
+        except (ValueError, *_user_errors()) as err:
+            _fail(str(err))
+
+    n = len(per_image)
+    scores = {name: torch.full((n,), float("nan")) for name in names}
+    components: dict[str, dict[str, torch.Tensor]] = {}
+    batches = _image_batches(files, pixels, per_image, batch_size)
+    try:
+        for index, batch_prompts, batch_images in progress_bar(batches, enabled=not quiet, desc="scoring",
+                                                              total=None if files else -(-n // batch_size)):
+            for name, scorer in scorers.items():
+                scores[name][index] = scorer.score(batch_prompts, batch_images).float().cpu()
+                for term, values in scorer.components(batch_prompts, batch_images).items():
+                    components.setdefault(name, {}).setdefault(term, torch.full((n,), float("nan")))[index] = values.float()
+    except (ValueError, OSError, *_user_errors()) as err:
+        _fail(str(err))
+
+    source = f"{images}" if files else f"{toy_renders} toy renders (held-out captions, seed {seed})"
+    aggregates = {name: bootstrap_mean(values) for name, values in scores.items()}
+    table = Table(title=f"{n} images from {source}")
+    for column in ("metric", "mean", "95% CI", "n", "better", "scale"):
+        table.add_column(column)
+    for name, stat in aggregates.items():
+        table.add_row(name, f"{stat['mean']:.4g}", f"[{stat['ci_low']:.4g}, {stat['ci_high']:.4g}]", str(stat["n"]),
+                      "higher" if scorers[name].higher_is_better else "lower", scorers[name].scale)
+    console.print(table)
+    if json_path is not None:
+        payload = {
+            "kind": "bench-eval", "schema_version": 1, "created": now(), "environment": environment(),
+            "source": {"images": str(images) if files else None, "prompts": str(prompts) if prompts else None,
+                       "toy_renders": toy_renders, "seed": seed if files is None else None},
+            "files": [p.name for p in files] if files else None, "prompts": per_image,
+            "scores": {name: values.tolist() for name, values in scores.items()},
+            "components": {name: {t: v.tolist() for t, v in terms.items()} for name, terms in components.items()},
+            "aggregates": aggregates, "scorers": {name: s.describe() for name, s in scorers.items()},
+        }
+        write_json_atomic(json_path, payload)
+        console.print(f"per-image scores written to {json_path}")
+
+
+@app.command("weights")
+def list_weights(
+    metrics: str = typer.Option(None, "--metrics", "-m", help="only these scorers (default: every registered one)"),
+    no_hash: bool = typer.Option(False, "--no-hash", help="skip SHA256 (hashing multi-GB files takes seconds)"),
+    json_path: Path = typer.Option(None, "--json", help="also write the listing here"),
+) -> None:
+    """List each scorer's weight files: where each was found (or "missing"), size and SHA256."""
+    from bench.records import write_json_atomic
+    from metrics import SCORERS
+    from metrics.base import MissingWeightsError, weight_record
+
+    try:
+        names = _split(metrics) if metrics else SCORERS.names()
+        SCORERS.check(names)
+    except _user_errors() as err:
+        _fail(str(err))
+    rows = []
+    for name in names:
+        cls = SCORERS.get(name)
+        for spec in cls.weight_specs():
+            row = {"metric": name, "file": spec.label, "repo": spec.repo, "description": spec.description,
+                   "path": None, "bytes": None, "sha256": None}
+            try:
+                path = cls.locate_weights(spec)
+            except MissingWeightsError:
+                rows.append(row)
+                continue
+            row["path"] = str(path)
+            if no_hash:
+                row["bytes"] = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
+                                else path.stat().st_size)
+            else:
+                record = weight_record(spec, path)
+                row.update(bytes=record["bytes"], sha256=record["sha256"], files=record.get("files"))
+            rows.append(row)
+        if not cls.weight_specs():
+            rows.append({"metric": name, "file": None, "repo": None, "description": "no weights", "path": None,
+                         "bytes": None, "sha256": None})
+    table = Table(title="scorer weights (explicit --weights NAME=PATH, then $BENCH_WEIGHTS_DIR, then the hub cache)")
+    for column in ("metric", "file", "found at", "size", "sha256"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if row["file"] is None:
+            table.add_row(row["metric"], "(none needed)", "", "", "")
+            continue
+        size = "" if row["bytes"] is None else f"{row['bytes'] / 2**20:.1f} MiB"
+        label = row["file"] if row["file"].endswith("(model directory)") else f"{row['file']}\n[dim]{row['repo']}[/]"
+        table.add_row(row["metric"], label, row["path"] or "[red]missing[/]", size, row["sha256"] or "")
+    console.print(table)
+    if json_path is not None:
+        write_json_atomic(json_path, {"weights": rows})
+
+
 @toy_app.command("build")
 def toy_build(
     out: Path = typer.Option(None, help="output directory (default: the cache's toy/ directory)"),
@@ -342,6 +591,31 @@ def toy_build(
     report = build_toy(target, progress=not quiet)
     console.print(json.dumps(report, indent=1))
     console.print(f"toy build written to {target}; use it with BENCH_TOY_DIR={target} bench run ...")
+
+
+@toy_app.command("build-scorers")
+def toy_build_scorers(
+    out: Path = typer.Option(None, help="output directory (default: the cache's toy/scorers/; the shipped ones are in "
+                             "bench/toy/assets/scorers/)"),
+    prefs: Path = typer.Option(None, help="preference pairs for toy-pickscore (default: the toy build's prefs.parquet)"),
+    pipeline: Path = typer.Option(None, help="pipeline whose samples the report scores (default: the toy build's)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Train the toy proxy scorers toy-clip and toy-pickscore (deterministic, a few minutes on 2 cores)."""
+    _quiet_libraries()
+    from bench.cache import cache_dir
+    from bench.suites import toy_dir
+    from bench.toy.scorers import build_toy_scorers
+
+    target = out or cache_dir() / "toy" / "scorers"
+    try:
+        report = build_toy_scorers(target, prefs or toy_dir() / "prefs.parquet", pipeline=pipeline or toy_dir() / "pipeline",
+                                   progress=not quiet)
+    except _user_errors() as err:
+        _fail(str(err))
+    console.print(json.dumps(report, indent=1))
+    console.print(f"toy scorers written to {target}; use them with --weights toy-clip={target} "
+                  f"(or BENCH_TOY_DIR=DIR holding scorers/)")
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
 """Evaluation: fixed prompts x fixed seeds, identical for every method and the base model.
 
 Image i of the evaluation set is prompt `prompts[i // k]` with seed `eval.seed + i` (k images per
-prompt), sampled with DDIM (`bench.sampling`) and scored by every requested scorer. Aggregates are
-bootstrap means with 95% CIs; comparisons with the base model are paired over the same images.
+prompt), sampled with DDIM (`bench.sampling`) and scored by every requested scorer. Under several
+processes each samples and scores a contiguous share of the images and the scores are gathered in
+order (an image depends only on its prompt and seed, so the result does not depend on the number of
+processes). Aggregates are bootstrap means with 95% CIs; comparisons with the base model are paired
+over the same images.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from bench.backbone import Backbone
 from bench.config import EvalConfig
@@ -45,19 +50,34 @@ class EvalResult:
 
 def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: dict[str, Scorer], *,
              progress: bool = False, desc: str = "eval") -> tuple[EvalResult, torch.Tensor]:
-    """Sample the evaluation set and score it; returns the result and the images (N, 3, H, W)."""
+    """Sample the evaluation set and score it; returns the result (all images) and this process's images
+    (N_local, 3, H, W), the first ones of the set on the main process."""
     per_image, seeds = evaluation_set(prompts, cfg)
+    state = PartialState()
+    share = slice(*_share(len(per_image), state.process_index, state.num_processes))
+    local_prompts, local_seeds = per_image[share], seeds[share]
     nfe_before, t0 = backbone.nfe.total, time.perf_counter()
-    images = generate(backbone, per_image, seeds, steps=cfg.steps, guidance=cfg.guidance,
-                      batch_size=cfg.batch_size, progress=progress, desc=desc)
-    scores, components = {}, {}
+    images = generate(backbone, local_prompts, local_seeds, steps=cfg.steps, guidance=cfg.guidance,
+                      batch_size=cfg.batch_size, progress=progress and state.is_main_process, desc=desc)
+    local = {"scores": {}, "components": {}, "nfe": backbone.nfe.total - nfe_before}
     for name, scorer in scorers.items():
-        scores[name] = scorer.score(per_image, images).tolist()
-        terms = scorer.components(per_image, images)
+        local["scores"][name] = scorer.score(local_prompts, images).tolist()
+        terms = scorer.components(local_prompts, images)
         if terms:
-            components[name] = {k: v.tolist() for k, v in terms.items()}
-    result = EvalResult(per_image, seeds, scores, components, time.perf_counter() - t0, backbone.nfe.total - nfe_before)
+            local["components"][name] = {k: v.tolist() for k, v in terms.items()}
+    shares = gather_object([local]) if state.num_processes > 1 else [local]
+    scores = {name: [v for s in shares for v in s["scores"][name]] for name in scorers}
+    components = {name: {k: [v for s in shares for v in s["components"][name][k]] for k in terms}
+                  for name, terms in shares[0]["components"].items()}
+    result = EvalResult(per_image, seeds, scores, components, time.perf_counter() - t0, sum(s["nfe"] for s in shares))
     return result, images
+
+
+def _share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of process `rank`'s contiguous share of n items (the first ranks take one more)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
 
 
 def aggregate(result: EvalResult, cfg: EvalConfig) -> dict[str, dict]:

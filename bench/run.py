@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from bench.backbone import Backbone
 from bench.budget import Budget, Usage
@@ -75,20 +76,23 @@ class RunPlan:
         }
 
 
-def parse_method_args(items: list[str]) -> dict[str, dict[str, str]]:
-    """["inpo.inversion=bdia", "dpo.beta=2000"] -> {"inpo": {"inversion": "bdia"}, "dpo": {"beta": "2000"}}."""
+def parse_method_args(items: list[str], option: str = "--method-arg", any_method: bool = False) -> dict[str, dict]:
+    """["inpo.inversion=bdia", "dpo.beta=2000"] -> {"inpo": {"inversion": "bdia"}, "dpo": {"beta": "2000"}};
+    with `any_method`, a bare FIELD=VALUE applies to every method (key "*")."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not method or not name:
-            raise RunSetupError(f"--method-arg {item!r}: expected METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim")
+        method, dot, name = key.rpartition(".") if "." in key else ("*" if any_method else "", "", key)
+        if not sep or not name or (not dot and not any_method) or not method:
+            raise RunSetupError(f"{option} {item!r}: expected METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim"
+                                + (" (or FIELD=VALUE for every method)" if any_method else ""))
         out.setdefault(method.strip(), {})[name.strip()] = value.strip()
     return out
 
 
 def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | None = None, seeds: list[int] | None = None,
-             method_args: dict[str, dict[str, str]] | None = None, run_dir: Path, resume: bool = False,
+             method_args: dict[str, dict[str, str]] | None = None, train_args: dict[str, dict[str, str]] | None = None,
+             run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
              prompts: str | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work."""
@@ -98,18 +102,20 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
         raise RunSetupError(f"--methods lists a method twice: {','.join(method_names)}")
     METHODS.check(method_names)
     SCORERS.check(list(suite.metrics))
-    method_args = method_args or {}
-    for name in method_args:
-        if name not in method_names:
-            METHODS.get(name)  # an unknown name gets "did you mean"
-            raise RunSetupError(f"--method-arg for {name!r}, which is not in --methods")
+    method_args, train_args = method_args or {}, train_args or {}
+    for option, given in (("--method-arg", method_args), ("--train-arg", train_args)):
+        for name in given:
+            if name != "*" and name not in method_names:
+                METHODS.get(name)  # an unknown name gets "did you mean"
+                raise RunSetupError(f"{option} for {name!r}, which is not in --methods")
     methods, train_configs = {}, {}
     for name in method_names:
         cls = METHODS.get(name)
         try:
             config = apply_overrides(cls.Config(), {**suite.method_args.get(name, {}), **method_args.get(name, {})})
             methods[name] = cls(config)
-            train_configs[name] = apply_overrides(suite.train, suite.train_args.get(name, {}))
+            train_configs[name] = apply_overrides(suite.train, {**suite.train_args.get(name, {}),
+                                                                **train_args.get("*", {}), **train_args.get(name, {})})
         except (OverrideError, ValueError, KeyError) as err:
             raise RunSetupError(f"{name}: {err}") from None
     budgets = budgets or [suite.budget]
@@ -181,7 +187,8 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
     result, images = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress, desc="eval base")
     record = _record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None, result, scorers, None,
                      backbone, sample_thumbnails(images, plan))
-    write_json_atomic(cached, record)
+    if PartialState().is_main_process:
+        write_json_atomic(cached, record)
     return record
 
 
@@ -216,19 +223,29 @@ def record_name(method: str, budget: Budget, seed: int) -> str:
 
 def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
     """Run the plan; returns the record paths in order (base first, then per budget, seed and method).
-    `on_record(path, record)` is called as each record lands."""
+    `on_record(path, record)` is called as each record lands. Under several processes (accelerate
+    launch / torchrun) all of them train and evaluate; the main process alone writes files."""
+    state = PartialState()
+    main = state.is_main_process
+
+    def land(path: Path, record: dict) -> None:
+        if main:
+            write_json_atomic(path, record)
+            if on_record:
+                on_record(path, record)
+        state.wait_for_everyone()
+
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    if not plan.resume:
+    if not plan.resume and main:
         write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
-                                                      "created": now()})
-    backbone = Backbone.from_pretrained(plan.pipeline)
+                                                      "created": now(), "processes": state.num_processes})
+    state.wait_for_everyone()
+    backbone = Backbone.from_pretrained(plan.pipeline, device=state.device)
     scorers = _scorers(plan.suite.metrics)
     base_path = plan.run_dir / "base.json"
     base = read_record(base_path) if plan.resume and base_path.exists() else base_record(backbone, plan, scorers)
-    write_json_atomic(base_path, base)
+    land(base_path, base)
     paths = [base_path]
-    if on_record:
-        on_record(base_path, base)
     base_eval = EvalResult.from_dict(base["evaluation"])
 
     data = None
@@ -236,7 +253,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
         path = plan.run_dir / f"{record_name(name, budget, seed)}.json"
         if plan.resume and path.exists():
             paths.append(path)
-            if on_record:
+            if on_record and main:
                 on_record(path, read_record(path))
             continue
         if data is None:
@@ -250,15 +267,14 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
         evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, scorers, progress=plan.progress,
                                       desc=f"eval {name}")
         training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
-                    "history": result.history,
+                    "history": result.history, "processes": state.num_processes, "device": str(state.device),
                     "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
         record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit, result.usage), training,
                          evaluation, scorers, base_eval, backbone, sample_thumbnails(images, plan))
-        write_json_atomic(path, record)
-        ckpt.unlink(missing_ok=True)
+        land(path, record)
+        if main:
+            ckpt.unlink(missing_ok=True)
         paths.append(path)
-        if on_record:
-            on_record(path, record)
     return paths
 
 

@@ -32,6 +32,7 @@ from bench.config import TrainConfig
 from bench.data import EncodedPreferences
 from bench.progress import progress_bar
 from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
+from methods.shards import sample_uniform, sharded
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per-step logs
 
 
-def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str) -> float:
-    """A step's worst-case cost in `unit` from the method's declaration (seconds: unknown, 0)."""
-    items = config.batch_size * config.grad_accum
+def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str, processes: int = 1) -> float:
+    """A step's worst-case cost in `unit` from the method's declaration (time units: unknown, 0)."""
+    items = config.batch_size * config.grad_accum * processes
     images_per_item = 2 if method.data_kind == "pairs" else 1
     return {"steps": 1, "samples": items * images_per_item, "nfe": items * method.max_nfe_per_item(),
-            "seconds": 0.0}[unit]
+            "seconds": 0.0, "gpu-h": 0.0}[unit]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -75,7 +76,7 @@ class Trainer:
     def _prompt_dropout(self, batch: PairBatch | ImageBatch, rng: torch.Generator) -> None:
         if self.config.prompt_dropout == 0:
             return
-        drop = torch.rand(len(batch), generator=rng) < self.config.prompt_dropout
+        drop = sample_uniform(len(batch), rng) < self.config.prompt_dropout
         batch.cond = batch.cond.where(drop.to(batch.cond.embeds.device), self.base.null_conditioning(len(batch)))
 
     def fit(self) -> TrainResult:
@@ -97,6 +98,11 @@ class Trainer:
         policy = self.base.with_unet(unet)
         reference = self.base if self.method.needs_reference else None
 
+        with sharded(accelerator.process_index, accelerator.num_processes):
+            return self._loop(accelerator, unet, optimizer, schedule, params, policy, reference)
+
+    def _loop(self, accelerator, unet, optimizer, schedule, params, policy, reference) -> TrainResult:
+        cfg, world = self.config, accelerator.num_processes
         rng = torch.Generator().manual_seed(self.seed)
         weights = self.method.sampling_weights(self.data.desirable) if self.method.data_kind == "binary" else None
         sampler = BatchSampler(self.data, self.method.data_kind, cfg.batch_size, self.seed, weights, accelerator.device)
@@ -114,9 +120,10 @@ class Trainer:
             history, step = state["history"], state["step"]
             log.info("resumed %s from step %d (%s used)", self.method.name, step, meter.used)
 
-        declared = declared_step_cost(self.method, cfg, self.budget.unit)
-        bar = progress_bar(total=self.budget.limit, initial=meter.used.get(self.budget.unit), enabled=self.progress,
-                   desc=f"train {self.method.name}", unit=self.budget.unit, leave=False)
+        declared = declared_step_cost(self.method, cfg, self.budget.unit, world)
+        bar = progress_bar(total=self.budget.limit, initial=meter.used.get(self.budget.unit),
+                           enabled=self.progress and accelerator.is_main_process, desc=f"train {self.method.name}",
+                           unit=self.budget.unit, leave=False)
         while meter.fits(declared):
             nfe_before, t0 = self.base.nfe.total, time.perf_counter()
             logs: dict[str, float] = {}
@@ -131,13 +138,18 @@ class Trainer:
                         logs["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                images += len(batch) * (2 if isinstance(batch, PairBatch) else 1)
+                images += len(batch) * (2 if isinstance(batch, PairBatch) else 1) * world
                 for key, value in out.logs.items():
                     logs[key] = logs.get(key, 0.0) + value / cfg.grad_accum
             schedule.step()
             step += 1
-            usage = Usage(steps=1, samples=images, nfe=self.base.nfe.total - nfe_before,
-                          seconds=time.perf_counter() - t0)
+            nfe, seconds = self.base.nfe.total - nfe_before, time.perf_counter() - t0
+            if world > 1:  # every process's evaluations count; the slowest process sets the time (and all agree)
+                counts = torch.tensor([float(nfe), seconds], dtype=torch.float64)
+                torch.distributed.all_reduce(counts[:1])
+                torch.distributed.all_reduce(counts[1:], op=torch.distributed.ReduceOp.MAX)
+                nfe, seconds = int(counts[0]), float(counts[1])
+            usage = Usage(steps=1, samples=images, nfe=nfe, seconds=seconds, device_seconds=seconds * world)
             meter.add(usage)
             logs.update(step=step, lr=schedule.get_last_lr()[0], nfe=meter.used.nfe, seconds=meter.used.seconds)
             history.append(logs)
@@ -164,7 +176,9 @@ class Trainer:
             "history": history,
             "step": step,
         }
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        if accelerator.is_main_process:
+            self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + f".tmp{os.getpid()}")
+            torch.save(state, tmp)
+            os.replace(tmp, self.checkpoint_path)
+        accelerator.wait_for_everyone()

@@ -9,11 +9,15 @@ skipped or replaced by a constant.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from bench.registry import Registry
+
+if TYPE_CHECKING:
+    from metrics.weights import WeightSpec
 
 SCORERS: Registry[type[Scorer]] = Registry("metric", entry_point_group="diffusion_align_bench.metrics")
 
@@ -26,6 +30,20 @@ class Scorer(ABC):
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     scale: ClassVar[str]  # what the numbers mean, e.g. "oracle reward in [0, 6]" or "100 x cosine"
+    # The weight files this instance loaded, (spec, local path); filled by scorers that load weights.
+    weight_files: list[tuple[WeightSpec, Path]] = []
+
+    @classmethod
+    def weight_specs(cls) -> list[WeightSpec]:
+        """The files this scorer needs in its default configuration (`bench weights` lists them)."""
+        return []
+
+    @classmethod
+    def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
+        """Where `spec` is found locally (see `metrics.weights.resolve`), or MissingWeightsError."""
+        from metrics.weights import resolve
+
+        return resolve(spec, explicit)
 
     @abstractmethod
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
@@ -36,4 +54,40 @@ class Scorer(ABC):
         return {}
 
     def describe(self) -> dict:
-        return {"name": self.name, "higher_is_better": self.higher_is_better, "scale": self.scale}
+        """Name, direction and scale; plus, for scorers with weights, each file's spec, path and SHA256."""
+        out = {"name": self.name, "higher_is_better": self.higher_is_better, "scale": self.scale}
+        if self.weight_files:
+            out["weights"] = [weight_record(spec, path) for spec, path in self.weight_files]
+        return out
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
+_SHA256: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> digest; hashing 4 GB takes ~10 s
+
+
+def _sha256(file: Path) -> str:
+    from metrics.weights import sha256_file
+
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = sha256_file(file)
+    return _SHA256[key]
+
+
+def weight_record(spec: WeightSpec, path: str | Path) -> dict:
+    """{file, repo, path, bytes, sha256} of a resolved weight. A model directory gets one SHA256 per file
+    (weights and JSON configs) under `files`, and `sha256` of the `sha256sum`-style listing of them."""
+    import hashlib
+
+    path = Path(path)
+    record = {"file": spec.label, "repo": spec.repo, "path": str(path)}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        hashes = {str(p.relative_to(path)): _sha256(p) for p in files}
+        listing = "".join(f"{h}  {name}\n" for name, h in hashes.items())
+        record.update(bytes=sum(p.stat().st_size for p in files), files=hashes,
+                      sha256=hashlib.sha256(listing.encode()).hexdigest())
+    else:
+        record.update(bytes=path.stat().st_size, sha256=_sha256(path))
+    return record

@@ -23,6 +23,7 @@ import torch
 
 from bench.backbone import Backbone, Conditioning
 from bench.registry import Registry
+from methods.shards import sample_noise, sample_timesteps
 
 METHODS: Registry[type[AlignmentMethod]] = Registry("method", entry_point_group="diffusion_align_bench.methods")
 
@@ -79,16 +80,6 @@ class AlignmentMethod(ABC):
     def sampling_weights(self, desirable: torch.Tensor) -> torch.Tensor | None:
         """For `binary` data: relative probability of drawing each image, or None for uniform."""
         return None
-
-
-def sample_timesteps(backbone: Backbone, n: int, rng: torch.Generator) -> torch.Tensor:
-    """t ~ U{0, ..., T-1}, shape (n,)."""
-    return torch.randint(0, backbone.num_train_timesteps, (n,), generator=rng)
-
-
-def sample_noise(like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """ε ~ N(0, I) shaped like `like`, drawn on the CPU generator (device-independent runs)."""
-    return torch.randn(like.shape, generator=rng, dtype=torch.float32).to(like)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 from bench.backbone import Backbone
 from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, noise_pairs, register
 from methods.alignment.dpo import pair_preference_loss
+from methods.shards import sample_categorical
 
 
 @dataclass
@@ -55,7 +56,7 @@ def sample_discounted_timesteps(backbone: Backbone, n: int, num_steps: int, gamm
                                 rng: torch.Generator) -> torch.Tensor:
     """n DDIM timesteps (n,) of a `num_steps`-step sampler, step i drawn with probability ∝ γ^i."""
     timesteps = backbone.timesteps(num_steps)  # (num_steps,) descending: index 0 is the noisiest
-    index = torch.multinomial(step_probabilities(num_steps, gamma), n, replacement=True, generator=rng)
+    index = sample_categorical(step_probabilities(num_steps, gamma), n, rng)
     return timesteps[index]
 
 

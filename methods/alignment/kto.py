@@ -5,7 +5,8 @@ Images are unpaired, each with its own (t, ε) and a label y (desirable or not).
 L(θ, x) = mean_{C,H,W} ‖ε̂_θ(x_t, t, c) − ε‖²:
 
     g     = L(ref, x) − L(θ, x)                       per image (the implicit reward)
-    z0    = max(0, mean_batch g), detached             reference point (`bce_offset=none`, the repo default)
+    z0    = max(0, mean_batch g), detached             reference point (`bce_offset=none`, the repo default;
+                                                       the mean over all processes' batches, as the repo all-reduces)
     loss  = mean_batch λ_y (1 − σ(s_y β (g − z0))),     s_y = +1 if desirable else −1, λ_D = λ_U = 1
 
 `reference_point="mismatched"` instead estimates z0 on the same x_t with the batch's prompts rolled by
@@ -32,6 +33,7 @@ from methods.alignment.base import (
     sample_noise,
     sample_timesteps,
 )
+from methods.shards import global_mean
 
 REFERENCE_POINTS = ("batch", "mismatched")
 
@@ -55,7 +57,7 @@ def kto_loss(policy_err: torch.Tensor, ref_err: torch.Tensor, desirable: torch.T
              reference_point: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, z0) from per-image errors (B,): g = ref − policy, z0 = max(0, mean g) unless given."""
     g = ref_err - policy_err
-    z0 = (g.mean() if reference_point is None else reference_point).clamp(min=0).detach()
+    z0 = global_mean(g.mean() if reference_point is None else reference_point).clamp(min=0)  # all processes' batch
     sign = desirable.float() * 2 - 1
     return (1 - torch.sigmoid(sign * beta * (g - z0))).mean(), z0
 

@@ -30,6 +30,7 @@ from methods.inversion.base import (
     per_sample_levels,
     walk,
 )
+from methods.shards import sample_noise
 
 EVAL_AT = ("target", "source")
 
@@ -58,7 +59,7 @@ class DDIMInversion(InversionSampler):
             tau = dst if self.eval_at == "target" else src
             new = ddim_map(backbone, zs, backbone.eps(zs, tau, cond[active], guidance), src, dst)
             if self.noise_scale > 0:
-                noise = torch.randn(new.shape, generator=rng, dtype=torch.float32).to(new)
+                noise = sample_noise(z, rng)[active]  # drawn for the whole (global) batch: shard-invariant
                 new = new + self.noise_scale * as_latent_scale(ddpm_variance(backbone, dst, src).sqrt(), new) * noise
             z[active] = new
         return InversionState(z, levels)

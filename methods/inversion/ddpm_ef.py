@@ -31,6 +31,7 @@ from methods.inversion.base import (
     per_sample_levels,
     walk,
 )
+from methods.shards import sample_noise
 
 
 def ddpm_posterior(backbone: Backbone, x: torch.Tensor, eps: torch.Tensor, src: torch.Tensor,
@@ -62,7 +63,7 @@ class EditFriendlyDDPM(InversionSampler):
         moves = levels[1:] != levels[:-1]  # (K, B)
         xs = [x0]  # x at every level of the path; a repeated level keeps its latent
         for i in range(len(levels) - 1):
-            noise = torch.randn(x0.shape, generator=rng, dtype=torch.float32).to(x0)
+            noise = sample_noise(x0, rng)
             fresh = backbone.add_noise(x0, noise, levels[i + 1])
             xs.append(torch.where(moves[i].view(-1, *([1] * (x0.ndim - 1))).to(x0.device), fresh, xs[-1]))
         xs = torch.stack(xs)  # (K+1, B, C, h, w)

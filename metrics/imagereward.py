@@ -1,0 +1,297 @@
+"""`imagereward`: ImageReward v1.0 (Xu et al. 2023), batched, on transformers' BLIP modules.
+
+    r(prompt, image) = MLP(BERT_x(tokens(prompt), ViT(image))[CLS]),   score = (r - 0.16717362830052426) / 1.0333394966054072
+
+- ViT: BLIP's ViT-L/16 at 224 (24 blocks, width 1024, pre-norm, final LayerNorm, eps 1e-6), all 197 output
+  tokens; preprocessing `Resize(224, bicubic)` (short side) + `CenterCrop(224)` + OpenAI mean/std.
+- BERT_x: BLIP's BERT-base text encoder (12 layers, 768, 12 heads, vocabulary 30,524 = bert-base-uncased +
+  `[DEC]`, `[ENC]`), bidirectional self-attention over the prompt, cross-attention to the image tokens in
+  every layer; prompt tokens truncated and padded to 35 (`max_length=35`: longer prompts are cut).
+- MLP: 768 -> 1024 -> 128 -> 64 -> 16 -> 1, linear layers only (the reference comments out its ReLUs;
+  dropouts 0.2, 0.2, 0.1 are off at evaluation), then the standardisation above (constants from the reference).
+
+Reference: THUDM/ImageReward @c1392c6, `ImageReward/ImageReward.py` (`ImageReward.score`, `MLP`,
+`_transform`) and `ImageReward/models/BLIP/{blip_pretrain,med,vit}.py`; weights `ImageReward.pt` in the hub
+repo `THUDM/ImageReward` (a plain state dict, `blip.*` and `mlp.*`).
+
+Mapping onto transformers (checked against `image-reward` 1.5 by `tests/refcheck`):
+- BLIP's timm-style `VisionTransformer` is `BlipVisionModel`: same fused qkv attention, pre-norm blocks,
+  exact GELU; its `norm` is `post_layernorm` (the key map renames timm's names);
+- BLIP's `med.BertModel` is `BlipTextModel` (transformers ported it from the same file: no token-type
+  embeddings, cross-attention after self-attention in every layer). The config must say `is_decoder=True` so
+  that the cross-attention layers exist; the forward runs with `is_decoder=False`, i.e. bidirectional
+  self-attention as ImageReward's `mode='multimodal'`. The BERT parameter names are the same.
+- The ITC projections (`blip.vision_proj`, `blip.text_proj`) and the `position_ids` buffer of the checkpoint
+  are unused and dropped; any other key that does not map, or a parameter left without a value, raises.
+
+The reward is computed on 8-bit images, as the reference computes it from saved files: floats in [0, 1] are
+rounded to uint8 (as diffusers saves images), then resized with PIL's bicubic filter (what torchvision's
+`Resize` does on a PIL image). `med_config.json` is not read: the architecture is fixed here
+(`ImageRewardArchitecture`). The BERT vocabulary (`vocab.txt` of bert-base-uncased) is a second weight file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+from metrics.base import SCORERS, Scorer
+from metrics.weights import WeightSpec, load_state_dict
+
+REWARD_MEAN = 0.16717362830052426  # ImageReward.py: self.mean
+REWARD_STD = 1.0333394966054072  # ImageReward.py: self.std
+MAX_TEXT_TOKENS = 35  # ImageReward.py: tokenizer(..., padding='max_length', truncation=True, max_length=35)
+MLP_WIDTHS = (1024, 128, 64, 16, 1)  # ImageReward.py: MLP
+MLP_DROPOUTS = (0.2, 0.2, 0.1)  # after the first three linear layers
+BERT_VOCAB_SIZE = 30522  # bert-base-uncased vocab.txt
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageRewardArchitecture:
+    """Sizes of ImageReward's BLIP: defaults are v1.0 (ViT-L/16 at 224 + BERT-base); tests shrink them."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    vision_width: int = 1024
+    vision_layers: int = 24
+    vision_heads: int = 16
+    text_width: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_intermediate: int = 3072
+    vocab_size: int = BERT_VOCAB_SIZE + 2  # + BLIP's [DEC] and [ENC]
+    max_position_embeddings: int = 512
+
+    def vision_config(self) -> BlipVisionConfig:
+        return BlipVisionConfig(
+            hidden_size=self.vision_width, intermediate_size=4 * self.vision_width, num_hidden_layers=self.vision_layers,
+            num_attention_heads=self.vision_heads, image_size=self.image_size, patch_size=self.patch_size,
+            hidden_act="gelu", layer_norm_eps=1e-6,  # BLIP vit.py: nn.GELU, partial(nn.LayerNorm, eps=1e-6)
+            initializer_range=0.02)
+
+    def text_config(self) -> BlipTextConfig:
+        return BlipTextConfig(
+            vocab_size=self.vocab_size, hidden_size=self.text_width, encoder_hidden_size=self.vision_width,
+            intermediate_size=self.text_intermediate, num_hidden_layers=self.text_layers,
+            num_attention_heads=self.text_heads, max_position_embeddings=self.max_position_embeddings,
+            hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+            bos_token_id=None, eos_token_id=None, sep_token_id=None,  # decoding ids, unused by the encoder
+            is_decoder=True)  # builds the cross-attention layers; forward() still runs bidirectionally
+
+
+class RewardMLP(nn.Module):
+    """ImageReward's head: linear layers 768 -> 1024 -> 128 -> 64 -> 16 -> 1, dropouts, no activations."""
+
+    def __init__(self, in_features: int = 768):
+        super().__init__()
+        widths = (in_features, *MLP_WIDTHS)
+        layers: list[nn.Module] = []
+        for i in range(len(MLP_WIDTHS)):
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < len(MLP_DROPOUTS):
+                layers.append(nn.Dropout(MLP_DROPOUTS[i]))
+        self.layers = nn.Sequential(*layers)  # indices 0, 2, 4, 6, 7 are the linear layers, as in the checkpoint
+        for name, param in self.layers.named_parameters():  # ImageReward.py MLP.__init__
+            if name.endswith("weight"):
+                nn.init.normal_(param, mean=0.0, std=1.0 / (in_features + 1))
+            else:
+                nn.init.zeros_(param)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class ImageRewardModel(nn.Module):
+    """pixels (N, 3, S, S) normalised, prompt tokens (N, 35) -> standardised reward (N,)."""
+
+    def __init__(self, arch: ImageRewardArchitecture = ImageRewardArchitecture()):
+        super().__init__()
+        self.arch = arch
+        self.vision = BlipVisionModel(arch.vision_config())
+        self.text = BlipTextModel(arch.text_config(), add_pooling_layer=False)
+        self.mlp = RewardMLP(arch.text_width)
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        image_tokens = self.vision(pixel_values=pixel_values).last_hidden_state  # (N, 1 + patches, Dv)
+        text = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_tokens,
+                         is_decoder=False).last_hidden_state  # (N, 35, Dt); every image token is attended
+        reward = self.mlp(text[:, 0].float()).squeeze(-1)  # [CLS] -> (N,)
+        return (reward - REWARD_MEAN) / REWARD_STD
+
+
+# The checkpoint's names (BLIP/timm) -> ours (transformers); {placeholders} match the same text on both sides.
+KEY_MAP = [
+    ("blip.visual_encoder.cls_token", "vision.embeddings.class_embedding"),
+    ("blip.visual_encoder.pos_embed", "vision.embeddings.position_embedding"),
+    ("blip.visual_encoder.patch_embed.proj.{p}", "vision.embeddings.patch_embedding.{p}"),
+    ("blip.visual_encoder.blocks.{i}.norm1.{p}", "vision.encoder.layers.{i}.layer_norm1.{p}"),
+    ("blip.visual_encoder.blocks.{i}.attn.qkv.{p}", "vision.encoder.layers.{i}.self_attn.qkv.{p}"),
+    ("blip.visual_encoder.blocks.{i}.attn.proj.{p}", "vision.encoder.layers.{i}.self_attn.projection.{p}"),
+    ("blip.visual_encoder.blocks.{i}.norm2.{p}", "vision.encoder.layers.{i}.layer_norm2.{p}"),
+    ("blip.visual_encoder.blocks.{i}.mlp.{fc}.{p}", "vision.encoder.layers.{i}.mlp.{fc}.{p}"),
+    ("blip.visual_encoder.norm.{p}", "vision.post_layernorm.{p}"),
+    ("blip.text_encoder.{bert}", "text.{bert}"),  # med.BertModel and BlipTextModel share BERT's names
+    ("mlp.layers.{i}.{p}", "mlp.layers.{i}.{p}"),
+]
+# In the checkpoint but not used by the reward: dropped when present.
+UNUSED_KEYS = ["blip.text_encoder.embeddings.position_ids", "blip.vision_proj.{p}", "blip.text_proj.{p}"]
+_PLACEHOLDERS = {"i": r"\d+", "p": r"weight|bias", "fc": r"fc1|fc2", "bert": r"[\w.]+"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
+    regex = "".join(re.escape(part) if k % 2 == 0 else f"(?P<{part}>{_PLACEHOLDERS[part]})"
+                    for k, part in enumerate(parts))
+    return re.compile(regex)
+
+
+_FORWARD = [(_pattern(src), dst) for src, dst in KEY_MAP]
+_BACKWARD = [(_pattern(dst), src) for src, dst in KEY_MAP]
+_UNUSED = [_pattern(key) for key in UNUSED_KEYS]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, template in rules:
+        if match := pattern.fullmatch(key):
+            return template.format(**match.groupdict())
+    return None
+
+
+class ImageRewardKeyError(ValueError):
+    """A checkpoint whose keys do not map one-to-one onto ImageRewardModel."""
+
+
+def load_imagereward_weights(model: ImageRewardModel, checkpoint: dict, source: str = "state dict") -> None:
+    """Load an official-format state dict (`blip.*`, `mlp.*`) into `model`; fail on any missing/unexpected key."""
+    expected = model.state_dict()
+    mapped, unexpected = {}, []
+    for key, tensor in checkpoint.items():
+        if any(pattern.fullmatch(key) for pattern in _UNUSED):
+            continue
+        target = _rename(key, _FORWARD)
+        if target is None or target not in expected:
+            unexpected.append(key)
+        else:
+            mapped[target] = tensor
+    missing = [_rename(key, _BACKWARD) or key for key in expected if key not in mapped]
+    if missing or unexpected:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+        raise ImageRewardKeyError(
+            f"{source} does not match ImageReward ({model.arch}): missing keys: {show(missing) or 'none'}; "
+            f"unexpected keys: {show(unexpected) or 'none'}")
+    try:
+        model.load_state_dict(mapped, strict=True)
+    except RuntimeError as err:  # shapes
+        raise ImageRewardKeyError(f"{source} does not match ImageReward ({model.arch}): {err}") from err
+
+
+def official_state_dict(model: ImageRewardModel) -> dict[str, torch.Tensor]:
+    """`model`'s weights under the checkpoint's names (the inverse of the key map; for tests and exports)."""
+    return {_rename(key, _BACKWARD): tensor for key, tensor in model.state_dict().items()}
+
+
+def blip_bert_tokenizer(vocab_file: str | os.PathLike) -> BertTokenizer:
+    """bert-base-uncased's WordPiece tokenizer plus BLIP's `[DEC]` (bos) and `[ENC]` (BLIP blip.py init_tokenizer)."""
+    tokenizer = BertTokenizer(vocab=str(vocab_file))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    tokenizer.add_tokens(["[ENC]"], special_tokens=True)
+    return tokenizer
+
+
+def imagereward_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> 8-bit -> Resize(size, bicubic) + CenterCrop(size) on PIL -> normalised."""
+    quantised = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    crops = []
+    for image in quantised:
+        pil = TF.resize(TF.to_pil_image(image), size, interpolation=InterpolationMode.BICUBIC)
+        crops.append(TF.to_tensor(TF.center_crop(pil, size)))
+    pixels = torch.stack(crops)  # (N, 3, size, size) in [0, 1]
+    return TF.normalize(pixels, OPENAI_MEAN, OPENAI_STD)
+
+
+@SCORERS.register("imagereward")
+class ImageRewardScorer(Scorer):
+    """ImageReward v1.0: standardised reward, about N(0, 1) over its training prompts' images."""
+
+    name = "imagereward"
+    higher_is_better = True
+    scale: ClassVar[str] = "ImageReward v1.0 reward, standardised: (r - 0.1672) / 1.0333 (about N(0, 1))"
+
+    def __init__(self, weights: str | os.PathLike | None = None, batch_size: int = 8,
+                 device: str | torch.device | None = None, allow_pickle: bool = False):
+        """Args:
+            weights: `ImageReward.pt` or a directory holding it. bert-base-uncased's `vocab.txt` is taken from
+                that directory when there, else (as is `ImageReward.pt` when `weights` is None) from
+                $BENCH_WEIGHTS_DIR, then the Hugging Face cache. A missing file raises MissingWeightsError
+                here, naming where to get it.
+            batch_size: images per forward pass.
+            device: default CUDA when available, else CPU.
+            allow_pickle: load a checkpoint that `torch.load(weights_only=True)` refuses (trusted files only).
+        """
+        checkpoint_spec, vocab_spec = self.weight_specs()
+        checkpoint = self.locate_weights(checkpoint_spec, weights)
+        folder = None if weights is None else Path(weights) if Path(weights).is_dir() else Path(weights).parent
+        in_folder = folder is not None and (folder / vocab_spec.filename).is_file()
+        vocab = self.locate_weights(vocab_spec, folder if in_folder else None)
+        tokenizer = blip_bert_tokenizer(vocab)
+        if len(tokenizer) != BERT_VOCAB_SIZE + 2:
+            raise ValueError(f"{vocab} has {len(tokenizer) - 2} tokens; ImageReward needs bert-base-uncased's "
+                             f"vocab.txt ({BERT_VOCAB_SIZE} tokens)")
+        model = ImageRewardModel(ImageRewardArchitecture())
+        load_imagereward_weights(model, load_state_dict(checkpoint, allow_pickle=allow_pickle), str(checkpoint))
+        self.weight_files = [(checkpoint_spec, checkpoint), (vocab_spec, vocab)]
+        self._setup(model, tokenizer, batch_size, device)
+
+    @classmethod
+    def weight_specs(cls) -> list[WeightSpec]:
+        return [
+            WeightSpec("imagereward", "THUDM/ImageReward", "ImageReward.pt", "ImageReward v1.0 state dict (BLIP + MLP)"),
+            WeightSpec("imagereward", "bert-base-uncased", "vocab.txt", "BERT WordPiece vocabulary of the text encoder"),
+        ]
+
+    @classmethod
+    def from_config(cls, arch: ImageRewardArchitecture, vocab_file: str | os.PathLike, *, seed: int = 0,
+                    batch_size: int = 8, device: str | torch.device | None = "cpu") -> ImageRewardScorer:
+        """Random weights (seeded) on `arch`, with the tokenizer of `vocab_file`: the scoring path without weights."""
+        torch.manual_seed(seed)
+        scorer = cls.__new__(cls)
+        scorer._setup(ImageRewardModel(arch), blip_bert_tokenizer(vocab_file), batch_size, device)
+        return scorer
+
+    def _setup(self, model: ImageRewardModel, tokenizer: BertTokenizer, batch_size: int,
+               device: str | torch.device | None) -> None:
+        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, (N, 35) each: [CLS] prompt [SEP], cut at 35, padded with [PAD]."""
+        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_TEXT_TOKENS,
+                                return_tensors="pt")
+        return tokens["input_ids"], tokens["attention_mask"]
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
+            raise ValueError(f"expected {len(prompts)} RGB images (N, 3, H, W), got shape {tuple(images.shape)}")
+        rewards = []
+        for start in range(0, len(prompts), self.batch_size):
+            stop = start + self.batch_size
+            pixels = imagereward_preprocess(images[start:stop], self.model.arch.image_size).to(self.device)
+            input_ids, attention_mask = self.tokenize(prompts[start:stop])
+            rewards.append(self.model(pixels, input_ids.to(self.device), attention_mask.to(self.device)))
+        return torch.cat(rewards).float().cpu()

@@ -1,0 +1,82 @@
+"""`pickscore`: PickScore v1 (Kirstain et al. 2023, "Pick-a-Pic: An Open Dataset of User Preferences
+for Text-to-Image Generation"), a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences.
+
+.. math::  \\mathrm{PickScore}(x, c) = \\exp(s) \\cdot \\cos(E_I(x), E_T(c))
+
+with s the model's learned `logit_scale` (exp(s) ~ 100), as in the model card's `calc_probs`
+(yuvalkirstain/PickScore README: `model.logit_scale.exp() * (text_embs @ image_embs.T)` on
+L2-normalised embeddings). Real images score ~20-23. Some wrappers (t2v_metrics) drop exp(s) and
+report cosines ~0.2: this scorer keeps it. A softmax of these scores over one prompt's images gives
+PickScore's preference probabilities.
+
+Weights: the transformers model directory of `yuvalkirstain/PickScore_v1` (3.9 GB; `--weights
+pickscore=DIR`). Preprocessing is that of `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`'s processor (short
+side -> 224 bicubic, centre crop 224, OpenAI mean/std), read from its `preprocessor_config.json` when
+found (in DIR, `$BENCH_WEIGHTS_DIR` or the hub cache), else built from those documented values. Text:
+CLIP's BPE (49,408 tokens, the laion tokenizer's ids) truncated to 77 tokens; the laion tokenizer
+pads with another id, which does not reach the EOS-pooled embedding under CLIP's causal mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from metrics.base import SCORERS, MissingWeightsError, Scorer
+from metrics.clip_score import ClipBackbone, ClipPreprocess, batched_features, cosine, default_device, locate_clip_weights
+from metrics.weights import WeightSpec
+
+MODEL = WeightSpec("pickscore", "yuvalkirstain/PickScore_v1", None,
+                   "CLIP ViT-H/14 fine-tuned on Pick-a-Pic (transformers model directory, 3.9 GB)")
+PROCESSOR = WeightSpec("pickscore", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "preprocessor_config.json",
+                       "PickScore's image processor; optional: the same values are built in")
+TEXT_TOKENS = 77
+
+
+def pickscore(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) * cos per row (N,)."""
+    return logit_scale.exp() * cosine(image_features, text_features)
+
+
+@SCORERS.register("pickscore")
+class PickScoreScorer(Scorer):
+    """PickScore v1: exp(logit_scale) * cos(image, text) of a CLIP-H fine-tuned on Pick-a-Pic (~20-23)."""
+
+    name = "pickscore"
+    higher_is_better = True
+    scale = "exp(logit_scale) x cos(image, text), logit_scale.exp() ~ 100; real images ~20-23"
+
+    def __init__(self, *, weights: str | Path | None = None, allow_pickle: bool = False, batch_size: int = 16,
+                 device: str | None = None):
+        model_dir = self.locate_weights(MODEL, weights)
+        self.weight_files = [(MODEL, model_dir)]
+        preprocess = ClipPreprocess(size=224)  # the laion processor's values
+        for explicit in ([weights] if weights is not None and Path(weights).is_dir() else []) + [None]:
+            try:
+                config = self.locate_weights(PROCESSOR, explicit)
+            except MissingWeightsError:
+                continue
+            preprocess = ClipPreprocess.from_hf_config(config)
+            self.weight_files.append((PROCESSOR, config))
+            break
+        self.backbone = ClipBackbone.from_transformers_dir(model_dir, scorer=self.name, preprocess=preprocess,
+                                                           name=MODEL.repo, device=device or default_device())
+        self.backbone.context_length = min(self.backbone.context_length, TEXT_TOKENS)
+        self.batch_size = batch_size
+
+    @classmethod
+    def weight_specs(cls) -> list[WeightSpec]:
+        return [MODEL, PROCESSOR]
+
+    @classmethod
+    def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
+        return locate_clip_weights(spec, explicit)
+
+    def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        image_features, text_features = batched_features(self.backbone, prompts, images, self.batch_size)
+        return pickscore(image_features, text_features, self.backbone.logit_scale.cpu())
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.backbone.describe(),
+                "logit_scale_exp": float(self.backbone.logit_scale.exp())}
