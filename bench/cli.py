@@ -89,14 +89,21 @@ def run(
     json_path: Path = typer.Option(None, "--json", help="also write a summary JSON here"),
     pipeline: str = typer.Option(None, help="override the suite's pipeline (local diffusers directory or hub id)"),
     data: str = typer.Option(None, help="override the suite's preference data (Pick-a-Pic v2 schema)"),
-    prompts: str = typer.Option(None, help="override the suite's evaluation prompts (text file, one per line)"),
+    prompts: str = typer.Option(None, help="override the suite's evaluation prompts: a text file (one per line), "
+                                "or a standard set NAME or NAME=PATH (pickapic-test, parti, hpdv2, drawbench)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="build the pipeline's shapes on the meta device (no weights) and report parameters, "
+                                      "NFE per step, memory per process and the budget in steps and GPU-hours; "
+                                      "processes: $WORLD_SIZE, else the recipe's"),
+    seconds_per_nfe: float = typer.Option(None, "--seconds-per-nfe",
+                                          help="with --dry-run: device-seconds per UNet evaluation of one latent, "
+                                               "for GPU-hours"),
 ) -> None:
     """Train each method under the same budget, evaluate against the base model, write run records."""
     _quiet_libraries()
-    from accelerate import PartialState
-
     from bench.budget import Budget
+    from bench.processes import processes
     from bench.records import write_json_atomic
     from bench.report import comparison_table, directions, display_table, write_tables
     from bench.run import execute, parse_method_args, plan_run, summary
@@ -116,8 +123,20 @@ def run(
                         method_args=parse_method_args(method_arg),
                         train_args=parse_method_args(train_arg, "--train-arg", any_method=True), run_dir=target, resume=resume,
                         progress=not quiet, pipeline=pipeline, preference_data=data,
-                        prompts=prompts)
-        if PartialState().is_main_process:
+                        prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts)
+        if dry_run:
+            from bench.dryrun import dry_run as plan_dry_run
+            from bench.dryrun import report_notes, report_tables
+
+            report = plan_dry_run(plan, seconds_per_nfe=seconds_per_nfe)
+            for table in report_tables(report):
+                console.print(table)
+            console.print("\n".join(report_notes(report)), highlight=False, soft_wrap=True)
+            if json_path is not None:
+                write_json_atomic(json_path, report.to_dict())
+                console.print(f"dry-run report written to {json_path}")
+            return
+        if processes().is_main_process:
             console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget "
                           f"{', '.join(map(str, plan.budgets))} per method; records in {plan.run_dir}", highlight=False)
 
@@ -132,7 +151,7 @@ def run(
         _fail(str(err))
     from bench.records import read_record
 
-    if not PartialState().is_main_process:  # under accelerate launch / torchrun, one process reports
+    if not processes().is_main_process:  # under accelerate launch / torchrun, one process reports
         return
 
     records = [read_record(p) for p in paths]
@@ -354,8 +373,8 @@ def _parse_weights(items: list[str], metrics: list[str]) -> dict[str, Path]:
 def _read_prompts(path: Path, n_images: int) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        _fail(f"--prompts {path}: {err.strerror or err}")
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(f"--prompts {path}: {getattr(err, 'strerror', None) or err}")
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) == 1:
@@ -394,6 +413,44 @@ def _image_batches(files: list[Path] | None, images, prompts: list[str], batch_s
             yield group, [prompts[i] for i in group], torch.stack([loaded[i] for i in group])
 
 
+TOY_SAMPLING = {"steps": 20, "guidance": 3.0}  # the toy suite's evaluation sampler (bench.config.EvalConfig defaults)
+
+
+def _toy_images(renders: int | None, samples: int | None, seed: int, pipeline: Path | None, quiet: bool):
+    """(images (N, 3, 32, 32), captions, source facts) for the held-out toy captions, cycled: ground-truth
+    renders (scene variables drawn with `seed`), or base-model samples of the toy pipeline (image i: seed + i)."""
+    import random
+
+    from bench.toy.world import render, sample_scene, split_combos
+
+    held_out = split_combos()[1]
+    if renders is not None:
+        rng = random.Random(seed)
+        scenes = [sample_scene(held_out[i % len(held_out)], rng) for i in range(renders)]
+        return render(scenes), [s.combo.caption for s in scenes], {"toy_renders": renders, "seed": seed}
+    from bench.backbone import Backbone
+    from bench.sampling import generate
+    from bench.suites import toy_dir
+
+    source = pipeline or toy_dir() / "pipeline"
+    captions = [held_out[i % len(held_out)].caption for i in range(samples)]
+    seeds = [seed + i for i in range(samples)]
+    images = generate(Backbone.from_pretrained(source), captions, seeds, progress=not quiet, desc="toy samples",
+                      **TOY_SAMPLING)
+    return images.clamp(0, 1), captions, {"toy_samples": samples, "pipeline": str(source), "seeds": seeds,
+                                          **TOY_SAMPLING}
+
+
+def _save_images(out: Path, images, prompts: list[str]) -> None:
+    """images as out/00000.png ... and out/prompts.txt, one prompt a line: re-scorable with --images/--prompts."""
+    from bench.toy.preferences import png_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        (out / f"{i:05d}.png").write_bytes(png_bytes(image))
+    (out / "prompts.txt").write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+
+
 @app.command("eval")
 def eval_images(
     metrics: str = typer.Option(..., "--metrics", "-m", help="comma-separated scorers, e.g. pickscore,clip,aesthetic "
@@ -404,6 +461,11 @@ def eval_images(
                                  "prompt for all"),
     toy_renders: int = typer.Option(None, "--toy-renders", help="instead of --images: score N ground-truth toy renders "
                                     "of the held-out captions (offline; for oracle, toy-clip, toy-pickscore)"),
+    toy_samples: int = typer.Option(None, "--toy-samples", help="instead of --images: score N samples of the toy "
+                                    "pipeline (base model) for the held-out captions, DDIM 20 steps, CFG 3 (offline)"),
+    pipeline: Path = typer.Option(None, "--pipeline", help="pipeline for --toy-samples (default: the toy build's)"),
+    save_images: Path = typer.Option(None, "--save-images", help="with --toy-renders/--toy-samples: also write the "
+                                     "scored images (DIR/00000.png ...) and DIR/prompts.txt, for --images/--prompts"),
     weights: list[str] = typer.Option([], "--weights", help="NAME=PATH: local weights (file or directory) for scorer "
                                       "NAME; repeatable"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="load checkpoints holding pickled Python objects "
@@ -413,13 +475,14 @@ def eval_images(
     json_path: Path = typer.Option(None, "--json", help="write per-image scores and scorer descriptions (weight paths, "
                                    "SHA256) here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
-    seed: int = typer.Option(0, help="seed of the toy renders' unnamed variables (position jitter, y, radius)"),
+    seed: int = typer.Option(0, help="toy renders: seed of the scenes' unnamed variables (position jitter, y, radius); "
+                             "toy samples: sample i uses seed + i"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Score images with each metric: mean, 95% bootstrap CI and n per metric; per-image scores to --json.
 
-    Every scorer is built (weights found and loaded) before any image is scored, so missing weights stop
-    the command with exit code 2 having written nothing.
+    Every scorer is built (weights found and loaded) before any image is read or sampled, so missing weights
+    stop the command with exit code 2 having written nothing.
     """
     _quiet_libraries()
     import inspect
@@ -443,9 +506,16 @@ def eval_images(
         _fail(f"--batch-size must be >= 1, got {batch_size}")
     if clip_backbone and "clip" not in names:
         _fail("--clip-backbone applies to the `clip` metric, which is not in --metrics")
-    if (images is None) == (toy_renders is None):
-        _fail("give either --images DIR (with --prompts FILE) or --toy-renders N")
-    files, pixels = None, None
+    if sum(x is not None for x in (images, toy_renders, toy_samples)) != 1:
+        _fail("give either --images DIR (with --prompts FILE), --toy-renders N or --toy-samples N")
+    if pipeline is not None and toy_samples is None:
+        _fail("--pipeline applies to --toy-samples")
+    if save_images is not None:
+        if images is not None:
+            _fail("--save-images applies to --toy-renders/--toy-samples (--images are files already)")
+        if save_images.exists() and (not save_images.is_dir() or any(save_images.iterdir())):
+            _fail(f"--save-images {save_images}: exists and is not an empty directory")
+    files = None
     if images is not None:
         if not images.is_dir():
             _fail(f"--images {images}: not a directory")
@@ -456,21 +526,16 @@ def eval_images(
             _fail("--images needs --prompts FILE (one prompt per image, or one for all)")
         per_image = _read_prompts(prompts, len(files))
     else:
-        if toy_renders < 1:
-            _fail(f"--toy-renders must be >= 1, got {toy_renders}")
+        count, flag = (toy_renders, "--toy-renders") if toy_renders is not None else (toy_samples, "--toy-samples")
+        if count < 1:
+            _fail(f"{flag} must be >= 1, got {count}")
         if prompts is not None:
-            _fail("--prompts does not apply to --toy-renders (the renders' captions are their prompts)")
-        import random
-
-        from bench.toy.world import render, sample_scene, split_combos
-
-        held_out = split_combos()[1]
-        rng = random.Random(seed)
-        scenes = [sample_scene(held_out[i % len(held_out)], rng) for i in range(toy_renders)]
-        pixels, per_image = render(scenes), [s.combo.caption for s in scenes]
+            _fail(f"--prompts does not apply to {flag} (the held-out toy captions are the prompts)")
+        if pipeline is not None and not pipeline.is_dir():
+            _fail(f"--pipeline {pipeline}: not a directory")
 
     scorers = {}
-    for name in names:  # build every scorer first: missing weights stop here, before any scoring
+    for name in names:  # build every scorer first: missing weights stop here, before any image is made or read
         cls = SCORERS.get(name)
         accepts = inspect.signature(cls).parameters
         kwargs = {}
@@ -487,6 +552,16 @@ def eval_images(
         except (ValueError, *_user_errors()) as err:
             _fail(str(err))
 
+    pixels, toy_source = None, {}
+    if files is None:
+        try:
+            pixels, per_image, toy_source = _toy_images(toy_renders, toy_samples, seed, pipeline, quiet)
+        except (ValueError, *_user_errors()) as err:
+            _fail(str(err))
+        if save_images is not None:
+            _save_images(save_images, pixels, per_image)
+            console.print(f"{len(per_image)} images and prompts.txt written to {save_images}")
+
     n = len(per_image)
     scores = {name: torch.full((n,), float("nan")) for name in names}
     components: dict[str, dict[str, torch.Tensor]] = {}
@@ -501,7 +576,12 @@ def eval_images(
     except (ValueError, OSError, *_user_errors()) as err:
         _fail(str(err))
 
-    source = f"{images}" if files else f"{toy_renders} toy renders (held-out captions, seed {seed})"
+    if files:
+        source = str(images)
+    elif toy_renders is not None:
+        source = f"{toy_renders} toy renders (held-out captions, seed {seed})"
+    else:
+        source = f"{toy_samples} toy-pipeline samples (held-out captions, seeds {seed}..{seed + toy_samples - 1})"
     aggregates = {name: bootstrap_mean(values) for name, values in scores.items()}
     table = Table(title=f"{n} images from {source}")
     for column in ("metric", "mean", "95% CI", "n", "better", "scale"):
@@ -514,7 +594,8 @@ def eval_images(
         payload = {
             "kind": "bench-eval", "schema_version": 1, "created": now(), "environment": environment(),
             "source": {"images": str(images) if files else None, "prompts": str(prompts) if prompts else None,
-                       "toy_renders": toy_renders, "seed": seed if files is None else None},
+                       "toy_renders": toy_renders, "toy_samples": toy_samples, **toy_source,
+                       "saved_images": str(save_images) if save_images else None},
             "files": [p.name for p in files] if files else None, "prompts": per_image,
             "scores": {name: values.tolist() for name, values in scores.items()},
             "components": {name: {t: v.tolist() for t, v in terms.items()} for name, terms in components.items()},
@@ -601,7 +682,8 @@ def toy_build_scorers(
     pipeline: Path = typer.Option(None, help="pipeline whose samples the report scores (default: the toy build's)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Train the toy proxy scorers toy-clip and toy-pickscore (deterministic, a few minutes on 2 cores)."""
+    """Train the toy proxy scorers toy-clip and toy-pickscore and report their Spearman ρ with the oracle
+    (deterministic; ~4 CPU-minutes: ~7 min with OMP_NUM_THREADS=1 on a busy 2-core machine)."""
     _quiet_libraries()
     from bench.cache import cache_dir
     from bench.suites import toy_dir

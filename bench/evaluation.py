@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from bench.backbone import Backbone
 from bench.config import EvalConfig
+from bench.processes import processes
 from bench.sampling import generate
 from bench.stats import bootstrap_mean, paired_comparison
 from metrics.base import Scorer
@@ -53,7 +53,7 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
     """Sample the evaluation set and score it; returns the result (all images) and this process's images
     (N_local, 3, H, W), the first ones of the set on the main process."""
     per_image, seeds = evaluation_set(prompts, cfg)
-    state = PartialState()
+    state = processes()
     share = slice(*_share(len(per_image), state.process_index, state.num_processes))
     local_prompts, local_seeds = per_image[share], seeds[share]
     nfe_before, t0 = backbone.nfe.total, time.perf_counter()

@@ -51,20 +51,39 @@ def _from_dataset(source: PromptSource) -> list[str]:
     return [str(p) for p in ds.select_columns([source.column])[source.column]]
 
 
-def load_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | Path) -> list[str]:
-    """Resolve a prompt set to a list of strings (a str/Path is a text file, one prompt per line)."""
+def resolve_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | Path) -> tuple[list[str], dict]:
+    """Resolve a prompt set to a list of strings and its provenance (for the run record).
+
+    A str/Path is a text file (one prompt per line) if such a file exists, else a registered standard
+    set, `NAME` (read from the Hugging Face cache) or `NAME=PATH` (a local copy), see `bench.prompt_sets`.
+    """
     if isinstance(prompts, PromptSource):
         found = _from_dataset(prompts)
         if prompts.unique:
             found = list(dict.fromkeys(found))
         found = found[: prompts.limit] if prompts.limit is not None else found
+        provenance = prompts.describe()
     elif isinstance(prompts, (str, Path)):
         path = Path(prompts)
-        if not path.is_file():
-            raise DataError(f"prompt file {path} does not exist")
-        found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        name, _, local = str(prompts).partition("=")
+        if path.is_file():
+            found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            provenance = {"file": str(path)}
+        else:
+            from bench.prompt_sets import PROMPT_SETS, load_prompt_set
+
+            if name not in PROMPT_SETS.names():
+                raise DataError(f"prompt file {path} does not exist (nor is {name!r} a prompt set: "
+                                f"{', '.join(PROMPT_SETS.names())}; NAME or NAME=PATH)")
+            prompt_set = load_prompt_set(name, local or None)
+            found, provenance = prompt_set.prompts, prompt_set.describe()
     else:
-        found = list(prompts)
+        found, provenance = list(prompts), {"inline": True}
     if not found:
         raise DataError("the evaluation prompt set is empty")
-    return found
+    return found, {**provenance, "count": len(found)}
+
+
+def load_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | Path) -> list[str]:
+    """The prompts of `resolve_prompts`."""
+    return resolve_prompts(prompts)[0]

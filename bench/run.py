@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
 from bench.backbone import Backbone
 from bench.budget import Budget, Usage
@@ -27,7 +26,8 @@ from bench.cache import cache_dir
 from bench.config import EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
 from bench.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
-from bench.prompts import PromptSource, load_prompts
+from bench.processes import processes
+from bench.prompts import resolve_prompts
 from bench.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
 from bench.suites import Suite
 from bench.trainer import Trainer, declared_step_cost
@@ -55,6 +55,7 @@ class RunPlan:
     preference_data: str = ""
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompts: list[str] = field(default_factory=list)  # the evaluation prompts, resolved
+    prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.prompts.resolve_prompts`)
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -64,8 +65,7 @@ class RunPlan:
             "preference_data": self.preference_data,
             "preference_split": self.suite.preference_split,
             "max_pairs": self.suite.max_pairs,
-            "eval_prompt_source": (self.suite.eval_prompts.describe() if isinstance(self.suite.eval_prompts, PromptSource)
-                                   else None),
+            "eval_prompt_source": self.prompt_source,
             "eval_prompts": self.prompts,
             "metrics": list(self.suite.metrics),
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
@@ -132,7 +132,7 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
-                   load_prompts(prompts if prompts is not None else suite.eval_prompts))
+                   *resolve_prompts(prompts if prompts is not None else suite.eval_prompts))
     manifest = plan.run_dir / "run.json"
     if resume:
         if not manifest.exists():
@@ -187,7 +187,7 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
     result, images = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress, desc="eval base")
     record = _record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None, result, scorers, None,
                      backbone, sample_thumbnails(images, plan))
-    if PartialState().is_main_process:
+    if processes().is_main_process:
         write_json_atomic(cached, record)
     return record
 
@@ -225,7 +225,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
     """Run the plan; returns the record paths in order (base first, then per budget, seed and method).
     `on_record(path, record)` is called as each record lands. Under several processes (accelerate
     launch / torchrun) all of them train and evaluate; the main process alone writes files."""
-    state = PartialState()
+    state = processes()
     main = state.is_main_process
 
     def land(path: Path, record: dict) -> None:

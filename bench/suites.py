@@ -93,7 +93,8 @@ def sd15_pickapic_suite() -> Suite:
     (16 processes x 1 pair x 128 accumulation), 2000 steps, AdamW lr 1e-8 x 2048 = 2.048e-5
     (`--scale_lr`), weight decay 1e-2, clip 1, constant lr after 500 warmup steps, prompt dropout 0.2,
     β = 2000 (paper; the launcher passes 5000). Every method gets that run's compute, 3.28e7 NFE.
-    Method recipes: KTO paper App. A.1 (β 5000, lr 1e-7, 8 images per step, 1000 warmup); InPO's SD 1.5
+    Method recipes: KTO paper App. A.1 (β 5000, lr 1e-7, 1000 warmup, 8 images per step;
+    here batch 2 per process: 8 images per step on 4 processes, 32 on the launch's 16); InPO's SD 1.5
     example (β 2000, 1024 pairs per step, lr 1e-8 x 1024); DSPO README (β 0.001).
     """
     return Suite(

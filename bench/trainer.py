@@ -144,11 +144,8 @@ class Trainer:
             schedule.step()
             step += 1
             nfe, seconds = self.base.nfe.total - nfe_before, time.perf_counter() - t0
-            if world > 1:  # every process's evaluations count; the slowest process sets the time (and all agree)
-                counts = torch.tensor([float(nfe), seconds], dtype=torch.float64)
-                torch.distributed.all_reduce(counts[:1])
-                torch.distributed.all_reduce(counts[1:], op=torch.distributed.ReduceOp.MAX)
-                nfe, seconds = int(counts[0]), float(counts[1])
+            if world > 1:
+                nfe, seconds = self._reduce_across_processes(logs, nfe, seconds, world)
             usage = Usage(steps=1, samples=images, nfe=nfe, seconds=seconds, device_seconds=seconds * world)
             meter.add(usage)
             logs.update(step=step, lr=schedule.get_last_lr()[0], nfe=meter.used.nfe, seconds=meter.used.seconds)
@@ -164,6 +161,19 @@ class Trainer:
             self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step)
         final = accelerator.unwrap_model(unet).eval().requires_grad_(False)
         return TrainResult(self.base.with_unet(final), meter.used, step, history)
+
+    @staticmethod
+    def _reduce_across_processes(logs: dict[str, float], nfe: int, seconds: float, world: int) -> tuple[int, float]:
+        """Every process's evaluations count (sum); the slowest process sets the step's time (max); the
+        method's logged means are over equal shards, so their mean over processes is the global batch's.
+        `logs` is updated in place, so every process logs the same numbers."""
+        keys = sorted(k for k in logs if k != "grad_norm")  # the clipped norm is already global
+        sums = torch.tensor([float(nfe)] + [logs[k] for k in keys], dtype=torch.float64)
+        slowest = torch.tensor([seconds], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+        logs.update({k: float(v) / world for k, v in zip(keys, sums[1:])})
+        return int(sums[0]), float(slowest)
 
     def _save(self, accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step) -> None:
         state = {

@@ -6,11 +6,15 @@ whole global batch (N times the local size) and the process keeps its own rows, 
 the draw it would get in a single-process run: t, ε, prompt dropout and inversion noise, and thus
 the trained model, are the same for any number of processes (up to the order of floating-point
 reductions). With one process this is exactly a plain draw.
+
+A local tensor made of stacked blocks, e.g. a pair method's (2B, ...) = cat(winners, losers), is
+declared with `stacked(2)`: a draw for it is made as (blocks, global rows per block) and each block's
+shard is kept, so row i of every block still gets the draw of its global sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,6 +25,7 @@ import torch
 class Shard:
     rank: int = 0
     world: int = 1
+    blocks: int = 1  # local tensors are this many stacked blocks of local rows (see `stacked`)
 
     def rows(self, local: int) -> slice:
         """This process's rows of a global batch made of `world` local batches of `local` rows."""
@@ -47,31 +52,49 @@ def sharded(rank: int, world: int) -> Iterator[Shard]:
         _current = previous
 
 
+@contextmanager
+def stacked(blocks: int) -> Iterator[Shard]:
+    """Within the block, local tensors (n, ...) are `blocks` stacked blocks of n / blocks rows each."""
+    global _current
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
+    previous, _current = _current, Shard(_current.rank, _current.world, blocks)
+    try:
+        yield _current
+    finally:
+        _current = previous
+
+
+def _local(draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
+    """This process's n rows of `draw(global rows)`, block by block."""
+    shard = current()
+    if n % shard.blocks:
+        raise ValueError(f"{n} rows do not split into {shard.blocks} stacked blocks")
+    per_block = n // shard.blocks
+    full = draw(n * shard.world)  # (blocks * world * per_block, ...)
+    full = full.reshape(shard.blocks, shard.world * per_block, *full.shape[1:])
+    return full[:, shard.rows(per_block)].reshape(n, *full.shape[2:])
+
+
 def sample_timesteps(backbone, n: int, rng: torch.Generator) -> torch.Tensor:
     """t ~ U{0, ..., T-1} for n local samples, shape (n,)."""
-    shard = current()
-    t = torch.randint(0, backbone.num_train_timesteps, (n * shard.world,), generator=rng)
-    return t[shard.rows(n)]
+    return _local(lambda rows: torch.randint(0, backbone.num_train_timesteps, (rows,), generator=rng), n)
 
 
 def sample_noise(like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """ε ~ N(0, I) shaped like `like` (local rows first), drawn on the CPU generator (device-independent)."""
-    shard = current()
-    n = like.shape[0]
-    noise = torch.randn((n * shard.world, *like.shape[1:]), generator=rng, dtype=torch.float32)
-    return noise[shard.rows(n)].to(like)
+    rest = like.shape[1:]
+    return _local(lambda rows: torch.randn((rows, *rest), generator=rng, dtype=torch.float32), like.shape[0]).to(like)
 
 
 def sample_uniform(n: int, rng: torch.Generator) -> torch.Tensor:
     """U[0, 1) for n local samples, shape (n,)."""
-    shard = current()
-    return torch.rand(n * shard.world, generator=rng)[shard.rows(n)]
+    return _local(lambda rows: torch.rand(rows, generator=rng), n)
 
 
 def sample_categorical(probs: torch.Tensor, n: int, rng: torch.Generator) -> torch.Tensor:
     """n local draws (n,) of an index with probabilities `probs` (with replacement)."""
-    shard = current()
-    return torch.multinomial(probs, n * shard.world, replacement=True, generator=rng)[shard.rows(n)]
+    return _local(lambda rows: torch.multinomial(probs, rows, replacement=True, generator=rng), n)
 
 
 def global_mean(value: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from bench.stats import bootstrap_mean, paired_comparison
 @pytest.mark.parametrize("text, unit, limit", [
     ("2e5nfe", "nfe", 2e5), ("90s", "seconds", 90), ("1.5min", "seconds", 90), ("400steps", "steps", 400),
     ("1e4samples", "samples", 1e4), (" 3 step ", "steps", 3), ("40000NFE", "nfe", 40000),
+    ("384gpu-h", "gpu-h", 384), ("0.5 GPU-hours", "gpu-h", 0.5),
 ])
 def test_budget_parse(text, unit, limit):
     assert Budget.parse(text) == Budget(unit, limit)
@@ -35,6 +36,17 @@ def test_meter_keeps_used_within_limit():
     restored = BudgetMeter(Budget("nfe", 1000))
     restored.load_state_dict(meter.state_dict())
     assert restored.used == meter.used and restored.max_step_cost == 300
+
+
+def test_gpu_hours_are_device_seconds_over_3600():
+    """Two processes for 450 s of wall-clock per step are 900 device-seconds = 0.25 GPU-h per step."""
+    meter = BudgetMeter(Budget.parse("1gpu-h"))
+    steps = 0
+    while meter.fits(declared_step_cost=0.1):
+        meter.add(Usage(steps=1, samples=64, nfe=512, seconds=450.0, device_seconds=900.0))
+        steps += 1
+    assert steps == 4 and meter.used.get("gpu-h") == 1.0 and meter.used.get("seconds") == 1800.0
+    assert str(Budget.parse("384gpu-h")) == "384gpu-h"
 
 
 def test_registry_suggests_nearest_name():

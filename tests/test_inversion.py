@@ -70,6 +70,8 @@ def test_inpo_levels_faithful_and_exact():
     assert faithful[:, 2].tolist()[:2] == [-99, 1] and exact[:, 2].tolist()[:2] == [-99, 0]
     assert faithful[-1, 3].item() == 901 and exact[-1, 3].item() == 999
     assert (exact[-1] == t).all()
+    # the shape does not depend on the batch (10 grid steps at most), so neither do per-step draws
+    assert inversion_levels(torch.tensor([150]), 1000, 10, "faithful").shape == (11, 1)
 
 
 def test_inpo_faithful_inversion_with_zero_model_hand_value(tiny_arch):

@@ -179,3 +179,17 @@ def test_missing_files_and_columns_fail_clearly(tmp_path, hub_cache):
     datasets.Dataset.from_dict({"prompt": ["a cat"]}).to_parquet(str(wrong))
     with pytest.raises(DataError, match="no column 'caption'"):
         load_prompt_set("pickapic-test", path=wrong)
+
+
+def test_run_prompts_accept_a_set_name_and_record_where_they_came_from(tmp_path):
+    from bench.prompts import resolve_prompts
+
+    (tmp_path / "PartiPrompts.tsv").write_text(PARTI_TSV, encoding="utf-8")
+    prompts, provenance = resolve_prompts(f"parti={tmp_path}")
+    assert prompts == PARTI_PROMPTS
+    assert provenance == {"name": "parti", "source": str(tmp_path), "split": "train", "count": 6}
+    text = tmp_path / "mine.txt"
+    text.write_text("a red circle\n\na blue square\n")
+    assert resolve_prompts(text) == (["a red circle", "a blue square"], {"file": str(text), "count": 2})
+    with pytest.raises(DataError, match=r"prompt file partii does not exist \(nor is 'partii' a prompt set: drawbench, "):
+        resolve_prompts("partii")

@@ -34,6 +34,7 @@ from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, regis
 from methods.alignment.dpo import pair_preference_loss
 from methods.inversion.base import SAMPLERS
 from methods.inversion.ddim import DDIMInversion
+from methods.shards import stacked
 
 MODES = ("faithful", "exact")
 
@@ -70,7 +71,8 @@ def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int,
 
     Grid {−(Δ−1), 1, 1+Δ, ..., 1+(n−2)Δ}, Δ = T // n (for T = 1000, n = 10: −99, 1, 101, ..., 801).
     Faithful: the grid points g < t, then last + Δ. Exact: the grid points g < t, then t.
-    Shorter paths are padded by repeating their last level (a skipped step).
+    Paths are padded to the longest possible, K = grid_steps, by repeating their last level (skipped
+    steps), so the shape, and the draws made per step, do not depend on the batch or its shard.
     """
     delta = num_train_timesteps // grid_steps
     grid = [1 - delta] + [1 + k * delta for k in range(grid_steps - 1)]
@@ -78,7 +80,7 @@ def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int,
     for level in t.tolist():
         points = [g for g in grid if g < level]
         paths.append(points + [points[-1] + delta if mode == "faithful" else level])
-    length = max(len(p) for p in paths)
+    length = grid_steps + 1  # at most grid_steps points lie below t, plus the end point
     return torch.tensor([p + [p[-1]] * (length - len(p)) for p in paths], dtype=torch.long).T
 
 
@@ -107,7 +109,8 @@ class InPO(AlignmentMethod):
         x0 = torch.cat([batch.winner, batch.loser])  # (2B, C, h, w)
         cond = Conditioning.cat([batch.cond, batch.cond])
         levels = inversion_levels(t, policy.num_train_timesteps, self.config.grid_steps, self.config.resolved_mode)
-        x_t = self.inverter.invert(policy, x0, cond, levels, guidance=1.0, rng=rng).latents
+        with stacked(2):  # x0 is cat(winners, losers): per-row draws follow each half's global rows
+            x_t = self.inverter.invert(policy, x0, cond, levels, guidance=1.0, rng=rng).latents
         eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
         out = pair_preference_loss(policy, reference, x_t, t, cond, eps_hat, self.config.beta)
         out.logs["inversion_steps"] = float((levels[1:] != levels[:-1]).sum(0).float().mean())

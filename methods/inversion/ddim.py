@@ -54,13 +54,16 @@ class DDIMInversion(InversionSampler):
         if self.noise_scale > 0 and rng is None:
             raise ValueError("stochastic DDIM inversion (noise_scale > 0) needs an rng")
         z = x0.clone()
-        for _, active, src, dst in walk(levels):
+        # one draw per step of the grid, made whether or not a local sample moves there, for the whole
+        # (global) batch: the noise a sample gets does not depend on its batch or shard
+        noise = [sample_noise(z, rng) for _ in range(len(levels) - 1)] if self.noise_scale > 0 else None
+        for i, active, src, dst in walk(levels):
             zs = z[active]
             tau = dst if self.eval_at == "target" else src
             new = ddim_map(backbone, zs, backbone.eps(zs, tau, cond[active], guidance), src, dst)
-            if self.noise_scale > 0:
-                noise = sample_noise(z, rng)[active]  # drawn for the whole (global) batch: shard-invariant
-                new = new + self.noise_scale * as_latent_scale(ddpm_variance(backbone, dst, src).sqrt(), new) * noise
+            if noise is not None:
+                scale = as_latent_scale(ddpm_variance(backbone, dst, src).sqrt(), new)
+                new = new + self.noise_scale * scale * noise[i][active]
             z[active] = new
         return InversionState(z, levels)
 

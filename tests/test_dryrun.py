@@ -1,0 +1,200 @@
+"""`bench run --dry-run`: real shapes on the meta device (exact parameter counts), the methods' declared step
+cost, the memory model and budget conversion, and one-line errors with exit code 2 for inconsistent configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bench.budget import Budget
+from bench.cli import app
+from bench.dryrun import (
+    DryRunError,
+    activation_bytes,
+    budget_plan,
+    build_on_meta,
+    check_consistency,
+    component_configs,
+    dry_run,
+    optimizer_state_bytes,
+    parameter_count,
+)
+from bench.real_configs import SD15, SDXL
+from bench.run import plan_run
+from bench.suites import get_suite
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+def _plan(suite: str, methods: list[str], tmp_path: Path, **kwargs):
+    return plan_run(get_suite(suite), methods, run_dir=tmp_path / "never-written", prompts=["a prompt"], **kwargs)
+
+
+def _pipeline_dir(root: Path, configs: dict[str, dict]) -> Path:
+    files = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
+             "text_encoder": "text_encoder/config.json", "text_encoder_2": "text_encoder_2/config.json",
+             "scheduler": "scheduler/scheduler_config.json"}
+    for name, config in configs.items():
+        (root / files[name]).parent.mkdir(parents=True, exist_ok=True)
+        (root / files[name]).write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize("pipeline, expected", [
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5",
+     {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}),
+    ("runwayml/stable-diffusion-v1-5", {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}),
+    ("stabilityai/stable-diffusion-xl-base-1.0",
+     {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}),
+])
+def test_real_configs_build_on_meta_with_the_official_parameter_counts(pipeline, expected):
+    configs, source = component_configs(pipeline)
+    modules = build_on_meta(configs)
+    assert "built-in" in source
+    assert {name: parameter_count(m) for name, m in modules.items()} == expected
+    assert all(p.device.type == "meta" for m in modules.values() for p in m.parameters())
+    check_consistency(modules)
+
+
+def test_nfe_per_step_is_the_methods_declaration(tmp_path):
+    names = ["dpo", "dense-dpo", "dspo", "kto", "inpo", "mapo", "sft"]
+    plan = _plan("sd15-pickapic", names, tmp_path)
+    report = dry_run(plan)
+    by_name = {m["method"]: m for m in report.methods}
+    assert report.processes == 16  # Diffusion-DPO's launcher
+    # 1 pair x 128 accumulation x 16 processes = 2048 pairs; DPO-family 8 NFE per pair (2 latents x (1 + 2) + 2 ref)
+    assert by_name["dpo"]["nfe_per_step"] == by_name["dense-dpo"]["nfe_per_step"] == by_name["dspo"]["nfe_per_step"] == 16384
+    assert by_name["mapo"]["nfe_per_step"] == 2048 * 6 and by_name["sft"]["nfe_per_step"] == 2048 * 3
+    assert by_name["kto"]["nfe_per_step"] == 2 * 1 * 16 * 4  # the suite's KTO recipe: 2 images, no accumulation
+    assert by_name["inpo"]["nfe_per_step"] == 1 * 64 * 16 * plan.methods["inpo"].max_nfe_per_item()
+    for name in names:
+        assert by_name[name]["nfe_per_item"] == plan.methods[name].max_nfe_per_item()
+    dpo_budget = by_name["dpo"]["budgets"][0]
+    assert dpo_budget["steps"] == 2000 and dpo_budget["nfe"] == 2000 * 2048 * 8  # the suite's budget is DPO's run
+
+
+def test_budget_conversion_follows_the_meter():
+    # 1000 NFE at 128 per step: the meter takes 7 steps (7 x 128 = 896 <= 1000 < 1024)
+    plan = budget_plan(Budget("nfe", 1000), 128, 32, processes=4, seconds_per_nfe=0.5)
+    assert plan["steps"] == 7 and plan["nfe"] == 896 and plan["samples"] == 224
+    assert plan["gpu_hours"] == pytest.approx(896 * 0.5 / 3600) and plan["wall_hours"] == pytest.approx(896 * 0.5 / 3600 / 4)
+    # 1 GPU-hour at 128 x 0.5 = 64 device-seconds per step: 56 steps; 90 s wall-clock on 4 devices: 16 s a step
+    assert budget_plan(Budget("gpu-h", 1), 128, 32, 4, 0.5)["steps"] == 56
+    assert budget_plan(Budget("seconds", 90), 128, 32, 4, 0.5)["steps"] == 5
+    assert budget_plan(Budget("samples", 100), 128, 32, 4, None)["steps"] == 3
+    assert budget_plan(Budget("steps", 10), 128, 32, 4, None) == {
+        "budget": "10steps", "steps": 10, "samples": 320, "nfe": 1280, "gpu_hours": None, "wall_hours": None}
+    assert budget_plan(Budget("gpu-h", 1), 128, 32, 4, None)["steps"] is None  # needs seconds per NFE
+
+
+def test_processes_must_be_positive(tmp_path):
+    with pytest.raises(DryRunError, match="processes must be >= 1"):
+        dry_run(_plan("sd15-pickapic", ["dpo"], tmp_path), processes=0)
+
+
+def test_optimizer_state_by_hand():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Conv2d(2, 4, kernel_size=(3, 6)))
+    params = 3 * 5 + 5 + 4 * 2 * 3 * 6 + 4
+    assert optimizer_state_bytes(module, "adamw") == 8 * params
+    # Adafactor: Linear weight (5, 3): rows 5 + cols 3; its bias 5; conv (4, 2, 3, 6): 4*2*3 + 4*2*6; bias 4
+    assert optimizer_state_bytes(module, "adafactor") == 4 * ((5 + 3) + 5 + (24 + 48) + 4)
+
+
+def test_memory_rows_by_hand_and_monotonic(tmp_path, tiny_toy_dir, monkeypatch):
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
+    report = dry_run(_plan("toy", ["dpo"], tmp_path))
+    unet = next(c["parameters"] for c in report.components if c["component"] == "unet")
+    frozen = sum(c["parameters"] for c in report.components)
+    mem = report.methods[0]["memory_bytes"]
+    assert report.processes == 1 and report.methods[0]["mixed_precision"] == "no"
+    assert mem["weights_trainable"] == 4 * unet and mem["weights_frozen"] == 4 * frozen
+    assert mem["gradients"] == 4 * unet and mem["optimizer"] == 8 * unet and mem["autocast_copies"] == 0
+    assert mem["total"] == sum(v for k, v in mem.items() if k != "total")
+
+    unet_config = component_configs(str(tiny_toy_dir / "pipeline"))[0]["unet"]
+    width, shape = unet_config["cross_attention_dim"], (unet_config["in_channels"], 8, 8)
+
+    def act(latents, dtype=torch.float32, ckpt=False):
+        return activation_bytes(unet_config, width, 16, None, shape, latents, dtype, ckpt)
+
+    assert 0 < act(1) < act(2) < act(4)
+    assert act(4) == pytest.approx(2 * act(2), rel=0.05)  # linear in the batch (the weights are not counted)
+    assert act(4, torch.float16) == pytest.approx(act(4) / 2, rel=0.05)
+    assert act(4, ckpt=True) < act(4)
+
+    half = dry_run(_plan("toy", ["dpo"], tmp_path, train_args={"*": {"mixed_precision": "bf16", "optimizer": "adafactor",
+                                                                     "gradient_checkpointing": "true"}}))
+    half_mem = half.methods[0]["memory_bytes"]
+    assert half_mem["autocast_copies"] == 2 * unet and half_mem["optimizer"] < mem["optimizer"]
+    assert half_mem["activations"] < mem["activations"]
+
+
+def test_real_activations_are_plausible():
+    sd15 = activation_bytes(SD15["unet"], 768, 77, None, (4, 64, 64), 2, torch.float16, False)
+    sdxl_ckpt = activation_bytes(SDXL["unet"], 2048, 77, 1280, (4, 128, 128), 2, torch.float16, True)
+    assert 1 * 2**30 < sd15 < 4 * 2**30 and 0.5 * 2**30 < sdxl_ckpt < 4 * 2**30
+
+
+def _broken(configs, component, **changes):
+    out = json.loads(json.dumps(configs))
+    out[component].update(changes)
+    return out
+
+
+@pytest.mark.parametrize("configs, message", [
+    (_broken(SD15, "unet", cross_attention_dim=1024), "unet cross_attention_dim 1024 != text encoder hidden size 768"),
+    (_broken(SDXL, "unet", cross_attention_dim=1280), "unet cross_attention_dim 1280 != text encoder hidden size 768 + 1280"),
+    (_broken(SD15, "vae", latent_channels=16), "vae latent_channels 16 != unet in_channels 4"),
+    (_broken(SDXL, "unet", projection_class_embeddings_input_dim=2048), "!= text_encoder_2 projection_dim + 6 x"),
+    ({k: v for k, v in SDXL.items() if k != "text_encoder_2"}, "needs text_encoder_2"),
+    (_broken(SD15, "unet", down_block_types=["NoSuchBlock2D"] * 4), "unet config does not build"),
+])
+def test_inconsistent_configs_exit_2(tmp_path, configs, message):
+    pipeline = _pipeline_dir(tmp_path / "pipe", configs)
+    result = runner.invoke(app, ["run", "--suite", "sd15-pickapic", "--methods", "dpo", "--pipeline", str(pipeline),
+                                 "--dry-run", "--run-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--suite", "sdxl-pickapic"], {"WORLD_SIZE": "3"}, "2048 items per step is not divisible by 3 processes"),
+    (["--suite", "sd15-pickapic", "--methods", "dpo,kot"], {}, "unknown method 'kot'; did you mean 'kto'?"),
+    (["--suite", "sd15-pickapic", "--pipeline", "someone/some-model"], {}, "no config for pipeline 'someone/some-model'"),
+    (["--suite", "sd15-pickapic", "--seconds-per-nfe", "-1"], {}, "--seconds-per-nfe must be > 0"),
+])
+def test_bad_dry_runs_exit_2(tmp_path, args, env, message):
+    result = runner.invoke(app, ["run", *args, "--dry-run", "--run-dir", str(tmp_path / "out")], env=env)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_cli_dry_run_prints_and_writes_json(tmp_path):
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["run", "--suite", "sdxl-pickapic", "--methods", "dpo,kto", "--dry-run",
+                                 "--seconds-per-nfe", "0.25", "--json", str(out), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    for text in ("2,567,463,684", "694,659,840", "adafactor", "assumptions"):
+        assert text in result.output
+    report = json.loads(out.read_text())
+    assert report["kind"] == "dry-run" and report["family"] == "sdxl" and report["processes"] == 16
+    dpo = report["methods"][0]
+    assert dpo["gradient_checkpointing"] and dpo["budgets"][0]["gpu_hours"] == pytest.approx(2000 * 16384 * 0.25 / 3600)
+    assert not (tmp_path / "run").exists()
+
+
+def test_toy_dry_run(tmp_path, tiny_toy_dir, monkeypatch):
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
+    result = runner.invoke(app, ["run", "--dry-run", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "config files in" in " ".join(result.output.split()) and not (tmp_path / "run").exists()
