@@ -235,13 +235,13 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                 on_record(path, record)
         state.wait_for_everyone()
 
+    scorers = _scorers(plan.suite.metrics)  # missing weights stop the run here, before anything is written
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resume and main:
         write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
                                                       "created": now(), "processes": state.num_processes})
     state.wait_for_everyone()
     backbone = Backbone.from_pretrained(plan.pipeline, device=state.device)
-    scorers = _scorers(plan.suite.metrics)
     base_path = plan.run_dir / "base.json"
     base = read_record(base_path) if plan.resume and base_path.exists() else base_record(backbone, plan, scorers)
     land(base_path, base)

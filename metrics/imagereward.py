@@ -26,12 +26,16 @@ Mapping onto transformers (checked against `image-reward` 1.5 by `tests/refcheck
 
 The reward is computed on 8-bit images, as the reference computes it from saved files: floats in [0, 1] are
 rounded to uint8 (as diffusers saves images), then resized with PIL's bicubic filter (what torchvision's
-`Resize` does on a PIL image). `med_config.json` is not read: the architecture is fixed here
-(`ImageRewardArchitecture`). The BERT vocabulary (`vocab.txt` of bert-base-uncased) is a second weight file.
+`Resize` does on a PIL image).
+
+Files: `ImageReward.pt` and `med_config.json` (the text encoder's BERT config; BLIP overwrites its
+`encoder_width` with the ViT width, and so do we) from `THUDM/ImageReward`, and bert-base-uncased's `vocab.txt`.
+The ViT is not in `med_config.json`: ImageReward fixes it (`BLIP_Pretrain(image_size=224, vit='large')`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisio
 from metrics.base import SCORERS, Scorer
 from metrics.weights import WeightSpec, load_state_dict
 
+IMAGEREWARD_REPO = "THUDM/ImageReward"
 REWARD_MEAN = 0.16717362830052426  # ImageReward.py: self.mean
 REWARD_STD = 1.0333394966054072  # ImageReward.py: self.std
 MAX_TEXT_TOKENS = 35  # ImageReward.py: tokenizer(..., padding='max_length', truncation=True, max_length=35)
@@ -55,6 +60,13 @@ MLP_DROPOUTS = (0.2, 0.2, 0.1)  # after the first three linear layers
 BERT_VOCAB_SIZE = 30522  # bert-base-uncased vocab.txt
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+BLIP_VIT_LARGE = dict(image_size=224, patch_size=16, vision_width=1024, vision_layers=24, vision_heads=16)  # blip.py create_vit
+# med_config.json keys -> ImageRewardArchitecture fields (the rest of the file: dropouts, init range, type vocabulary)
+MED_CONFIG_FIELDS = {"hidden_size": "text_width", "num_hidden_layers": "text_layers", "num_attention_heads": "text_heads",
+                     "intermediate_size": "text_intermediate", "vocab_size": "vocab_size",
+                     "max_position_embeddings": "max_position_embeddings", "layer_norm_eps": "text_layer_norm_eps"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,24 @@ class ImageRewardArchitecture:
     text_intermediate: int = 3072
     vocab_size: int = BERT_VOCAB_SIZE + 2  # + BLIP's [DEC] and [ENC]
     max_position_embeddings: int = 512
+    text_layer_norm_eps: float = 1e-12
+
+    @classmethod
+    def from_med_config(cls, med_config: dict, vision: dict | None = None) -> ImageRewardArchitecture:
+        """The architecture a BLIP `med_config.json` describes, on BLIP's ViT-L/16 (or `vision`, same keys as
+        `BLIP_VIT_LARGE`). Raises ValueError on a config this module cannot build exactly."""
+        missing = [key for key in MED_CONFIG_FIELDS if key not in med_config]
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        if not med_config.get("add_cross_attention", False):
+            problems.append("add_cross_attention is not true (ImageReward's text encoder cross-attends to the image)")
+        if med_config.get("hidden_act", "gelu") != "gelu":
+            problems.append(f"hidden_act {med_config['hidden_act']!r} (only 'gelu' is mapped)")
+        if med_config.get("position_embedding_type", "absolute") != "absolute":
+            problems.append(f"position_embedding_type {med_config['position_embedding_type']!r}")
+        if problems:
+            raise ValueError(f"med_config.json: {'; '.join(problems)}")
+        text = {field: med_config[key] for key, field in MED_CONFIG_FIELDS.items()}
+        return cls(**(BLIP_VIT_LARGE if vision is None else vision), **text)
 
     def vision_config(self) -> BlipVisionConfig:
         return BlipVisionConfig(
@@ -85,7 +115,7 @@ class ImageRewardArchitecture:
             vocab_size=self.vocab_size, hidden_size=self.text_width, encoder_hidden_size=self.vision_width,
             intermediate_size=self.text_intermediate, num_hidden_layers=self.text_layers,
             num_attention_heads=self.text_heads, max_position_embeddings=self.max_position_embeddings,
-            hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+            hidden_act="gelu", layer_norm_eps=self.text_layer_norm_eps, pad_token_id=0,
             bos_token_id=None, eos_token_id=None, sep_token_id=None,  # decoding ids, unused by the encoder
             is_decoder=True)  # builds the cross-attention layers; forward() still runs bidirectionally
 
@@ -233,32 +263,38 @@ class ImageRewardScorer(Scorer):
     def __init__(self, weights: str | os.PathLike | None = None, batch_size: int = 8,
                  device: str | torch.device | None = None, allow_pickle: bool = False):
         """Args:
-            weights: `ImageReward.pt` or a directory holding it. bert-base-uncased's `vocab.txt` is taken from
-                that directory when there, else (as is `ImageReward.pt` when `weights` is None) from
-                $BENCH_WEIGHTS_DIR, then the Hugging Face cache. A missing file raises MissingWeightsError
-                here, naming where to get it.
+            weights: `ImageReward.pt` or a directory holding it. `med_config.json` and bert-base-uncased's
+                `vocab.txt` are taken from that directory when there, else (as is `ImageReward.pt` when `weights`
+                is None) from $BENCH_WEIGHTS_DIR, then the Hugging Face cache. A missing file raises
+                MissingWeightsError here, naming where to get it, before anything is built.
             batch_size: images per forward pass.
             device: default CUDA when available, else CPU.
             allow_pickle: load a checkpoint that `torch.load(weights_only=True)` refuses (trusted files only).
         """
-        checkpoint_spec, vocab_spec = self.weight_specs()
+        checkpoint_spec, config_spec, vocab_spec = self.weight_specs()
         checkpoint = self.locate_weights(checkpoint_spec, weights)
         folder = None if weights is None else Path(weights) if Path(weights).is_dir() else Path(weights).parent
-        in_folder = folder is not None and (folder / vocab_spec.filename).is_file()
-        vocab = self.locate_weights(vocab_spec, folder if in_folder else None)
+
+        def beside_checkpoint(spec: WeightSpec) -> Path:
+            in_folder = folder is not None and (folder / spec.filename).is_file()
+            return self.locate_weights(spec, folder if in_folder else None)
+
+        med_config, vocab = beside_checkpoint(config_spec), beside_checkpoint(vocab_spec)
+        arch = ImageRewardArchitecture.from_med_config(json.loads(Path(med_config).read_text()))
         tokenizer = blip_bert_tokenizer(vocab)
-        if len(tokenizer) != BERT_VOCAB_SIZE + 2:
-            raise ValueError(f"{vocab} has {len(tokenizer) - 2} tokens; ImageReward needs bert-base-uncased's "
-                             f"vocab.txt ({BERT_VOCAB_SIZE} tokens)")
-        model = ImageRewardModel(ImageRewardArchitecture())
+        if len(tokenizer) != arch.vocab_size:
+            raise ValueError(f"{vocab} gives {len(tokenizer)} tokens with [DEC] and [ENC]; {med_config} says "
+                             f"vocab_size {arch.vocab_size} (bert-base-uncased's vocab.txt has {BERT_VOCAB_SIZE})")
+        model = ImageRewardModel(arch)
         load_imagereward_weights(model, load_state_dict(checkpoint, allow_pickle=allow_pickle), str(checkpoint))
-        self.weight_files = [(checkpoint_spec, checkpoint), (vocab_spec, vocab)]
+        self.weight_files = [(checkpoint_spec, checkpoint), (config_spec, med_config), (vocab_spec, vocab)]
         self._setup(model, tokenizer, batch_size, device)
 
     @classmethod
     def weight_specs(cls) -> list[WeightSpec]:
         return [
-            WeightSpec("imagereward", "THUDM/ImageReward", "ImageReward.pt", "ImageReward v1.0 state dict (BLIP + MLP)"),
+            WeightSpec("imagereward", IMAGEREWARD_REPO, "ImageReward.pt", "ImageReward v1.0 state dict (BLIP + MLP, 1.79 GB)"),
+            WeightSpec("imagereward", IMAGEREWARD_REPO, "med_config.json", "BERT config of BLIP's text encoder"),
             WeightSpec("imagereward", "bert-base-uncased", "vocab.txt", "BERT WordPiece vocabulary of the text encoder"),
         ]
 

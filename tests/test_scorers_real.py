@@ -5,6 +5,7 @@ The full-size models against the `hpsv2` and `image-reward` packages: `tox -e re
 
 from __future__ import annotations
 
+import json
 import math
 
 import huggingface_hub.constants
@@ -25,9 +26,20 @@ TINY_CLIP = dict(
     vision_cfg=dict(image_size=224, layers=2, width=32, head_width=16, patch_size=32),
     text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
 )
-TINY_BLIP = ir.ImageRewardArchitecture(
-    image_size=224, patch_size=32, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=2,
-    text_heads=2, text_intermediate=64, vocab_size=ir.BERT_VOCAB_SIZE + 2, max_position_embeddings=64)
+TINY_VISION = dict(image_size=224, patch_size=32, vision_width=32, vision_layers=2, vision_heads=2)
+TINY_BLIP = ir.ImageRewardArchitecture(**TINY_VISION, text_width=32, text_layers=2, text_heads=2, text_intermediate=64,
+                                       vocab_size=ir.BERT_VOCAB_SIZE + 2, max_position_embeddings=64)
+# BLIP's configs/med_config.json, as THUDM/ImageReward ships it (bert-base-uncased's config.json plus [DEC], [ENC] and
+# cross-attention; encoder_width is overwritten with the ViT's width by BLIP_Pretrain).
+MED_CONFIG = {
+    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
+    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
+    "encoder_width": 768, "add_cross_attention": True,
+}
+TINY_MED_CONFIG = {**MED_CONFIG, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 64, "max_position_embeddings": 64}
 MEAN = torch.tensor(hps.OPENAI_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(hps.OPENAI_STD).view(1, 3, 1, 1)
 WORDS = "a an the of in on with and red blue green cat dog car tree house sky sunset painting photo city".split()
@@ -160,6 +172,18 @@ def test_imagereward_head_constants_and_max_length():
     torch.testing.assert_close(head(x) + head(-x), 2 * zero.expand(4, 1), rtol=1e-4, atol=1e-5)
 
 
+def test_imagereward_architecture_from_med_config():
+    assert ir.ImageRewardArchitecture.from_med_config(MED_CONFIG) == ir.ImageRewardArchitecture()  # v1.0: ViT-L + BERT-base
+    assert ir.ImageRewardArchitecture.from_med_config(TINY_MED_CONFIG, vision=TINY_VISION) == TINY_BLIP
+    text = ir.ImageRewardArchitecture().text_config()
+    assert (text.encoder_hidden_size, text.vocab_size, text.num_hidden_layers, text.layer_norm_eps) == (1024, 30524, 12, 1e-12)
+    with pytest.raises(ValueError, match="add_cross_attention is not true"):
+        ir.ImageRewardArchitecture.from_med_config({**MED_CONFIG, "add_cross_attention": False})
+    with pytest.raises(ValueError, match="missing num_hidden_layers; hidden_act 'relu'"):
+        ir.ImageRewardArchitecture.from_med_config({**{k: v for k, v in MED_CONFIG.items() if k != "num_hidden_layers"},
+                                                    "hidden_act": "relu"})
+
+
 def test_imagereward_score_is_standardised_mlp_of_cls(ir_scorer):
     images = _images(3, 224, 224, seed=5)
     prompts = PROMPTS[:3]
@@ -233,7 +257,13 @@ def test_imagereward_missing_weights_messages(no_weights_anywhere):
         assert part in str(err.value), part
     folder = no_weights_anywhere / "ir"
     folder.mkdir()
-    (folder / "ImageReward.pt").write_bytes(b"never read: the vocabulary is resolved first")
+    (folder / "ImageReward.pt").write_bytes(b"never read: the config and vocabulary are resolved first")
+    with pytest.raises(MissingWeightsError) as err:
+        ir.ImageRewardScorer(weights=folder)
+    for part in ("'med_config.json'", "'THUDM/ImageReward'", "huggingface-cli download THUDM/ImageReward med_config.json",
+                 "--weights imagereward=DIR", f"{WEIGHTS_ENV}=DIR"):
+        assert part in str(err.value), part
+    (folder / "med_config.json").write_text(json.dumps(MED_CONFIG))
     with pytest.raises(MissingWeightsError) as err:
         ir.ImageRewardScorer(weights=folder)
     for part in ("'vocab.txt'", "'bert-base-uncased'", "huggingface-cli download bert-base-uncased vocab.txt",
@@ -245,7 +275,7 @@ def test_weight_specs_list_the_expected_files():
     assert [s.filename for s in hps.HPSScorer.weight_specs()] == ["HPS_v2.1_compressed.pt"]
     assert [s.filename for s in hps.HPSScorer.weight_specs("v2.0")] == ["HPS_v2_compressed.pt"]
     assert [(s.repo, s.filename) for s in ir.ImageRewardScorer.weight_specs()] == [
-        ("THUDM/ImageReward", "ImageReward.pt"), ("bert-base-uncased", "vocab.txt")]
+        ("THUDM/ImageReward", "ImageReward.pt"), ("THUDM/ImageReward", "med_config.json"), ("bert-base-uncased", "vocab.txt")]
     assert {s.scorer for s in hps.HPSScorer.weight_specs() + ir.ImageRewardScorer.weight_specs()} == {"hps", "imagereward"}
 
 
@@ -290,7 +320,7 @@ def test_real_constructors_load_checkpoints_saved_as_the_authors_did(tmp_path, m
     """HPS's save_ckpt writes {iterations, name, state_dict (fp16 in the released files), optimizer, scaler};
     ImageReward saves `model.state_dict()`. Both load with torch.load(weights_only=True) (no --allow-pickle)."""
     monkeypatch.setattr(hps, "hps_model_config", lambda: TINY_CLIP)
-    monkeypatch.setattr(ir, "ImageRewardArchitecture", lambda: TINY_BLIP)
+    monkeypatch.setattr(ir, "BLIP_VIT_LARGE", TINY_VISION)
     state = hps_scorer.model.state_dict()
     optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
     folder = tmp_path / "hps"
@@ -311,7 +341,9 @@ def test_real_constructors_load_checkpoints_saved_as_the_authors_did(tmp_path, m
     folder.mkdir()
     torch.save(ir.official_state_dict(ir_scorer.model), folder / "ImageReward.pt")
     (folder / "vocab.txt").write_bytes(bert_vocab.read_bytes())
+    (folder / "med_config.json").write_text(json.dumps(TINY_MED_CONFIG))
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nothing-here"))
-    loaded = ir.ImageRewardScorer(weights=folder / "ImageReward.pt")  # file; vocab.txt next to it
-    assert [w["file"] for w in loaded.describe()["weights"]] == ["ImageReward.pt", "vocab.txt"]
+    loaded = ir.ImageRewardScorer(weights=folder / "ImageReward.pt")  # file; med_config.json, vocab.txt next to it
+    assert loaded.model.arch == TINY_BLIP
+    assert [w["file"] for w in loaded.describe()["weights"]] == ["ImageReward.pt", "med_config.json", "vocab.txt"]
     torch.testing.assert_close(loaded.score(PROMPTS[:2], images), ir_scorer.score(PROMPTS[:2], images))

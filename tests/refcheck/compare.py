@@ -3,12 +3,13 @@ same weights, the same image files, the project's own environment (transformers 
 
     python tests/refcheck/compare.py OUT      (tox -e refcheck runs it through in_main_env.py)
 
-HPS loads HPS_v2.1_compressed.pt from the Hugging Face cache in $HF_HOME (our resolver's third place) with
-`torch.load(weights_only=True)`; ImageReward gets `--weights imagereward=OUT/imagereward` (the checkpoint and
-vocab.txt). Each score must equal the reference to 1e-4 of the largest reference score of that scorer (HPS
-cosines of random towers are near 0, so a per-score relative error would divide by ~0); the per-score
-relative error is printed too, over the scores at least a tenth of the largest. Also printed: throughput of
-the batched scorer against the reference's per-image calls on the eight 512x512 images.
+HPS v2.1 and v2.0 load HPS_v2.1_compressed.pt / HPS_v2_compressed.pt from the Hugging Face cache in $HF_HOME
+(our resolver's third place) with `torch.load(weights_only=True)`; ImageReward gets OUT/imagereward (as
+`--weights imagereward=DIR`: the checkpoint, med_config.json and vocab.txt). Each scorer passes when both
+(a) max |ours - ref| / max |ref| <= 1e-4, and (b) max |ours - ref| / |ref| <= 1e-4 over the scores at least a
+tenth of the largest (HPS cosines of random towers are near 0; a relative error of a score at ~0 measures
+nothing). Results go to OUT/result.json.
+Throughput against `hpsv2.score` is tests/benchmarks/test_scorer_speed.py's job (the next step of the tox env).
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ def load_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
-def score_by_shape(scorer, prompts: list[str], images: list[torch.Tensor]) -> tuple[np.ndarray, dict[tuple, float]]:
-    """Scores, one batched call per image size; and the seconds each call took."""
-    scores, seconds = np.zeros(len(prompts)), {}
+def score_by_shape(scorer, prompts: list[str], images: list[torch.Tensor]) -> np.ndarray:
+    """Scores, one batched call per image size."""
+    scores = np.zeros(len(prompts))
     for shape in dict.fromkeys(tuple(image.shape) for image in images):
         rows = [i for i, image in enumerate(images) if tuple(image.shape) == shape]
-        start = time.perf_counter()
         scores[rows] = scorer.score([prompts[i] for i in rows], torch.stack([images[i] for i in rows])).numpy()
-        seconds[shape] = time.perf_counter() - start
-    return scores, seconds
+    return scores
 
 
 def differences(ours: np.ndarray, reference: np.ndarray) -> dict:
@@ -53,6 +52,10 @@ def differences(ours: np.ndarray, reference: np.ndarray) -> dict:
             "max_rel_each": float((error[large] / np.abs(reference[large])).max()), "reference_largest": float(scale)}
 
 
+def passed(diff: dict) -> bool:
+    return diff["max_rel_to_largest"] <= TOLERANCE and diff["max_rel_each"] <= TOLERANCE
+
+
 def main() -> int:
     out = Path(sys.argv[1])
     manifest = json.loads((out / "manifest.json").read_text())
@@ -60,7 +63,6 @@ def main() -> int:
     items = manifest["items"]
     prompts = [item["prompt"] for item in items]
     images = [load_image(out / item["file"]) for item in items]
-    timing_rows = [i for i, item in enumerate(items) if item["set"] == "timing"]
     results = {}
 
     start = time.perf_counter()
@@ -68,41 +70,35 @@ def main() -> int:
     hps_build_s = time.perf_counter() - start
     (_, hps_path), = hps.weight_files
     assert str(hps_path).startswith(os.environ["HF_HOME"]), hps_path
-    hps_scores, hps_seconds = score_by_shape(hps, prompts, images)
+    hps_scores = score_by_shape(hps, prompts, images)
     del hps
-    results["hps"] = differences(hps_scores / 100, np.array(manifest["reference"]["hps_cosine"]))
+    results["hps v2.1"] = differences(hps_scores / 100, np.array(manifest["reference"]["hps_cosine"]))
+
+    v20 = {int(i): score for i, score in manifest["reference"]["hps_v2.0_cosine"].items()}  # the shape set
+    hps = HPSScorer(version="v2.0", batch_size=8, device="cpu")
+    assert hps.weight_files[0][1].name == "HPS_v2_compressed.pt", hps.weight_files
+    hps_v20_scores = score_by_shape(hps, [prompts[i] for i in v20], [images[i] for i in v20])
+    del hps
+    results["hps v2.0"] = differences(hps_v20_scores / 100, np.array(list(v20.values())))
 
     start = time.perf_counter()
     imagereward = ImageRewardScorer(weights=manifest["imagereward_dir"], batch_size=8, device="cpu")
     ir_build_s = time.perf_counter() - start
-    ir_scores, ir_seconds = score_by_shape(imagereward, prompts, images)
+    ir_scores = score_by_shape(imagereward, prompts, images)
     del imagereward
     results["imagereward"] = differences(ir_scores, np.array(manifest["reference"]["imagereward"]))
 
-    reference_calls = [manifest["timing"]["hps"]["per_call_s"][i] for i in timing_rows]
-    batched = hps_seconds[(3, 512, 512)]
-    throughput = {
-        "images": len(timing_rows), "threads": torch.get_num_threads(),
-        "reference_per_image_calls_s": sum(reference_calls),
-        "ours_batched_s": batched, "ours_build_and_load_s": hps_build_s,
-        "speedup": sum(reference_calls) / batched,
-        "speedup_including_our_build_and_load": sum(reference_calls) / (batched + hps_build_s),
-        "imagereward_reference_s": manifest["timing"]["imagereward"]["score_all_s"],
-        "imagereward_ours_s": sum(ir_seconds.values()), "imagereward_build_and_load_s": ir_build_s,
-    }
     print(f"reference stack: {manifest['versions']}")
     for name, diff in results.items():
-        verdict = "ok" if diff["max_rel_to_largest"] <= TOLERANCE else "FAIL"
+        verdict = "ok" if passed(diff) else "FAIL"
         print(f"{name:12s} max |ours - ref| {diff['max_abs']:.3g}, / largest |ref| ({diff['reference_largest']:.3g}): "
               f"{diff['max_rel_to_largest']:.3g}, per score: {diff['max_rel_each']:.3g}  [{verdict}]")
-    print(f"HPS on {throughput['images']} images of 512x512, {throughput['threads']} thread(s): reference "
-          f"per-image hpsv2.score calls {throughput['reference_per_image_calls_s']:.1f} s, ours batched "
-          f"{batched:.1f} s ({throughput['speedup']:.1f}x; {throughput['speedup_including_our_build_and_load']:.1f}x "
-          f"with our one-time build and load, {hps_build_s:.1f} s)")
-    (out / "result.json").write_text(json.dumps({"differences": results, "throughput": throughput,
-                                                 "ours": {"hps": hps_scores.tolist(), "imagereward": ir_scores.tolist()}},
+    (out / "result.json").write_text(json.dumps({"differences": results, "seconds": {"hps_build_and_load": hps_build_s,
+                                                                                "imagereward_build_and_load": ir_build_s},
+                                                 "ours": {"hps v2.1": hps_scores.tolist(), "hps v2.0": hps_v20_scores.tolist(),
+                                                          "imagereward": ir_scores.tolist()}},
                                                 indent=2))
-    return 0 if all(diff["max_rel_to_largest"] <= TOLERANCE for diff in results.values()) else 1
+    return 0 if all(passed(diff) for diff in results.values()) else 1
 
 
 if __name__ == "__main__":

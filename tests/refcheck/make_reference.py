@@ -5,8 +5,8 @@ full-size weights, offline. Runs in the `refcheck` tox env (the old stack those 
     python tests/refcheck/make_reference.py OUT
 
 writes OUT/images/*.png, OUT/manifest.json (prompts, reference scores, timings, versions),
-OUT/imagereward/{ImageReward.pt, vocab.txt}, OUT/med_config.json, and HPS_v2.1_compressed.pt into the
-Hugging Face cache under $HF_HOME (repo xswu/HPSv2), where both `hpsv2.score` and our resolver find it.
+OUT/imagereward/{ImageReward.pt, med_config.json, vocab.txt}, and HPS_v2.1_compressed.pt and HPS_v2_compressed.pt
+into the Hugging Face cache under $HF_HOME (repo xswu/HPSv2), where both `hpsv2.score` and our resolver find them.
 
 How each reference is built without the hub:
 - ImageReward: the package's own `ImageReward` class (BLIP ViT-L + med.py BERT + MLP) with a med_config.json
@@ -19,6 +19,7 @@ How each reference is built without the hub:
   laion's 3.9 GB CLIP weights, which the HPS checkpoint overwrites anyway). The random weights are saved as
   HPS's `save_ckpt` does ({iterations, name, state_dict}, fp16 as the released files) and scored by the public
   `hpsv2.score(image, prompt, hps_version="v2.1")`, one call per image: it reloads the checkpoint each call.
+  Then other random weights as HPS_v2_compressed.pt, scored with `hps_version="v2.0"` on the shape set.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ MED_CONFIG = {
     "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
     "encoder_width": 768, "add_cross_attention": True,
 }
-HPS_REPO, HPS_FILE = "xswu/HPSv2", "HPS_v2.1_compressed.pt"
+HPS_REPO = "xswu/HPSv2"
+HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}  # hpsv2/utils.py hps_version_map
 FAKE_COMMIT = "0" * 39 + "1"
 LONG_PROMPT = ("A breathtaking, highly detailed oil painting of an ancient stone lighthouse standing on jagged cliffs "
                "above a stormy emerald sea at dusk, with seagulls circling, warm lantern light spilling from the "
@@ -123,15 +125,15 @@ def imagereward_reference(out: Path, items: list[dict], images: dict[str, Image.
     from ImageReward.ImageReward import ImageReward
 
     redirect_bert_tokenizer(vocab.parent)
-    med_config = out / "med_config.json"
+    folder = out / "imagereward"  # what our scorer gets: ImageReward.pt, med_config.json, vocab.txt
+    folder.mkdir()
+    med_config = folder / "med_config.json"
     med_config.write_text(json.dumps(MED_CONFIG, indent=2))
     torch.manual_seed(0)
     start = time.perf_counter()
     model = ImageReward(med_config=str(med_config), device="cpu")
     build_s = time.perf_counter() - start
     spread(model, seed=1)
-    folder = out / "imagereward"
-    folder.mkdir()
     torch.save(model.state_dict(), folder / "ImageReward.pt")  # as ImageReward's train/src/config/utils.save_model
     shutil.copy(vocab, folder / "vocab.txt")
     keys = set(model.state_dict())
@@ -179,9 +181,7 @@ def hps_reference(items: list[dict], images: dict[str, Image.Image]) -> tuple[li
         light_augmentation=True, aug_cfg={}, output_dict=True, with_score_predictor=False,
         with_region_predictor=False)
     build_s = time.perf_counter() - start
-    state = {k: v.half() for k, v in model.state_dict().items()}
-    torch.save({"iterations": 0, "name": "refcheck-random", "state_dict": state}, place_in_hf_cache(HPS_REPO, HPS_FILE))
-    del state
+    save_hps_checkpoint(model, "v2.1")
     img_score.model_dict.update(model=model, preprocess_val=preprocess_val)
 
     scores, seconds = [], []
@@ -197,10 +197,24 @@ def hps_reference(items: list[dict], images: dict[str, Image.Image]) -> tuple[li
                          hps_version="v2.1")
     list_call_s = time.perf_counter() - start
     assert np.allclose(listed, [scores[i] for i in shape_rows[:2]], rtol=1e-5, atol=1e-7), (listed, scores)
+    # HPS v2.0: the same architecture and code path with another checkpoint; other random weights (drawn at
+    # unit-variance scale), scored on the shape set, check that `version` picks HPS_v2_compressed.pt.
+    spread(model, seed=2)
+    save_hps_checkpoint(model, "v2.0")
+    scores_v20 = {i: float(hpsv2.score(images[items[i]["file"]], items[i]["prompt"], hps_version="v2.0")[0])
+                  for i in shape_rows}
     img_score.model_dict.clear()
     del model
     gc.collect()
-    return scores, {"build_s": build_s, "per_call_s": seconds, "list_call_two_images_s": list_call_s}
+    return scores, scores_v20, {"build_s": build_s, "per_call_s": seconds, "list_call_two_images_s": list_call_s,
+                                "load_average_after": os.getloadavg()}  # the 2 cores are shared: context for timings
+
+
+def save_hps_checkpoint(model: torch.nn.Module, version: str) -> None:
+    """As HPS's save_ckpt ({iterations, name, state_dict}, fp16 as the released files), in the HF cache."""
+    state = {k: v.half() for k, v in model.state_dict().items()}
+    torch.save({"iterations": 0, "name": f"refcheck-random-{version}", "state_dict": state},
+               place_in_hf_cache(HPS_REPO, HPS_FILES[version]))
 
 
 def main() -> None:
@@ -229,8 +243,9 @@ def main() -> None:
     vocab = genuine_bert_vocab(out)
     ir_scores, ir_timing = imagereward_reference(out, items, images, vocab)
     print(f"imagereward reference: {np.round(ir_scores, 4).tolist()}  {ir_timing}", flush=True)
-    hps_scores, hps_timing = hps_reference(items, images)
-    print(f"hps reference (cosine): {np.round(hps_scores, 5).tolist()}  {hps_timing}", flush=True)
+    hps_scores, hps_v20_scores, hps_timing = hps_reference(items, images)
+    print(f"hps v2.1 reference (cosine): {np.round(hps_scores, 5).tolist()}  {hps_timing}", flush=True)
+    print(f"hps v2.0 reference (cosine, shape set): {hps_v20_scores}", flush=True)
 
     from importlib.metadata import version
 
@@ -238,10 +253,10 @@ def main() -> None:
 
     manifest = {
         "items": items,
-        "reference": {"imagereward": ir_scores, "hps_cosine": hps_scores},
+        "reference": {"imagereward": ir_scores, "hps_cosine": hps_scores, "hps_v2.0_cosine": hps_v20_scores},
         "timing": {"imagereward": ir_timing, "hps": hps_timing},
         "imagereward_dir": str(out / "imagereward"),
-        "hps_hub": {"repo": HPS_REPO, "file": HPS_FILE},
+        "hps_hub": {"repo": HPS_REPO, "files": HPS_FILES},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                      "transformers": transformers.__version__, "image-reward": version("image-reward"),
                      "hpsv2x": version("hpsv2x"), "timm": version("timm")},
