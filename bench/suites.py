@@ -66,7 +66,7 @@ def toy_suite() -> Suite:
         pipeline=str(root / "pipeline"),
         preference_data=str(root / "prefs.parquet"),
         eval_prompts=tuple(c.caption for c in held_out),
-        metrics=("oracle",),
+        metrics=("oracle", "toy-pickscore", "toy-clip"),  # the truth first; the proxies show reward hacking
         budget=Budget.parse("4e4nfe"),
         train=TrainConfig(lr=3e-5, batch_size=16, weight_decay=0.0, prompt_dropout=0.1, checkpoint_every=50),
         eval=EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0, batch_size=128),

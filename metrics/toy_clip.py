@@ -5,25 +5,29 @@ whose true reward (`oracle`) is known, so a proxy gain can be checked against a 
 - `toy-clip`:      100 * max(cos(E_I(x), E_T(c)), 0)     (CLIP score, as `clip`)
 - `toy-pickscore`: exp(s) * cos(E_I(x), E_T(c))          (PickScore, as `pickscore`; s = logit_scale)
 
-The model is a transformers `CLIPModel` built from a config dict (`ToyClipConfig`): a ViT on the
-32x32 toy images (patch 4, so 64 patches), a text transformer over CLIP's real BPE vocabulary
-(`bench.clip_bpe`, 16 positions; toy captions are <= 14 tokens), embeddings of width 64. Training
-(contrastive on toy renders, then PickScore fine-tuning) is `bench.toy.scorers` (`bench toy
-build-scorers`). Images are preprocessed as CLIP does (`ClipPreprocess`, size 32, OpenAI mean/std);
-any other resolution is resized.
+The model is an open_clip `CLIP` built from a custom model config (`ToyClipConfig.open_clip_config()`,
+open_clip's `model_configs/*.json` format): a ViT on the 32x32 toy images (patch 4, so 64 patches,
+width 64, 3 layers), a causal text transformer over CLIP's real BPE vocabulary (open_clip's
+`SimpleTokenizer`, 16 positions; toy captions are <= 14 tokens; EOT-pooled), embeddings of width 64.
+Training (contrastive on toy renders, then PickScore fine-tuning) is `bench.toy.scorers` (`bench toy
+build-scorers`). Scoring goes through the same `ClipBackbone` open_clip path as `clip` with an
+open_clip backbone. Images are preprocessed as CLIP does (`ClipPreprocess`, size 32, OpenAI
+mean/std); any other resolution is resized.
 
-Files: `toy-clip.safetensors` and `toy-pickscore.safetensors`, the config and training facts in the
-safetensors metadata. Only the token-embedding rows of tokens seen in training are stored
-(`token_ids`, `token_rows`); the others load as zeros, so a file is ~0.5 MB instead of 13 MB. A word
-outside the toy grammar therefore embeds as nothing: these scorers are meaningful on toy captions only.
+Files: `toy-clip.safetensors` and `toy-pickscore.safetensors`, the open_clip config and training facts
+in the safetensors metadata (one JSON key, so a rebuild on the same machine and thread count is
+byte-identical). Only the token-embedding rows of tokens seen in training are stored (`token_ids`,
+`token_rows`); the others load as zeros, so a file is ~1 MB instead of 13 MB. A word outside the toy
+grammar therefore embeds as nothing: these scorers are meaningful on toy captions only.
 
-Looked for in: `weights=` (a file or a directory holding it), `$BENCH_TOY_DIR/scorers/`, then the
-shipped `bench/toy/assets/scorers/`.
+Looked for in: `weights=` (a file or a directory holding it), `$BENCH_WEIGHTS_DIR/<scorer>/` and
+`$BENCH_WEIGHTS_DIR/`, `$BENCH_TOY_DIR/scorers/`, then the shipped `bench/toy/assets/scorers/` (no hub).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -37,12 +41,13 @@ from safetensors.torch import save_file
 from metrics.base import SCORERS, MissingWeightsError, Scorer
 from metrics.clip_score import ClipBackbone, ClipPreprocess, batched_features, clip_score
 from metrics.pickscore import pickscore
-from metrics.weights import WeightSpec
+from metrics.weights import WEIGHTS_ENV, WeightSpec
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "bench" / "toy" / "assets" / "scorers"
 TOY_DIR_ENV = "BENCH_TOY_DIR"
-TOKEN_KEY = "text_model.embeddings.token_embedding.weight"
-_SOURCE = "diffusion-align-bench: shipped in bench/toy/assets/scorers, rebuilt by `bench toy build-scorers`"
+TOKEN_KEY = "token_embedding.weight"  # open_clip CLIP
+METADATA_KEY = "toy_clip"  # JSON: config, open_clip_config, info
+_SOURCE = "shipped: bench/toy/assets/scorers (`bench toy build-scorers`)"
 
 
 @dataclass(frozen=True)
@@ -59,34 +64,41 @@ class ToyClipConfig:
     embed_dim: int = 64
     logit_scale_init: float = 2.6592  # ln(1 / 0.07), CLIP's initial temperature
 
-    def clip_config(self):
-        from transformers import CLIPConfig
+    def __post_init__(self):
+        if self.vision_width % self.heads or self.text_width % self.heads:
+            raise ValueError(f"widths ({self.vision_width}, {self.text_width}) must be multiples of heads ({self.heads})")
 
+    def open_clip_config(self) -> dict:
+        """open_clip's model config (as in `open_clip/model_configs/ViT-B-32.json`)."""
         from bench.clip_bpe import CLIP_VOCAB_SIZE
 
-        text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=self.text_width, intermediate_size=self.mlp_ratio * self.text_width,
-                    num_hidden_layers=self.text_layers, num_attention_heads=self.heads,
-                    max_position_embeddings=self.context_length, bos_token_id=CLIP_VOCAB_SIZE - 2,
-                    eos_token_id=CLIP_VOCAB_SIZE - 1, pad_token_id=CLIP_VOCAB_SIZE - 1)
-        vision = dict(image_size=self.image_size, patch_size=self.patch_size, hidden_size=self.vision_width,
-                      intermediate_size=self.mlp_ratio * self.vision_width, num_hidden_layers=self.vision_layers,
-                      num_attention_heads=self.heads)
-        return CLIPConfig(text_config=text, vision_config=vision, projection_dim=self.embed_dim,
-                          logit_scale_init_value=self.logit_scale_init)
+        vision = dict(image_size=self.image_size, patch_size=self.patch_size, width=self.vision_width,
+                      layers=self.vision_layers, head_width=self.vision_width // self.heads, mlp_ratio=self.mlp_ratio)
+        text = dict(context_length=self.context_length, vocab_size=CLIP_VOCAB_SIZE, width=self.text_width,
+                    heads=self.heads, layers=self.text_layers, mlp_ratio=self.mlp_ratio)
+        return {"embed_dim": self.embed_dim, "vision_cfg": vision, "text_cfg": text}
 
 
 def build_toy_clip(cfg: ToyClipConfig = ToyClipConfig(), seed: int = 0):
-    """A randomly initialised toy `CLIPModel` (deterministic in `seed`)."""
-    from transformers import CLIPModel
+    """A randomly initialised toy open_clip `CLIP` (deterministic in `seed`)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
+    config = cfg.open_clip_config()
     torch.manual_seed(seed)
-    return CLIPModel(cfg.clip_config()).float()
+    return CLIP(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"]), CLIPTextCfg(**config["text_cfg"]),
+                init_logit_scale=cfg.logit_scale_init).float()
+
+
+@functools.lru_cache(maxsize=4)
+def toy_tokenizer(context_length: int):
+    """open_clip's CLIP BPE tokenizer: (N,) strings -> (N, context_length) ids, SOT ... EOT then 0-padded."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
 
 
 def toy_backbone(model, cfg: ToyClipConfig, name: str = "toy-clip") -> ClipBackbone:
-    from bench.clip_bpe import clip_bpe_tokenizer
-
-    return ClipBackbone(model, "transformers", clip_bpe_tokenizer(cfg.context_length), ClipPreprocess(size=cfg.image_size),
+    return ClipBackbone(model, "open_clip", toy_tokenizer(cfg.context_length), ClipPreprocess(size=cfg.image_size),
                         cfg.context_length, name)
 
 
@@ -96,8 +108,9 @@ def save_toy_clip(model, cfg: ToyClipConfig, path: str | Path, used_token_ids: l
     ids = torch.tensor(sorted(set(used_token_ids)), dtype=torch.int64)
     state["token_rows"] = state.pop(TOKEN_KEY)[ids].contiguous()
     state["token_ids"] = ids
-    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # buffers rebuilt on load
-    metadata = {"config": json.dumps(dataclasses.asdict(cfg)), "info": json.dumps(info or {}, sort_keys=True)}
+    # One metadata key: safetensors writes several in a random order, and the file's SHA256 should not vary.
+    facts = {"config": dataclasses.asdict(cfg), "open_clip_config": cfg.open_clip_config(), "info": info or {}}
+    metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -108,21 +121,22 @@ def save_toy_clip(model, cfg: ToyClipConfig, path: str | Path, used_token_ids: l
 
 
 def load_toy_clip(path: str | Path):
-    """(CLIPModel, ToyClipConfig, info) from a file written by `save_toy_clip`; unseen tokens embed as 0."""
+    """(open_clip CLIP, ToyClipConfig, info) from a file written by `save_toy_clip`; unseen tokens embed as 0."""
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
-    if "config" not in metadata or "token_ids" not in state:
-        raise ValueError(f"{path} is not a toy CLIP file (no config metadata or token_ids)")
-    cfg = ToyClipConfig(**json.loads(metadata["config"]))
+    if METADATA_KEY not in metadata or "token_ids" not in state:
+        raise ValueError(f"{path} is not a toy CLIP file (no {METADATA_KEY!r} metadata or token_ids)")
+    facts = json.loads(metadata[METADATA_KEY])
+    cfg = ToyClipConfig(**facts["config"])
     model = build_toy_clip(cfg)
     table = torch.zeros_like(model.state_dict()[TOKEN_KEY])
     table[state.pop("token_ids")] = state.pop("token_rows")
     state[TOKEN_KEY] = table
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+    if missing or unexpected:
         raise ValueError(f"{path}: missing {missing}, unexpected {unexpected}")
-    return model.eval(), cfg, json.loads(metadata.get("info", "{}"))
+    return model.eval(), cfg, facts["info"]
 
 
 class _ToyClipScorer(Scorer):
@@ -143,20 +157,22 @@ class _ToyClipScorer(Scorer):
 
     @classmethod
     def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
-        """`explicit` (a file, or a directory holding it); else `$BENCH_TOY_DIR/scorers/`, then the shipped file."""
+        """`explicit` (a file, or a directory holding it); else `$BENCH_WEIGHTS_DIR/<scorer>/<file>`,
+        `$BENCH_WEIGHTS_DIR/<file>`, `$BENCH_TOY_DIR/scorers/<file>`, then the shipped file."""
         if explicit is not None:
             explicit = Path(explicit)
             looked = [explicit / spec.filename if explicit.is_dir() else explicit]
         else:
-            toy_dir = os.environ.get(TOY_DIR_ENV)
-            looked = ([Path(toy_dir) / "scorers" / spec.filename] if toy_dir else []) + [SHIPPED_DIR / spec.filename]
+            weights_dir, toy_dir = os.environ.get(WEIGHTS_ENV), os.environ.get(TOY_DIR_ENV)
+            looked = [Path(weights_dir) / spec.scorer / spec.filename, Path(weights_dir) / spec.filename] if weights_dir else []
+            looked += ([Path(toy_dir) / "scorers" / spec.filename] if toy_dir else []) + [SHIPPED_DIR / spec.filename]
         for path in looked:
             if path.is_file():
                 return path
         raise MissingWeightsError(
             f"{spec.scorer}: weights {spec.filename!r} not found (looked in {', '.join(map(str, looked))}). Build them "
-            f"with `bench toy build-scorers --out DIR`, then pass --weights {spec.scorer}=DIR or set "
-            f"{TOY_DIR_ENV} to a directory holding scorers/{spec.filename}.")
+            f"with `bench toy build-scorers --out DIR`, then pass --weights {spec.scorer}=DIR, or set {WEIGHTS_ENV}=DIR "
+            f"(DIR/{spec.scorer}/{spec.filename} or DIR/{spec.filename}) or {TOY_DIR_ENV} (DIR/scorers/{spec.filename}).")
 
     def features(self, prompts: list[str], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return batched_features(self.backbone, prompts, images, self.batch_size)
@@ -186,5 +202,12 @@ class ToyPickScoreScorer(_ToyClipScorer):
     filename = "toy-pickscore.safetensors"
     scale = "exp(logit_scale) x cos(image, text) of the toy PickScore"
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = f"{type(self).scale}; exp(logit_scale) = {float(self.backbone.logit_scale.exp()):.2f}"
+
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         return pickscore(*self.features(prompts, images), self.backbone.logit_scale)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "logit_scale_exp": float(self.backbone.logit_scale.exp())}

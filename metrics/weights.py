@@ -82,12 +82,14 @@ def resolve(spec: WeightSpec, explicit: str | os.PathLike | None = None) -> Path
         cached = _from_hub_cache(spec)
         if cached is not None:
             return cached
-    where = ", ".join(str(p) for p in looked) or "nowhere local"
+    where = [str(p) for p in looked]
+    if explicit is None:
+        where.append("the Hugging Face cache" + (" (HF_HUB_OFFLINE=1: no download)" if os.environ.get("HF_HUB_OFFLINE")
+                                                 else ""))
     fetch = (f"huggingface-cli download {spec.repo} {spec.filename} --local-dir DIR" if spec.filename
              else f"huggingface-cli download {spec.repo} --local-dir DIR")
     raise MissingWeightsError(
-        f"{spec.scorer}: weights {spec.label!r} not found (looked in {where}"
-        f"{'' if explicit is not None else ', and the Hugging Face cache'}). Get them from the hub repo "
+        f"{spec.scorer}: weights {spec.label!r} not found (looked in {', '.join(where)}). Get them from the hub repo "
         f"{spec.repo!r} (`{fetch}`), then pass --weights {spec.scorer}=DIR or set {WEIGHTS_ENV}=DIR."
     )
 

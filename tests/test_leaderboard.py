@@ -47,7 +47,8 @@ def test_figures(results, tmp_path):
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["inversion-invert-toy-error-vs-nfe.pdf", "inversion-invert-toy-time.pdf", "toy-frontier.pdf",
-                     "toy-samples.pdf", "toy-win-rates.pdf"]
+                     "toy-samples.pdf", "toy-toy-clip-vs-oracle.pdf", "toy-toy-pickscore-vs-oracle.pdf",
+                     "toy-win-rates.pdf"]
     assert all(b"CreationDate" not in (tmp_path / n).read_bytes() for n in names)
 
 

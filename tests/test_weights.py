@@ -57,3 +57,23 @@ def test_hash_and_safe_loading(tmp_path):
 
 class _Custom:
     pass
+
+
+def test_toy_scorer_resolution_order(tmp_path, monkeypatch):
+    from metrics.toy_clip import SHIPPED_DIR, TOY_DIR_ENV, ToyClipScorer
+
+    spec = ToyClipScorer.weight_specs()[0]
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(TOY_DIR_ENV, raising=False)
+    assert ToyClipScorer.locate_weights(spec) == SHIPPED_DIR / "toy-clip.safetensors"  # 4. shipped
+    (tmp_path / "toy" / "scorers").mkdir(parents=True)
+    (tmp_path / "toy" / "scorers" / "toy-clip.safetensors").write_bytes(b"t")
+    monkeypatch.setenv(TOY_DIR_ENV, str(tmp_path / "toy"))
+    assert ToyClipScorer.locate_weights(spec) == tmp_path / "toy" / "scorers" / "toy-clip.safetensors"  # 3.
+    (tmp_path / "w" / "toy-clip").mkdir(parents=True)
+    (tmp_path / "w" / "toy-clip" / "toy-clip.safetensors").write_bytes(b"w")
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "w"))
+    assert ToyClipScorer.locate_weights(spec) == tmp_path / "w" / "toy-clip" / "toy-clip.safetensors"  # 2.
+    assert ToyClipScorer.locate_weights(spec, tmp_path / "toy" / "scorers") == tmp_path / "toy" / "scorers" / spec.filename
+    with pytest.raises(MissingWeightsError, match="bench toy build-scorers --out DIR"):
+        ToyClipScorer.locate_weights(spec, tmp_path / "nowhere.safetensors")  # 1. explicit: nothing else is tried

@@ -1,6 +1,6 @@
 """`bench toy build-scorers`: train the toy world's proxy scorers `toy-clip` and `toy-pickscore`.
 
-1. **toy-clip** (CLIP, Radford et al. 2021): the tiny `CLIPModel` of `metrics.toy_clip` trained from
+1. **toy-clip** (CLIP, Radford et al. 2021): the tiny open_clip `CLIP` of `metrics.toy_clip` trained from
    scratch with the symmetric contrastive loss on toy renders and their captions,
 
        L = ½ [CE(s · I Tᵀ, diag) + CE(s · T Iᵀ, diag)],   I, T the L2-normalised embeddings of a batch,
@@ -36,11 +36,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.clip_bpe import clip_bpe_tokenizer
 from bench.progress import progress_bar
 from bench.toy.world import COLOURS, POSITIONS, SHAPES, SIZES, Combo, all_combos, render, render_dataset, sample_scene
 from metrics.clip_score import ClipPreprocess
-from metrics.toy_clip import ToyClipConfig, build_toy_clip, save_toy_clip
+from metrics.toy_clip import ToyClipConfig, build_toy_clip, save_toy_clip, toy_tokenizer
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps exp(logit_scale) at 100
 
@@ -60,11 +59,12 @@ class ToyScorerConfig:
     preference_lr: float = 1e-4
     held_out_captions: float = 0.1  # fraction of preference captions kept out of fine-tuning
     max_pairs: int | None = None
+    report_renders: int = 256  # perturbed renders the Spearman report scores
     seed: int = 0
 
     def __post_init__(self):
         for name in ("renders_per_combo", "contrastive_steps", "contrastive_batch", "preference_steps",
-                     "preference_batch"):
+                     "preference_batch", "report_renders"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 <= self.held_out_captions < 1:
@@ -98,19 +98,14 @@ def augment(images: torch.Tensor, cfg: ToyScorerConfig, gen: torch.Generator) ->
     return (x + noise).clamp(0, 1)
 
 
-def _tokens(captions: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = clip_bpe_tokenizer(length)(captions, padding="max_length", max_length=length, truncation=True,
-                                        return_tensors="pt")
-    return tokens.input_ids, tokens.attention_mask
+def _tokens(captions: list[str], length: int) -> torch.Tensor:
+    """(N, length) open_clip token ids (SOT ... EOT, 0-padded)."""
+    return toy_tokenizer(length)(captions)
 
 
-def _embed(model, preprocess: ClipPreprocess, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+def _embed(model, preprocess: ClipPreprocess, images: torch.Tensor, ids: torch.Tensor):
     """L2-normalised (image, text) embeddings, (B, D) each, with gradients."""
-    image = model.get_image_features(pixel_values=preprocess(images))
-    text = model.get_text_features(input_ids=ids, attention_mask=mask)
-    image = image if isinstance(image, torch.Tensor) else image.pooler_output  # transformers 4 / 5
-    text = text if isinstance(text, torch.Tensor) else text.pooler_output
-    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    return model.encode_image(preprocess(images), normalize=True), model.encode_text(ids, normalize=True)
 
 
 def train_toy_clip(cfg: ToyScorerConfig, *, progress: bool = True):
@@ -118,7 +113,7 @@ def train_toy_clip(cfg: ToyScorerConfig, *, progress: bool = True):
     gen = torch.Generator().manual_seed(cfg.seed)
     combos = all_combos()
     images, captions = render_dataset(combos, cfg.renders_per_combo, cfg.seed)  # (C*R, 3, 32, 32), combo-major
-    ids, mask = _tokens([c.caption for c in combos], cfg.clip.context_length)  # (C, L)
+    ids = _tokens([c.caption for c in combos], cfg.clip.context_length)  # (C, L)
     model = build_toy_clip(cfg.clip, cfg.seed).train().requires_grad_(True)
     preprocess = ClipPreprocess(size=cfg.clip.image_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.contrastive_lr, weight_decay=cfg.weight_decay)
@@ -128,7 +123,7 @@ def train_toy_clip(cfg: ToyScorerConfig, *, progress: bool = True):
     for step in progress_bar(range(cfg.contrastive_steps), enabled=progress, desc="toy-clip"):
         which = torch.randperm(len(combos), generator=gen)[:cfg.contrastive_batch]  # distinct captions
         render_idx = which * cfg.renders_per_combo + torch.randint(0, cfg.renders_per_combo, (len(which),), generator=gen)
-        image, text = _embed(model, preprocess, augment(images[render_idx], cfg, gen), ids[which], mask[which])
+        image, text = _embed(model, preprocess, augment(images[render_idx], cfg, gen), ids[which])
         logits = model.logit_scale.exp() * image @ text.T  # (B, B)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
@@ -139,7 +134,7 @@ def train_toy_clip(cfg: ToyScorerConfig, *, progress: bool = True):
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         if step % 50 == 0 or step == cfg.contrastive_steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
-    return model.eval().requires_grad_(False), sorted(set(ids[mask.bool()].tolist())), history
+    return model.eval().requires_grad_(False), sorted(set(ids.flatten().tolist())), history
 
 
 @dataclass
@@ -174,10 +169,12 @@ def load_preferences(path: str | Path, image_size: int, max_pairs: int | None = 
 
 
 def split_by_caption(prefs: PreferenceTensors, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train rows, held-out rows): a `fraction` of the distinct captions, chosen with `seed`, held out."""
+    """(train rows, held-out rows): a `fraction` of the distinct captions (at least one if `fraction` > 0),
+    chosen with `seed`, held out."""
     captions = sorted(set(prefs.captions))
     random.Random(seed).shuffle(captions)
-    held = set(captions[:round(fraction * len(captions))])
+    n_held = max(1, round(fraction * len(captions))) if fraction > 0 and len(captions) > 1 else 0
+    held = set(captions[:n_held])
     train = [i for i, c in enumerate(prefs.captions) if c not in held]
     return train, [i for i, c in enumerate(prefs.captions) if c in held]
 
@@ -200,7 +197,7 @@ def finetune_toy_pickscore(model, prefs: PreferenceTensors, cfg: ToyScorerConfig
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     model = copy.deepcopy(model).train().requires_grad_(True)
     preprocess = ClipPreprocess(size=cfg.clip.image_size)
-    ids, mask = _tokens(prefs.captions, cfg.clip.context_length)
+    ids = _tokens(prefs.captions, cfg.clip.context_length)
     counts: dict[str, int] = {}
     for c in prefs.captions:
         counts[c] = counts.get(c, 0) + 1
@@ -214,7 +211,7 @@ def finetune_toy_pickscore(model, prefs: PreferenceTensors, cfg: ToyScorerConfig
         rows = order[cursor:cursor + cfg.preference_batch]
         cursor += cfg.preference_batch
         both = torch.cat([prefs.image_0[rows], prefs.image_1[rows]])  # (2B, 3, H, W)
-        image, text = _embed(model, preprocess, augment(both, cfg, gen), ids[rows], mask[rows])
+        image, text = _embed(model, preprocess, augment(both, cfg, gen), ids[rows])
         image_0, image_1 = image.chunk(2)
         loss = pickscore_loss(text, image_0, image_1, model.logit_scale, prefs.label_0[rows], prefs.label_1[rows],
                               per_caption[rows])
@@ -296,10 +293,10 @@ def pair_accuracy(score_0: torch.Tensor, score_1: torch.Tensor, label_0: torch.T
 
 
 def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: PreferenceTensors | None,
-                 *, seed: int = 0, progress: bool = False) -> dict:
+                 *, seed: int = 0, n_renders: int = 256, progress: bool = False) -> dict:
     """Spearman ρ of each scorer with the oracle on (a) base-model samples of the evaluation prompts
     (the toy suite's evaluation set: 64 held-out captions x 4 seeds, DDIM 20 steps, CFG 3) when a
-    pipeline is given, (b) 256 perturbed renders; and pair accuracy on held-out preference pairs."""
+    pipeline is given, (b) `n_renders` perturbed renders; and pair accuracy on held-out preference pairs."""
     from bench.toy.oracle import oracle_reward
     from bench.toy.world import split_combos
 
@@ -316,7 +313,7 @@ def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: Pre
         images = generate(Backbone.from_pretrained(pipeline), prompts, seeds, steps=eval_cfg.steps,
                           guidance=eval_cfg.guidance, progress=progress, desc="base-model samples")
         sets["base_model_samples"] = (prompts, images)
-    images, prompts = perturbed_renders(eval_combos, 256, seed)
+    images, prompts = perturbed_renders(eval_combos, n_renders, seed)
     sets["perturbed_renders"] = (prompts, images)
     report = {}
     for set_name, (prompts, images) in sets.items():
@@ -340,6 +337,15 @@ def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: Pre
     return report
 
 
+def _portable(path: str | Path) -> str:
+    """`path` relative to the repository when inside it (shipped files carry no machine paths)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: ToyScorerConfig = ToyScorerConfig(), *,
                       pipeline: str | Path | None = None, progress: bool = True) -> dict:
     """Train both toy scorers, write them and `scorers.json` to `out_dir`; returns the report."""
@@ -360,19 +366,20 @@ def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: Toy
     train_rows, held_rows = split_by_caption(prefs, cfg.held_out_captions, cfg.seed)
     pick_model, pick_history = finetune_toy_pickscore(clip_model, prefs.select(train_rows), cfg, progress=progress)
     timings["toy_pickscore"] = time.perf_counter() - t1
-    info = {"fine_tuned_from": ToyClipScorer.filename, "preference_data": str(preference_data),
+    info = {"fine_tuned_from": ToyClipScorer.filename, "preference_data": _portable(preference_data),
             "pairs": len(train_rows), "held_out_pairs": len(held_rows), "steps": cfg.preference_steps, "seed": cfg.seed}
     save_toy_clip(pick_model, cfg.clip, out / ToyPickScoreScorer.filename, token_ids, info)
 
     t2 = time.perf_counter()
     scorers = {"toy-clip": ToyClipScorer(weights=out), "toy-pickscore": ToyPickScoreScorer(weights=out)}
-    report = proxy_report(scorers, pipeline, prefs.select(held_rows), seed=cfg.seed, progress=progress)
+    report = proxy_report(scorers, pipeline, prefs.select(held_rows), seed=cfg.seed, n_renders=cfg.report_renders,
+                          progress=progress)
     timings["report"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     report["logit_scale_exp"] = {name: round(float(s.backbone.logit_scale.exp()), 3) for name, s in scorers.items()}
     report["file_bytes"] = {name: (out / type(s).filename).stat().st_size for name, s in scorers.items()}
     write_json_atomic(out / "scorers.json", {
         "config": dataclasses.asdict(cfg), "timings_seconds": timings, "report": report,
-        "history": {"toy-clip": clip_history, "toy-pickscore": pick_history}, "preference_data": str(preference_data),
-        "pipeline": None if pipeline is None else str(pipeline), "environment": environment(), "created": now()})
+        "history": {"toy-clip": clip_history, "toy-pickscore": pick_history}, "preference_data": _portable(preference_data),
+        "pipeline": None if pipeline is None else _portable(pipeline), "environment": environment(), "created": now()})
     return report
