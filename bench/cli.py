@@ -472,6 +472,7 @@ def eval_images(
                                       "(runs their code: trusted files only)"),
     clip_backbone: str = typer.Option(None, "--clip-backbone", help="backbone of `clip`: transformers id or directory, "
                                       "or open_clip NAME[:TAG] (default openai/clip-vit-large-patch14)"),
+    hps_version: str = typer.Option(None, "--hps-version", help="version of `hps`: v2.1 (default) or v2.0"),
     json_path: Path = typer.Option(None, "--json", help="write per-image scores and scorer descriptions (weight paths, "
                                    "SHA256) here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
@@ -506,6 +507,8 @@ def eval_images(
         _fail(f"--batch-size must be >= 1, got {batch_size}")
     if clip_backbone and "clip" not in names:
         _fail("--clip-backbone applies to the `clip` metric, which is not in --metrics")
+    if hps_version and "hps" not in names:
+        _fail("--hps-version applies to the `hps` metric, which is not in --metrics")
     if sum(x is not None for x in (images, toy_renders, toy_samples)) != 1:
         _fail("give either --images DIR (with --prompts FILE), --toy-renders N or --toy-samples N")
     if pipeline is not None and toy_samples is None:
@@ -547,6 +550,8 @@ def eval_images(
             kwargs["allow_pickle"] = True
         if name == "clip" and clip_backbone:
             kwargs["backbone"] = clip_backbone
+        if name == "hps" and hps_version:
+            kwargs["version"] = hps_version
         try:
             scorers[name] = cls(**kwargs)
         except (ValueError, *_user_errors()) as err:

@@ -272,6 +272,9 @@ def test_eval_missing_weights_exits_2_and_writes_nothing(in_tmp):
     (["--metrics", "oracle", "--toy-renders", "0"], "--toy-renders must be >= 1, got 0"),
     (["--metrics", "oracle", "--toy-renders", "2", "--pipeline", "."], "--pipeline applies to --toy-samples"),
     (["--metrics", "oracle", "--toy-samples", "2", "--pipeline", "nope"], "--pipeline nope: not a directory"),
+    (["--metrics", "oracle", "--toy-renders", "2", "--hps-version", "v2.0"], "--hps-version applies to the `hps` metric"),
+    (["--metrics", "hps", "--toy-renders", "2", "--hps-version", "v3"], "unknown HPS version 'v3'; known: v2.0, v2.1"),
+    (["--metrics", "hps", "--toy-renders", "2", "--hps-version", "v2.0"], "HPS_v2_compressed.pt"),
 ])
 def test_eval_bad_input_exits_2(in_tmp, args, message):
     result = runner.invoke(app, ["eval", *args])
