@@ -79,7 +79,8 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
         row = {"suite": first["suite"], "method": first["method"], "budget": _budget_label(first),
                "seed": key[2] if "seed" in group_by else "-", "seeds": len({m["seed"] for m in members}),
                "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
-               "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members)}
+               "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members),
+               "_budget_sort": float("-inf") if first["method"] == "base" else first["budget"]["limit"]}
         base = bases.get(first["suite"])
         for name in names:
             scores = torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64).mean(0)
@@ -97,7 +98,6 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     df = pd.DataFrame(rows)
     order = {"base": 0}
     df["_base_last"] = df["method"].map(lambda m: order.get(m, 1))
-    df["_budget_sort"] = df["budget"].map(lambda b: float("-inf") if b == "-" else float(b.rstrip("nfestpamlc")))
     df = df.sort_values(["suite", "_base_last", "_budget_sort", "budget", "method", "seed"], kind="stable")
     return df.drop(columns=["_base_last", "_budget_sort"]).reset_index(drop=True)
 

@@ -76,3 +76,19 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
     corrupt = runner.invoke(app, ["leaderboard", "--results", str(results)])
     assert corrupt.exit_code == 2 and "dpo-2steps-s0.json is corrupt" in corrupt.output
     assert runner.invoke(app, ["leaderboard", "--results", str(results), "--skip-bad"]).exit_code == 0
+
+
+def test_rows_sort_by_budget_limit_whatever_the_unit():
+    from bench.report import comparison_table
+
+    def record(method, limit, unit="gpu-h", scores=(1.0, 2.0, 3.0)):
+        return {"suite": "s", "method": method, "seed": None if method == "base" else 0,
+                "budget": {"limit": limit, "unit": unit, "usage": {"nfe": 10}, "seconds": 1.0},
+                "metrics": {"r": {}}, "evaluation": {"scores": {"r": list(scores)}},
+                "scorers": {"r": {"higher_is_better": True}}}
+
+    table = comparison_table([record("dpo", 12.0, scores=(2, 3, 4)), record("base", 0), record("dpo", 1.5),
+                              record("kto", 1.5)], resamples=10)
+    assert list(zip(table["method"], table["budget"])) == [("base", "-"), ("dpo", "1.5gpu-h"), ("kto", "1.5gpu-h"),
+                                                          ("dpo", "12gpu-h")]
+    assert table["r_delta"].tolist()[1:] == [0.0, 0.0, 1.0]
