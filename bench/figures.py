@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.budget import Budget  # noqa: E402
+
 # Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -82,8 +84,13 @@ def _color(method: str, methods: list[str]) -> str:
 def _largest_budget_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Per method, the row of its largest budget (base excluded)."""
     runs = table[table["method"] != "base"].copy()
-    runs["_limit"] = runs["budget"].map(lambda b: float(b.rstrip("nfestpamlc")))
+    runs["_limit"] = runs["budget"].map(lambda b: Budget.parse(b).limit)
     return runs.sort_values(["method", "_limit"]).groupby("method", sort=True).tail(1).drop(columns="_limit")
+
+
+def _budget_note(rows: pd.DataFrame) -> str:
+    budgets = sorted(set(rows["budget"]))
+    return f"at {budgets[0]}" if len(budgets) == 1 else "at each method's largest budget"
 
 
 def frontier(table: pd.DataFrame, metric: str, path: Path, unit_label: str = "UNet evaluations used (NFE)") -> Path:
@@ -121,7 +128,7 @@ def win_rates(table: pd.DataFrame, metric: str, path: Path) -> Path:
                 color=[_color(m, methods) for m in rows["method"]])
         ax.axvline(0.5, color="0.3", linestyle="--", linewidth=1)
         ax.set_xlim(0, 1)
-        ax.set_xlabel(f"win rate vs base on {metric} (paired, 95% CI)")
+        ax.set_xlabel(f"win rate vs base on {metric} {_budget_note(rows)} (paired, 95% CI)")
         return save(fig, path)
 
 
@@ -142,18 +149,27 @@ def proxy_vs_oracle(table: pd.DataFrame, proxy: str, oracle: str, path: Path) ->
                         fmt="o", markersize=4, capsize=2, color=_color(r["method"], methods), label=r["method"])
         ax.set_xlabel(f"Δ {proxy} vs base (proxy)")
         ax.set_ylabel(f"Δ {oracle} vs base (ground truth)")
-        ax.set_title("lower right: the proxy improves, the truth does not", fontsize=7)
+        ax.set_title(f"{_budget_note(rows)}; lower right: the proxy improves, the truth does not", fontsize=7)
         ax.legend(fontsize=7, frameon=False)
         return save(fig, path)
 
 
 def sample_grid(records: list[dict], path: Path, columns: int = 8) -> Path:
-    """The first evaluation images of every run (base first), same prompts and seeds per column."""
-    runs = [r for r in records if r.get("samples", {}).get("png_base64")]
-    runs.sort(key=lambda r: (r["method"] != "base", r["method"], r["budget"]["limit"], r["seed"] or 0))
+    """The first evaluation images of the base model and of each method at its largest budget and lowest
+    seed: one row each, the same prompts and sampling seeds per column."""
+    def rank(r: dict) -> tuple:  # larger budget first, then lower seed
+        return (r["budget"]["limit"] if r["method"] != "base" else 0, -(r["seed"] or 0))
+
+    chosen: dict[str, dict] = {}
+    for r in records:
+        if r.get("samples", {}).get("png_base64") and (r["method"] not in chosen or rank(r) > rank(chosen[r["method"]])):
+            chosen[r["method"]] = r
+    runs = sorted(chosen.values(), key=lambda r: (r["method"] != "base", r["method"]))
     k = min(columns, min(len(r["samples"]["png_base64"]) for r in runs))
+    height = 0.9 * len(runs) + 0.5
     with plt.rc_context({**STYLE, "axes.grid": False}):
-        fig, axes = plt.subplots(len(runs), k, figsize=(0.9 * k + 1.0, 0.9 * len(runs) + 0.6), squeeze=False)
+        fig, axes = plt.subplots(len(runs), k, figsize=(0.9 * k + 1.0, height), squeeze=False)
+        fig.subplots_adjust(top=1 - 0.4 / height, bottom=0.1 / height, hspace=0.08, wspace=0.08)
         for i, r in enumerate(runs):
             for j in range(k):
                 image = Image.open(io.BytesIO(base64.b64decode(r["samples"]["png_base64"][j])))
@@ -163,7 +179,7 @@ def sample_grid(records: list[dict], path: Path, columns: int = 8) -> Path:
                 ax.set_yticks([])
                 if j == 0:
                     budget = f"{r['budget']['limit']:g}{r['budget']['unit']}"
-                    label = r["method"] if r["method"] == "base" else f"{r['method']}\n{budget}"
+                    label = r["method"] if r["method"] == "base" else f"{r['method']}\n{budget} s{r['seed']}"
                     ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
         fig.suptitle("same prompts and seeds per column", fontsize=7)
         return save(fig, path)
