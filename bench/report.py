@@ -112,8 +112,8 @@ def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str 
     metrics = _metric_names(df)
     bold = {"md": "**{}**", "tex": "\\textbf{{{}}}", "plain": "{}"}[fmt]
     out = pd.DataFrame({"method": df["method"], "budget": df["budget"]})
-    if df["seed"].ne("-").any():
-        out["seed"] = df["seed"]
+    if df["seed"].ne("-").any():  # a per-seed table; the base model has no training seed
+        out["seed"] = df["seed"].map(lambda v: "-" if v == "-" or pd.isna(v) else f"{int(v)}")
     if df["suite"].nunique() > 1:
         out.insert(0, "suite", df["suite"])
     out["seeds"] = df["seeds"]

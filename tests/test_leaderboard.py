@@ -79,7 +79,7 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
 
 
 def test_rows_sort_by_budget_limit_whatever_the_unit():
-    from bench.report import comparison_table
+    from bench.report import comparison_table, display_table
 
     def record(method, limit, unit="gpu-h", scores=(1.0, 2.0, 3.0)):
         return {"suite": "s", "method": method, "seed": None if method == "base" else 0,
@@ -92,3 +92,6 @@ def test_rows_sort_by_budget_limit_whatever_the_unit():
     assert list(zip(table["method"], table["budget"])) == [("base", "-"), ("dpo", "1.5gpu-h"), ("kto", "1.5gpu-h"),
                                                           ("dpo", "12gpu-h")]
     assert table["r_delta"].tolist()[1:] == [0.0, 0.0, 1.0]
+    per_seed = comparison_table([record("base", 0), record("dpo", 1.5)], group_by=("suite", "budget", "seed"),
+                                resamples=10)
+    assert display_table(per_seed, {"r": True}, "plain")["seed"].tolist() == ["-", "0"]  # not 'nan' and '0.0'
