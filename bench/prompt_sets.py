@@ -100,7 +100,7 @@ class _HubSource:
             f"(https://huggingface.co/datasets/{self.repo}){self.also}: `hf download {self.repo} --repo-type dataset"
             f"{revision} --include '{self.include}'` puts it in the Hugging Face cache, where it is found without "
             f"a path; or pass the downloaded file or directory as load_prompt_set({self.name!r}, path=...) "
-            "(--prompts PATH on the command line).")
+            f"(`--prompts {self.name}=PATH` on the command line).")
 
 
 _PICKAPIC = _HubSource("pickapic-test", "Pick-a-Pic v2 test, unique captions", "yuvalkirstain/pickapic_v2",
