@@ -164,7 +164,7 @@ def test_a_missing_set_names_where_to_get_it(hub_cache, name, repo):
     assert f"prompt set {name!r}" in message and "not in the Hugging Face cache" in message
     assert f"https://huggingface.co/datasets/{repo}" in message
     assert f"hf download {repo} --repo-type dataset" in message
-    assert f"load_prompt_set({name!r}, path=...)" in message and "--prompts PATH" in message
+    assert f"load_prompt_set({name!r}, path=...)" in message and f"--prompts {name}=PATH" in message
 
 
 def test_missing_files_and_columns_fail_clearly(tmp_path, hub_cache):
