@@ -182,12 +182,11 @@ def invert(
 ) -> None:
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
     _quiet_libraries()
-    import pandas as pd
-
     from bench.backbone import Backbone
     from bench.figures import inversion_error_vs_nfe, inversion_time_per_image
     from bench.invert import InvertConfig, load_image_dir, run_inversion_benchmark
     from bench.records import environment, now, write_json_atomic
+    from bench.report import inversion_table, three_significant
     from bench.suites import get_suite
     from bench.toy.world import render_dataset, split_combos
 
@@ -206,14 +205,11 @@ def invert(
     write_json_atomic(out / "invert.json", result)
     if json_path is not None:
         write_json_atomic(json_path, result)
-    columns = ["sampler", "latent_mse", "pixel_mse", "psnr", "nfe_invert", "nfe_reconstruct", "seconds_invert",
-               "seconds_reconstruct", "overhead_ratio"]
-    df = pd.DataFrame(result["records"])[columns]
+    df = inversion_table(result["records"])
     (out / "table.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
     inversion_error_vs_nfe(result["records"], out / "error_vs_nfe.png")
     inversion_time_per_image(result["records"], out / "time_per_image.png")
-    shown = df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
-    _print_table(shown, f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")
+    _print_table(three_significant(df), f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")
     ref = result["diffusers_reference"]
     if ref:
         console.print(f"diffusers DDIMInverseScheduler: max |Δ latent| {ref['max_abs_latent_diff']:.2e}, "

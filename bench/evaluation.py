@@ -54,8 +54,8 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
     (N_local, 3, H, W), the first ones of the set on the main process."""
     per_image, seeds = evaluation_set(prompts, cfg)
     state = processes()
-    share = slice(*_share(len(per_image), state.process_index, state.num_processes))
-    local_prompts, local_seeds = per_image[share], seeds[share]
+    with state.split_between_processes({"prompts": per_image, "seeds": seeds}) as share:  # contiguous shares
+        local_prompts, local_seeds = share["prompts"], share["seeds"]
     nfe_before, t0 = backbone.nfe.total, time.perf_counter()
     images = generate(backbone, local_prompts, local_seeds, steps=cfg.steps, guidance=cfg.guidance,
                       batch_size=cfg.batch_size, progress=progress and state.is_main_process, desc=desc)
@@ -71,13 +71,6 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
                   for name, terms in shares[0]["components"].items()}
     result = EvalResult(per_image, seeds, scores, components, time.perf_counter() - t0, sum(s["nfe"] for s in shares))
     return result, images
-
-
-def _share(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of process `rank`'s contiguous share of n items (the first ranks take one more)."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
 
 
 def aggregate(result: EvalResult, cfg: EvalConfig) -> dict[str, dict]:

@@ -28,7 +28,15 @@ from bench.figures import (
     win_rates,
 )
 from bench.records import write_json_atomic
-from bench.report import comparison_table, directions, display_table, find_records, load_records
+from bench.report import (
+    comparison_table,
+    directions,
+    display_table,
+    find_records,
+    inversion_table,
+    load_records,
+    three_significant,
+)
 from metrics.weights import sha256_file
 
 MANIFEST = "leaderboard.json"
@@ -133,11 +141,8 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
         sections.append((f"suite: {suite}", display_table(table, higher, "plain")))
         md += [f"## Suite `{suite}`", "", display_table(table, higher, "md").to_markdown(index=False), ""]
     for path, result in inversions:
-        frame = pd.DataFrame(result["records"])[["sampler", "latent_mse", "pixel_mse", "psnr", "nfe_invert",
-                                                 "nfe_reconstruct", "seconds_invert", "seconds_reconstruct",
-                                                 "overhead_ratio"]]
         title = f"inversion: {path.parent.name}, {result['config']['steps']} steps, {result['config']['dtype']}"
-        shown = frame.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+        shown = three_significant(inversion_table(result["records"]))
         sections.append((title, shown))
         md += [f"## {title}", "", shown.to_markdown(index=False), ""]
     written = figures_for(records, inversions, figures_dir)

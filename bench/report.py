@@ -138,6 +138,20 @@ def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str 
     return out
 
 
+INVERSION_COLUMNS = ["sampler", "latent_mse", "pixel_mse", "psnr", "nfe_invert", "nfe_reconstruct", "seconds_invert",
+                     "seconds_reconstruct", "overhead_ratio"]
+
+
+def inversion_table(records: list[dict]) -> pd.DataFrame:
+    """One row per sampler of a `bench invert` result: error, NFE, seconds and overhead ratio (numbers)."""
+    return pd.DataFrame(records)[INVERSION_COLUMNS]
+
+
+def three_significant(df: pd.DataFrame) -> pd.DataFrame:
+    """Floats as strings with 3 significant digits, everything else as is (for terminal and HTML tables)."""
+    return df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
 def to_latex(table: pd.DataFrame, caption: str) -> str:
     """A booktabs table (no pandas Styler/jinja needed)."""
     escape = {"_": "\\_", "%": "\\%", "&": "\\&", "Δ": "$\\Delta$"}

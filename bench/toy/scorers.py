@@ -30,6 +30,7 @@ import dataclasses
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,16 @@ def _embed(model, preprocess: ClipPreprocess, images: torch.Tensor, ids: torch.T
     return model.encode_image(preprocess(images), normalize=True), model.encode_text(ids, normalize=True)
 
 
+def _update(model, optimizer, schedule, loss: torch.Tensor) -> None:
+    """One optimizer and schedule step on `loss`, then CLIP's clamp of exp(logit_scale) at 100."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
 def train_toy_clip(cfg: ToyScorerConfig, *, progress: bool = True):
     """Contrastive training from scratch; returns (model, used token ids, history)."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -126,12 +137,7 @@ def train_toy_clip(cfg: ToyScorerConfig, *, progress: bool = True):
         image, text = _embed(model, preprocess, augment(images[render_idx], cfg, gen), ids[which])
         logits = model.logit_scale.exp() * image @ text.T  # (B, B)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        _update(model, optimizer, schedule, loss)
         if step % 50 == 0 or step == cfg.contrastive_steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
     return model.eval().requires_grad_(False), sorted(set(ids.flatten().tolist())), history
@@ -198,9 +204,7 @@ def finetune_toy_pickscore(model, prefs: PreferenceTensors, cfg: ToyScorerConfig
     model = copy.deepcopy(model).train().requires_grad_(True)
     preprocess = ClipPreprocess(size=cfg.clip.image_size)
     ids = _tokens(prefs.captions, cfg.clip.context_length)
-    counts: dict[str, int] = {}
-    for c in prefs.captions:
-        counts[c] = counts.get(c, 0) + 1
+    counts = Counter(prefs.captions)
     per_caption = torch.tensor([counts[c] for c in prefs.captions], dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.preference_lr, weight_decay=cfg.weight_decay)
     schedule = _cosine_schedule(optimizer, cfg.preference_steps, warmup=max(1, cfg.preference_steps // 20))
@@ -215,12 +219,7 @@ def finetune_toy_pickscore(model, prefs: PreferenceTensors, cfg: ToyScorerConfig
         image_0, image_1 = image.chunk(2)
         loss = pickscore_loss(text, image_0, image_1, model.logit_scale, prefs.label_0[rows], prefs.label_1[rows],
                               per_caption[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        _update(model, optimizer, schedule, loss)
         if step % 25 == 0 or step == cfg.preference_steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
     return model.eval().requires_grad_(False), history
