@@ -25,6 +25,14 @@ further coefficient arithmetic in float64. Level t = −1 stands for the clean e
 Every UNet call goes through `model_output`, which counts NFE: one per latent in the batch, and a
 call made with gradients enabled, on trainable weights or on an input (null-text inversion optimises
 the empty-prompt embedding), is also charged 2 per latent for its backward.
+
+Precision. `from_pretrained(dtype=torch.float16)` holds the frozen UNet and text encoders in half
+precision, as Diffusion-DPO's `train.py` holds its reference UNet and text encoder in the mixed-precision
+`weight_dtype` (SalesforceAIResearch/DiffusionDPO); the VAE stays float32 (SDXL's VAE overflows in
+fp16, which is why that repo's SDXL launcher swaps in `madebyollin/sdxl-vae-fp16-fix`). Latents stay in
+`latent_dtype` (float32, or float64 for a float64 backbone): `model_output` casts its inputs to the
+UNet's dtype and its output back to the latents' dtype, so schedules, losses and samplers never run in
+half precision whatever the UNet's storage.
 """
 
 from __future__ import annotations
@@ -152,6 +160,9 @@ class Backbone:
                         device: str | torch.device = "cpu") -> Backbone:
         """Load a diffusers-format SD-1.5-shaped pipeline from a local directory or a hub id.
 
+        `dtype` is the UNet's and text encoders' (fp16/bf16 halve the frozen weights' memory); the VAE is
+        always loaded in float32.
+
         A directory without a `tokenizer/` folder gets the CLIP BPE tokenizer built from open_clip's
         vocabulary (the toy pipeline ships that way: no third-party files in the repo).
         """
@@ -164,7 +175,7 @@ class Backbone:
         try:
             index = DiffusionPipeline.load_config(source)
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
             text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
             text_encoder_2 = None
             if (index.get("text_encoder_2") or [None])[0] is not None:
@@ -242,7 +253,13 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The UNet's weights' dtype."""
         return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype latents are sampled and encoded in: float32, or float64 for a float64 UNet."""
+        return torch.promote_types(self.dtype, torch.float32)
 
     @property
     def prediction_type(self) -> str:
@@ -338,7 +355,7 @@ class Backbone:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None,
                       batch_size: int = 64) -> torch.Tensor:
-        """Images (B, 3, H, W) float RGB in [0, 1] -> scaled latents (B, C, h, w).
+        """Images (B, 3, H, W) float RGB in [0, 1] -> scaled latents (B, C, h, w), in `latent_dtype`.
 
         Uses the posterior mean unless a generator is given, in which case it samples
         `latent_dist` as the Diffusion-DPO training script does.
@@ -353,7 +370,7 @@ class Backbone:
             dist = self.vae.encode(chunk.to(self.device, vae_dtype) * 2 - 1).latent_dist
             latents = dist.sample(generator=generator) if generator is not None else dist.mode()
             out.append(latents * self.vae.config.scaling_factor)
-        return torch.cat(out).to(self.dtype)
+        return torch.cat(out).to(self.latent_dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
@@ -371,15 +388,21 @@ class Backbone:
         return t.expand(batch) if t.ndim == 0 else t
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning) -> torch.Tensor:
-        """The UNet's raw prediction (its own parametrisation), counted in `nfe`."""
+        """The UNet's raw prediction (its own parametrisation) in x_t's dtype, counted in `nfe`.
+
+        Inputs are cast to the UNet's weights' dtype (a half-precision frozen UNet takes half inputs; a float32
+        policy under mixed precision takes float32 and autocasts itself).
+        """
         batch = x_t.shape[0]
         self.nfe.calls += 1
         self.nfe.forward += batch
         inputs = [x_t, cond.embeds, *(cond.added or {}).values()]
-        if torch.is_grad_enabled() and (next(self.unet.parameters()).requires_grad or any(t.requires_grad for t in inputs)):
+        weights = next(self.unet.parameters())
+        if torch.is_grad_enabled() and (weights.requires_grad or any(t.requires_grad for t in inputs)):
             self.nfe.grad_forward += batch  # a backward will follow: through the weights or to an input (null-text)
-        return self.unet(x_t, self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
-                         added_cond_kwargs=cond.added).sample
+        cond = cond.to(weights.dtype)
+        return self.unet(x_t.to(weights.dtype), self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
+                         added_cond_kwargs=cond.added).sample.to(x_t.dtype)
 
     def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Convert a raw model output to ε (see the module docstring)."""

@@ -91,6 +91,10 @@ def run(
     data: str = typer.Option(None, help="override the suite's preference data (Pick-a-Pic v2 schema)"),
     prompts: str = typer.Option(None, help="override the suite's evaluation prompts: a text file (one per line), "
                                 "or a standard set NAME or NAME=PATH (pickapic-test, parti, hpdv2, drawbench)"),
+    dtype: str = typer.Option(None, "--dtype",
+                              help="precision of the frozen UNet and text encoders and of evaluation for the base model "
+                                   "and every policy: fp32, fp16 or bf16 (the VAE stays fp32; trained weights are fp32, "
+                                   "see --train-arg mixed_precision); default: the suite's (toy fp32, sd15/sdxl fp16)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="build the pipeline's shapes on the meta device (no weights) and report parameters, "
@@ -123,7 +127,8 @@ def run(
                         method_args=parse_method_args(method_arg),
                         train_args=parse_method_args(train_arg, "--train-arg", any_method=True), run_dir=target, resume=resume,
                         progress=not quiet, pipeline=pipeline, preference_data=data,
-                        prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts)
+                        prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts,
+                        dtype=dtype)
         if dry_run:
             from bench.dryrun import dry_run as plan_dry_run
             from bench.dryrun import report_notes, report_tables

@@ -10,7 +10,11 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+import torch
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# The frozen pipeline's storage and evaluation precision (`bench run --dtype`); the VAE is float32 always.
+PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPTIMIZERS = ("adamw", "adafactor")
 
 

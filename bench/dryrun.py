@@ -19,12 +19,14 @@ resolution and precision (a backward counting as 2 NFE, as the meter counts):
     steps = floor(limit / cost per step);  nfe = steps x nfe_step;  gpu-h = nfe x s_nfe / 3600;
     wall-clock hours = gpu-h / processes
 
-Memory per process, in bytes (P = trainable UNet parameters, F = frozen parameters):
+Memory per process, in bytes (P = trainable UNet parameters, F = frozen UNet + text encoder parameters,
+V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp16 / bf16):
 
-    weights      4 P + 4 F   the trainable copy in fp32 (accelerate's mixed precision keeps fp32 weights and
-                             autocasts), and the frozen base UNet, VAE and text encoder(s), which `bench run`
-                             loads in fp32 (`Backbone.from_pretrained`'s default); the trainer copies the base
-                             UNet for every method, so the frozen UNet is there even without a reference
+    weights      4 P + b F + 4 V   the trainable copy in fp32 (accelerate's mixed precision keeps fp32 weights
+                             and autocasts), and the frozen base UNet and text encoder(s) in the run's dtype
+                             and the VAE in fp32, as `bench run` loads them (`Backbone.from_pretrained`); the
+                             trainer copies the base UNet for every method, so the frozen UNet is there even
+                             without a reference
     gradients    4 P
     optimizer    AdamW: 8 P (two fp32 moments). Adafactor as `make_optimizer` builds it (β1 = None: no
                  first moment): 4 x Σ over ≥2-D tensors of (prod(shape[:-1]) + prod(shape[:-2]) x shape[-1])
@@ -55,7 +57,7 @@ from pathlib import Path
 import torch
 
 from bench.budget import Budget
-from bench.config import TrainConfig
+from bench.config import PIPELINE_DTYPES, TrainConfig
 from bench.real_configs import PIPELINE_CONFIGS, RECIPE_LAUNCH
 from bench.run import RunPlan, RunSetupError
 from bench.trainer import declared_step_cost
@@ -288,12 +290,12 @@ def budget_plan(budget: Budget, nfe_step: float, samples_step: float, processes:
 
 
 def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processes: int, budgets: list[Budget],
-                  seconds_per_nfe: float | None, unet: torch.nn.Module, frozen: int, activations) -> dict:
+                  seconds_per_nfe: float | None, unet: torch.nn.Module, frozen_bytes: int, activations) -> dict:
     trainable = parameter_count(unet)
     micro_latents = declared_step_cost(method, dataclasses.replace(cfg, grad_accum=1), "samples")  # per process
     nfe_step = declared_step_cost(method, cfg, "nfe", processes)
     samples_step = declared_step_cost(method, cfg, "samples", processes)
-    memory = {"weights_trainable": 4 * trainable, "weights_frozen": 4 * frozen, "gradients": 4 * trainable,
+    memory = {"weights_trainable": 4 * trainable, "weights_frozen": frozen_bytes, "gradients": 4 * trainable,
               "optimizer": optimizer_state_bytes(unet, cfg.optimizer),
               "autocast_copies": 2 * trainable if cfg.mixed_precision != "no" else 0,
               "activations": activations(micro_latents, COMPUTE_DTYPES[cfg.mixed_precision], cfg.gradient_checkpointing)}
@@ -339,7 +341,8 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
     if "scheduler" in configs:
         components.append({"component": "scheduler", "class": "DDIMScheduler (as Backbone loads it), from "
                            + str(configs["scheduler"].get("_class_name", "?")), "parameters": 0, "trainable": False})
-    frozen = sum(c["parameters"] for c in components)  # the frozen base UNet, VAE and text encoders
+    frozen_width = PIPELINE_DTYPES[plan.dtype].itemsize  # the base UNet and text encoders; the VAE is fp32
+    frozen_bytes = sum(c["parameters"] * (4 if c["component"] == "vae" else frozen_width) for c in components)
 
     traced: dict[tuple, int] = {}
 
@@ -353,10 +356,11 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
         return traced[key]
 
     methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, unet,
-                             frozen, activations) for name, method in plan.methods.items()]
+                             frozen_bytes, activations) for name, method in plan.methods.items()]
     assumptions = [
-        "weights: trainable UNet fp32 (mixed precision autocasts, keeps fp32 weights); frozen base UNet, VAE and "
-        "text encoders fp32 as `bench run` loads them (the base UNet stays for evaluation even without a reference)",
+        "weights: trainable UNet fp32 (mixed precision autocasts, keeps fp32 weights); frozen base UNet and text "
+        f"encoders {plan.dtype} (--dtype), VAE fp32, as `bench run` loads them (the base UNet stays for evaluation even "
+        "without a reference)",
         "gradients fp32; AdamW 2 fp32 moments; Adafactor without first moment, factored fp32 second moment",
         "autocast: fp16/bf16 casts of the trainable weights, held for backward",
         "activations: one policy forward of the per-process micro-batch (batch x images per item latents), traced on "

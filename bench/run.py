@@ -23,7 +23,7 @@ import torch
 from bench.backbone import Backbone
 from bench.budget import Budget, Usage
 from bench.cache import cache_dir
-from bench.config import EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
+from bench.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
 from bench.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
 from bench.processes import processes
@@ -56,12 +56,14 @@ class RunPlan:
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompts: list[str] = field(default_factory=list)  # the evaluation prompts, resolved
     prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.prompts.resolve_prompts`)
+    dtype: str = "fp32"  # the frozen pipeline's UNet and text encoders, and evaluation (PIPELINE_DTYPES)
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
         return {
             "suite": self.suite.name,
             "pipeline": self.pipeline,
+            "dtype": self.dtype,
             "preference_data": self.preference_data,
             "preference_split": self.suite.preference_split,
             "max_pairs": self.suite.max_pairs,
@@ -94,7 +96,7 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
              method_args: dict[str, dict[str, str]] | None = None, train_args: dict[str, dict[str, str]] | None = None,
              run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
-             prompts: str | None = None) -> RunPlan:
+             prompts: str | None = None, dtype: str | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work."""
     if not method_names:
         raise RunSetupError("no methods given; e.g. --methods dpo,inpo,kto")
@@ -127,12 +129,15 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
             if step > budget.limit:
                 raise RunSetupError(f"budget {budget} is smaller than one {name} step ({step:g} {budget.unit} at "
                                     f"batch size {train_configs[name].batch_size}); raise the budget")
+    dtype = dtype or suite.dtype
+    if dtype not in PIPELINE_DTYPES:
+        raise RunSetupError(f"--dtype {dtype!r}: expected one of {', '.join(PIPELINE_DTYPES)}")
     seeds = seeds if seeds is not None else [0]
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
-                   *resolve_prompts(prompts if prompts is not None else suite.eval_prompts))
+                   *resolve_prompts(prompts if prompts is not None else suite.eval_prompts), dtype)
     manifest = plan.run_dir / "run.json"
     if resume:
         if not manifest.exists():
@@ -151,7 +156,7 @@ def _scorers(names) -> dict[str, Scorer]:
 
 
 def _base_cache_key(backbone: Backbone, plan: RunPlan) -> str:
-    payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"),
+    payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"), "dtype": plan.dtype,
                           "text": backbone.fingerprint("text"), "prompts": plan.prompts,
                           "eval": as_dict(plan.eval), "metrics": list(plan.suite.metrics),
                           "schema": SCHEMA_VERSION}, sort_keys=True)
@@ -241,7 +246,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
         write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
                                                       "created": now(), "processes": state.num_processes})
     state.wait_for_everyone()
-    backbone = Backbone.from_pretrained(plan.pipeline, device=state.device)
+    backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
     base_path = plan.run_dir / "base.json"
     base = read_record(base_path) if plan.resume and base_path.exists() else base_record(backbone, plan, scorers)
     land(base_path, base)

@@ -34,7 +34,7 @@ def sample_latents(backbone: Backbone, cond: Conditioning, seeds: list[int], *, 
                    guidance: float) -> torch.Tensor:
     """DDIM sampling from seeded noise; returns latents (B, C, h, w)."""
     scheduler = eps_ddim_scheduler(backbone, steps)
-    x = initial_noise(seeds, backbone.latent_shape).to(backbone.device, backbone.dtype)
+    x = initial_noise(seeds, backbone.latent_shape).to(backbone.device, backbone.latent_dtype)
     for t in scheduler.timesteps:
         eps = backbone.eps(x, int(t), cond, guidance)
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample

@@ -44,6 +44,7 @@ class Suite:
     method_args: dict[str, dict] = field(default_factory=dict)  # method -> its config overrides
     train_args: dict[str, dict] = field(default_factory=dict)  # method -> TrainConfig overrides
     default_methods: tuple[str, ...] = ("dpo", "inpo", "kto")
+    dtype: str = "fp32"  # frozen UNet + text encoders and evaluation (bench.config.PIPELINE_DTYPES); VAE fp32
 
     @property
     def primary_metric(self) -> str:
@@ -112,6 +113,7 @@ def sd15_pickapic_suite() -> Suite:
                      "kto": {"beta": 5000.0}, "dspo": {"beta": 0.001}},
         train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000},
                     "inpo": {"lr": 1.024e-5, "grad_accum": 64, "warmup_steps": 200}},
+        dtype="fp16",  # train.py's weight_dtype for the frozen reference UNet and text encoder
     )
 
 
@@ -139,4 +141,5 @@ def sdxl_pickapic_suite() -> Suite:
         method_args={"dpo": {"beta": 5000.0}, "dense-dpo": {"beta": 5000.0}, "inpo": {"beta": 5000.0},
                      "kto": {"beta": 5000.0}, "dspo": {"beta": 5000.0}},
         train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000}},
+        dtype="fp16",
     )

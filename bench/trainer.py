@@ -1,7 +1,11 @@
 """One training loop for every alignment method, on accelerate.
 
 The policy is a trainable copy of the base UNet; the reference is the base UNet itself, frozen (both
-share the Backbone's encoders, schedule and NFE counter). Per optimizer step: `grad_accum`
+share the Backbone's encoders, schedule and NFE counter). The policy's weights are float32 whatever the
+base's storage (a half-precision base keeps its frozen UNet in half, as Diffusion-DPO's `train.py` keeps
+its reference UNet in `weight_dtype`); `mixed_precision` autocasts the policy's forward. The trained
+policy is returned in the base's dtype without the autocast wrapper, so the base model and every policy
+are evaluated with the same arithmetic. Per optimizer step: `grad_accum`
 micro-batches drawn by `BatchSampler`, prompt dropout (the empty prompt replaces a pair's or image's
 prompt with probability p), `method.loss`, backward, gradient clipping, AdamW, linear warmup.
 
@@ -87,7 +91,7 @@ class Trainer:
         GradientState._reset_state()
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                   cpu=self.base.device.type == "cpu")
-        unet = copy.deepcopy(self.base.unet).train().requires_grad_(True)
+        unet = torch.nn.Module.to(copy.deepcopy(self.base.unet), torch.float32).train().requires_grad_(True)
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         params = [p for p in unet.parameters() if p.requires_grad]
@@ -159,7 +163,8 @@ class Trainer:
         bar.close()
         if self.checkpoint_path is not None:
             self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step)
-        final = accelerator.unwrap_model(unet).eval().requires_grad_(False)
+        final = accelerator.unwrap_model(unet, keep_fp32_wrapper=False).eval().requires_grad_(False)
+        torch.nn.Module.to(final, self.base.dtype)  # evaluated as the base model is
         return TrainResult(self.base.with_unet(final), meter.used, step, history)
 
     @staticmethod

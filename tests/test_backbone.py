@@ -128,3 +128,24 @@ def test_clip_bpe_ids_match_open_clip():
     for text in ["a small red circle on the left, black background", "héllo wörld 🙂 it's", "Über-résumé 1234!"]:
         reference = [i for i in theirs([text])[0].tolist() if i != 0]
         assert ours(text).input_ids == reference
+
+
+def test_half_precision_frozen_parts_with_float32_latents(tiny_backbone, tmp_path):
+    """dtype=bf16 stores the UNet and text encoder in bf16, the VAE in fp32; latents stay fp32 and the UNet's
+    output comes back in the latents' dtype, within bf16 rounding of the fp32 model's."""
+    tiny_backbone.save_pretrained(tmp_path / "pipe", include_tokenizer=False)
+    full = Backbone.from_pretrained(tmp_path / "pipe")
+    half = Backbone.from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.text_encoder.dtype == torch.bfloat16
+    assert next(half.vae.parameters()).dtype == torch.float32 and half.latent_dtype == torch.float32
+    images = torch.rand(2, 3, half.image_size, half.image_size, generator=torch.Generator().manual_seed(0))
+    latents = half.encode_images(images)
+    assert latents.dtype == torch.float32 and torch.equal(latents, full.encode_images(images))  # same fp32 VAE
+    x_t = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    cond_half, cond_full = half.encode_prompts(["a red circle", "a blue square"]), full.encode_prompts(["a red circle",
+                                                                                                        "a blue square"])
+    assert cond_half.embeds.dtype == torch.bfloat16
+    out_half, out_full = half.model_output(x_t, 500, cond_half), full.model_output(x_t, 500, cond_full)
+    assert out_half.dtype == torch.float32
+    rel = ((out_half - out_full).norm() / out_full.norm()).item()
+    assert 1e-4 < rel < 5e-2  # bf16 arithmetic (8-bit mantissa), not a silent fp32 forward

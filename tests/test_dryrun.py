@@ -131,11 +131,26 @@ def test_memory_rows_by_hand_and_monotonic(tmp_path, tiny_toy_dir, monkeypatch):
     assert act(4, torch.float16) == pytest.approx(act(4) / 2, rel=0.05)
     assert act(4, ckpt=True) < act(4)
 
+    vae = next(c["parameters"] for c in report.components if c["component"] == "vae")
+    half_frozen = dry_run(_plan("toy", ["dpo"], tmp_path, dtype="bf16")).methods[0]["memory_bytes"]["weights_frozen"]
+    assert half_frozen == 2 * (frozen - vae) + 4 * vae  # --dtype bf16: half-precision UNet and text encoder, fp32 VAE
+
     half = dry_run(_plan("toy", ["dpo"], tmp_path, train_args={"*": {"mixed_precision": "bf16", "optimizer": "adafactor",
                                                                      "gradient_checkpointing": "true"}}))
     half_mem = half.methods[0]["memory_bytes"]
     assert half_mem["autocast_copies"] == 2 * unet and half_mem["optimizer"] < mem["optimizer"]
     assert half_mem["activations"] < mem["activations"]
+
+
+@pytest.mark.parametrize("suite, half, vae", [
+    ("sd15-pickapic", 859_520_964 + 123_060_480, 83_653_863),
+    ("sdxl-pickapic", 2_567_463_684 + 123_060_480 + 694_659_840, 83_653_863),
+])
+def test_real_suites_hold_the_frozen_unet_and_text_encoders_in_fp16(tmp_path, suite, half, vae):
+    report = dry_run(_plan(suite, ["dpo"], tmp_path))
+    assert report.methods[0]["memory_bytes"]["weights_frozen"] == 2 * half + 4 * vae
+    fp32 = dry_run(_plan(suite, ["dpo"], tmp_path, dtype="fp32")).methods[0]["memory_bytes"]["weights_frozen"]
+    assert fp32 == 4 * (half + vae)
 
 
 def test_real_activations_are_plausible():

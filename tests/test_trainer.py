@@ -93,3 +93,25 @@ def test_adafactor_and_gradient_checkpointing_give_the_same_first_step_loss(toy_
     other = _train(toy_setup, "dpo", "2steps", optimizer="adafactor", gradient_checkpointing=True)
     assert other.history[0]["loss"] == pytest.approx(plain.history[0]["loss"], abs=1e-6)  # same weights, same draws
     assert other.history[1]["loss"] != pytest.approx(plain.history[1]["loss"], abs=1e-9)  # a different update
+
+
+def test_half_precision_base_trains_fp32_weights_and_evaluates_like_the_base(tiny_toy_dir, tmp_path):
+    """A bf16 base (frozen reference in bf16, as Diffusion-DPO's train.py) trains a float32 policy under bf16
+    autocast; the policy comes back in bf16 without the autocast wrapper, so an (almost) untrained policy
+    samples exactly the base model's images: base and policies are evaluated with the same arithmetic."""
+    from bench.sampling import generate
+
+    base = Backbone.from_pretrained(tiny_toy_dir / "pipeline", dtype=torch.bfloat16)
+    data = encode_preferences(base, preference_pairs(load_pickapic(tiny_toy_dir / "prefs.parquet")))
+    assert data.latents.dtype == torch.float32  # the fp32 VAE's latents, not rounded to bf16
+    config = TrainConfig(lr=1e-30, batch_size=2, weight_decay=0.0, mixed_precision="bf16", checkpoint_every=100)
+    result = Trainer(METHODS.get("dpo")(), base, data, config, Budget.parse("2steps"), seed=0, progress=False,
+                     checkpoint_path=tmp_path / "dpo.ckpt").fit()
+    trained = torch.load(tmp_path / "dpo.ckpt", weights_only=True)["policy"]  # the weights as they trained
+    assert {v.dtype for v in trained.values()} == {torch.float32}
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history) and result.steps == 2
+    assert base.dtype == torch.bfloat16 and result.policy.dtype == torch.bfloat16
+    assert "_original_forward" not in vars(result.policy.unet)  # accelerate's autocast wrapper removed
+    prompts, seeds = ["a red circle", "a blue square"], [0, 1]
+    assert torch.equal(generate(result.policy, prompts, seeds, steps=3, guidance=3.0),
+                       generate(base, prompts, seeds, steps=3, guidance=3.0))
