@@ -31,6 +31,7 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
     (["run", "--seeds", "a,b"], "--seeds"),
     (["run", "--resume"], "--resume needs --run-dir"),
     (["run", "--methods", "dpo", "--budget", "100nfe"], "smaller than one dpo step (128 nfe"),
+    (["run", "--dtype", "fp64"], "--dtype 'fp64': expected one of fp32, fp16, bf16"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(in_tmp, args, message):
     result = runner.invoke(app, args)
