@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -228,6 +230,20 @@ def test_null_text_without_optimisation_is_ddim_with_cfg_and_optimising_helps(ba
         errors.append(_mse(sampler.reconstruct(backbone, state, cond, guidance=7.5), x0))
         assert (backbone.nfe.forward, backbone.nfe.calls) == (6, 3)  # N3: CFG reconstruction, 2N
     assert errors[0] > errors[1] > errors[2]
+
+
+def test_null_text_optimises_float32_embeddings_on_a_half_precision_unet(backbone):
+    half = copy.deepcopy(backbone).to(dtype=torch.bfloat16)
+    cond = half.encode_prompts([PROMPT])
+    x0 = _latents(backbone).float()
+    levels = sampling_levels(half, 3)
+    errors = []
+    for inner_steps in (0, 3):
+        sampler = NullTextInversion(inner_steps)
+        state = sampler.invert(half, x0, cond, levels, guidance=7.5)
+        assert state.extra["uncond_embeds"].dtype == torch.float32 and state.latents.dtype == torch.float32
+        errors.append(_mse(sampler.reconstruct(half, state, cond, guidance=7.5), x0))
+    assert errors[1] < errors[0]
 
 
 def test_npi_reconstruction_is_conditional_ddim_bit_for_bit(backbone):

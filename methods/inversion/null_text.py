@@ -61,7 +61,7 @@ class NullTextInversion(InversionSampler):
         for i in range(len(levels) - 1):
             pivots.append(self.ddim.invert(backbone, pivots[-1], cond, levels[i:i + 2]).latents)
         null = backbone.null_conditioning(x0.shape[0])
-        embeds = null.embeds.clone()  # (B, L, D) the current ∅ of each sample
+        embeds = null.embeds.to(backbone.latent_dtype, copy=True)  # (B, L, D) each sample's ∅, optimised in >= fp32
         per_step = embeds.expand(len(levels) - 1, *embeds.shape).clone()  # (K, B, L, D) ∅ of every step
         state = InversionState(pivots[-1], levels, {"uncond_embeds": per_step})
         if self.inner_steps == 0 or guidance == 1.0:  # nothing to optimise: ε̂_w = ε_c at w = 1
