@@ -7,6 +7,7 @@ Each field's `metadata["help"]` documents it; `apply_overrides` turns CLI string
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -75,6 +76,11 @@ class OverrideError(ValueError):
 def _coerce(value, kind, name: str):
     if not isinstance(value, str):
         return value  # already typed (suite definitions)
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else ()
+    if type(None) in options:  # `float | None`: "none" is None, anything else the other type
+        if value.lower() in ("none", "null"):
+            return None
+        (kind,) = [option for option in options if option is not type(None)]
     if kind is bool or kind == "bool":
         if value.lower() in ("1", "true", "yes", "on"):
             return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from bench.config import apply_overrides
+from bench.config import OverrideError, apply_overrides
 from bench.data import DataError
 from bench.prompts import PromptSource, load_prompts
 from bench.suites import SUITES, get_suite
@@ -21,6 +21,17 @@ def test_suite_overrides_fit_the_method_configs(name):
         apply_overrides(suite.train, suite.train_args.get(method, {}))
     for method in set(suite.method_args) | set(suite.train_args):
         assert method in METHODS, method
+
+
+def test_optional_fields_take_a_value_or_none_from_the_command_line():
+    dspo = METHODS.get("dspo").Config()
+    assert dspo.beta is None
+    assert apply_overrides(dspo, {"beta": "0.01"}).beta == 0.01
+    assert apply_overrides(apply_overrides(dspo, {"beta": "2"}), {"beta": "None"}).beta is None
+    with pytest.raises(OverrideError, match="beta: expected float, got 'high'"):
+        apply_overrides(dspo, {"beta": "high"})
+    with pytest.raises(OverrideError, match="beta must be > 0"):
+        apply_overrides(dspo, {"beta": "-1"})
 
 
 def test_real_suites_follow_the_dpo_recipes():
