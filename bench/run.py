@@ -132,6 +132,11 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     dtype = dtype or suite.dtype
     if dtype not in PIPELINE_DTYPES:
         raise RunSetupError(f"--dtype {dtype!r}: expected one of {', '.join(PIPELINE_DTYPES)}")
+    for name, config in train_configs.items():  # a half-precision reference and the policy must compute alike
+        if dtype != "fp32" and config.mixed_precision != dtype:
+            raise RunSetupError(f"{name}: --dtype {dtype} holds the reference UNet in {dtype}, so the policy must train "
+                                f"under the same autocast: add --train-arg mixed_precision={dtype} (it is "
+                                f"{config.mixed_precision!r})")
     seeds = seeds if seeds is not None else [0]
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")

@@ -3,9 +3,12 @@
 The policy is a trainable copy of the base UNet; the reference is the base UNet itself, frozen (both
 share the Backbone's encoders, schedule and NFE counter). The policy's weights are float32 whatever the
 base's storage (a half-precision base keeps its frozen UNet in half, as Diffusion-DPO's `train.py` keeps
-its reference UNet in `weight_dtype`); `mixed_precision` autocasts the policy's forward. The trained
-policy is returned in the base's dtype without the autocast wrapper, so the base model and every policy
-are evaluated with the same arithmetic. Per optimizer step: `grad_accum`
+its reference UNet in `weight_dtype`, so the policy starts from the half-rounded weights); the loss runs
+under `mixed_precision`'s autocast, reference forwards included, so policy and reference compute alike
+(`bench.run` requires `mixed_precision` to equal a half-precision base's dtype). The trained policy is
+returned in the base's dtype without the autocast wrapper, so the base model and every policy are
+evaluated with the same arithmetic (in half precision, as the papers' fp16 inference: an update smaller
+than half a unit in the last place of a weight does not survive). Per optimizer step: `grad_accum`
 micro-batches drawn by `BatchSampler`, prompt dropout (the empty prompt replaces a pair's or image's
 prompt with probability p), `method.loss`, backward, gradient clipping, AdamW, linear warmup.
 
@@ -91,7 +94,8 @@ class Trainer:
         GradientState._reset_state()
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                   cpu=self.base.device.type == "cpu")
-        unet = torch.nn.Module.to(copy.deepcopy(self.base.unet), torch.float32).train().requires_grad_(True)
+        # trainable weights in float32 (float64 for a float64 base), whatever the frozen base's storage
+        unet = torch.nn.Module.to(copy.deepcopy(self.base.unet), self.base.latent_dtype).train().requires_grad_(True)
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         params = [p for p in unet.parameters() if p.requires_grad]
@@ -136,7 +140,8 @@ class Trainer:
                 with accelerator.accumulate(unet):
                     batch = sampler.next(rng)
                     self._prompt_dropout(batch, rng)
-                    out = self.method.loss(batch, policy, reference, rng)
+                    with accelerator.autocast():  # accelerate autocasts the prepared policy only; the reference too
+                        out = self.method.loss(batch, policy, reference, rng)
                     accelerator.backward(out.loss)
                     if accelerator.sync_gradients:
                         logs["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))

@@ -132,7 +132,8 @@ def test_memory_rows_by_hand_and_monotonic(tmp_path, tiny_toy_dir, monkeypatch):
     assert act(4, ckpt=True) < act(4)
 
     vae = next(c["parameters"] for c in report.components if c["component"] == "vae")
-    half_frozen = dry_run(_plan("toy", ["dpo"], tmp_path, dtype="bf16")).methods[0]["memory_bytes"]["weights_frozen"]
+    half_frozen = dry_run(_plan("toy", ["dpo"], tmp_path, dtype="bf16", train_args={"*": {"mixed_precision": "bf16"}})
+                          ).methods[0]["memory_bytes"]["weights_frozen"]
     assert half_frozen == 2 * (frozen - vae) + 4 * vae  # --dtype bf16: half-precision UNet and text encoder, fp32 VAE
 
     half = dry_run(_plan("toy", ["dpo"], tmp_path, train_args={"*": {"mixed_precision": "bf16", "optimizer": "adafactor",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -115,3 +117,15 @@ def test_half_precision_base_trains_fp32_weights_and_evaluates_like_the_base(tin
     prompts, seeds = ["a red circle", "a blue square"], [0, 1]
     assert torch.equal(generate(result.policy, prompts, seeds, steps=3, guidance=3.0),
                        generate(base, prompts, seeds, steps=3, guidance=3.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_computes_under_the_policys_autocast(tiny_toy_dir, dtype):
+    """Before any update the policy equals the reference, so every pair's DPO logit is 0 and the loss is ln 2
+    exactly, also under bf16 mixed precision: the reference's forwards run under the same autocast as the
+    policy's (without it, an fp32 reference against a bf16-autocast policy starts off ln 2 by ~1e-2 at β 5000)."""
+    base = Backbone.from_pretrained(tiny_toy_dir / "pipeline", dtype=dtype)
+    data = encode_preferences(base, preference_pairs(load_pickapic(tiny_toy_dir / "prefs.parquet")))
+    config = TrainConfig(lr=1e-30, batch_size=4, weight_decay=0.0, mixed_precision="bf16")
+    result = Trainer(METHODS.get("dpo")(), base, data, config, Budget.parse("2steps"), seed=0, progress=False).fit()
+    assert [h["loss"] for h in result.history] == pytest.approx([math.log(2)] * 2, abs=1e-7)
