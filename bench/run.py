@@ -245,13 +245,20 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                 on_record(path, record)
         state.wait_for_everyone()
 
-    scorers = _scorers(plan.suite.metrics)  # missing weights stop the run here, before anything is written
+    # Everything that can fail on the user's input (scorer weights, pipeline, preference data) is loaded
+    # before anything is written or evaluated.
+    scorers = _scorers(plan.suite.metrics)
+    backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
+    runs = [(budget, seed, name, method, plan.run_dir / f"{record_name(name, budget, seed)}.json")
+            for budget, seed, (name, method) in itertools.product(plan.budgets, plan.seeds, plan.methods.items())]
+    pairs = None
+    if not all(plan.resume and path.exists() for *_, path in runs):
+        pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split), plan.suite.max_pairs)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resume and main:
         write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
                                                       "created": now(), "processes": state.num_processes})
     state.wait_for_everyone()
-    backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
     base_path = plan.run_dir / "base.json"
     base = read_record(base_path) if plan.resume and base_path.exists() else base_record(backbone, plan, scorers)
     land(base_path, base)
@@ -259,15 +266,13 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
     base_eval = EvalResult.from_dict(base["evaluation"])
 
     data = None
-    for budget, seed, (name, method) in itertools.product(plan.budgets, plan.seeds, plan.methods.items()):
-        path = plan.run_dir / f"{record_name(name, budget, seed)}.json"
+    for budget, seed, name, method, path in runs:
         if plan.resume and path.exists():
             paths.append(path)
             if on_record and main:
                 on_record(path, read_record(path))
             continue
         if data is None:
-            pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split), plan.suite.max_pairs)
             data = encode_preferences(backbone, pairs)
         ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
         backbone.nfe.reset()
