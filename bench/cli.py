@@ -73,6 +73,11 @@ def _split(csv: str) -> list[str]:
     return [item.strip() for item in csv.split(",") if item.strip()]
 
 
+def _check_image_count(images: int, available: int) -> None:
+    if not 1 <= images <= available:
+        raise ValueError(f"--images {images}: the toy world has {available} held-out captions; choose 1 to {available}")
+
+
 @app.command()
 def run(
     methods: str = typer.Option("dpo,inpo,kto", "--methods", "-m", help="comma-separated method names (see `bench list`)"),
@@ -197,12 +202,15 @@ def invert(
 
     try:
         cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidance=guidance, dtype=dtype, repeats=repeats)
+        held_out = split_combos()[1]
+        if images_dir is None:
+            _check_image_count(images, len(held_out))
         backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
         if images_dir is not None:
             pixels = load_image_dir(images_dir, backbone.image_size)
             prompts = [prompt] * len(pixels)
         else:
-            pixels, prompts = render_dataset(split_combos()[1][:images], 1, seed=0)
+            pixels, prompts = render_dataset(held_out[:images], 1, seed=0)
     except (ValueError, FileNotFoundError, *_user_errors()) as err:
         _fail(str(err))
     result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=not quiet)
@@ -243,10 +251,12 @@ def speed(
     try:
         names = _split(samplers)
         cfg = InvertConfig(samplers=tuple(dict.fromkeys(["ddim", *names])), steps=steps, dtype=dtype, repeats=repeats)
+        held_out = split_combos()[1]
+        _check_image_count(images, len(held_out))
         backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
     except (ValueError, *_user_errors()) as err:
         _fail(str(err))
-    pixels, prompts = render_dataset(split_combos()[1][:images], 1, seed=0)
+    pixels, prompts = render_dataset(held_out[:images], 1, seed=0)
     result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=False)
     ddim = next(r for r in result["records"] if r["sampler"] == "ddim")
     ddim_seconds = ddim["seconds_invert"] + ddim["seconds_reconstruct"]

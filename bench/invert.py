@@ -54,10 +54,16 @@ class InvertConfig:
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         SAMPLERS.check(list(self.samplers))
+        for name in self.samplers:
+            limit = SAMPLERS.get(name).max_steps
+            if limit is not None and self.steps > limit:
+                raise ValueError(f"{name} is defined for at most {limit} steps, got --steps {self.steps}")
 
 
 def load_image_dir(path: Path, size: int) -> torch.Tensor:
     """Every .png/.jpg/.jpeg/.webp in `path` (sorted), resized and centre-cropped to size: (N, 3, size, size)."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"image directory {path} does not exist or is not a directory")
     files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     if not files:
         raise FileNotFoundError(f"no .png/.jpg/.jpeg/.webp images in {path}")

@@ -28,8 +28,15 @@ def test_invert_writes_records_table_and_figures(tmp_path, tiny_toy_dir):
 
 
 def test_invert_rejects_bad_arguments(tmp_path):
+    (tmp_path / "file.png").write_bytes(b"")
     for args, message in ((["--samplers", "ddmi"], "did you mean 'ddim'"), (["--steps", "1"], "steps must be >= 2"),
-                          (["--dtype", "float16"], "dtype must be one of")):
+                          (["--dtype", "float16"], "dtype must be one of"),
+                          (["--samplers", "ddim,null-text", "--steps", "120"], "null-text is defined for at most 100 steps"),
+                          (["--images", "0"], "--images 0: the toy world has 64 held-out captions; choose 1 to 64"),
+                          (["--images", "65"], "--images 65"),
+                          (["--images-dir", str(tmp_path / "file.png")], "is not a directory")):
         result = runner.invoke(app, ["invert", *args, "--out", str(tmp_path / "x")])
-        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "x").exists()
+    result = runner.invoke(app, ["speed", "--images", "0"])
+    assert result.exit_code == 2 and "--images 0" in result.output, result.output

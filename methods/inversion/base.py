@@ -38,6 +38,7 @@ class InversionState:
 class InversionSampler(ABC):
     name: ClassVar[str]
     exact: ClassVar[bool]  # reconstruct(invert(x)) == x up to floating point
+    max_steps: ClassVar[int | None] = None  # the most sampling steps the method is defined for (None: any)
 
     @property
     def inversion_calls_per_step(self) -> int:

@@ -41,6 +41,7 @@ EARLY_STOP, EARLY_STOP_SLOPE = 1e-5, 2e-5  # stop once loss < 1e-5 + i·2e-5
 
 @SAMPLERS.register("null-text")
 class NullTextInversion(InversionSampler):
+    max_steps = LR_DECAY  # the lr schedule 1e-2 (1 − i/100) reaches 0 at step 100
     name = "null-text"
     exact = False
 
