@@ -10,7 +10,9 @@ which replaces ε in the Diffusion-DPO loss (see `dpo.py`; one t per pair, share
 
 Two modes:
 - `faithful` (the default with `inversion=ddim`): the official grid. `DDIMInverseScheduler.set_timesteps(10)` in diffusers
-  0.20 gives levels {−99, 1, 101, ..., 801}; every grid point g < t is stepped g → g + 100 with ε
+  0.20 gives levels {−99, 1, 101, ..., 801} (SD's "leading" spacing with steps_offset 1: 100·k + 1, rolled by
+  one place, the first set to the second − 100; read in the 0.20.0 wheel's `scheduling_ddim_inverse.py`,
+  not {1, ..., 901}); every grid point g < t is stepped g → g + 100 with ε
   evaluated at g, and 0.1·σ·N(0, I) is added after each step. The latent therefore ends at
   τ = (largest grid point < t) + 100, not at t, while ᾱ_t is used above.
 - `exact` (the default with any other inverter): the same grid but the last step ends exactly at t,
