@@ -3,8 +3,10 @@
 A scorer declares `WeightSpec`s (a file, or a whole model directory, in a hub repo). Resolution order:
 
 1. an explicit path (the scorer's `weights=` argument, `bench eval --weights NAME=PATH`): a file, or
-   a directory holding the file;
-2. `$BENCH_WEIGHTS_DIR/<scorer>/<file>`, then `$BENCH_WEIGHTS_DIR/<file>`;
+   a directory holding the file; when given, it is the only place looked in (a mistyped path fails
+   instead of quietly using other weights);
+2. `$BENCH_WEIGHTS_DIR/<scorer>/<file>`, then `$BENCH_WEIGHTS_DIR/<file>` (a model directory:
+   `$BENCH_WEIGHTS_DIR/<scorer>/`);
 3. the Hugging Face cache for the spec's hub repo (`hf_hub_download` / `snapshot_download`, which
    respect `HF_HUB_OFFLINE=1`: offline, only the cache is read).
 
@@ -51,7 +53,7 @@ def _candidates(spec: WeightSpec, explicit: str | os.PathLike | None) -> list[Pa
     out = []
     if explicit is not None:
         path = Path(explicit)
-        out += [path / name, path] if name and path.is_dir() else [path]
+        return [path / name, path] if name and path.is_dir() else [path]
     root = os.environ.get(WEIGHTS_ENV)
     if root:
         base = Path(root)
@@ -86,11 +88,15 @@ def resolve(spec: WeightSpec, explicit: str | os.PathLike | None = None) -> Path
     if explicit is None:
         where.append("the Hugging Face cache" + (" (HF_HUB_OFFLINE=1: no download)" if os.environ.get("HF_HUB_OFFLINE")
                                                  else ""))
-    fetch = (f"huggingface-cli download {spec.repo} {spec.filename} --local-dir DIR" if spec.filename
-             else f"huggingface-cli download {spec.repo} --local-dir DIR")
+    if spec.filename:
+        fetch = f"huggingface-cli download {spec.repo} {spec.filename} --local-dir DIR"
+        point = f"pass --weights {spec.scorer}=DIR or set {WEIGHTS_ENV}=DIR"
+    else:  # a model directory is looked for in $BENCH_WEIGHTS_DIR/<scorer>/
+        fetch = f"huggingface-cli download {spec.repo} --local-dir DIR"
+        point = f"pass --weights {spec.scorer}=DIR, or use DIR = ROOT/{spec.scorer} and set {WEIGHTS_ENV}=ROOT"
     raise MissingWeightsError(
         f"{spec.scorer}: weights {spec.label!r} not found (looked in {', '.join(where)}). Get them from the hub repo "
-        f"{spec.repo!r} (`{fetch}`), then pass --weights {spec.scorer}=DIR or set {WEIGHTS_ENV}=DIR."
+        f"{spec.repo!r} (`{fetch}`), then {point}."
     )
 
 

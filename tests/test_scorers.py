@@ -180,7 +180,7 @@ def test_missing_weights_name_file_repo_flag_and_variable(tmp_path, monkeypatch)
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
     with pytest.raises(MissingWeightsError) as err:
         PickScoreScorer(device="cpu")
-    for part in ("yuvalkirstain/PickScore_v1", "--weights pickscore=DIR", f"{WEIGHTS_ENV}=DIR",
+    for part in ("yuvalkirstain/PickScore_v1", "--weights pickscore=DIR", f"DIR = ROOT/pickscore and set {WEIGHTS_ENV}=ROOT",
                  "huggingface-cli download yuvalkirstain/PickScore_v1"):
         assert part in str(err.value), part
     with pytest.raises(MissingWeightsError) as err:

@@ -42,6 +42,25 @@ def test_missing_weights_message_names_file_repo_flag_and_variable(tmp_path, mon
         resolve(SPEC, tmp_path / "nope")
 
 
+def test_an_explicit_path_is_the_only_place_looked_in(tmp_path, monkeypatch):
+    (tmp_path / "hps").mkdir()
+    (tmp_path / "hps" / "HPS_v2.1_compressed.pt").write_bytes(b"b")
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    assert resolve(SPEC) == tmp_path / "hps" / "HPS_v2.1_compressed.pt"
+    with pytest.raises(MissingWeightsError, match="looked in .*typo"):  # not the $BENCH_WEIGHTS_DIR copy
+        resolve(SPEC, tmp_path / "typo" / "HPS_v2.1_compressed.pt")
+
+
+def test_model_directories_are_looked_for_under_the_scorers_name(tmp_path, monkeypatch):
+    spec = WeightSpec("pickscore", "yuvalkirstain/PickScore_v1", None)
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(MissingWeightsError) as err:
+        resolve(spec)
+    assert f"use DIR = ROOT/pickscore and set {WEIGHTS_ENV}=ROOT" in str(err.value)
+    (tmp_path / "pickscore").mkdir()  # following that advice finds it
+    assert resolve(spec) == tmp_path / "pickscore"
+
+
 def test_hash_and_safe_loading(tmp_path):
     tensors = {"w": torch.arange(6.0).view(2, 3)}
     save_file(tensors, str(tmp_path / "w.safetensors"))
