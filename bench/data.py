@@ -39,6 +39,25 @@ class DataError(ValueError):
     """Preference data that cannot be found or does not have the Pick-a-Pic v2 schema."""
 
 
+PICKAPIC_SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
+
+
+def _split_files(root: Path, split: str) -> list[str]:
+    """The parquet files of `split` under `root`, named as the hub's (`data/test_unique-00000-of-00001.parquet`,
+    the split before the first '-' or '.') or in a directory named after it; a directory with no split names at
+    all is one unsplit dataset."""
+    files = sorted(root.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"no parquet files under {root}")
+    split_of = {f: f.name.split("-")[0].split(".")[0] if f.name.split("-")[0].split(".")[0] in PICKAPIC_SPLITS
+                else f.parent.name if f.parent.name in PICKAPIC_SPLITS else None for f in files}
+    chosen = [str(f) for f in files if split_of[f] == split]
+    named = sorted({s for s in split_of.values() if s is not None})
+    if not chosen and named:
+        raise DataError(f"no {split!r} parquet files under {root} (it holds the splits {', '.join(named)})")
+    return chosen or [str(f) for f in files]
+
+
 def load_pickapic(source: str | os.PathLike, split: str = "train") -> datasets.Dataset:
     """Pick-a-Pic-v2-schema data from a parquet file, a directory of parquet files, a
     `save_to_disk` directory, or a hub dataset id (read from the local cache when offline)."""
@@ -51,11 +70,7 @@ def load_pickapic(source: str | os.PathLike, split: str = "train") -> datasets.D
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[split]
         elif path.is_dir():
-            files = sorted(str(p) for p in path.rglob("*.parquet") if split in p.name or split in p.parent.name)
-            files = files or sorted(str(p) for p in path.rglob("*.parquet"))
-            if not files:
-                raise DataError(f"no parquet files under {path}")
-            ds = datasets.load_dataset("parquet", data_files=files, split="train")
+            ds = datasets.load_dataset("parquet", data_files=_split_files(path, split), split="train")
         else:
             ds = datasets.load_dataset(str(source), split=split)
     except DataError:

@@ -67,6 +67,21 @@ def test_loader_sources(pickapic_parquet, tmp_path):
         load_pickapic(bad)
 
 
+def test_directory_splits_are_matched_by_name_not_substring(pickapic_parquet, tmp_path):
+    root = tmp_path / "pickapic" / "data"
+    root.mkdir(parents=True)
+    full = load_pickapic(pickapic_parquet)
+    for name, rows in (("train-00000-of-00001", 4), ("test-00000-of-00001", 2), ("test_unique-00000-of-00001", 1)):
+        full.select(range(rows)).to_parquet(str(root / f"{name}.parquet"))
+    assert [len(load_pickapic(root.parent, split)) for split in ("train", "test", "test_unique")] == [4, 2, 1]
+    with pytest.raises(DataError, match="no 'validation' parquet files under .* the splits test, test_unique, train"):
+        load_pickapic(root.parent, "validation")
+    unsplit = tmp_path / "unsplit"
+    unsplit.mkdir()
+    full.to_parquet(str(unsplit / "prefs.parquet"))  # one dataset without split names: every split reads it
+    assert len(load_pickapic(unsplit, "test")) == 4
+
+
 def test_decode_resizes_shorter_side_and_centre_crops():
     out = decode_images([_jpeg(64, 48, (250, 10, 10))], 32)
     assert out.shape == (1, 3, 32, 32)
