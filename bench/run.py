@@ -160,10 +160,17 @@ def _scorers(names) -> dict[str, Scorer]:
     return {name: SCORERS.get(name)() for name in names}
 
 
-def _base_cache_key(backbone: Backbone, plan: RunPlan) -> str:
+def _scorer_identity(scorer: Scorer) -> dict:
+    """What a score depends on: the scorer's description with its weights' SHA256s, without local paths."""
+    described = scorer.describe()
+    weights = [{k: v for k, v in w.items() if k != "path"} for w in described.get("weights", [])]
+    return {**described, "weights": weights}
+
+
+def _base_cache_key(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> str:
     payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"), "dtype": plan.dtype,
                           "text": backbone.fingerprint("text"), "prompts": plan.prompts,
-                          "eval": as_dict(plan.eval), "metrics": list(plan.suite.metrics),
+                          "eval": as_dict(plan.eval), "scorers": {n: _scorer_identity(s) for n, s in scorers.items()},
                           "schema": SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -184,8 +191,9 @@ def sample_thumbnails(images: torch.Tensor, plan: RunPlan, size: int = 128) -> d
 
 
 def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> dict:
-    """The base model's record, from the cache when this pipeline/prompts/eval config was seen before."""
-    cached = cache_dir() / "base" / f"{_base_cache_key(backbone, plan)}.json"
+    """The base model's record, from the cache when this pipeline, prompts, evaluation config and scorers (their
+    weights' SHA256s, HPS version, CLIP backbone) were seen before."""
+    cached = cache_dir() / "base" / f"{_base_cache_key(backbone, plan, scorers)}.json"
     if cached.exists():
         try:
             stored = read_record(cached)

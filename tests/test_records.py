@@ -33,3 +33,28 @@ def test_unknown_versions_missing_and_corrupt_records_are_named(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RecordError, match="bad.json is corrupt"):
         read_record(tmp_path / "bad.json")
+
+
+def test_base_cache_key_follows_the_scorers_weights_not_their_paths(tiny_toy_dir, tmp_path, monkeypatch):
+    """A cached base evaluation is reused only with the same scorers: other weights (SHA256), HPS version or CLIP
+    backbone give another key; the same weights found at another path give the same key."""
+    from bench.backbone import Backbone
+    from bench.run import _base_cache_key, plan_run
+    from bench.suites import get_suite
+    from metrics import SCORERS
+
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
+    plan = plan_run(get_suite("toy"), ["dpo"], run_dir=tmp_path / "run", prompts=["a prompt"])
+    backbone = Backbone.from_pretrained(tiny_toy_dir / "pipeline")
+    scorer = SCORERS.get("toy-clip")()
+    described = scorer.describe()
+    key = _base_cache_key(backbone, plan, {"toy-clip": scorer})
+
+    def with_weights(**changes):
+        monkeypatch.setattr(scorer, "describe", lambda: {**described, "weights": [{**described["weights"][0], **changes}]})
+        return _base_cache_key(backbone, plan, {"toy-clip": scorer})
+
+    assert with_weights(path="/elsewhere/toy-clip.safetensors") == key
+    assert with_weights(sha256="0" * 64) != key
+    monkeypatch.setattr(scorer, "describe", lambda: {**described, "version": "v2.0"})
+    assert _base_cache_key(backbone, plan, {"toy-clip": scorer}) != key
