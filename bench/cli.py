@@ -598,7 +598,7 @@ def eval_images(
         source = f"{toy_renders} toy renders (held-out captions, seed {seed})"
     else:
         source = f"{toy_samples} toy-pipeline samples (held-out captions, seeds {seed}..{seed + toy_samples - 1})"
-    aggregates = {name: bootstrap_mean(values) for name, values in scores.items()}
+    aggregates = {name: bootstrap_mean(values, groups=per_image) for name, values in scores.items()}  # CI over prompts
     table = Table(title=f"{n} images from {source}")
     for column in ("metric", "mean", "95% CI", "n", "better", "scale"):
         table.add_column(column)

@@ -4,8 +4,8 @@ Image i of the evaluation set is prompt `prompts[i // k]` with seed `eval.seed +
 prompt), sampled with DDIM (`bench.sampling`) and scored by every requested scorer. Under several
 processes each samples and scores a contiguous share of the images and the scores are gathered in
 order (an image depends only on its prompt and seed, so the result does not depend on the number of
-processes). Aggregates are bootstrap means with 95% CIs; comparisons with the base model are paired
-over the same images.
+processes). Aggregates are means with 95% CIs from a bootstrap over prompts; comparisons with the base
+model are paired over the same images (`bench.stats`).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
 
 
 def aggregate(result: EvalResult, cfg: EvalConfig) -> dict[str, dict]:
-    """Per metric: bootstrap mean and 95% CI over images."""
-    return {name: bootstrap_mean(torch.tensor(values), resamples=cfg.bootstrap, seed=cfg.seed)
+    """Per metric: mean over images and its 95% CI, bootstrapping prompts (`bench.stats`)."""
+    return {name: bootstrap_mean(torch.tensor(values), groups=result.prompts, resamples=cfg.bootstrap, seed=cfg.seed)
             for name, values in result.scores.items()}
 
 
@@ -89,6 +89,6 @@ def compare_to_base(result: EvalResult, base: EvalResult, scorers: dict[str, Sco
         if name not in base.scores:
             continue
         wins[name], deltas[name] = paired_comparison(
-            torch.tensor(values), torch.tensor(base.scores[name]), higher_is_better=scorers[name].higher_is_better,
-            resamples=cfg.bootstrap, seed=cfg.seed)
+            torch.tensor(values), torch.tensor(base.scores[name]), groups=result.prompts,
+            higher_is_better=scorers[name].higher_is_better, resamples=cfg.bootstrap, seed=cfg.seed)
     return wins, deltas

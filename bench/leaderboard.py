@@ -101,8 +101,8 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }} img {{ max-width: 520px
 </style></head><body>
 <h1>diffusion-align-bench leaderboard</h1>
 <p>Rebuilt by <code>bench leaderboard</code> from {n_records} run records. Every method of a suite trained under the
-same compute budget; 95% bootstrap confidence intervals; win rates are paired with the base model on the same
-prompts and seeds. Click a column header to sort.</p>
+same compute budget; 95% confidence intervals from a bootstrap over training seeds, then prompts; win rates and
+changes are paired with the base model on the same prompts and sampling seeds. Click a column header to sort.</p>
 {"".join(tables)}
 <h2>Figures</h2>
 {images}
@@ -131,7 +131,8 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     inversions = _inversion_results(runs) if runs.exists() else []
     figures_dir = out / "figures"
     sections, md = [], ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
-                        "`results/runs/`. 95% bootstrap CIs; win rate and Δ paired with the base model.", ""]
+                        "`results/runs/`. 95% CIs from a bootstrap over training seeds, then prompts; win rate and Δ "
+                        "paired with the base model on the same prompts and sampling seeds.", ""]
     tables = []
     for suite in sorted({r["suite"] for r in records}):
         suite_records = [r for r in records if r["suite"] == suite]

@@ -1,9 +1,11 @@
 """Comparison tables from run records: terminal, markdown, CSV and LaTeX (booktabs).
 
 One row per (suite, budget, method) by default; `group_by` chooses the grouping keys among
-`suite`, `budget` and `seed`. Seeds that fall in one row are aggregated: each evaluation image's
-score is averaged over the seeds, then the mean and its 95% bootstrap CI are taken over images, and
-the win rate and mean change against the base model are paired per image (same prompt and seed).
+`suite`, `budget` and `seed`. The runs (training seeds) that fall in one row must have been evaluated
+on the same images (prompts and seeds), and so must the suite's base model: each statistic is the mean
+over runs and images, its 95% CI from a bootstrap over runs, then prompts (`bench.stats`), and the win
+rate and mean change against the base model are paired per image (a multi-seed win rate is the mean of
+the seeds' win rates).
 Budget columns give the mean use (NFE and training seconds). In markdown and LaTeX the best value of
 each metric column is bold (by the scorer's direction); the CSV keeps plain numbers with CI columns.
 Every table is a pure function of the records: rows are sorted, numbers formatted with fixed digits.
@@ -62,34 +64,64 @@ def _row_key(record: dict, group_by: tuple[str, ...]) -> tuple:
     return tuple(parts[k] if k in group_by else None for k in GROUP_KEYS) + (record["method"],)
 
 
+def _describe(record: dict) -> str:
+    seed = "" if record["seed"] is None else f", seed {record['seed']}"
+    return f"{record['suite']} {record['method']} ({_budget_label(record)}{seed}, created {record.get('created', '?')})"
+
+
+def _check_same_images(a: dict, b: dict) -> None:
+    """Records compared or pooled image by image must have sampled the same prompts with the same seeds."""
+    for field in ("prompts", "seeds"):
+        if a["evaluation"][field] != b["evaluation"][field]:
+            raise RecordError(f"{_describe(a)} and {_describe(b)} were evaluated on different {field}; "
+                              "report runs of one evaluation set together")
+
+
+def _one_base_per_suite(records: list[dict]) -> dict[str, dict]:
+    """The base record of each suite; several are fine when they hold the same evaluation (e.g. two runs)."""
+    bases: dict[str, dict] = {}
+    for r in records:
+        if r["method"] != "base":
+            continue
+        seen = bases.setdefault(r["suite"], r)
+        if seen["evaluation"]["scores"] != r["evaluation"]["scores"]:
+            _check_same_images(seen, r)
+            raise RecordError(f"{_describe(seen)} and {_describe(r)}: two base-model evaluations of suite "
+                              f"{r['suite']!r} with different scores; report one base model per suite")
+    return bases
+
+
 def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", "budget"),
                      metrics: list[str] | None = None, resamples: int = 2000) -> pd.DataFrame:
     """Numeric table: per row, metric mean/CI, win rate and Δ vs base with CIs, budget use, seeds."""
     unknown = set(group_by) - set(GROUP_KEYS)
     if unknown:
         raise ValueError(f"--group-by {sorted(unknown)}: choose from {', '.join(GROUP_KEYS)}")
-    bases = {r["suite"]: r for r in records if r["method"] == "base"}
+    bases = _one_base_per_suite(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[_row_key(r, group_by)].append(r)
     rows = []
     for key, members in groups.items():
         first = members[0]
+        base = bases.get(first["suite"])
+        for other in [*members[1:], *([base] if base is not None else [])]:
+            _check_same_images(first, other)
+        prompts = first["evaluation"]["prompts"]  # each image's prompt: the bootstrap's cluster
         names = metrics or list(first["metrics"])
         row = {"suite": first["suite"], "method": first["method"], "budget": _budget_label(first),
                "seed": key[2] if "seed" in group_by else "-", "seeds": len({m["seed"] for m in members}),
                "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
                "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members),
                "_budget_sort": float("-inf") if first["method"] == "base" else first["budget"]["limit"]}
-        base = bases.get(first["suite"])
         for name in names:
-            scores = torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64).mean(0)
-            stat = bootstrap_mean(scores, resamples=resamples)
+            scores = torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64)  # (S, N)
+            stat = bootstrap_mean(scores, groups=prompts, resamples=resamples)
             row.update({f"{name}": stat["mean"], f"{name}_ci_low": stat["ci_low"], f"{name}_ci_high": stat["ci_high"],
                         f"{name}_n": stat["n"]})
             if base is not None and first["method"] != "base" and name in base["evaluation"]["scores"]:
                 higher = first["scorers"][name]["higher_is_better"]
-                win, delta = paired_comparison(scores, torch.tensor(base["evaluation"]["scores"][name]),
+                win, delta = paired_comparison(scores, torch.tensor(base["evaluation"]["scores"][name]), groups=prompts,
                                                higher_is_better=higher, resamples=resamples)
                 row.update({f"{name}_win": win["mean"], f"{name}_win_ci_low": win["ci_low"],
                             f"{name}_win_ci_high": win["ci_high"], f"{name}_delta": delta["mean"],

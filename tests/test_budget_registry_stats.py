@@ -64,11 +64,34 @@ def test_registry_suggests_nearest_name():
 
 def test_bootstrap_of_a_constant_and_of_a_known_sample():
     stat = bootstrap_mean(torch.full((50,), 2.5))
-    assert stat == {"mean": 2.5, "ci_low": 2.5, "ci_high": 2.5, "n": 50}
+    assert stat == {"mean": 2.5, "ci_low": 2.5, "ci_high": 2.5, "n": 50, "clusters": 50, "runs": 1}
     values = torch.tensor([0.0, 1.0] * 200)
     stat = bootstrap_mean(values, resamples=4000)
     # normal approximation: 0.5 ± 1.96 * 0.5 / sqrt(400) = 0.5 ± 0.049
     assert stat["ci_low"] == pytest.approx(0.451, abs=0.01) and stat["ci_high"] == pytest.approx(0.549, abs=0.01)
+
+
+def test_bootstrap_resamples_prompts_then_runs():
+    # 2 prompts x 4 images: a replicate draws both prompts from {a, b}, so its mean is 0, 5 or 10 with
+    # probabilities 1/4, 1/2, 1/4 and the 95% CI is [0, 10]; resampling the 8 images independently, a mean
+    # of 0 or 10 has probability 2 x (1/2)^8 and the CI is about [1.25, 8.75]
+    values = torch.tensor([0.0] * 4 + [10.0] * 4)
+    clustered = bootstrap_mean(values, groups=["a"] * 4 + ["b"] * 4)
+    assert (clustered["mean"], clustered["ci_low"], clustered["ci_high"], clustered["clusters"]) == (5.0, 0.0, 10.0, 2)
+    by_image = bootstrap_mean(values)
+    assert 1.0 <= by_image["ci_low"] <= 2.5 and 7.5 <= by_image["ci_high"] <= 9.0
+    # two runs (seeds) that disagree completely: the runs are resampled too, so the CI spans both
+    runs = bootstrap_mean(torch.stack([torch.zeros(40), torch.ones(40)]))
+    assert (runs["mean"], runs["ci_low"], runs["ci_high"], runs["runs"]) == (0.5, 0.0, 1.0, 2)
+
+
+def test_multi_seed_win_rate_is_the_mean_of_the_seeds_win_rates():
+    base = torch.tensor([0.0, 0.0])
+    scores = torch.tensor([[1.0, -3.0], [-3.0, 1.0]])  # each seed wins one image of two
+    win, delta = paired_comparison(scores, base)
+    assert win["mean"] == 0.5 and delta["mean"] == -1.0  # the seed-averaged scores (-1, -1) would win 0 of 2
+    with pytest.raises(ValueError, match="the same images"):
+        paired_comparison(scores, torch.zeros(3))
 
 
 def test_paired_comparison_counts_ties_half():

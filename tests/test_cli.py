@@ -54,11 +54,11 @@ def test_run_writes_records_summary_and_resumes(in_tmp):
         assert run["budget"]["unit"] == "nfe" and run["budget"]["limit"] == (0 if run["method"] == "base" else 300)
         assert 0 <= run["budget"]["used"] <= run["budget"]["limit"]
         oracle = run["metrics"]["oracle"]
-        assert oracle["ci_low"] <= oracle["mean"] <= oracle["ci_high"] and oracle["n"] == 256
+        assert oracle["ci_low"] <= oracle["mean"] <= oracle["ci_high"] and oracle["n"] == 256 and oracle["clusters"] == 64
         if run["method"] != "base":
             assert run["budget"]["used"] > 0
-            assert set(run["win_rate_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n"}
-            assert set(run["delta_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n"}
+            assert set(run["win_rate_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n", "clusters", "runs"}
+            assert set(run["delta_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n", "clusters", "runs"}
     record = json.loads((in_tmp / "out" / "dpo-300nfe-s0.json").read_text())
     assert record["schema_version"] == 2 and record["config"]["methods"]["dpo"]["config"]["beta"] == 500.0
     assert len(record["evaluation"]["scores"]["oracle"]) == 256 and record["environment"]["packages"]["torch"]

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
+from bench.records import RecordError
 
 runner = CliRunner()
 
@@ -84,8 +85,8 @@ def test_rows_sort_by_budget_limit_whatever_the_unit():
     def record(method, limit, unit="gpu-h", scores=(1.0, 2.0, 3.0)):
         return {"suite": "s", "method": method, "seed": None if method == "base" else 0,
                 "budget": {"limit": limit, "unit": unit, "usage": {"nfe": 10}, "seconds": 1.0},
-                "metrics": {"r": {}}, "evaluation": {"scores": {"r": list(scores)}},
-                "scorers": {"r": {"higher_is_better": True}}}
+                "metrics": {"r": {}}, "scorers": {"r": {"higher_is_better": True}},
+                "evaluation": {"scores": {"r": list(scores)}, "prompts": ["p", "p", "q"], "seeds": [0, 1, 2]}}
 
     table = comparison_table([record("dpo", 12.0, scores=(2, 3, 4)), record("base", 0), record("dpo", 1.5),
                               record("kto", 1.5)], resamples=10)
@@ -95,3 +96,11 @@ def test_rows_sort_by_budget_limit_whatever_the_unit():
     per_seed = comparison_table([record("base", 0), record("dpo", 1.5)], group_by=("suite", "budget", "seed"),
                                 resamples=10)
     assert display_table(per_seed, {"r": True}, "plain")["seed"].tolist() == ["-", "0"]  # not 'nan' and '0.0'
+
+    other_prompts = record("dpo", 1.5)
+    other_prompts["evaluation"]["prompts"] = ["q", "p", "p"]
+    with pytest.raises(RecordError, match="s dpo .* and s base .* were evaluated on different prompts"):
+        comparison_table([record("base", 0), other_prompts], resamples=10)
+    with pytest.raises(RecordError, match="two base-model evaluations of suite 's' with different scores"):
+        comparison_table([record("base", 0), record("base", 0, scores=(1.0, 2.0, 3.5)), record("dpo", 1.5)])
+    assert len(comparison_table([record("base", 0), record("base", 0), record("dpo", 1.5)], resamples=10)) == 2
