@@ -25,8 +25,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.budget import Budget  # noqa: E402
-
 # Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -82,10 +80,9 @@ def _color(method: str, methods: list[str]) -> str:
 
 
 def _largest_budget_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method, the row of its largest budget (base excluded)."""
-    runs = table[table["method"] != "base"].copy()
-    runs["_limit"] = runs["budget"].map(lambda b: Budget.parse(b).limit)
-    return runs.sort_values(["method", "_limit"]).groupby("method", sort=True).tail(1).drop(columns="_limit")
+    """Per method, the row of its largest budget, by NFE used (comparable across budget units; base excluded)."""
+    runs = table[table["method"] != "base"]
+    return runs.sort_values(["method", "nfe", "budget"], kind="stable").groupby("method", sort=True).tail(1)
 
 
 def _budget_note(rows: pd.DataFrame) -> str:

@@ -5,8 +5,9 @@
 `index.html` (sortable table, figures embedded, no network) and `leaderboard.json`, a manifest of
 the SHA256 of every record it used and every file it wrote. All outputs are pure functions of the
 records (sorted inputs, fixed number formats, figures without dates), so `check(results)` rebuilds
-into a temporary directory and names every record added, removed or changed since the manifest and
-every output whose bytes differ.
+into a temporary directory and names every record added, removed or changed since the manifest,
+every output whose bytes differ and every file under `figures/` a rebuild does not produce (a build
+deletes those).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bench.figures import (
     sample_grid,
     win_rates,
 )
-from bench.records import write_json_atomic
+from bench.records import RecordError, write_json_atomic
 from bench.report import (
     comparison_table,
     directions,
@@ -43,8 +44,20 @@ MANIFEST = "leaderboard.json"
 PROXIES = ("toy-pickscore", "toy-clip")  # proxy scorers plotted against the oracle where both were recorded
 
 
-def _inversion_results(runs: Path) -> list[tuple[Path, dict]]:
-    return [(p, json.loads(p.read_text())) for p in sorted(runs.rglob("invert.json"))]
+def _inversion_results(paths: list[Path], *, skip_bad: bool = False) -> list[tuple[Path, dict]]:
+    """Every `bench invert` result at or under `paths`; a corrupt one raises RecordError naming it unless `skip_bad`."""
+    files = [f for p in map(Path, paths) for f in (sorted(p.rglob("invert.json")) if p.is_dir() else
+                                                   [p] if p.name == "invert.json" else [])]
+    out = []
+    for path in files:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            if skip_bad:
+                continue
+            raise RecordError(f"inversion result {path} is corrupt ({err}); pass --skip-bad to leave it out") from err
+        out.append((path, result))
+    return out
 
 
 def figures_for(records: list[dict], inversions: list[tuple[Path, dict]], out: Path, fmt: str = "png") -> list[Path]:
@@ -74,9 +87,7 @@ def figures_for(records: list[dict], inversions: list[tuple[Path, dict]], out: P
 def build_figures(paths: list[Path], out: Path, fmt: str = "png", *, skip_bad: bool = False) -> list[Path]:
     """`bench figures`: figures from the run records and `bench invert` results under `paths`."""
     records = [r for _, r in load_records(find_records(paths), skip_bad=skip_bad)]
-    inversions = [item for p in map(Path, paths) for item in
-                  (_inversion_results(p) if p.is_dir() else [(p, json.loads(p.read_text()))] if p.name == "invert.json"
-                   else [])]
+    inversions = _inversion_results(paths, skip_bad=skip_bad)
     return figures_for(records, inversions, Path(out), fmt)
 
 
@@ -128,7 +139,7 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     paths = find_records([runs]) if runs.exists() else []
     loaded = load_records(paths, skip_bad=skip_bad, progress=progress)
     records = [r for _, r in loaded]
-    inversions = _inversion_results(runs) if runs.exists() else []
+    inversions = _inversion_results([runs], skip_bad=skip_bad) if runs.exists() else []
     figures_dir = out / "figures"
     sections, md = [], ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
                         "`results/runs/`. 95% CIs from a bootstrap over training seeds, then prompts; win rate and Δ "
@@ -147,6 +158,8 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
         sections.append((title, shown))
         md += [f"## {title}", "", shown.to_markdown(index=False), ""]
     written = figures_for(records, inversions, figures_dir)
+    for stale in _figure_files(figures_dir) - set(written):  # e.g. of a suite whose records were removed
+        stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / "leaderboard.md").write_text("\n".join(md))
     csv = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
@@ -160,6 +173,10 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     }
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
+
+
+def _figure_files(figures_dir: Path) -> set[Path]:
+    return {p for p in figures_dir.glob("*") if p.suffix in (".png", ".pdf", ".svg")} if figures_dir.is_dir() else set()
 
 
 def check(results: Path, *, skip_bad: bool = False) -> list[str]:
@@ -185,4 +202,8 @@ def check(results: Path, *, skip_bad: bool = False) -> list[str]:
             problems.append(f"output {name} is missing")
         elif fresh["outputs"].get(name) != sha256_file(on_disk):
             problems.append(f"output {name} is stale (differs from a rebuild)")
+    for path in sorted(_figure_files(results / "figures")):
+        name = path.relative_to(results).as_posix()
+        if name not in fresh["outputs"]:
+            problems.append(f"output {name} is not produced by a rebuild (run `bench leaderboard` to remove it)")
     return problems

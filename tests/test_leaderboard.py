@@ -51,6 +51,10 @@ def test_figures(results, tmp_path):
                      "toy-samples.pdf", "toy-toy-clip-vs-oracle.pdf", "toy-toy-pickscore-vs-oracle.pdf",
                      "toy-win-rates.pdf"]
     assert all(b"CreationDate" not in (tmp_path / n).read_bytes() for n in names)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "invert.json").write_text("{")
+    broken = runner.invoke(app, ["figures", str(tmp_path / "broken"), "--out", str(tmp_path / "f")])
+    assert broken.exit_code == 2 and "invert.json is corrupt" in broken.output, broken.output
 
 
 def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
@@ -73,6 +77,11 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
     assert stale.exit_code == 1
     assert "record runs/toy/dpo-3steps-s0.json is in the leaderboard but missing" in stale.output
     assert runner.invoke(app, ["leaderboard", "--results", str(results), "--check"]).exit_code == 0
+    orphan = results / "figures" / "old-suite-frontier.png"  # e.g. left from a suite whose records were removed
+    orphan.write_bytes(b"not a figure of these records")
+    extra = runner.invoke(app, ["leaderboard", "--results", str(results), "--check"])
+    assert extra.exit_code == 1 and "output figures/old-suite-frontier.png is not produced by a rebuild" in extra.output
+    assert runner.invoke(app, ["leaderboard", "--results", str(results)]).exit_code == 0 and not orphan.exists()
     (results / "runs" / "toy" / "dpo-2steps-s0.json").write_text("{corrupt")
     corrupt = runner.invoke(app, ["leaderboard", "--results", str(results)])
     assert corrupt.exit_code == 2 and "dpo-2steps-s0.json is corrupt" in corrupt.output
