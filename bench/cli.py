@@ -366,9 +366,6 @@ def list_registry() -> None:
         console.print(table)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
 def _parse_weights(items: list[str], metrics: list[str]) -> dict[str, Path]:
     out = {}
     for item in items:
@@ -391,8 +388,8 @@ def _read_prompts(path: Path, n_images: int) -> list[str]:
     if len(lines) == 1:
         return lines * n_images
     if len(lines) != n_images:
-        _fail(f"--prompts {path}: {len(lines)} prompts for {n_images} images; give one per image (in sorted "
-              "file-name order) or a single prompt for all")
+        _fail(f"--prompts {path}: {len(lines)} prompts for {n_images} images; give one per image (in natural "
+              "file-name order: 2.png before 10.png) or a single prompt for all")
     return lines
 
 
@@ -402,8 +399,10 @@ def _load_image(path: Path):
     import torch
     from PIL import Image
 
+    from bench.data import as_rgb
+
     with Image.open(path) as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        array = np.asarray(as_rgb(img), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
@@ -466,8 +465,8 @@ def _save_images(out: Path, images, prompts: list[str]) -> None:
 def eval_images(
     metrics: str = typer.Option(..., "--metrics", "-m", help="comma-separated scorers, e.g. pickscore,clip,aesthetic "
                                 "(see `bench list`)"),
-    images: Path = typer.Option(None, "--images", help="folder of .png/.jpg/.jpeg/.webp images, scored in sorted "
-                                "file-name order"),
+    images: Path = typer.Option(None, "--images", help="folder of .png/.jpg/.jpeg/.webp images, scored in natural "
+                                "file-name order (2.png before 10.png)"),
     prompts: Path = typer.Option(None, "--prompts", help="text file: one prompt per image in the same order, or one "
                                  "prompt for all"),
     toy_renders: int = typer.Option(None, "--toy-renders", help="instead of --images: score N ground-truth toy renders "
@@ -531,11 +530,12 @@ def eval_images(
             _fail(f"--save-images {save_images}: exists and is not an empty directory")
     files = None
     if images is not None:
-        if not images.is_dir():
-            _fail(f"--images {images}: not a directory")
-        files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            _fail(f"--images {images}: no {'/'.join(IMAGE_SUFFIXES)} files")
+        from bench.data import image_files
+
+        try:
+            files = image_files(images)  # natural order: 2.png before 10.png
+        except FileNotFoundError as err:
+            _fail(f"--images: {err}")
         if prompts is None:
             _fail("--images needs --prompts FILE (one prompt per image, or one for all)")
         per_image = _read_prompts(prompts, len(files))

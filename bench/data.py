@@ -19,12 +19,14 @@ import hashlib
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
 from bench.backbone import Backbone, Conditioning
@@ -154,11 +156,41 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def natural_key(path: Path) -> list:
+    """Sort key reading digit runs as numbers: 2.png before 10.png (as file browsers order them)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
+
+
+def image_files(directory: str | os.PathLike) -> list[Path]:
+    """The images of a directory in natural name order; one-line errors for a non-directory or none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image directory {directory} does not exist or is not a directory")
+    files = sorted((p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {directory}")
+    return files
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows the image: EXIF orientation applied; 16-bit and 32-bit greyscale (modes
+    I;16*, I, F) scaled to 8 bits (PIL's `convert("RGB")` clips them to white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "F" else max(float(array.max()), 1.0)
+        img = Image.fromarray(np.clip(array / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def decode_images(blobs: list[bytes], size: int) -> torch.Tensor:
     """Encoded images -> (N, 3, size, size) float RGB in [0, 1] (shorter side resized, centre crop)."""
     out = torch.empty(len(blobs), 3, size, size)
     for i, blob in enumerate(blobs):
-        img = Image.open(io.BytesIO(blob)).convert("RGB")
+        img = as_rgb(Image.open(io.BytesIO(blob)))
         if img.size != (size, size):
             scale = size / min(img.size)
             img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),

@@ -26,7 +26,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from bench.backbone import Backbone, Conditioning
-from bench.data import decode_images
+from bench.data import decode_images, image_files
 from bench.progress import progress_bar
 from methods.inversion import SAMPLERS
 from methods.inversion.base import sampling_levels
@@ -61,13 +61,8 @@ class InvertConfig:
 
 
 def load_image_dir(path: Path, size: int) -> torch.Tensor:
-    """Every .png/.jpg/.jpeg/.webp in `path` (sorted), resized and centre-cropped to size: (N, 3, size, size)."""
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"image directory {path} does not exist or is not a directory")
-    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if not files:
-        raise FileNotFoundError(f"no .png/.jpg/.jpeg/.webp images in {path}")
-    return decode_images([p.read_bytes() for p in files], size)
+    """Every .png/.jpg/.jpeg/.webp in `path` (natural name order), resized and centre-cropped: (N, 3, size, size)."""
+    return decode_images([p.read_bytes() for p in image_files(path)], size)
 
 
 def _time_call(fn, repeats: int) -> float:

@@ -8,10 +8,12 @@ aggregates with bootstrap CIs, the paired comparison with the base model, and th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -59,6 +61,26 @@ def environment() -> dict:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix) to write to; renamed over `path` when the block succeeds,
+    removed when it fails, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:

@@ -40,7 +40,8 @@ def bootstrap_mean(values: torch.Tensor, *, groups: Sequence | None = None, resa
 
     Args:
         values: (N,) one value per image, or (S, N): S runs of the same N images.
-        groups: (N,) each image's cluster (its prompt), resampled as a unit; None: images are independent.
+        groups: (N,) each image's cluster (its prompt), resampled as a unit; None: images are independent. A
+            single cluster (one prompt for every image) cannot be resampled: its images are, as with None.
     """
     values = torch.as_tensor(values, dtype=torch.float64)
     values = values[None] if values.ndim == 1 else values  # (S, N)
@@ -48,6 +49,8 @@ def bootstrap_mean(values: torch.Tensor, *, groups: Sequence | None = None, resa
     if n == 0 or runs == 0:
         raise ValueError("cannot bootstrap an empty sample")
     ids = cluster_ids(groups, n)  # (N,)
+    if int(ids.max()) == 0:  # one prompt: the CI can only describe the variation between its images
+        ids = torch.arange(n)
     clusters = int(ids.max()) + 1
     sums = torch.zeros(runs, clusters, dtype=torch.float64).index_add_(1, ids, values)  # (S, P)
     counts = torch.bincount(ids, minlength=clusters).to(torch.float64)  # (P,)

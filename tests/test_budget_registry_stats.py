@@ -80,6 +80,7 @@ def test_bootstrap_resamples_prompts_then_runs():
     assert (clustered["mean"], clustered["ci_low"], clustered["ci_high"], clustered["clusters"]) == (5.0, 0.0, 10.0, 2)
     by_image = bootstrap_mean(values)
     assert 1.0 <= by_image["ci_low"] <= 2.5 and 7.5 <= by_image["ci_high"] <= 9.0
+    assert bootstrap_mean(values, groups=["a"] * 8) == by_image  # one prompt for all: its images are resampled
     # two runs (seeds) that disagree completely: the runs are resampled too, so the CI spans both
     runs = bootstrap_mean(torch.stack([torch.zeros(40), torch.ones(40)]))
     assert (runs["mean"], runs["ci_low"], runs["ci_high"], runs["runs"]) == (0.5, 0.0, 1.0, 2)

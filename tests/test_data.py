@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from bench.data import DataError, decode_images, encode_preferences, load_pickapic, png_bytes, preference_pairs
+from bench.data import DataError, as_rgb, decode_images, encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.toy.world import all_combos, render_dataset
 
 
@@ -80,6 +81,23 @@ def test_directory_splits_are_matched_by_name_not_substring(pickapic_parquet, tm
     unsplit.mkdir()
     full.to_parquet(str(unsplit / "prefs.parquet"))  # one dataset without split names: every split reads it
     assert len(load_pickapic(unsplit, "test")) == 4
+
+
+def test_images_decode_as_a_viewer_shows_them():
+    """16-bit greyscale keeps its values (not clipped to white); an EXIF rotation is applied."""
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    grey = decode_images([buffer.getvalue()], 32)
+    assert grey.min().item() == 0.0 and grey.max().item() == 1.0 and abs(grey.mean().item() - 0.5) < 0.01
+    wide = Image.new("RGB", (64, 32), (255, 0, 0))
+    wide.paste((0, 0, 255), (0, 0, 32, 32))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    buffer = io.BytesIO()
+    wide.save(buffer, format="PNG", exif=exif)
+    shown = as_rgb(Image.open(io.BytesIO(buffer.getvalue())))
+    assert shown.size == (32, 64) and shown.getpixel((16, 8)) == (0, 0, 255)  # blue on top after the rotation
 
 
 def test_decode_resizes_shorter_side_and_centre_crops():

@@ -306,6 +306,15 @@ def test_eval_toy_renders_and_an_image_folder(in_tmp):
     for name, tolerance in (("oracle", 0.05), ("toy-clip", 1.0)):  # of 6 and of 100
         assert torch.allclose(torch.tensor(folder["scores"][name]), torch.tensor(record["scores"][name]), atol=tolerance)
 
+    # unpadded names (0.png ... 23.png) are read in natural order, so the prompt file still lines up
+    for path in (in_tmp / "imgs").glob("*.png"):
+        path.rename(path.with_name(f"{int(path.stem)}.png"))
+    result = runner.invoke(app, ["eval", "-m", "oracle", "--images", "imgs", "--prompts", "imgs/prompts.txt",
+                                 "--json", "natural.json", "-q"])
+    assert result.exit_code == 0, result.output
+    natural = json.loads((in_tmp / "natural.json").read_text())
+    assert natural["files"][:3] == ["0.png", "1.png", "2.png"] and natural["scores"]["oracle"] == folder["scores"]["oracle"]
+
 
 def test_weights_lists_every_scorer_spec(in_tmp):
     result = runner.invoke(app, ["weights", "--json", "weights.json"])
