@@ -140,6 +140,8 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     loaded = load_records(paths, skip_bad=skip_bad, progress=progress)
     records = [r for _, r in loaded]
     inversions = _inversion_results([runs], skip_bad=skip_bad) if runs.exists() else []
+    if not records and not inversions:  # e.g. the wrong --results: nothing is overwritten or deleted
+        raise RecordError(f"no run records or inversion results under {runs}; is {results} the results directory?")
     figures_dir = out / "figures"
     sections, md = [], ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
                         "`results/runs/`. 95% CIs from a bootstrap over training seeds, then prompts; win rate and Δ "
@@ -185,7 +187,10 @@ def check(results: Path, *, skip_bad: bool = False) -> list[str]:
     committed_path = results / MANIFEST
     if not committed_path.exists():
         return [f"{committed_path} is missing: run `bench leaderboard`"]
-    committed = json.loads(committed_path.read_text())
+    try:
+        committed = json.loads(committed_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return [f"{committed_path} is unreadable ({err}): run `bench leaderboard`"]
     with tempfile.TemporaryDirectory() as tmp:
         fresh = build(results, Path(tmp), skip_bad=skip_bad)
     problems = []

@@ -13,6 +13,7 @@ Every table is a pure function of the records: rows are sorted, numbers formatte
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,14 +40,26 @@ def find_records(paths: list[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def _other_json(path: Path) -> bool:
+    """A readable JSON object that is not a run record (a --json summary, a dry-run report, `bench weights`)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(payload, dict):
+        return True
+    return payload.get("kind", "alignment-run") != "alignment-run" or not {"kind", "schema_version"} & set(payload)
+
+
 def load_records(paths: list[Path], *, skip_bad: bool = False, progress: bool = False) -> list[tuple[Path, dict]]:
-    """Read records; a missing or corrupt one raises RecordError naming it unless `skip_bad`."""
+    """Read records; a missing or corrupt one raises RecordError naming it unless `skip_bad`. Other JSON files
+    (summaries, reports) are passed over."""
     out = []
     for path in progress_bar(paths, enabled=progress, desc="records"):
         try:
             record = read_record(path)
         except RecordError:
-            if skip_bad:
+            if skip_bad or _other_json(path):
                 continue
             raise
         if record.get("kind") == "alignment-run":

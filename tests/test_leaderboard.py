@@ -113,3 +113,22 @@ def test_rows_sort_by_budget_limit_whatever_the_unit():
     with pytest.raises(RecordError, match="two base-model evaluations of suite 's' with different scores"):
         comparison_table([record("base", 0), record("base", 0, scores=(1.0, 2.0, 3.5)), record("dpo", 1.5)])
     assert len(comparison_table([record("base", 0), record("base", 0), record("dpo", 1.5)], resamples=10)) == 2
+
+
+def test_leaderboard_without_records_touches_nothing_and_stray_json_is_passed_over(results, tmp_path):
+    wrong = tmp_path / "not-results"
+    (wrong / "figures").mkdir(parents=True)
+    (wrong / "figures" / "mine.png").write_bytes(b"someone's figure")
+    (wrong / "leaderboard.md").write_text("mine")
+    empty = runner.invoke(app, ["leaderboard", "--results", str(wrong)])
+    assert empty.exit_code == 2 and "no run records or inversion results under" in empty.output
+    assert (wrong / "figures" / "mine.png").exists() and (wrong / "leaderboard.md").read_text() == "mine"
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("base.json", "dpo-3steps-s0.json"):
+        (runs / name).write_bytes((results / "runs" / "toy" / name).read_bytes())
+    (runs / "summary.json").write_text(json.dumps({"suite": "toy", "runs": []}))  # a `bench run --json` summary
+    report = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "t")])
+    assert report.exit_code == 0, report.output
+    assert "| dpo " in (tmp_path / "t" / "table.md").read_text()
