@@ -69,6 +69,21 @@ def _print_table(df, title: str) -> None:
     console.print(table)
 
 
+def _output_file(ctx: typer.Context, param: typer.CallbackParam, path: Path | None) -> Path | None:
+    """Option callback: a file to write, checked before any work (one-line error, exit 2)."""
+    if path is not None and (path.is_dir() or path.parent.exists() and not path.parent.is_dir()):
+        _fail(f"{param.opts[0]} {path}: {'is a directory' if path.is_dir() else 'its parent is not a directory'}; "
+              "give a file path")
+    return path
+
+
+def _output_dir(ctx: typer.Context, param: typer.CallbackParam, path: Path | None) -> Path | None:
+    """Option callback: a directory to write into, checked before any work (one-line error, exit 2)."""
+    if path is not None and path.exists() and not path.is_dir():
+        _fail(f"{param.opts[0]} {path}: exists and is not a directory")
+    return path
+
+
 def _split(csv: str) -> list[str]:
     return [item.strip() for item in csv.split(",") if item.strip()]
 
@@ -91,7 +106,7 @@ def run(
                                         help="[METHOD.]FIELD=VALUE training setting, e.g. batch_size=8 or dpo.lr=1e-5"),
     run_dir: Path = typer.Option(None, help="where records go (default: runs/<suite>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir (skip finished methods)"),
-    json_path: Path = typer.Option(None, "--json", help="also write a summary JSON here"),
+    json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write a summary JSON here"),
     pipeline: str = typer.Option(None, help="override the suite's pipeline (local diffusers directory or hub id)"),
     data: str = typer.Option(None, help="override the suite's preference data (Pick-a-Pic v2 schema)"),
     prompts: str = typer.Option(None, help="override the suite's evaluation prompts: a text file (one per line), "
@@ -185,8 +200,8 @@ def invert(
     prompt: str = typer.Option("", help="prompt for --images-dir images"),
     images: int = typer.Option(8, help="number of toy renders (held-out captions) when no --images-dir"),
     pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
-    out: Path = typer.Option(Path("runs/invert"), help="where the JSON, table and figures go"),
-    json_path: Path = typer.Option(None, "--json", help="also write the records here"),
+    out: Path = typer.Option(Path("runs/invert"), callback=_output_dir, help="where the JSON, table and figures go"),
+    json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the records here"),
     repeats: int = typer.Option(1, help="timed runs per sampler (median reported)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
@@ -238,7 +253,7 @@ def speed(
     dtype: str = typer.Option("float32", help="float32 or float64"),
     repeats: int = typer.Option(3, help="timed round trips per sampler (median reported)"),
     pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
-    json_path: Path = typer.Option(None, "--json", help="also write the timings here"),
+    json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the timings here"),
 ) -> None:
     """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians)."""
     _quiet_libraries()
@@ -282,7 +297,7 @@ def report(
                                                      "unless listed)"),
     metrics: str = typer.Option(None, help="comma-separated metrics (default: all recorded)"),
     formats: str = typer.Option("md,csv,tex", "--format", help="any of md, csv, tex"),
-    out: Path = typer.Option(Path("report"), help="where table.md/.csv/.tex go"),
+    out: Path = typer.Option(Path("report"), callback=_output_dir, help="where table.md/.csv/.tex go"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
     """Comparison tables from run records: one row per method, mean ± 95% CI, win rate and Δ vs base, budget used."""
@@ -307,7 +322,7 @@ def report(
 @app.command()
 def figures(
     paths: list[Path] = typer.Argument(..., help="run records, `bench invert` results or directories of them"),
-    out: Path = typer.Option(Path("figures"), help="output directory"),
+    out: Path = typer.Option(Path("figures"), callback=_output_dir, help="output directory"),
     fmt: str = typer.Option("png", "--format", help="png or pdf"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
@@ -327,7 +342,8 @@ def figures(
 
 @app.command()
 def leaderboard(
-    results: Path = typer.Option(Path("results"), help="the results directory (records under results/runs/)"),
+    results: Path = typer.Option(Path("results"), callback=_output_dir,
+                                 help="the results directory (records under results/runs/)"),
     check: bool = typer.Option(False, "--check", help="fail, naming what differs, if the committed leaderboard is stale"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
@@ -483,8 +499,8 @@ def eval_images(
     clip_backbone: str = typer.Option(None, "--clip-backbone", help="backbone of `clip`: transformers id or directory, "
                                       "or open_clip NAME[:TAG] (default openai/clip-vit-large-patch14)"),
     hps_version: str = typer.Option(None, "--hps-version", help="version of `hps`: v2.1 (default) or v2.0"),
-    json_path: Path = typer.Option(None, "--json", help="write per-image scores and scorer descriptions (weight paths, "
-                                   "SHA256) here"),
+    json_path: Path = typer.Option(None, "--json", callback=_output_file,
+                                   help="write per-image scores and scorer descriptions (weight paths, SHA256) here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
     seed: int = typer.Option(0, help="toy renders: seed of the scenes' unnamed variables (position jitter, y, radius); "
                              "toy samples: sample i uses seed + i"),
@@ -625,7 +641,7 @@ def eval_images(
 def list_weights(
     metrics: str = typer.Option(None, "--metrics", "-m", help="only these scorers (default: every registered one)"),
     no_hash: bool = typer.Option(False, "--no-hash", help="skip SHA256 (hashing multi-GB files takes seconds)"),
-    json_path: Path = typer.Option(None, "--json", help="also write the listing here"),
+    json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the listing here"),
 ) -> None:
     """List each scorer's weight files: where each was found (or "missing"), size and SHA256."""
     from bench.records import write_json_atomic
@@ -676,7 +692,7 @@ def list_weights(
 
 @toy_app.command("build")
 def toy_build(
-    out: Path = typer.Option(None, help="output directory (default: the cache's toy/ directory)"),
+    out: Path = typer.Option(None, callback=_output_dir, help="output directory (default: the cache's toy/ directory)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
@@ -692,8 +708,9 @@ def toy_build(
 
 @toy_app.command("build-scorers")
 def toy_build_scorers(
-    out: Path = typer.Option(None, help="output directory (default: the cache's toy/scorers/; the shipped ones are in "
-                             "bench/toy/assets/scorers/)"),
+    out: Path = typer.Option(None, callback=_output_dir,
+                             help="output directory (default: the cache's toy/scorers/; the shipped ones are in "
+                                  "bench/toy/assets/scorers/)"),
     prefs: Path = typer.Option(None, help="preference pairs for toy-pickscore (default: the toy build's prefs.parquet)"),
     pipeline: Path = typer.Option(None, help="pipeline whose samples the report scores (default: the toy build's)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),

@@ -110,6 +110,10 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     unknown = set(group_by) - set(GROUP_KEYS)
     if unknown:
         raise ValueError(f"--group-by {sorted(unknown)}: choose from {', '.join(GROUP_KEYS)}")
+    recorded = {name for r in records for name in r["evaluation"]["scores"]}
+    missing = [name for name in metrics or [] if name not in recorded]
+    if missing:
+        raise ValueError(f"--metrics {', '.join(missing)}: not in these records (they have {', '.join(sorted(recorded))})")
     bases = _one_base_per_suite(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:

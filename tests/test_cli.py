@@ -33,6 +33,9 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
     (["run", "--methods", "dpo", "--budget", "100nfe"], "smaller than one dpo step (128 nfe"),
     (["run", "--dtype", "fp64"], "--dtype 'fp64': expected one of fp32, fp16, bf16"),
     (["run", "--pipeline", "./nope"], "pipeline directory './nope' does not exist"),
+    (["run", "--json", "."], "--json .: is a directory; give a file path"),
+    (["report", ".", "--out", "/dev/null"], "--out /dev/null: exists and is not a directory"),
+    (["leaderboard", "--results", "."], "no run records or inversion results under runs; is . the results directory?"),
     (["run", "--data", "./nope.parquet"], "cannot load preference data './nope.parquet'"),  # before the base evaluation
     (["run", "--dtype", "bf16"], "dpo: --dtype bf16 holds the reference UNet in bf16, so the policy must train under "
                                  "the same autocast: add --train-arg mixed_precision=bf16 (it is 'no')"),

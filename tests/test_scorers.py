@@ -270,6 +270,7 @@ def test_eval_missing_weights_exits_2_and_writes_nothing(in_tmp):
     (["--metrics", "oracle", "--images", "nope", "--prompts", "p.txt"], "not a directory"),
     (["--metrics", "oracle", "--toy-renders", "2", "--toy-samples", "2"], "give either --images DIR"),
     (["--metrics", "oracle", "--toy-renders", "0"], "--toy-renders must be >= 1, got 0"),
+    (["--metrics", "oracle", "--toy-renders", "2", "--json", "."], "--json .: is a directory; give a file path"),
     (["--metrics", "oracle", "--toy-renders", "2", "--pipeline", "."], "--pipeline applies to --toy-samples"),
     (["--metrics", "oracle", "--toy-samples", "2", "--pipeline", "nope"], "--pipeline nope: not a directory"),
     (["--metrics", "oracle", "--toy-renders", "2", "--hps-version", "v2.0"], "--hps-version applies to the `hps` metric"),
