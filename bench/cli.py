@@ -88,6 +88,12 @@ def _split(csv: str) -> list[str]:
     return [item.strip() for item in csv.split(",") if item.strip()]
 
 
+_WEIGHTS_HELP = "NAME=PATH: local weights (file or directory) for scorer NAME; repeatable"
+_PICKLE_HELP = "load checkpoints holding pickled Python objects (runs their code: trusted files only)"
+_CLIP_HELP = "backbone of `clip`: transformers id or directory, or open_clip NAME[:TAG] (default openai/clip-vit-large-patch14)"
+_HPS_HELP = "version of `hps`: v2.1 (default) or v2.0"
+
+
 def _check_image_count(images: int, available: int) -> None:
     if not 1 <= images <= available:
         raise ValueError(f"--images {images}: the toy world has {available} held-out captions; choose 1 to {available}")
@@ -115,6 +121,10 @@ def run(
                               help="precision of the frozen UNet and text encoders and of evaluation for the base model "
                                    "and every policy: fp32, fp16 or bf16 (the VAE stays fp32; trained weights are fp32, "
                                    "see --train-arg mixed_precision); default: the suite's (toy fp32, sd15/sdxl fp16)"),
+    weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
+    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_CLIP_HELP),
+    hps_version: str = typer.Option(None, "--hps-version", help=_HPS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="build the pipeline's shapes on the meta device (no weights) and report parameters, "
@@ -132,6 +142,7 @@ def run(
     from bench.report import comparison_table, directions, display_table, write_tables
     from bench.run import execute, parse_method_args, plan_run, summary
     from bench.suites import get_suite
+    from metrics.build import ScorerOptions
 
     try:
         the_suite = get_suite(suite)
@@ -148,7 +159,8 @@ def run(
                         train_args=parse_method_args(train_arg, "--train-arg", any_method=True), run_dir=target, resume=resume,
                         progress=not quiet, pipeline=pipeline, preference_data=data,
                         prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts,
-                        dtype=dtype)
+                        dtype=dtype, scorer_options=ScorerOptions(_parse_weights(weights), hps_version, clip_backbone,
+                                                                  allow_pickle))
         if dry_run:
             from bench.dryrun import dry_run as plan_dry_run
             from bench.dryrun import report_notes, report_tables
@@ -382,16 +394,15 @@ def list_registry() -> None:
         console.print(table)
 
 
-def _parse_weights(items: list[str], metrics: list[str]) -> dict[str, Path]:
+def _parse_weights(items: list[str]) -> dict[str, Path]:
     out = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
             _fail(f"--weights {item!r}: expected NAME=PATH, e.g. pickscore=/models/PickScore_v1")
-        if name.strip() not in metrics:
-            _fail(f"--weights {item!r}: {name.strip()!r} is not in --metrics ({', '.join(metrics)})")
         out[name.strip()] = Path(path.strip()).expanduser()
     return out
+
 
 
 def _read_prompts(path: Path, n_images: int) -> list[str]:
@@ -492,13 +503,10 @@ def eval_images(
     pipeline: Path = typer.Option(None, "--pipeline", help="pipeline for --toy-samples (default: the toy build's)"),
     save_images: Path = typer.Option(None, "--save-images", help="with --toy-renders/--toy-samples: also write the "
                                      "scored images (DIR/00000.png ...) and DIR/prompts.txt, for --images/--prompts"),
-    weights: list[str] = typer.Option([], "--weights", help="NAME=PATH: local weights (file or directory) for scorer "
-                                      "NAME; repeatable"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="load checkpoints holding pickled Python objects "
-                                      "(runs their code: trusted files only)"),
-    clip_backbone: str = typer.Option(None, "--clip-backbone", help="backbone of `clip`: transformers id or directory, "
-                                      "or open_clip NAME[:TAG] (default openai/clip-vit-large-patch14)"),
-    hps_version: str = typer.Option(None, "--hps-version", help="version of `hps`: v2.1 (default) or v2.0"),
+    weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
+    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_CLIP_HELP),
+    hps_version: str = typer.Option(None, "--hps-version", help=_HPS_HELP),
     json_path: Path = typer.Option(None, "--json", callback=_output_file,
                                    help="write per-image scores and scorer descriptions (weight paths, SHA256) here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
@@ -512,14 +520,13 @@ def eval_images(
     stop the command with exit code 2 having written nothing.
     """
     _quiet_libraries()
-    import inspect
-
     import torch
 
     from bench.progress import progress_bar
     from bench.records import environment, now, write_json_atomic
     from bench.stats import bootstrap_mean
     from metrics import SCORERS
+    from metrics.build import ScorerOptions, build_scorers
 
     names = _split(metrics)
     if not names:
@@ -528,13 +535,13 @@ def eval_images(
         SCORERS.check(names)
     except _user_errors() as err:
         _fail(str(err))
-    explicit = _parse_weights(weights, names)
+    options = ScorerOptions(_parse_weights(weights), hps_version, clip_backbone, allow_pickle)
+    try:
+        options.check(names)
+    except ValueError as err:
+        _fail(str(err))
     if batch_size < 1:
         _fail(f"--batch-size must be >= 1, got {batch_size}")
-    if clip_backbone and "clip" not in names:
-        _fail("--clip-backbone applies to the `clip` metric, which is not in --metrics")
-    if hps_version and "hps" not in names:
-        _fail("--hps-version applies to the `hps` metric, which is not in --metrics")
     if sum(x is not None for x in (images, toy_renders, toy_samples)) != 1:
         _fail("give either --images DIR (with --prompts FILE), --toy-renders N or --toy-samples N")
     if pipeline is not None and toy_samples is None:
@@ -564,25 +571,10 @@ def eval_images(
         if pipeline is not None and not pipeline.is_dir():
             _fail(f"--pipeline {pipeline}: not a directory")
 
-    scorers = {}
-    for name in names:  # build every scorer first: missing weights stop here, before any image is made or read
-        cls = SCORERS.get(name)
-        accepts = inspect.signature(cls).parameters
-        kwargs = {}
-        if name in explicit:
-            if "weights" not in accepts:
-                _fail(f"--weights {name}=...: the {name} scorer takes no weights")
-            kwargs["weights"] = explicit[name]
-        if allow_pickle and "allow_pickle" in accepts:
-            kwargs["allow_pickle"] = True
-        if name == "clip" and clip_backbone:
-            kwargs["backbone"] = clip_backbone
-        if name == "hps" and hps_version:
-            kwargs["version"] = hps_version
-        try:
-            scorers[name] = cls(**kwargs)
-        except (ValueError, *_user_errors()) as err:
-            _fail(str(err))
+    try:  # every scorer first: missing weights stop here, before any image is made or read
+        scorers = build_scorers(names, options)
+    except (ValueError, *_user_errors()) as err:
+        _fail(str(err))
 
     pixels, toy_source = None, {}
     if files is None:

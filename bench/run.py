@@ -33,6 +33,7 @@ from bench.suites import Suite
 from bench.trainer import Trainer, declared_step_cost
 from methods.alignment import METHODS, AlignmentMethod
 from metrics import SCORERS, Scorer
+from metrics.build import ScorerOptions, build_scorers
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class RunPlan:
     prompts: list[str] = field(default_factory=list)  # the evaluation prompts, resolved
     prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.prompts.resolve_prompts`)
     dtype: str = "fp32"  # the frozen pipeline's UNet and text encoders, and evaluation (PIPELINE_DTYPES)
+    scorer_options: ScorerOptions = field(default_factory=ScorerOptions)  # weights paths, HPS version, CLIP backbone
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -70,6 +72,7 @@ class RunPlan:
             "eval_prompt_source": self.prompt_source,
             "eval_prompts": self.prompts,
             "metrics": list(self.suite.metrics),
+            "scorer_options": self.scorer_options.recorded(),
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
@@ -96,7 +99,8 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
              method_args: dict[str, dict[str, str]] | None = None, train_args: dict[str, dict[str, str]] | None = None,
              run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
-             prompts: str | None = None, dtype: str | None = None) -> RunPlan:
+             prompts: str | None = None, dtype: str | None = None,
+             scorer_options: ScorerOptions | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work."""
     if not method_names:
         raise RunSetupError("no methods given; e.g. --methods dpo,inpo,kto")
@@ -104,6 +108,11 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
         raise RunSetupError(f"--methods lists a method twice: {','.join(method_names)}")
     METHODS.check(method_names)
     SCORERS.check(list(suite.metrics))
+    scorer_options = scorer_options or ScorerOptions()
+    try:
+        scorer_options.check(list(suite.metrics))
+    except ValueError as err:
+        raise RunSetupError(f"{err} (the {suite.name} suite's metrics)") from None
     method_args, train_args = method_args or {}, train_args or {}
     for option, given in (("--method-arg", method_args), ("--train-arg", train_args)):
         for name in given:
@@ -142,7 +151,7 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
-                   *resolve_prompts(prompts if prompts is not None else suite.eval_prompts), dtype)
+                   *resolve_prompts(prompts if prompts is not None else suite.eval_prompts), dtype, scorer_options)
     manifest = plan.run_dir / "run.json"
     if resume:
         if not manifest.exists():
@@ -154,10 +163,6 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     elif plan.run_dir.exists() and any(plan.run_dir.iterdir()):
         raise RunSetupError(f"run directory {plan.run_dir} is not empty; pass --resume to continue it or choose another")
     return plan
-
-
-def _scorers(names) -> dict[str, Scorer]:
-    return {name: SCORERS.get(name)() for name in names}
 
 
 def _scorer_identity(scorer: Scorer) -> dict:
@@ -255,7 +260,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
 
     # Everything that can fail on the user's input (scorer weights, pipeline, preference data) is loaded
     # before anything is written or evaluated.
-    scorers = _scorers(plan.suite.metrics)
+    scorers = build_scorers(list(plan.suite.metrics), plan.scorer_options)
     backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
     runs = [(budget, seed, name, method, plan.run_dir / f"{record_name(name, budget, seed)}.json")
             for budget, seed, (name, method) in itertools.product(plan.budgets, plan.seeds, plan.methods.items())]

@@ -34,6 +34,9 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
     (["run", "--dtype", "fp64"], "--dtype 'fp64': expected one of fp32, fp16, bf16"),
     (["run", "--pipeline", "./nope"], "pipeline directory './nope' does not exist"),
     (["run", "--json", "."], "--json .: is a directory; give a file path"),
+    (["run", "--hps-version", "v2.0"], "--hps-version applies to the `hps` metric, which is not in --metrics (the toy "
+                                       "suite's metrics)"),
+    (["run", "--weights", "clip=/x"], "--weights clip=...: 'clip' is not in --metrics (oracle, toy-pickscore, toy-clip)"),
     (["report", ".", "--out", "/dev/null"], "--out /dev/null: exists and is not a directory"),
     (["leaderboard", "--results", "."], "no run records or inversion results under runs; is . the results directory?"),
     (["run", "--data", "./nope.parquet"], "cannot load preference data './nope.parquet'"),  # before the base evaluation
@@ -120,3 +123,15 @@ def test_several_budgets_make_a_frontier(in_tmp):
     assert len(record["samples"]["png_base64"]) == 4  # min(sample_images, 1 prompt x 4 seeds)
     twice = runner.invoke(app, ["run", "--budgets", "2steps,2steps"])
     assert twice.exit_code == 2 and "listed twice" in twice.output
+
+
+def test_real_scale_run_takes_scorer_weights_and_fails_on_a_wrong_path_before_writing(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    result = runner.invoke(app, ["run", "--suite", "sd15-pickapic", "--methods", "dpo", "--prompts", str(prompts),
+                                 "--weights", f"pickscore={tmp_path / 'typo'}", "--hps-version", "v2.0",
+                                 "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "pickscore: weights 'yuvalkirstain/PickScore_v1 (model directory)' not found (looked in" in message
+    assert "typo" in message and not (tmp_path / "run").exists()
