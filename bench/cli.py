@@ -222,7 +222,7 @@ def invert(
     from bench.backbone import Backbone
     from bench.figures import inversion_error_vs_nfe, inversion_time_per_image
     from bench.invert import InvertConfig, load_image_dir, run_inversion_benchmark
-    from bench.records import environment, now, write_json_atomic
+    from bench.records import environment, now, write_json_atomic, write_text_atomic
     from bench.report import inversion_table, three_significant
     from bench.suites import get_suite
     from bench.toy.world import render_dataset, split_combos
@@ -246,7 +246,7 @@ def invert(
     if json_path is not None:
         write_json_atomic(json_path, result)
     df = inversion_table(result["records"])
-    (out / "table.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
+    write_text_atomic(out / "table.md", df.to_markdown(index=False, floatfmt=".3g") + "\n")
     inversion_error_vs_nfe(result["records"], out / "error_vs_nfe.png")
     inversion_time_per_image(result["records"], out / "time_per_image.png")
     _print_table(three_significant(df), f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")

@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.records import atomic_output  # noqa: E402
+
 # Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -37,7 +39,8 @@ def save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"CreationDate": None, "ModDate": None} if path.suffix == ".pdf" else {"Software": None}
-    fig.savefig(path, metadata=metadata)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, metadata=metadata)
     plt.close(fig)
     return path
 

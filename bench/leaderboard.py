@@ -28,7 +28,7 @@ from bench.figures import (
     sample_grid,
     win_rates,
 )
-from bench.records import RecordError, write_json_atomic
+from bench.records import RecordError, write_json_atomic, write_text_atomic
 from bench.report import (
     comparison_table,
     directions,
@@ -163,10 +163,10 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     for stale in _figure_files(figures_dir) - set(written):  # e.g. of a suite whose records were removed
         stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.md").write_text("\n".join(md))
+    write_text_atomic(out / "leaderboard.md", "\n".join(md))
     csv = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    csv.to_csv(out / "leaderboard.csv", index=False, float_format="%.6g")
-    (out / "index.html").write_text(_html(sections, sorted(written), len(records)))
+    write_text_atomic(out / "leaderboard.csv", csv.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / "index.html", _html(sections, sorted(written), len(records)))
     outputs = [out / "leaderboard.md", out / "leaderboard.csv", out / "index.html", *sorted(written)]
     manifest = {
         "records": {p.relative_to(results).as_posix(): sha256_file(p) for p, _ in loaded}

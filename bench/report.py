@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from bench.progress import progress_bar
-from bench.records import RecordError, read_record
+from bench.records import RecordError, read_record, write_text_atomic
 from bench.stats import bootstrap_mean, paired_comparison
 
 GROUP_KEYS = ("suite", "budget", "seed")
@@ -229,11 +229,11 @@ def write_tables(df: pd.DataFrame, higher_is_better: dict[str, bool], out_dir: P
     written = []
     if "md" in formats:
         written.append(out_dir / f"{stem}.md")
-        written[-1].write_text(display_table(df, higher_is_better, "md").to_markdown(index=False) + "\n")
+        write_text_atomic(written[-1], display_table(df, higher_is_better, "md").to_markdown(index=False) + "\n")
     if "csv" in formats:
         written.append(out_dir / f"{stem}.csv")
-        df.to_csv(written[-1], index=False, float_format="%.6g")
+        write_text_atomic(written[-1], df.to_csv(index=False, float_format="%.6g"))
     if "tex" in formats:
         written.append(out_dir / f"{stem}.tex")
-        written[-1].write_text(to_latex(display_table(df, higher_is_better, "tex"), caption or stem))
+        write_text_atomic(written[-1], to_latex(display_table(df, higher_is_better, "tex"), caption or stem))
     return written
