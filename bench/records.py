@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -75,6 +76,31 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh sibling directory to build into. When the block succeeds each of its entries replaces its namesake
+    in `out` (JSON manifests last); when it fails or is killed, `out` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.staging{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for entry in sorted(stage.iterdir(), key=lambda p: (p.suffix == ".json", p.name)):
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():
+                old = out / f".{entry.name}.old{os.getpid()}"
+                target.rename(old)
+                entry.rename(target)
+                shutil.rmtree(old)
+            else:
+                os.replace(entry, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -58,3 +58,25 @@ def test_base_cache_key_follows_the_scorers_weights_not_their_paths(tiny_toy_dir
     assert with_weights(sha256="0" * 64) != key
     monkeypatch.setattr(scorer, "describe", lambda: {**described, "version": "v2.0"})
     assert _base_cache_key(backbone, plan, {"toy-clip": scorer}) != key
+
+
+def test_staged_directory_replaces_entries_together_or_not_at_all(tmp_path):
+    from bench.records import staged_directory
+
+    out = tmp_path / "build"
+    (out / "pipeline").mkdir(parents=True)
+    (out / "pipeline" / "old.bin").write_text("old")
+    (out / "build.json").write_text("old")
+    (out / "keep.txt").write_text("untouched")
+    with pytest.raises(RuntimeError), staged_directory(out) as stage:
+        (stage / "pipeline").mkdir()
+        (stage / "build.json").write_text("new")
+        raise RuntimeError("killed half-way")
+    assert (out / "pipeline" / "old.bin").exists() and (out / "build.json").read_text() == "old"
+    with staged_directory(out) as stage:
+        (stage / "pipeline").mkdir()
+        (stage / "pipeline" / "new.bin").write_text("new")
+        (stage / "build.json").write_text("new")
+    assert sorted(p.name for p in (out / "pipeline").iterdir()) == ["new.bin"]
+    assert (out / "build.json").read_text() == "new" and (out / "keep.txt").read_text() == "untouched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]  # no staging or old copies left

@@ -27,7 +27,7 @@ from bench.backbone import Backbone
 from bench.clip_bpe import clip_bpe_tokenizer
 from bench.config import EvalConfig
 from bench.evaluation import evaluate
-from bench.records import environment, now, write_json_atomic
+from bench.records import environment, now, staged_directory, write_json_atomic
 from bench.stats import bootstrap_mean
 from bench.toy.oracle import oracle_terms
 from bench.toy.pipeline import ToyArchitecture, build_components
@@ -63,8 +63,13 @@ def ground_truth_scores(prompts: list[str], images_per_prompt: int, seed: int) -
 
 
 def build_toy(out_dir: str | Path, cfg: ToyBuildConfig = ToyBuildConfig(), *, progress: bool = True) -> dict:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Pretrain the pipeline, generate the preference pairs, evaluate the base model; write `pipeline/`,
+    `prefs.parquet` and `build.json` to `out_dir` together at the end (a killed build changes nothing)."""
+    with staged_directory(out_dir) as out:
+        return _build_toy(out, cfg, progress)
+
+
+def _build_toy(out: Path, cfg: ToyBuildConfig, progress: bool) -> dict:
     timings = {}
     t0 = time.perf_counter()
     unet, vae, text_encoder, scheduler = build_components(cfg.arch, cfg.seed)

@@ -347,11 +347,23 @@ def _portable(path: str | Path) -> str:
 
 def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: ToyScorerConfig = ToyScorerConfig(), *,
                       pipeline: str | Path | None = None, progress: bool = True) -> dict:
-    """Train both toy scorers, write them and `scorers.json` to `out_dir`; returns the report."""
+    """Train both toy scorers, write them and `scorers.json` to `out_dir` together at the end (a failed or killed
+    build changes nothing there); returns the report. The inputs are read first, before minutes of training."""
+    from bench.backbone import Backbone
+    from bench.records import staged_directory
+
+    prefs = load_preferences(preference_data, cfg.clip.image_size, cfg.max_pairs)
+    if pipeline is not None:
+        Backbone.from_pretrained(pipeline)
+    with staged_directory(out_dir) as out:
+        return _build_toy_scorers(out, prefs, preference_data, cfg, pipeline, progress)
+
+
+def _build_toy_scorers(out: Path, prefs: PreferenceTensors, preference_data: str | Path, cfg: ToyScorerConfig,
+                       pipeline: str | Path | None, progress: bool) -> dict:
     from bench.records import environment, now, write_json_atomic
     from metrics.toy_clip import ToyClipScorer, ToyPickScoreScorer
 
-    out = Path(out_dir)
     timings = {}
     t0 = time.perf_counter()
     clip_model, token_ids, clip_history = train_toy_clip(cfg, progress=progress)
@@ -361,7 +373,6 @@ def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: Toy
     save_toy_clip(clip_model, cfg.clip, out / ToyClipScorer.filename, token_ids, info)
 
     t1 = time.perf_counter()
-    prefs = load_preferences(preference_data, cfg.clip.image_size, cfg.max_pairs)
     train_rows, held_rows = split_by_caption(prefs, cfg.held_out_captions, cfg.seed)
     pick_model, pick_history = finetune_toy_pickscore(clip_model, prefs.select(train_rows), cfg, progress=progress)
     timings["toy_pickscore"] = time.perf_counter() - t1
