@@ -161,7 +161,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def natural_key(path: Path) -> list:
     """Sort key reading digit runs as numbers: 2.png before 10.png (as file browsers order them)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
+    name = Path(path).name
+    parts = re.split(r"([0-9]+)", name)
+    return [(0, int(part), "") if re.fullmatch(r"[0-9]+", part) else (1, 0, part.lower()) for part in parts] + [(-1, 0, name)]
 
 
 def image_files(directory: str | os.PathLike) -> list[Path]:

@@ -67,8 +67,8 @@ def now() -> str:
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` (same suffix) to write to; renamed over `path` when the block succeeds,
-    removed when it fails, so a reader never sees a half-written file."""
-    path = Path(path)
+    removed when it fails, so a reader never sees a half-written file. A symlinked `path` is written through."""
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
@@ -78,24 +78,43 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
-    """A fresh sibling directory to build into. When the block succeeds each of its entries replaces its namesake
-    in `out` (JSON manifests last); when it fails or is killed, `out` is left as it was."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.staging{os.getpid()}"
+    """A fresh directory inside `out` (same filesystem) to build into. When the block succeeds each of its entries
+    replaces its namesake in `out` (JSON manifests last); when it fails or is killed, `out`'s entries are left as
+    they were (a killed build's staging directory is removed by the next build)."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".staging-*"):
+        if stale.is_dir() and stale.name.removeprefix(".staging-").isdecimal() and not _running(int(stale.name[9:])):
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = out / f".staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
         yield stage
-        out.mkdir(exist_ok=True)
         for entry in sorted(stage.iterdir(), key=lambda p: (p.suffix == ".json", p.name)):
             target = out / entry.name
-            if target.is_dir() and not target.is_symlink():
+            if target.is_symlink():
+                target.unlink()
+            if target.is_dir():
                 old = out / f".{entry.name}.old{os.getpid()}"
                 target.rename(old)
-                entry.rename(target)
+                try:
+                    entry.rename(target)
+                except OSError:
+                    old.rename(target)  # put the previous one back
+                    raise
                 shutil.rmtree(old)
             else:
                 os.replace(entry, target)
@@ -131,6 +150,8 @@ def read_record(path: str | os.PathLike) -> dict:
         raise RecordError(f"run record {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecordError(f"run record {path} is corrupt: {err}") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"run record {path} is not a JSON object")
     found = record.get("schema_version")
     if found in MIGRATIONS:
         record = MIGRATIONS[found](record)

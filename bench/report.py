@@ -121,6 +121,11 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     rows = []
     for key, members in groups.items():
         first = members[0]
+        for label, value in (("suites", lambda r: r["suite"]), ("budgets", _budget_label)):
+            pooled = sorted({value(m) for m in members})
+            if len(pooled) > 1:
+                raise ValueError(f"--group-by {','.join(group_by)}: a {first['method']} row would pool different "
+                                 f"{label} ({', '.join(pooled)}); add {label[:-1]} to --group-by")
         base = bases.get(first["suite"])
         for other in [*members[1:], *([base] if base is not None else [])]:
             _check_same_images(first, other)

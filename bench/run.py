@@ -156,7 +156,8 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     if resume:
         if not manifest.exists():
             raise RunSetupError(f"--resume: {plan.run_dir} holds no run (no run.json)")
-        stored = json.loads(manifest.read_text())["config"]
+        stored = {"dtype": "fp32", "scorer_options": ScorerOptions().recorded(),  # runs started before these existed
+                  **json.loads(manifest.read_text())["config"]}
         if stored != json.loads(json.dumps(plan.config())):
             diff = sorted(k for k in plan.config() if stored.get(k) != json.loads(json.dumps(plan.config()))[k])
             raise RunSetupError(f"--resume: {plan.run_dir} was started with a different configuration ({', '.join(diff)})")
@@ -165,18 +166,18 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     return plan
 
 
-def _scorer_identity(scorer: Scorer) -> dict:
-    """What a score depends on: the scorer's description with its weights' SHA256s, without local paths."""
-    described = scorer.describe()
+def _scorer_identity(described: dict) -> dict:
+    """What a score depends on: a scorer's description (`Scorer.describe()`) with its weights' SHA256s, without
+    local paths."""
     weights = [{k: v for k, v in w.items() if k != "path"} for w in described.get("weights", [])]
     return {**described, "weights": weights}
 
 
 def _base_cache_key(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> str:
+    identities = {name: _scorer_identity(scorer.describe()) for name, scorer in scorers.items()}
     payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"), "dtype": plan.dtype,
-                          "text": backbone.fingerprint("text"), "prompts": plan.prompts,
-                          "eval": as_dict(plan.eval), "scorers": {n: _scorer_identity(s) for n, s in scorers.items()},
-                          "schema": SCHEMA_VERSION}, sort_keys=True)
+                          "text": backbone.fingerprint("text"), "prompts": plan.prompts, "eval": as_dict(plan.eval),
+                          "scorers": identities, "schema": SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -273,7 +274,14 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                                                       "created": now(), "processes": state.num_processes})
     state.wait_for_everyone()
     base_path = plan.run_dir / "base.json"
-    base = read_record(base_path) if plan.resume and base_path.exists() else base_record(backbone, plan, scorers)
+    if plan.resume and base_path.exists():
+        base = read_record(base_path)
+        for name, scorer in scorers.items():  # new records are paired with this base: the same scorers must score them
+            if _scorer_identity(base["scorers"].get(name, {})) != _scorer_identity(scorer.describe()):
+                raise RunSetupError(f"--resume: the {name} scorer differs from the one that scored {base_path} (other "
+                                    "weights, version or backbone); start a new --run-dir")
+    else:
+        base = base_record(backbone, plan, scorers)
     land(base_path, base)
     paths = [base_path]
     base_eval = EvalResult.from_dict(base["evaluation"])

@@ -74,6 +74,17 @@ def test_run_writes_records_summary_and_resumes(in_tmp):
     assert again.exit_code == 0, again.output
     assert json.loads((in_tmp / "out" / "dpo-300nfe-s0.json").read_text())["created"] == record["created"]  # not redone
 
+    manifest = json.loads((in_tmp / "out" / "run.json").read_text())  # a run started before --dtype and scorer options
+    older = {**manifest, "config": {k: v for k, v in manifest["config"].items() if k not in ("dtype", "scorer_options")}}
+    (in_tmp / "out" / "run.json").write_text(json.dumps(older))
+    assert runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "300nfe", "--run-dir", "out", "--resume",
+                               "-q"]).exit_code == 0
+    base = json.loads((in_tmp / "out" / "base.json").read_text())
+    base["scorers"]["toy-clip"]["weights"][0]["sha256"] = "0" * 64  # as if scored with other weights
+    (in_tmp / "out" / "base.json").write_text(json.dumps(base))
+    other = runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "300nfe", "--run-dir", "out", "--resume"])
+    assert other.exit_code == 2 and "--resume: the toy-clip scorer differs from the one that scored" in other.output
+
     clash = runner.invoke(app, ["run", "--methods", "dpo", "--budget", "300nfe", "--run-dir", "out", "-q"])
     assert clash.exit_code == 2 and "not empty" in clash.output
     changed = runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "400nfe", "--run-dir", "out", "--resume"])

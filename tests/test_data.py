@@ -83,6 +83,14 @@ def test_directory_splits_are_matched_by_name_not_substring(pickapic_parquet, tm
     assert len(load_pickapic(unsplit, "test")) == 4
 
 
+def test_natural_order_of_image_files():
+    from bench.data import natural_key
+
+    names = ["10.png", "2.png", "1\u00b23.png", "02.png", "a.png", "1.png", "img_10.png", "img_9.png", "a", "a1"]
+    assert sorted(names, key=natural_key) == ["1.png", "1\u00b23.png", "02.png", "2.png", "10.png", "a", "a1", "a.png",
+                                              "img_9.png", "img_10.png"]
+
+
 def test_images_decode_as_a_viewer_shows_them():
     """16-bit greyscale keeps its values (not clipped to white); an EXIF rotation is applied."""
     ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)

@@ -37,8 +37,11 @@ def test_report_tables(results, tmp_path):
     assert "\\toprule" in (tmp_path / "table.tex").read_text()
     csv = (tmp_path / "table.csv").read_text().splitlines()
     assert csv[0].startswith("suite,method,budget,seed,seeds,nfe,train_seconds,oracle,oracle_ci_low") and len(csv) == 6
-    by_seed = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "suite,seed", "--out", str(tmp_path)])
+    by_seed = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "suite,budget,seed", "--out",
+                                  str(tmp_path)])
     assert by_seed.exit_code == 0
+    pooled = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "suite,seed", "--out", str(tmp_path)])
+    assert pooled.exit_code == 2 and "would pool different budgets (2steps, 3steps); add budget" in pooled.output
     bad = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "colour", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "choose from suite, budget, seed" in bad.output
 

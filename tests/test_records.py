@@ -79,4 +79,15 @@ def test_staged_directory_replaces_entries_together_or_not_at_all(tmp_path):
         (stage / "build.json").write_text("new")
     assert sorted(p.name for p in (out / "pipeline").iterdir()) == ["new.bin"]
     assert (out / "build.json").read_text() == "new" and (out / "keep.txt").read_text() == "untouched"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]  # no staging or old copies left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+    assert sorted(p.name for p in out.iterdir()) == ["build.json", "keep.txt", "pipeline"]  # no staging or old copies
+    (out / ".staging-999999999").mkdir()  # left by a killed build (no such process)
+    with staged_directory(out) as stage:
+        (stage / "build.json").write_text("newer")
+    assert not (out / ".staging-999999999").exists() and (out / "build.json").read_text() == "newer"
+
+
+def test_a_json_array_is_not_a_record(tmp_path):
+    (tmp_path / "list.json").write_text('["a", "b"]')
+    with pytest.raises(RecordError, match="list.json is not a JSON object"):
+        read_record(tmp_path / "list.json")
