@@ -119,8 +119,9 @@ def run(
                                 "or a standard set NAME or NAME=PATH (pickapic-test, parti, hpdv2, drawbench)"),
     dtype: str = typer.Option(None, "--dtype",
                               help="precision of the frozen UNet and text encoders and of evaluation for the base model "
-                                   "and every policy: fp32, fp16 or bf16 (the VAE stays fp32; trained weights are fp32, "
-                                   "see --train-arg mixed_precision); default: the suite's (toy fp32, sd15/sdxl fp16)"),
+                                   "and every policy: fp32, fp16 or bf16 (the VAE and trained weights stay fp32; fp16/bf16 "
+                                   "need the same --train-arg mixed_precision); default: the suite's (toy fp32, "
+                                   "sd15/sdxl fp16)"),
     weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
     clip_backbone: str = typer.Option(None, "--clip-backbone", help=_CLIP_HELP),
