@@ -23,12 +23,13 @@ def test_to_eps_inverts_each_parametrisation(tiny_backbone, kind):
     assert torch.allclose(tiny_backbone.to_eps(output, x_t, t), eps, atol=2e-4)
 
 
-def test_alphas_cumprod_is_diffusers_table_in_float64():
-    scheduler = sd_ddim_scheduler()
-    backbone_table = scheduler.alphas_cumprod.to(torch.float64)
-    assert backbone_table.dtype == torch.float64
-    # the same numbers diffusers uses, promoted exactly
-    assert torch.equal(backbone_table.float(), scheduler.alphas_cumprod)
+def test_alphas_cumprod_is_diffusers_table_in_float64(tiny_backbone):
+    table = tiny_backbone.alphas_cumprod
+    assert table.dtype == torch.float64 and len(table) == 1000
+    assert torch.equal(table.float(), tiny_backbone.scheduler.alphas_cumprod)  # the numbers diffusers uses, promoted
+    # SD's scaled-linear betas 0.00085 .. 0.012: ᾱ_0 = 1 − 0.00085, and the clean end ᾱ_{-1} = final_alpha_cumprod
+    assert table[0].item() == pytest.approx(1 - 0.00085, rel=1e-6)
+    assert tiny_backbone.alpha_bar(-1).item() == tiny_backbone.final_alpha_cumprod
 
 
 def test_schedule_levels_and_timesteps(tiny_backbone):

@@ -38,11 +38,21 @@ def test_dpo_diffusers_form_has_half_the_beta():
     assert loss.item() == pytest.approx(diffusers_form.item(), abs=1e-7)
 
 
-def test_dpo_uses_mean_not_sum_over_chw():
-    # A sum over the 4 channels would give z = 4 and loss −log σ(4) = 0.018150.
-    loss, z = dpo_loss(per_sample_error(1.0), per_sample_error(2.0), per_sample_error(1.0), per_sample_error(1.0), 2 / 3)
-    assert z.item() != pytest.approx(4.0)
-    assert loss.item() != pytest.approx(0.018150, abs=1e-5)
+def test_noise_error_is_the_mean_not_the_sum_over_chw():
+    """noise_mse averages (ε̂ − ε)² over (C, H, W), as Diffusion-DPO's `.mean(dim=list(range(1, ndim)))`:
+    a prediction off by 1 in each of 4 channels x 2 x 2 pixels has error 1, not 16."""
+    from methods.alignment.base import noise_mse
+
+    class Constant:  # a backbone whose ε̂ is 1 everywhere
+        device = torch.device("cpu")
+
+        @staticmethod
+        def eps(x_t, t, cond):
+            return torch.ones_like(x_t)
+
+    x_t = torch.zeros(3, 4, 2, 2)
+    error = noise_mse(Constant(), x_t, torch.zeros(3, dtype=torch.long), None, torch.zeros_like(x_t))
+    assert error.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_kto_hand_value():

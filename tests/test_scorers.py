@@ -211,6 +211,19 @@ def test_pickscore_loss_matches_its_definition():
     assert abs(same.item()) < 1e-6  # a tie predicted as a tie costs nothing
 
 
+def test_proxy_report_statistics_by_hand():
+    from bench.toy.scorers import pair_accuracy, spearman, within_prompt_agreement
+
+    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3, 2, 4])) == pytest.approx(0.8)  # 1 − 6·2/60
+    assert spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1.0)
+    # pairs: right, wrong, score tie (½), label tie (dropped) -> 1.5 / 3
+    assert pair_accuracy(torch.tensor([2.0, 1, 5, 0]), torch.tensor([1.0, 2, 5, 9]), torch.tensor([1.0, 1, 1, 0.5]),
+                         torch.tensor([0.0, 0, 0, 0.5])) == pytest.approx(0.5)
+    # prompt a: oracle order 1 < 2 < 3, proxy gets 2 of its 3 pairs right; prompt b: 1 of 1 -> 3 / 4
+    assert within_prompt_agreement(["a", "a", "a", "b", "b"], torch.tensor([1.0, 3, 2, 0, 1]),
+                                   torch.tensor([1.0, 2, 3, 0, 1])) == pytest.approx(0.75)
+
+
 def test_toy_scorer_training_runs_deterministically_on_a_tiny_config(tmp_path):
     from bench.suites import SHIPPED_TOY_DIR
     from bench.toy.scorers import ToyScorerConfig, build_toy_scorers, train_toy_clip
@@ -220,7 +233,7 @@ def test_toy_scorer_training_runs_deterministically_on_a_tiny_config(tmp_path):
                           preference_steps=2, preference_batch=4, max_pairs=48, report_renders=32)
     report = build_toy_scorers(tmp_path, SHIPPED_TOY_DIR / "prefs.parquet", cfg, pipeline=None, progress=False)
     assert math.isfinite(report["perturbed_renders"]["toy-clip"]["spearman_vs_oracle"])
-    assert 0 <= report["held_out_pair_accuracy"]["toy-pickscore"] <= 1
+    assert 0 <= report["held_out_pair_accuracy"]["toy-pickscore"] <= 1  # the metrics themselves: next test
     saved = json.loads((tmp_path / "scorers.json").read_text())
     assert saved["config"]["contrastive_steps"] == 3 and saved["timings_seconds"]["total"] > 0
     clip, _, info = load_toy_clip(tmp_path / "toy-clip.safetensors")

@@ -3,6 +3,8 @@ micro-conditioning; every method trains a step and every exact sampler round-tri
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -61,6 +63,11 @@ def test_every_method_trains_a_step_on_sdxl(tiny_sdxl_backbone, sdxl_data, metho
                       Budget.parse("1steps"), progress=False)
     result = trainer.fit()
     assert result.steps == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))
+    # before the first update the policy is the reference: every implicit reward is 0
+    at_init = {"dpo": math.log(2), "dense-dpo": math.log(2), "inpo": math.log(2), "mapo": None, "kto": 0.5,
+               "dspo": 0.25, "sft": None}[method]
+    if at_init is not None:
+        assert result.history[0]["loss"] == pytest.approx(at_init, abs=1e-6)
     moved = [not torch.equal(before[k], v) for k, v in result.policy.unet.state_dict().items()]
     assert any(moved)
 
