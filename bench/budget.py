@@ -78,9 +78,6 @@ class Usage:
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
 
-    def __sub__(self, other: Usage) -> Usage:
-        return Usage(*(a - b for a, b in zip(asdict(self).values(), asdict(other).values())))
-
 
 @dataclass
 class BudgetMeter:
@@ -99,17 +96,9 @@ class BudgetMeter:
         self.used = self.used + step
         self.max_step_cost = max(self.max_step_cost, step.get(self.budget.unit))
 
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.used.get(self.budget.unit) / self.budget.limit)
-
     def state_dict(self) -> dict:
         return {"used": asdict(self.used), "max_step_cost": self.max_step_cost}
 
     def load_state_dict(self, state: dict) -> None:
         self.used = Usage(**state["used"])
         self.max_step_cost = state["max_step_cost"]
-
-    def summary(self) -> dict:
-        return {"unit": self.budget.unit, "limit": self.budget.limit, "used": self.used.get(self.budget.unit),
-                "seconds": self.used.seconds, "usage": asdict(self.used)}

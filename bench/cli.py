@@ -101,7 +101,8 @@ def _check_image_count(images: int, available: int) -> None:
 
 @app.command()
 def run(
-    methods: str = typer.Option("dpo,inpo,kto", "--methods", "-m", help="comma-separated method names (see `bench list`)"),
+    methods: str = typer.Option(None, "--methods", "-m", help="comma-separated method names (see `bench list`); "
+                                "default: the suite's (dpo,inpo,kto)"),
     suite: str = typer.Option("toy", help="suite to run (see `bench list`)"),
     budget: str = typer.Option(None, "--budget", "--budgets",
                                help="compute budget per method, e.g. 4e4nfe, 90s, 400steps; a comma-separated list "
@@ -155,7 +156,8 @@ def run(
             _fail("--resume needs --run-dir")
         target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         budgets = [Budget.parse(b) for b in _split(budget)] if budget else None
-        plan = plan_run(the_suite, _split(methods), budgets=budgets, seeds=seed_list,
+        method_names = _split(methods) if methods else list(the_suite.default_methods)
+        plan = plan_run(the_suite, method_names, budgets=budgets, seeds=seed_list,
                         method_args=parse_method_args(method_arg),
                         train_args=parse_method_args(train_arg, "--train-arg", any_method=True), run_dir=target, resume=resume,
                         progress=not quiet, pipeline=pipeline, preference_data=data,

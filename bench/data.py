@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.backbone import Backbone, Conditioning
 from bench.cache import cache_dir
+from bench.records import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -266,10 +267,8 @@ def encode_preferences(backbone: Backbone, pairs: PreferencePairs, *, use_cache:
         prompt_cond = Conditioning.cat([backbone.encode_prompts(prompts[i:i + 256])
                                         for i in range(0, len(prompts), 256)]).to("cpu")
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"latents": latents.contiguous(), **_conditioning_to_flat(prompt_cond)}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_output(path) as tmp:
+                save_file({"latents": latents.contiguous(), **_conditioning_to_flat(prompt_cond)}, str(tmp))
     return EncodedPreferences(latents, ids, image_prompt, prompts, prompt_cond, pair_winner, pair_loser, desirable)
 
 

@@ -38,6 +38,7 @@ from bench.budget import Budget, BudgetMeter, Usage
 from bench.config import TrainConfig
 from bench.data import EncodedPreferences
 from bench.progress import progress_bar
+from bench.records import atomic_output
 from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
 from methods.shards import sample_uniform, sharded
 
@@ -197,8 +198,6 @@ class Trainer:
             "step": step,
         }
         if accelerator.is_main_process:
-            self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + f".tmp{os.getpid()}")
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint_path)
+            with atomic_output(self.checkpoint_path) as tmp:
+                torch.save(state, tmp)
         accelerator.wait_for_everyone()

@@ -47,7 +47,7 @@ class PickScoreScorer(Scorer):
     higher_is_better = True
     scale = "exp(logit_scale) x cos(image, text), logit_scale.exp() ~ 100; real images ~20-23"
 
-    def __init__(self, *, weights: str | Path | None = None, allow_pickle: bool = False, batch_size: int = 16,
+    def __init__(self, *, weights: str | Path | None = None, batch_size: int = 16,
                  device: str | None = None):
         model_dir = self.locate_weights(MODEL, weights)
         self.weight_files = [(MODEL, model_dir)]

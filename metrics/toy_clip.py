@@ -111,13 +111,12 @@ def save_toy_clip(model, cfg: ToyClipConfig, path: str | Path, used_token_ids: l
     # One metadata key: safetensors writes several in a random order, and the file's SHA256 should not vary.
     facts = {"config": dataclasses.asdict(cfg), "open_clip_config": cfg.open_clip_config(), "info": info or {}}
     metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)  # safetensors creates the file private
-    os.replace(tmp, path)
-    return path
+    from bench.records import atomic_output
+
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # safetensors creates the file private
+    return Path(path)
 
 
 def load_toy_clip(path: str | Path):
@@ -143,7 +142,7 @@ class _ToyClipScorer(Scorer):
     filename: ClassVar[str]
     higher_is_better = True
 
-    def __init__(self, *, weights: str | Path | None = None, allow_pickle: bool = False, batch_size: int = 256):
+    def __init__(self, *, weights: str | Path | None = None, batch_size: int = 256):
         spec = self.weight_specs()[0]
         path = self.locate_weights(spec, weights)
         model, self.config, self.info = load_toy_clip(path)
