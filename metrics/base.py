@@ -61,6 +61,10 @@ class Scorer(ABC):
         return out
 
 
+# CLIP's image normalisation (openai/CLIP clip.py `_transform`), used by every CLIP-based scorer here.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
 _SHA256: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> digest; hashing 4 GB takes ~10 s
 

@@ -34,11 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from metrics.base import SCORERS, MissingWeightsError, Scorer
+from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, MissingWeightsError, Scorer
 from metrics.weights import WeightSpec, load_state_dict
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"  # torchmetrics' default
 
 

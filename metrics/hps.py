@@ -37,14 +37,12 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from metrics.base import SCORERS, Scorer
+from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, Scorer
 from metrics.weights import WeightSpec, load_state_dict
 
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}  # hpsv2/utils.py hps_version_map
 HPS_MODEL = "ViT-H-14"  # hpsv2/img_score.py: create_model_and_transforms('ViT-H-14', ...)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def hps_model_config() -> dict:

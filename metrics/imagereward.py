@@ -48,7 +48,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from metrics.base import SCORERS, Scorer
+from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, Scorer
 from metrics.weights import WeightSpec, load_state_dict
 
 IMAGEREWARD_REPO = "THUDM/ImageReward"
@@ -58,8 +58,6 @@ MAX_TEXT_TOKENS = 35  # ImageReward.py: tokenizer(..., padding='max_length', tru
 MLP_WIDTHS = (1024, 128, 64, 16, 1)  # ImageReward.py: MLP
 MLP_DROPOUTS = (0.2, 0.2, 0.1)  # after the first three linear layers
 BERT_VOCAB_SIZE = 30522  # bert-base-uncased vocab.txt
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 BLIP_VIT_LARGE = dict(image_size=224, patch_size=16, vision_width=1024, vision_layers=24, vision_heads=16)  # blip.py create_vit
