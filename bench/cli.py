@@ -94,9 +94,15 @@ _CLIP_HELP = "backbone of `clip`: transformers id or directory, or open_clip NAM
 _HPS_HELP = "version of `hps`: v2.1 (default) or v2.0"
 
 
-def _check_image_count(images: int, available: int) -> None:
-    if not 1 <= images <= available:
-        raise ValueError(f"--images {images}: the toy world has {available} held-out captions; choose 1 to {available}")
+def _held_out_renders(images: int):
+    """(pixels (N, 3, H, W), prompts): ground-truth renders of the first N held-out toy captions, seed 0."""
+    from bench.toy.world import render_dataset, split_combos
+
+    held_out = split_combos()[1]
+    if not 1 <= images <= len(held_out):
+        raise ValueError(f"--images {images}: the toy world has {len(held_out)} held-out captions; "
+                         f"choose 1 to {len(held_out)}")
+    return render_dataset(held_out[:images], 1, seed=0)
 
 
 @app.command()
@@ -228,19 +234,15 @@ def invert(
     from bench.records import environment, now, write_json_atomic, write_text_atomic
     from bench.report import inversion_table, three_significant
     from bench.suites import get_suite
-    from bench.toy.world import render_dataset, split_combos
 
     try:
         cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidance=guidance, dtype=dtype, repeats=repeats)
-        held_out = split_combos()[1]
         if images_dir is None:
-            _check_image_count(images, len(held_out))
+            pixels, prompts = _held_out_renders(images)
         backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
         if images_dir is not None:
             pixels = load_image_dir(images_dir, backbone.image_size)
             prompts = [prompt] * len(pixels)
-        else:
-            pixels, prompts = render_dataset(held_out[:images], 1, seed=0)
     except (ValueError, FileNotFoundError, *_user_errors()) as err:
         _fail(str(err))
     result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=not quiet)
@@ -276,17 +278,14 @@ def speed(
     from bench.invert import InvertConfig, run_inversion_benchmark
     from bench.records import environment, now, write_json_atomic
     from bench.suites import get_suite
-    from bench.toy.world import render_dataset, split_combos
 
     try:
         names = _split(samplers)
         cfg = InvertConfig(samplers=tuple(dict.fromkeys(["ddim", *names])), steps=steps, dtype=dtype, repeats=repeats)
-        held_out = split_combos()[1]
-        _check_image_count(images, len(held_out))
+        pixels, prompts = _held_out_renders(images)
         backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
     except (ValueError, *_user_errors()) as err:
         _fail(str(err))
-    pixels, prompts = render_dataset(held_out[:images], 1, seed=0)
     result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=False)
     ddim = next(r for r in result["records"] if r["sampler"] == "ddim")
     ddim_seconds = ddim["seconds_invert"] + ddim["seconds_reconstruct"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.stats import bootstrap_mean
+from bench.stats import bootstrap_mean, paired_wins
 
 HPSV2_CHUNKS = 10  # hpsv2/evaluation.py L148: 800 images per style in chunks of 80 -> 10 chunk means
 # eval_preference_predictor.py L150, as written there (np.linspace(0, 1, 11) differs: 0.30000000000000004)
@@ -134,8 +134,7 @@ def win_rate(scores: Scores, reference: Scores, *, images_per_prompt: int = 1, m
                              f"(got images_per_prompt={images_per_prompt})")
         model = model.median(dim=1, keepdim=True).values  # (P, 1); odd m: the middle image's score
         ref = ref.median(dim=1, keepdim=True).values
-    better = model > ref if higher_is_better else model < ref
-    wins = better.double() + 0.5 * (model == ref).double()  # (P, k) or (P, 1)
+    wins = paired_wins(model, ref, higher_is_better)  # (P, k) or (P, 1)
     return bootstrap_mean(wins.mean(dim=1), resamples=resamples, seed=seed)
 
 

@@ -96,7 +96,8 @@ def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".staging-*"):
-        if stale.is_dir() and stale.name.removeprefix(".staging-").isdecimal() and not _running(int(stale.name[9:])):
+        pid = stale.name.removeprefix(".staging-")
+        if stale.is_dir() and pid.isdecimal() and not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     stage = out / f".staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)

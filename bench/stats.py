@@ -66,6 +66,12 @@ def bootstrap_mean(values: torch.Tensor, *, groups: Sequence | None = None, resa
     return {"mean": values.mean().item(), "ci_low": low, "ci_high": high, "n": n, "clusters": clusters, "runs": runs}
 
 
+def paired_wins(scores: torch.Tensor, base: torch.Tensor, higher_is_better: bool = True) -> torch.Tensor:
+    """1 where `scores` beats `base` (by the scorer's direction), ½ on a tie, else 0; elementwise, float64."""
+    better = scores > base if higher_is_better else scores < base
+    return better.double() + 0.5 * (scores == base).double()
+
+
 def paired_comparison(scores: torch.Tensor, base: torch.Tensor, *, groups: Sequence | None = None,
                       higher_is_better: bool = True, resamples: int = 2000,
                       seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
@@ -77,7 +83,6 @@ def paired_comparison(scores: torch.Tensor, base: torch.Tensor, *, groups: Seque
     base = torch.as_tensor(base, dtype=torch.float64)
     if scores.shape[-1:] != base.shape or base.ndim != 1:
         raise ValueError(f"paired comparison needs the same images, got {tuple(scores.shape)} and {tuple(base.shape)}")
-    better = scores > base if higher_is_better else scores < base
-    win = better.double() + 0.5 * (scores == base).double()
+    win = paired_wins(scores, base, higher_is_better)
     return (bootstrap_mean(win, groups=groups, resamples=resamples, seed=seed),
             bootstrap_mean(scores - base, groups=groups, resamples=resamples, seed=seed))

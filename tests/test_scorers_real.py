@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import huggingface_hub.constants
 import open_clip
@@ -30,14 +31,8 @@ TINY_VISION = dict(image_size=224, patch_size=32, vision_width=32, vision_layers
 TINY_BLIP = ir.ImageRewardArchitecture(**TINY_VISION, text_width=32, text_layers=2, text_heads=2, text_intermediate=64,
                                        vocab_size=ir.BERT_VOCAB_SIZE + 2, max_position_embeddings=64)
 # BLIP's configs/med_config.json, as THUDM/ImageReward ships it (bert-base-uncased's config.json plus [DEC], [ENC] and
-# cross-attention; encoder_width is overwritten with the ViT's width by BLIP_Pretrain).
-MED_CONFIG = {
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-    "encoder_width": 768, "add_cross_attention": True,
-}
+# cross-attention; encoder_width is overwritten with the ViT's width by BLIP_Pretrain); shared with the refcheck run.
+MED_CONFIG = json.loads((Path(__file__).parent / "refcheck" / "med_config.json").read_text())
 TINY_MED_CONFIG = {**MED_CONFIG, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                    "intermediate_size": 64, "max_position_embeddings": 64}
 MEAN = torch.tensor(hps.OPENAI_MEAN).view(1, 3, 1, 1)

@@ -48,13 +48,7 @@ from PIL import Image  # noqa: E402
 BERT_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"  # bert-base-uncased vocab.txt, 30,522 lines
 # BLIP's med_config.json: bert-base-uncased's config.json values, vocab + [DEC] + [ENC], and cross-attention to
 # the image (encoder_width is overwritten with the ViT width, 1024 for ViT-L, by BLIP_Pretrain).
-MED_CONFIG = {
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
-    "encoder_width": 768, "add_cross_attention": True,
-}
+MED_CONFIG = json.loads((Path(__file__).parent / "med_config.json").read_text())
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}  # hpsv2/utils.py hps_version_map
 FAKE_COMMIT = "0" * 39 + "1"
