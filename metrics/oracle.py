@@ -1,16 +1,17 @@
 """`oracle`: the toy world's ground-truth reward as a scorer.
 
-R = bgok + colour * (1 + pos + shape + size + centring) in [0, 6], higher is better; the terms and
-their definitions are in `bench.toy.oracle` (this is the one scorer that reads the toy world, whose
-definition *is* its ground truth). Ground-truth renders of the evaluation prompts score about 4.7.
-Prompts must be toy-world captions.
+R = bgok * colour * shape * size * pos * (5 + centring) in [0, 6], higher is better (oracle version 2);
+the terms and their definitions are in `bench.toy.oracle` (this is the one scorer that reads the toy
+world, whose definition *is* its ground truth). Ground-truth renders of the evaluation prompts score
+about 5.5. Prompts must be toy-world captions. The oracle's version is part of the scorer's
+description, so base evaluations and caches scored by another version are not reused.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bench.toy.oracle import TERMS, oracle_terms
+from bench.toy.oracle import ORACLE_VERSION, TERMS, oracle_terms
 from metrics.base import SCORERS, Scorer
 
 
@@ -18,7 +19,7 @@ from metrics.base import SCORERS, Scorer
 class OracleScorer(Scorer):
     name = "oracle"
     higher_is_better = True
-    scale = "toy-world oracle reward in [0, 6]"
+    scale = f"toy-world oracle reward (version {ORACLE_VERSION}) in [0, 6]"
 
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         return oracle_terms(prompts, images)["reward"]
@@ -26,3 +27,6 @@ class OracleScorer(Scorer):
     def components(self, prompts: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = oracle_terms(prompts, images)
         return {name: terms[name] for name in TERMS if name != "reward"}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "version": ORACLE_VERSION}

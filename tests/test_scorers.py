@@ -249,7 +249,7 @@ def test_toy_scorer_training_runs_deterministically_on_a_tiny_config(tmp_path):
 def test_shipped_toy_scorers_load_small_and_prefer_the_right_caption():
     from bench.toy.world import render_dataset, split_combos
 
-    _, held_out = split_combos()
+    held_out = split_combos().test
     images, captions = render_dataset(held_out, 1, seed=3)  # (64, 3, 32, 32)
     wrong = captions[1:] + captions[:1]
     for cls in (ToyClipScorer, ToyPickScoreScorer):

@@ -18,7 +18,7 @@ def test_tiny_build_layout_and_schema(tiny_toy_dir):
     assert (tiny_toy_dir / "pipeline" / "model_index.json").exists()
     assert not (tiny_toy_dir / "pipeline" / "tokenizer").exists()  # rebuilt from open_clip, never shipped
     ds = load_pickapic(tiny_toy_dir / "prefs.parquet")
-    assert set(PICKAPIC_COLUMNS) <= set(ds.column_names) and len(ds) == 152 * 3  # 3 pairs from 3 images per prompt
+    assert set(PICKAPIC_COLUMNS) <= set(ds.column_names) and len(ds) == 120 * 3  # 3 pairs from 3 images per training prompt
     row = ds[0]
     assert {row["label_0"], row["label_1"]} == {0.0, 1.0}
     assert row["best_image_uid"] == (row["image_0_uid"] if row["label_0"] == 1.0 else row["image_1_uid"])

@@ -8,7 +8,8 @@ Steps (deterministic given the seed, about 11 minutes on 2 CPU cores):
    diffusers format, without tokenizer files (the tokenizer is rebuilt from open_clip's vocabulary);
 4. reload the saved pipeline (so all that follows uses exactly the shipped weights), sample
    preference pairs for the training prompts and label them with the oracle (`bench.toy.preferences`);
-5. report the oracle score of the base model beside ground-truth renders on the evaluation prompts.
+5. report the oracle score of the base model beside ground-truth renders on the evaluation prompts
+   (means with 95% CIs from the bootstrap over prompts of run records and the leaderboard, `bench.stats`).
 
 Output directory layout: `pipeline/`, `prefs.parquet`, `build.json` (config, timings, report).
 """
@@ -16,7 +17,9 @@ Output directory layout: `pipeline/`, `prefs.parquet`, `build.json` (config, tim
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +32,7 @@ from bench.config import EvalConfig
 from bench.evaluation import evaluate
 from bench.records import environment, now, staged_directory, write_json_atomic
 from bench.stats import bootstrap_mean
-from bench.toy.oracle import oracle_terms
+from bench.toy.oracle import ORACLE_VERSION, oracle_terms
 from bench.toy.pipeline import ToyArchitecture, build_components
 from bench.toy.preferences import PreferenceConfig, generate_preferences
 from bench.toy.pretrain import PretrainConfig, pretrain_denoiser, pretrain_vae
@@ -62,11 +65,24 @@ def ground_truth_scores(prompts: list[str], images_per_prompt: int, seed: int) -
     return oracle_terms(per_image, render([sample_scene(by_caption[p], rng) for p in per_image]))
 
 
-def build_toy(out_dir: str | Path, cfg: ToyBuildConfig = ToyBuildConfig(), *, progress: bool = True) -> dict:
+def build_toy(out_dir: str | Path, cfg: ToyBuildConfig = ToyBuildConfig(), *, progress: bool = True,
+              reuse_pipeline: str | Path | None = None) -> dict:
     """Pretrain the pipeline, generate the preference pairs, evaluate the base model; write `pipeline/`,
-    `prefs.parquet` and `build.json` to `out_dir` together at the end (a killed build changes nothing)."""
+    `prefs.parquet` and `build.json` to `out_dir` together at the end (a killed build changes nothing).
+
+    `reuse_pipeline` (a `pipeline/` directory of an earlier build) skips steps 1-3: the preference data and the
+    report are made anew on that pipeline (e.g. after the oracle or the prompt splits changed), and the
+    pretraining's timings and token count are taken from the `build.json` beside it."""
     with staged_directory(out_dir) as out:
-        return _build_toy(out, cfg, progress)
+        if reuse_pipeline is None:
+            return _build_toy(out, cfg, progress)
+        reuse_pipeline = Path(reuse_pipeline)
+        shutil.copytree(reuse_pipeline, out / "pipeline")
+        previous = reuse_pipeline.parent / "build.json"
+        earlier = json.loads(previous.read_text()) if previous.exists() else {}
+        timings = {k: v for k, v in earlier.get("timings_seconds", {}).items() if k in ("vae", "denoiser")}
+        return _label_and_report(out, cfg, progress, timings, earlier.get("report", {}).get("tokens_zeroed"),
+                                 reused=str(reuse_pipeline))
 
 
 def _build_toy(out: Path, cfg: ToyBuildConfig, progress: bool) -> dict:
@@ -92,35 +108,43 @@ def _build_toy(out: Path, cfg: ToyBuildConfig, progress: bool) -> dict:
 
     Backbone(unet, vae, text_encoder, tokenizer, scheduler).save_pretrained(
         out / "pipeline", dtype=torch.float16, include_tokenizer=False)
-    backbone = Backbone.from_pretrained(out / "pipeline")
+    return _label_and_report(out, cfg, progress, timings, zeroed)
 
+
+def _label_and_report(out: Path, cfg: ToyBuildConfig, progress: bool, timings: dict, zeroed: int | None,
+                      reused: str | None = None) -> dict:
+    """Steps 4-5 on the pipeline in `out/pipeline`: preference data for the training prompts, and the report."""
+    backbone = Backbone.from_pretrained(out / "pipeline")
     t2 = time.perf_counter()
-    train_combos, eval_combos = split_combos()
-    prefs = generate_preferences(backbone, [c.caption for c in train_combos], cfg.preferences, progress=progress)
+    splits = split_combos()
+    prefs = generate_preferences(backbone, splits.captions("train"), cfg.preferences, progress=progress)
     prefs.to_parquet(str(out / "prefs.parquet"))
     timings["preferences"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    eval_prompts = [c.caption for c in eval_combos]
+    eval_prompts = splits.captions("test")
     base, _ = evaluate(backbone, eval_prompts, cfg.eval, {"oracle": OracleScorer()}, progress=progress,
                        desc="eval base")
     truth = ground_truth_scores(eval_prompts, cfg.eval.images_per_prompt, cfg.seed + 1)
     timings["report"] = time.perf_counter() - t3
-    timings["total"] = time.perf_counter() - t0
+    timings["total"] = sum(timings.get(k, 0.0) for k in ("vae", "denoiser", "preferences", "report"))
 
     agree = [(r0 > r1) == (l0 > l1) for r0, r1, l0, l1 in
              zip(prefs["reward_0"], prefs["reward_1"], prefs["label_0"], prefs["label_1"])]
+    # the CIs of run records and the leaderboard: a bootstrap over prompts (`bench.stats`), the evaluation's B and seed
+    bootstrap = {"groups": base.prompts, "resamples": cfg.eval.bootstrap, "seed": cfg.eval.seed}
     report = {
-        "base_model": {"oracle": bootstrap_mean(torch.tensor(base.scores["oracle"])),
+        "base_model": {"oracle": bootstrap_mean(base.scores["oracle"], **bootstrap),
                        **{k: sum(v) / len(v) for k, v in base.components["oracle"].items()}},
-        "ground_truth_renders": {"oracle": bootstrap_mean(truth["reward"]),
+        "ground_truth_renders": {"oracle": bootstrap_mean(truth["reward"], **bootstrap),  # the same prompts per image
                                  **{k: v.mean().item() for k, v in truth.items() if k != "reward"}},
-        "preferences": {"pairs": len(prefs), "prompts": len(train_combos),
+        "preferences": {"pairs": len(prefs), "prompts": len(splits.train),
                         "label_agreement_with_oracle": sum(agree) / len(agree),
                         "mean_abs_reward_gap": float(torch.tensor(prefs["reward_0"]).sub(
                             torch.tensor(prefs["reward_1"])).abs().mean())},
         "tokens_zeroed": zeroed,
     }
     write_json_atomic(out / "build.json", {"config": dataclasses.asdict(cfg), "timings_seconds": timings,
+                                           "pipeline_reused_from": reused, "oracle_version": ORACLE_VERSION,
                                            "report": report, "environment": environment(), "created": now()})
     return report

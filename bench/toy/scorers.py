@@ -299,7 +299,7 @@ def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: Pre
     from bench.toy.oracle import oracle_reward
     from bench.toy.world import split_combos
 
-    _, eval_combos = split_combos()
+    eval_combos = split_combos().test
     sets = {}
     if pipeline is not None:
         from bench.backbone import Backbone
