@@ -11,12 +11,19 @@ pipeline sets `force_zeros_for_empty_prompt` (SDXL base does).
 
 Notation (as in DDIM, Song et al. 2021): ᾱ_t = `alphas_cumprod[t]`, a_t = √ᾱ_t, s_t = √(1 − ᾱ_t),
 x_t = a_t x_0 + s_t ε. The UNet may predict ε (`epsilon`), v = a_t ε − s_t x_0 (`v_prediction`,
-Salimans & Ho 2022; SD 2.x) or x_0 (`sample`); `eps()` always returns ε, converted with
+Salimans & Ho 2022; SD 2.x) or x_0 (`sample`). These are the prediction spaces (`SPACES`: "eps",
+"v", "x0"); each is a linear function of (x_0, ε) at level t, and, given x_t, invertible:
 
-    ε = s_t x_t + a_t v        (v-prediction; no division, stable at every t)
-    ε = (x_t − a_t x̂_0) / s_t  (x0-prediction)
+    space   target (from x_0, ε)     (x_0, ε) from a prediction y and x_t
+    eps     ε                        x_0 = (x_t − s_t y) / a_t,   ε = y
+    v       a_t ε − s_t x_0          x_0 = a_t x_t − s_t y,       ε = s_t x_t + a_t y   (no division)
+    x0      x_0                      x_0 = y,                     ε = (x_t − a_t y) / s_t
 
-so every method and sampler works in ε-space whatever the model's parametrisation.
+so any space converts to any other in one place (`convert`): `native_space` is the model's own,
+`prediction(x_t, t, c, space)` is its output in a given space, `target(x_0, ε, t, space)` the regression
+target there, and `eps()` is ε, in which samplers and inverters work whatever the parametrisation.
+A flow-matching "velocity" u = ε − x_0 (x_t = (1 − σ) x_0 + σ ε) would be one more row, with
+(a_t, s_t) = (1 − σ_t, σ_t) from its schedule.
 
 `alphas_cumprod` is diffusers' table promoted to float64: the same numbers diffusers uses, with all
 further coefficient arithmetic in float64. Level t = −1 stands for the clean end of the chain
@@ -42,6 +49,8 @@ import hashlib
 import json
 import logging
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +98,33 @@ class Conditioning:
 
         added = None if self.added is None else {k: pick(v, other.added[k]) for k, v in self.added.items()}
         return Conditioning(pick(self.embeds, other.embeds), added)
+
+
+@dataclass(frozen=True)
+class PredictionSpace:
+    """A quantity a denoiser can regress, as a linear function of (x_0, ε) at level t (coefficients
+    a_t, s_t broadcast against the latents), and its inverse given x_t."""
+
+    name: str
+    target: Callable  # (x0, eps, a, s) -> the quantity
+    solve: Callable  # (y, x_t, a, s) -> (x0, eps) that y and x_t = a x0 + s eps imply
+
+
+SPACES: dict[str, PredictionSpace] = {space.name: space for space in (
+    PredictionSpace("eps", lambda x0, eps, a, s: eps, lambda y, x_t, a, s: ((x_t - s * y) / a, y)),
+    PredictionSpace("v", lambda x0, eps, a, s: a * eps - s * x0, lambda y, x_t, a, s: (a * x_t - s * y, s * x_t + a * y)),
+    PredictionSpace("x0", lambda x0, eps, a, s: x0, lambda y, x_t, a, s: (y, (x_t - a * y) / s)),
+)}
+PREDICTION_TYPE_SPACES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' prediction_type
+
+
+def space_of(prediction_type: str) -> str:
+    """The prediction space of a diffusers `prediction_type` ("epsilon" -> "eps", "v_prediction" -> "v", ...)."""
+    try:
+        return PREDICTION_TYPE_SPACES[prediction_type]
+    except KeyError:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of "
+                         f"{', '.join(PREDICTION_TYPE_SPACES)}") from None
 
 
 @dataclass
@@ -266,6 +302,28 @@ class Backbone:
         return self.scheduler.config.prediction_type
 
     @property
+    def native_space(self) -> str:
+        """The space the UNet predicts in, what it was trained to regress: "eps", "v" or "x0" (`SPACES`)."""
+        return space_of(self.prediction_type)
+
+    @staticmethod
+    def native_space_of(path_or_id: str | os.PathLike) -> str | None:
+        """A pipeline's `native_space` without loading it: from a local directory's scheduler config, the hub
+        cache (never the network), or the built-in official config of a known hub id; None if none is found."""
+        source = str(path_or_id)
+        try:
+            with warnings.catch_warnings():  # huggingface_hub's deprecation notes about arguments diffusers passes
+                warnings.simplefilter("ignore", UserWarning)
+                config = DDIMScheduler.load_config(source, subfolder="scheduler", local_files_only=True)
+        except (OSError, ValueError):
+            from bench.real_configs import PIPELINE_CONFIGS
+
+            config = PIPELINE_CONFIGS.get(source, {}).get("scheduler")
+            if config is None:
+                return None
+        return space_of(config.get("prediction_type", "epsilon"))
+
+    @property
     def family(self) -> str:
         """"sdxl" for UNets with SDXL's text-time micro-conditioning, else "sd" (SD 1.x/2.x-shaped)."""
         return "sdxl" if self.unet.config.get("addition_embed_type") == "text_time" else "sd"
@@ -404,17 +462,32 @@ class Backbone:
         return self.unet(x_t.to(weights.dtype), self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=cond.added).sample.to(x_t.dtype)
 
-    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """Convert a raw model output to ε (see the module docstring)."""
-        kind = self.prediction_type
-        if kind == "epsilon":
+    def convert(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int, space: str) -> torch.Tensor:
+        """A raw model output (B, C, H, W) at x_t, level t, in prediction space `space` (see the module docstring)."""
+        native = self.native_space
+        if space == native:
             return output
+        if space not in SPACES:
+            raise ValueError(f"unknown prediction space {space!r}; expected one of {', '.join(SPACES)}")
         a, s = self.coefficients(self._as_batch_timesteps(t, x_t.shape[0]).cpu(), x_t)
-        if kind == "v_prediction":
-            return s * x_t + a * output
-        if kind == "sample":
-            return (x_t - a * output) / s
-        raise ValueError(f"unsupported prediction_type {kind!r}")
+        x0, eps = SPACES[native].solve(output, x_t, a, s)
+        return SPACES[space].target(x0, eps, a, s)
+
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Convert a raw model output to ε."""
+        return self.convert(output, x_t, t, "eps")
+
+    def prediction(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning, space: str) -> torch.Tensor:
+        """The model's prediction at (x_t, t, c) in `space` (no guidance): one counted UNet call, (B, C, H, W)."""
+        t = self._as_batch_timesteps(t, x_t.shape[0])
+        return self.convert(self.model_output(x_t, t, cond), x_t, t, space)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, space: str) -> torch.Tensor:
+        """The regression target in `space` for x_t = a_t x0 + s_t ε (as `add_noise`): ε, v = a_t ε − s_t x0 or x0."""
+        if space not in SPACES:
+            raise ValueError(f"unknown prediction space {space!r}; expected one of {', '.join(SPACES)}")
+        a, s = self.coefficients(torch.as_tensor(t).cpu(), x0)
+        return SPACES[space].target(x0, noise, a, s)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning, guidance: float = 1.0,
             uncond: Conditioning | None = None) -> torch.Tensor:

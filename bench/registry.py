@@ -2,7 +2,9 @@
 
 Registration is by decorator (`@METHODS.register("dpo")`) or by a third-party package through an
 entry point group (e.g. `[project.entry-points."diffusion_align_bench.methods"]`). A typo gets the
-nearest known name, as lm-evaluation-harness's registry does.
+nearest known name, as lm-evaluation-harness's registry does. A renamed entry keeps its old name as a
+deprecated alias (`alias(old, new)`): it still resolves, with a FutureWarning naming the new name, but
+is not listed, and `canonical` maps it silently (for reading records written under the old name).
 
 This module sits at the bottom of the import graph (it imports nothing of the project), so that
 `methods/` and `metrics/` can use it without knowing the harness.
@@ -11,6 +13,7 @@ This module sits at the bottom of the import graph (it imports nothing of the pr
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -38,16 +41,45 @@ class Registry(Generic[T]):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, tuple[str, str]] = {}  # deprecated name -> (current name, why it changed)
         self._entry_points_loaded = entry_point_group is None
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered to {self._items[name]!r}")
+            if name in self._aliases:
+                raise ValueError(f"{self.kind} {name!r} is a deprecated alias of {self._aliases[name][0]!r}")
             self._items[name] = obj
             return obj
 
         return decorator
+
+    def alias(self, old: str, new: str, *, note: str = "") -> None:
+        """Keep `old` working as a deprecated name of the registered `new` (a FutureWarning on use); `note`
+        says why it was renamed."""
+        if new not in self._items:
+            raise ValueError(f"cannot alias {old!r} to {new!r}: no {self.kind} {new!r} is registered")
+        if old in self._items or self._aliases.get(old, (new,))[0] != new:
+            raise ValueError(f"{self.kind} name {old!r} is already taken")
+        self._aliases[old] = (new, note)
+
+    def canonical(self, name: str) -> str:
+        """The current name of `name`: its target if it is a deprecated alias, else `name` itself (no warning)."""
+        return self._aliases[name][0] if name in self._aliases else name
+
+    def resolve(self, name: str) -> str:
+        """The registered name `name` stands for; a deprecated alias warns and gives its new name, an unknown
+        name raises UnknownNameError."""
+        self._load_entry_points()
+        if name in self._aliases:
+            new, note = self._aliases[name]
+            warnings.warn(f"{self.kind} {name!r} is deprecated; use {new!r}" + (f" ({note})" if note else ""),
+                          FutureWarning, stacklevel=3)
+            return new
+        if name not in self._items:
+            raise UnknownNameError(self.kind, name, self.names())
+        return name
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -58,15 +90,12 @@ class Registry(Generic[T]):
                 self._items[ep.name] = ep.load()
 
     def names(self) -> list[str]:
+        """The registered names, sorted (deprecated aliases are not listed)."""
         self._load_entry_points()
         return sorted(self._items)
 
     def get(self, name: str) -> T:
-        self._load_entry_points()
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UnknownNameError(self.kind, name, self.names()) from None
+        return self._items[self.resolve(name)]
 
     def check(self, names: list[str]) -> None:
         """Raise UnknownNameError for the first unknown name, before any work starts."""
@@ -75,7 +104,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -66,13 +66,13 @@ def test_real_configs_build_on_meta_with_the_official_parameter_counts(pipeline,
 
 
 def test_nfe_per_step_is_the_methods_declaration(tmp_path):
-    names = ["dpo", "dense-dpo", "dspo", "kto", "inpo", "mapo", "sft"]
+    names = ["dpo", "dpo-gamma-t", "dspo", "kto", "inpo", "mapo", "sft"]
     plan = _plan("sd15-pickapic", names, tmp_path)
     report = dry_run(plan)
     by_name = {m["method"]: m for m in report.methods}
     assert report.processes == 16  # Diffusion-DPO's launcher
     # 1 pair x 128 accumulation x 16 processes = 2048 pairs; DPO-family 8 NFE per pair (2 latents x (1 + 2) + 2 ref)
-    assert by_name["dpo"]["nfe_per_step"] == by_name["dense-dpo"]["nfe_per_step"] == by_name["dspo"]["nfe_per_step"] == 16384
+    assert by_name["dpo"]["nfe_per_step"] == by_name["dpo-gamma-t"]["nfe_per_step"] == by_name["dspo"]["nfe_per_step"] == 16384
     assert by_name["mapo"]["nfe_per_step"] == 2048 * 6 and by_name["sft"]["nfe_per_step"] == 2048 * 3
     assert by_name["kto"]["nfe_per_step"] == 2 * 1 * 16 * 4  # the suite's KTO recipe: 2 images, no accumulation
     assert by_name["inpo"]["nfe_per_step"] == 1 * 64 * 16 * plan.methods["inpo"].max_nfe_per_item()

@@ -38,20 +38,20 @@ def test_dpo_diffusers_form_has_half_the_beta():
     assert loss.item() == pytest.approx(diffusers_form.item(), abs=1e-7)
 
 
-def test_noise_error_is_the_mean_not_the_sum_over_chw():
-    """noise_mse averages (ε̂ − ε)² over (C, H, W), as Diffusion-DPO's `.mean(dim=list(range(1, ndim)))`:
+def test_prediction_error_is_the_mean_not_the_sum_over_chw():
+    """prediction_mse averages (ŷ − y)² over (C, H, W), as Diffusion-DPO's `.mean(dim=list(range(1, ndim)))`:
     a prediction off by 1 in each of 4 channels x 2 x 2 pixels has error 1, not 16."""
-    from methods.alignment.base import noise_mse
+    from methods.alignment.base import prediction_mse
 
-    class Constant:  # a backbone whose ε̂ is 1 everywhere
+    class Constant:  # a backbone whose prediction is 1 everywhere, in any space
         device = torch.device("cpu")
 
         @staticmethod
-        def eps(x_t, t, cond):
+        def prediction(x_t, t, cond, space):
             return torch.ones_like(x_t)
 
     x_t = torch.zeros(3, 4, 2, 2)
-    error = noise_mse(Constant(), x_t, torch.zeros(3, dtype=torch.long), None, torch.zeros_like(x_t))
+    error = prediction_mse(Constant(), x_t, torch.zeros(3, dtype=torch.long), None, torch.zeros_like(x_t), "v")
     assert error.tolist() == [1.0, 1.0, 1.0]
 
 
@@ -94,9 +94,117 @@ def _pair_batch(backbone, n=3, seed=0):
     return PairBatch(torch.randn(shape, generator=g), torch.randn(shape, generator=g), cond)
 
 
+def _other_policy(backbone):
+    torch.manual_seed(1)
+    return backbone.with_unet(type(backbone.unet).from_config(backbone.unet.config).eval())
+
+
+def test_v_space_dpo_loss_by_hand(tiny_backbone):
+    """On a v-prediction backbone the default ("native") DPO loss is in v-space: recompute it from the UNet's raw
+    output and v = a_t ε − s_t x0, with a_t, s_t from the schedule, in float64."""
+    assert tiny_backbone.prediction_type == "v_prediction" and tiny_backbone.native_space == "v"
+    beta = 2.0
+    method = METHODS.get("dpo")(METHODS.get("dpo").Config(beta=beta))
+    batch = _pair_batch(tiny_backbone)
+    policy = _other_policy(tiny_backbone)
+    out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)  # the method's draws: t per pair, then ε per pair
+    t = torch.randint(0, 1000, (3,), generator=g)
+    noise = torch.randn(batch.winner.shape, generator=g).double()
+    abar = tiny_backbone.scheduler.alphas_cumprod.double()[t].view(-1, 1, 1, 1)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+
+    def v_error(backbone, x0):  # (B,)
+        x0 = x0.double()
+        x_t = (a * x0 + s * noise).float()
+        with torch.no_grad():
+            raw = backbone.unet(x_t, t, encoder_hidden_states=batch.cond.embeds).sample.double()  # v̂
+        return ((raw - (a * noise - s * x0)) ** 2).mean(dim=(1, 2, 3))
+
+    delta_policy = v_error(policy, batch.winner) - v_error(policy, batch.loser)
+    delta_ref = v_error(tiny_backbone, batch.winner) - v_error(tiny_backbone, batch.loser)
+    z = -0.5 * beta * (delta_policy - delta_ref)
+    expected = torch.log1p(torch.exp(-z)).mean()  # −log σ(z)
+    assert 0.05 < expected.item() < 5 and not torch.allclose(z, torch.zeros_like(z))  # a non-trivial value
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_loss_space_eps_on_a_v_model_is_the_eps_loss(tiny_backbone):
+    """`loss_space=eps` on a v-model reproduces the ε-space numbers: errors of ε̂ = s_t x_t + a_t v̂ against ε;
+    the v-space loss differs, its errors being the ε ones divided by ᾱ_t."""
+    batch = _pair_batch(tiny_backbone)
+    policy = _other_policy(tiny_backbone)
+    dpo = METHODS.get("dpo")
+    eps_out = dpo(dpo.Config(beta=2.0, loss_space="eps")).loss(batch, policy, tiny_backbone,
+                                                              torch.Generator().manual_seed(7))
+    v_out = dpo(dpo.Config(beta=2.0)).loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 1000, (3,), generator=g)
+    noise = torch.randn(batch.winner.shape, generator=g)
+
+    def errors(backbone, x0):  # (ε-space, v-space) per-sample errors, (B,) each
+        x_t = backbone.add_noise(x0, noise, t)
+        eps_err = ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+        raw = backbone.model_output(x_t, t, batch.cond)
+        a, s = backbone.coefficients(t, x0)
+        return eps_err, ((raw - (a * noise - s * x0)) ** 2).mean(dim=(1, 2, 3))
+
+    (pw, pw_v), (pl, pl_v) = errors(policy, batch.winner), errors(policy, batch.loser)
+    (rw, _), (rl, _) = errors(tiny_backbone, batch.winner), errors(tiny_backbone, batch.loser)
+    expected, _ = dpo_loss(pw, pl, rw, rl, 2.0)
+    assert eps_out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert eps_out.logs["policy_mse"] == pytest.approx(torch.cat([pw, pl]).mean().item(), rel=1e-5)
+    abar = tiny_backbone.alpha_bar(t).float()
+    for eps_err, v_err in ((pw, pw_v), (pl, pl_v)):
+        assert torch.allclose(v_err, eps_err / abar, rtol=1e-3)  # ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t
+    assert v_out.loss.item() != pytest.approx(eps_out.loss.item(), rel=1e-3)
+
+
+def test_backbone_targets_and_predictions_in_every_space(tiny_backbone):
+    """`target` gives ε, v = a_t ε − s_t x0 or x0; `prediction` converts the raw output to each space consistently:
+    a prediction equal to the target in one space equals it in every space."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(4, 4, 8, 8, generator=g,
+                                                                                         dtype=torch.float64)
+    t = torch.tensor([0, 250, 700, 999])
+    a, s = tiny_backbone.coefficients(t, x0)
+    x_t = tiny_backbone.add_noise(x0, noise, t)
+    assert torch.equal(tiny_backbone.target(x0, noise, t, "eps"), noise)
+    assert torch.equal(tiny_backbone.target(x0, noise, t, "x0"), x0)
+    v = tiny_backbone.target(x0, noise, t, "v")
+    assert torch.allclose(v, a * noise - s * x0, atol=1e-15)
+    for space in ("eps", "v", "x0"):  # the true v as the model's (v-prediction) output converts to the true target
+        converted = tiny_backbone.convert(v, x_t, t, space)
+        assert torch.allclose(converted, tiny_backbone.target(x0, noise, t, space), atol=1e-10), space
+    with pytest.raises(ValueError, match="unknown prediction space 'velocity'"):
+        tiny_backbone.target(x0, noise, t, "velocity")
+
+
+def test_describe_records_the_resolved_loss_space(tiny_backbone, tmp_path):
+    from bench.run import plan_run
+    from bench.suites import get_suite
+
+    dpo = METHODS.get("dpo")
+    assert dpo().describe()["loss_space"] == "native"
+    assert dpo().describe("v")["loss_space"] == "v" and dpo().loss_space(tiny_backbone) == "v"
+    assert dpo(dpo.Config(loss_space="eps")).describe("v")["loss_space"] == "eps"
+    assert METHODS.get("inpo")().describe("eps")["loss_space"] == "eps"
+    with pytest.raises(ValueError, match="loss_space must be one of"):
+        dpo.Config(loss_space="velocity")
+    # a run records the space the pipeline resolves "native" to: v on the toy, ε on SD 1.5 (its built-in config)
+    plan = plan_run(get_suite("toy"), ["dpo", "kto"], run_dir=tmp_path / "a", prompts=["a prompt"],
+                    method_args={"kto": {"loss_space": "eps"}})
+    methods = plan.config()["methods"]
+    assert methods["dpo"]["config"]["loss_space"] == "v" and methods["kto"]["config"]["loss_space"] == "eps"
+    plan = plan_run(get_suite("sd15-pickapic"), ["dpo"], run_dir=tmp_path / "b", prompts=["a prompt"])
+    assert plan.config()["methods"]["dpo"]["config"]["loss_space"] == "eps"
+
+
 def test_dpo_loss_shares_t_and_noise_within_pairs(tiny_backbone):
-    """DPO.loss == dpo_loss on errors recomputed by hand with the same random draws."""
-    method = METHODS.get("dpo")(METHODS.get("dpo").Config(beta=100.0))
+    """DPO.loss == dpo_loss on errors recomputed by hand with the same random draws (ε-space, requested)."""
+    method = METHODS.get("dpo")(METHODS.get("dpo").Config(beta=100.0, loss_space="eps"))
     batch = _pair_batch(tiny_backbone)
     out = method.loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy == reference: z = 0
@@ -109,8 +217,7 @@ def test_dpo_loss_shares_t_and_noise_within_pairs(tiny_backbone):
         x_t = backbone.add_noise(x0, noise, t)
         return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
 
-    torch.manual_seed(1)
-    policy = tiny_backbone.with_unet(type(tiny_backbone.unet).from_config(tiny_backbone.unet.config).eval())
+    policy = _other_policy(tiny_backbone)
     out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
     expected, _ = dpo_loss(err(policy, batch.winner), err(policy, batch.loser), err(tiny_backbone, batch.winner),
                            err(tiny_backbone, batch.loser), 100.0)
@@ -129,11 +236,16 @@ def test_sft_and_kto_full_losses_match_recomputation(tiny_backbone):
     noise = torch.randn(latents.shape, generator=g)
     x_t = tiny_backbone.add_noise(latents, noise, t)
     err = ((tiny_backbone.eps(x_t, t, cond) - noise) ** 2).mean(dim=(1, 2, 3))
+    a, s = tiny_backbone.coefficients(t, latents)
+    v_err = ((tiny_backbone.model_output(x_t, t, cond) - (a * noise - s * latents)) ** 2).mean(dim=(1, 2, 3))
 
-    sft = METHODS.get("sft")().loss(batch, tiny_backbone, None, torch.Generator().manual_seed(5))
-    assert sft.loss.item() == pytest.approx(err.mean().item(), rel=1e-6)
+    sft = METHODS.get("sft")
+    native = sft().loss(batch, tiny_backbone, None, torch.Generator().manual_seed(5))  # v-space on this v-model
+    assert native.loss.item() == pytest.approx(v_err.mean().item(), rel=1e-6)
+    eps_space = sft(sft.Config(loss_space="eps")).loss(batch, tiny_backbone, None, torch.Generator().manual_seed(5))
+    assert eps_space.loss.item() == pytest.approx(err.mean().item(), rel=1e-6)
 
-    kto = METHODS.get("kto")(METHODS.get("kto").Config(beta=10.0))
+    kto = METHODS.get("kto")(METHODS.get("kto").Config(beta=10.0, loss_space="eps"))
     out = kto.loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(5))
     expected, _ = kto_loss(err, err, desirable, 10.0)  # policy == reference: g = 0, each term 1 − σ(0) = 0.5
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-7) == pytest.approx(0.5)

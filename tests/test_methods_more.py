@@ -1,10 +1,13 @@
-"""DSPO, dense-reward DPO and MaPO: hand-computed losses (latent shape (1, 4, 1, 1), ε = 0), full
-`loss()` against independent recomputations with the same random draws, and every method's NFE per
-pair or image measured through the Trainer."""
+"""DSPO, DPO-γ-t and MaPO: hand-computed losses (latent shape (1, 4, 1, 1), ε = 0), full `loss()` against
+independent recomputations with the same random draws (in v-space, the tiny v-prediction backbone's native
+space: the UNet's raw output against v = a_t ε − s_t x0), every method's NFE per pair or image measured
+through the Trainer, the deprecated `dense-dpo` name, and every method's declared search space."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -14,11 +17,12 @@ from bench.backbone import Backbone
 from bench.budget import Budget
 from bench.config import TrainConfig
 from bench.data import encode_preferences, load_pickapic, preference_pairs
+from bench.search_space import Choice, FloatRange, IntRange, search_space
 from bench.trainer import Trainer
 from methods.alignment import METHODS
 from methods.alignment.base import PairBatch
-from methods.alignment.dense_dpo import sample_discounted_timesteps, step_probabilities
 from methods.alignment.dpo import dpo_loss
+from methods.alignment.dpo_gamma_t import sample_discounted_timesteps, step_probabilities
 from methods.alignment.dspo import dspo_loss
 from methods.alignment.mapo import mapo_loss
 
@@ -88,21 +92,24 @@ def _shared_draws(batch, seed=7):
     return torch.randint(0, 1000, (len(batch),), generator=g), torch.randn(batch.winner.shape, generator=g)
 
 
+def _v_pred_and_target(backbone, x0, noise, t, cond):
+    """The UNet's raw v̂ at x_t = a_t x0 + s_t ε and the v-space target a_t ε − s_t x0, each (B, C, h, w)."""
+    a, s = backbone.coefficients(t, x0)
+    return backbone.model_output(a * x0 + s * noise, t, cond), a * noise - s * x0
+
+
 def test_dspo_full_loss_matches_recomputation(tiny_backbone):
     batch = _pair_batch(tiny_backbone)
     t, noise = _shared_draws(batch)
     policy = _other_policy(tiny_backbone)
     beta = 0.05
 
-    def eps(backbone, x0):  # (B, C, h, w)
-        return backbone.eps(backbone.add_noise(x0, noise, t), t, batch.cond)
-
-    pw, pl, rw, rl = eps(policy, batch.winner), eps(policy, batch.loser), eps(tiny_backbone, batch.winner), \
-        eps(tiny_backbone, batch.loser)
-    mse = lambda e: ((e - noise) ** 2).mean(dim=(1, 2, 3))  # noqa: E731
-    z = -0.5 * beta * ((mse(pw) - mse(pl)) - (mse(rw) - mse(rl)))  # (B,)
+    (pw, vw), (pl, vl) = (_v_pred_and_target(policy, x0, noise, t, batch.cond) for x0 in (batch.winner, batch.loser))
+    rw, rl = (_v_pred_and_target(tiny_backbone, x0, noise, t, batch.cond)[0] for x0 in (batch.winner, batch.loser))
+    mse = lambda pred, target: ((pred - target) ** 2).mean(dim=(1, 2, 3))  # noqa: E731
+    z = -0.5 * beta * ((mse(pw, vw) - mse(pl, vl)) - (mse(rw, vw) - mse(rl, vl)))  # (B,)
     weight = (1 - torch.sigmoid(z))[:, None, None, None]
-    expected_sd15 = ((pw - noise) - beta * weight * (pw - rw)).pow(2).mean()
+    expected_sd15 = ((pw - vw) - beta * weight * (pw - rw)).pow(2).mean()
     drift = (pw - rw).pow(2).mean()
     expected_sdxl = (weight * (pw - rw)).pow(2).mean() if drift >= 0.1 else weight.pow(2).mean()
 
@@ -121,11 +128,11 @@ def test_dspo_auto_form_follows_the_family():
 
 
 def test_dspo_policy_equal_to_reference(tiny_backbone):
-    # D_w = 0 and z = 0: the SD 1.5 form is the winners' MSE (SFT), the SDXL form (1 − σ(0))² = 0.25.
+    # D_w = 0 and z = 0: the SD 1.5 form is the winners' MSE (SFT, here in v-space), the SDXL form (1 − σ(0))² = 0.25.
     batch = _pair_batch(tiny_backbone)
     t, noise = _shared_draws(batch)
-    x_t = tiny_backbone.add_noise(batch.winner, noise, t)
-    winner_mse = ((tiny_backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean()
+    winner_mse = (lambda pred, target: ((pred - target) ** 2).mean())(
+        *_v_pred_and_target(tiny_backbone, batch.winner, noise, t, batch.cond))
     method = METHODS.get("dspo")
     sd15 = method(method.Config(form="sd15")).loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
     assert sd15.loss.item() == pytest.approx(winner_mse.item(), rel=1e-6)
@@ -133,8 +140,8 @@ def test_dspo_policy_equal_to_reference(tiny_backbone):
     assert sdxl.loss.item() == pytest.approx(0.25, abs=1e-7)
 
 
-# ---------------------------------------------------------------- dense-reward DPO
-def test_dense_step_probabilities_hand_value():
+# ---------------------------------------------------------------- DPO-γ-t (formerly dense-dpo)
+def test_gamma_t_step_probabilities_hand_value():
     # p(0) = (1 − γ) / (1 − γ^50) = 0.1 / (1 − 0.005154) = 0.1 / 0.994846 = 0.100518.
     p = step_probabilities(50, 0.9)
     assert p[0].item() == pytest.approx(0.100518, abs=1e-6)
@@ -143,7 +150,7 @@ def test_dense_step_probabilities_hand_value():
     assert torch.allclose(step_probabilities(4, 1.0), torch.full((4,), 0.25, dtype=torch.float64))
 
 
-def test_dense_drawn_timesteps_follow_the_discounted_distribution(tiny_backbone):
+def test_gamma_t_drawn_timesteps_follow_the_discounted_distribution(tiny_backbone):
     n = 200_000
     t = sample_discounted_timesteps(tiny_backbone, n, 50, 0.9, torch.Generator().manual_seed(0))
     grid = tiny_backbone.timesteps(50)  # 981, 961, ..., 1
@@ -155,9 +162,9 @@ def test_dense_drawn_timesteps_follow_the_discounted_distribution(tiny_backbone)
     assert counts[0] / n == pytest.approx(0.100518, abs=0.003)
 
 
-def test_dense_dpo_full_loss_matches_recomputation(tiny_backbone):
+def test_dpo_gamma_t_full_loss_matches_recomputation(tiny_backbone):
     batch = _pair_batch(tiny_backbone)
-    method = METHODS.get("dense-dpo")
+    method = METHODS.get("dpo-gamma-t")
     method = method(method.Config(beta=100.0, gamma=0.8, sampling_steps=20))
     out = method.loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy == reference: z = 0
@@ -168,9 +175,9 @@ def test_dense_dpo_full_loss_matches_recomputation(tiny_backbone):
     t = torch.arange(951, 0, -50)[index]  # the 20-step DDIM grid 951, 901, ..., 1 (steps_offset 1)
     noise = torch.randn(batch.winner.shape, generator=g)
 
-    def err(backbone, x0):
-        x_t = backbone.add_noise(x0, noise, t)
-        return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+    def err(backbone, x0):  # v-space: the tiny backbone's native space
+        pred, target = _v_pred_and_target(backbone, x0, noise, t, batch.cond)
+        return ((pred - target) ** 2).mean(dim=(1, 2, 3))
 
     policy = _other_policy(tiny_backbone)
     out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
@@ -207,9 +214,10 @@ def test_mapo_full_loss_matches_recomputation(tiny_backbone):
     policy = _other_policy(tiny_backbone)
     # T = 1000 multiplies the margin, so even float32 differences of the UNet between batch layouts show in
     # the loss: evaluate winners and losers in one batch, as the method does, and score in float64.
-    x_t = policy.add_noise(torch.cat([batch.winner, batch.loser]), noise.repeat(2, 1, 1, 1), t.repeat(2))
     cond = type(batch.cond).cat([batch.cond, batch.cond])
-    err = ((policy.eps(x_t, t.repeat(2), cond) - noise.repeat(2, 1, 1, 1)) ** 2).mean(dim=(1, 2, 3)).double()
+    pred, target = _v_pred_and_target(policy, torch.cat([batch.winner, batch.loser]), noise.repeat(2, 1, 1, 1),
+                                      t.repeat(2), cond)
+    err = ((pred - target) ** 2).mean(dim=(1, 2, 3)).double()
     winner, loser = err[:3], err[3:]
     score = lambda mse: 0.5 * mse / (torch.exp(0.5 * mse) - 1)  # noqa: E731
     expected = winner.mean() - 0.1 * torch.log(torch.sigmoid(1000 * (score(winner) - score(loser)))).mean()
@@ -220,8 +228,10 @@ def test_mapo_full_loss_matches_recomputation(tiny_backbone):
 # ---------------------------------------------------------------- configs
 def test_new_method_configs_validate():
     for name, bad, field in [("dspo", dict(beta=0.0), "beta"), ("dspo", dict(form="sd2"), "form"),
-                             ("dense-dpo", dict(beta=-1.0), "beta"), ("dense-dpo", dict(gamma=0.0), "gamma"),
-                             ("dense-dpo", dict(gamma=1.5), "gamma"), ("dense-dpo", dict(sampling_steps=0), "sampling_steps"),
+                             ("dpo-gamma-t", dict(beta=-1.0), "beta"), ("dpo-gamma-t", dict(gamma=0.0), "gamma"),
+                             ("dpo-gamma-t", dict(gamma=1.5), "gamma"),
+                             ("dpo-gamma-t", dict(sampling_steps=0), "sampling_steps"),
+                             ("mapo", dict(loss_space="sample"), "loss_space"),
                              ("mapo", dict(beta=0.0), "beta"), ("mapo", dict(gamma=-0.5), "gamma")]:
         with pytest.raises(ValueError, match=field):
             METHODS.get(name).Config(**bad)
@@ -229,8 +239,42 @@ def test_new_method_configs_validate():
 
 def test_method_flags():
     assert not METHODS.get("mapo").needs_reference
-    assert METHODS.get("dspo").needs_reference and METHODS.get("dense-dpo").needs_reference
-    assert all(METHODS.get(name).data_kind == "pairs" for name in ("dspo", "dense-dpo", "mapo"))
+    assert METHODS.get("dspo").needs_reference and METHODS.get("dpo-gamma-t").needs_reference
+    assert all(METHODS.get(name).data_kind == "pairs" for name in ("dspo", "dpo-gamma-t", "mapo"))
+
+
+def test_dense_dpo_is_a_deprecated_alias_of_dpo_gamma_t(tmp_path):
+    from bench.run import plan_run
+    from bench.suites import get_suite
+
+    with pytest.warns(FutureWarning, match="'dense-dpo' is deprecated; use 'dpo-gamma-t'"):
+        cls = METHODS.get("dense-dpo")
+    assert cls is METHODS.get("dpo-gamma-t") and cls.name == "dpo-gamma-t"
+    assert "dense-dpo" in METHODS and "dense-dpo" not in METHODS.names()  # works, but `bench list` does not show it
+    assert METHODS.canonical("dense-dpo") == "dpo-gamma-t" and METHODS.canonical("dpo") == "dpo"
+    with pytest.warns(FutureWarning, match="use 'dpo-gamma-t'"):  # a run asked for the old name trains the new one
+        plan = plan_run(get_suite("sd15-pickapic"), ["dense-dpo"], run_dir=tmp_path / "run", prompts=["a prompt"],
+                        method_args={"dense-dpo": {"gamma": "0.8"}})
+    assert list(plan.methods) == ["dpo-gamma-t"]
+    assert plan.methods["dpo-gamma-t"].config.gamma == 0.8 and plan.methods["dpo-gamma-t"].config.beta == 2000.0
+    with pytest.raises(ValueError, match="already taken"):
+        METHODS.alias("dense-dpo", "dpo")
+
+
+def test_records_of_dense_dpo_are_read_as_dpo_gamma_t(tmp_path):
+    """The leaderboard, `bench report` and the figures group records by method: one written as dense-dpo counts
+    as dpo-gamma-t."""
+    import json
+
+    from bench.records import SCHEMA_VERSION
+    from bench.report import load_records
+
+    path = tmp_path / "dense-dpo-40000nfe-s0.json"
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "kind": "alignment-run", "method": "dense-dpo"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading old records is routine: no deprecation warning
+        ((_, record),) = load_records([path])
+    assert record["method"] == "dpo-gamma-t"
 
 
 # ---------------------------------------------------------------- measured NFE
@@ -251,7 +295,7 @@ def _train_two_steps(toy_data, name, items=2):
     return method, step_nfe, result.history
 
 
-@pytest.mark.parametrize("name, per_item", [("dpo", 8), ("dspo", 8), ("dense-dpo", 8), ("mapo", 6), ("kto", 4),
+@pytest.mark.parametrize("name, per_item", [("dpo", 8), ("dspo", 8), ("dpo-gamma-t", 8), ("mapo", 6), ("kto", 4),
                                             ("sft", 3)])
 def test_measured_nfe_per_item(toy_data, name, per_item):
     method, step_nfe, _ = _train_two_steps(toy_data, name)
@@ -265,3 +309,43 @@ def test_measured_nfe_inpo(toy_data):
     for cost, logs in zip(step_nfe, history):
         assert cost == 8 * 2 + round(logs["inversion_steps"] * 2 * 2)
         assert 8 * 2 < cost <= method.max_nfe_per_item() * 2
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_config_takes_and_validates_a_loss_space(name):
+    """Every Config is a MethodConfig whose own __post_init__ keeps the shared validation."""
+    config_cls = METHODS.get(name).Config
+    assert config_cls().loss_space == "native" and config_cls(loss_space="eps").loss_space == "eps"
+    with pytest.raises(ValueError, match="loss_space must be one of"):
+        config_cls(loss_space="epsilon")
+
+
+# ---------------------------------------------------------------- search spaces
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_declares_a_valid_search_space_around_its_default(name):
+    """`bench tune` searches each method's declared space (plus the learning rate, which no method declares): 1-2
+    fields, each a valid range whose bounds are valid config values and which contains the default."""
+    config_cls = METHODS.get(name).Config
+    space = search_space(config_cls)
+    if name == "sft":  # SFT has no hyper-parameter of its own: the tuner's learning rate is its only knob
+        assert space == {}
+        return
+    assert 1 <= len(space) <= 2, space  # few enough that 8 trials per method mean something
+    assert "lr" not in space and "loss_space" not in space
+    default = config_cls()
+    for field, declared in space.items():
+        assert isinstance(declared, (FloatRange, IntRange, Choice)), field
+        bounds = declared.options if isinstance(declared, Choice) else (declared.low, declared.high)
+        for value in bounds:
+            dataclasses.replace(default, **{field: value})  # __post_init__ accepts every point of the range
+        value = getattr(default, field)
+        if name == "dspo" and field == "beta":
+            # None means "the launcher value of the form in use", SD 1.5's 0.001 or SDXL's 5000: both must lie inside
+            assert value is None
+            for form_default in (0.001, 5000.0):
+                assert declared.low < form_default < declared.high
+            continue
+        if isinstance(declared, Choice):
+            assert value in declared.options, field
+        else:
+            assert declared.low <= value <= declared.high, field

@@ -64,7 +64,7 @@ def test_every_method_trains_a_step_on_sdxl(tiny_sdxl_backbone, sdxl_data, metho
     result = trainer.fit()
     assert result.steps == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))
     # before the first update the policy is the reference: every implicit reward is 0
-    at_init = {"dpo": math.log(2), "dense-dpo": math.log(2), "inpo": math.log(2), "mapo": None, "kto": 0.5,
+    at_init = {"dpo": math.log(2), "dpo-gamma-t": math.log(2), "inpo": math.log(2), "mapo": None, "kto": 0.5,
                "dspo": 0.25, "sft": None}[method]
     if at_init is not None:
         assert result.history[0]["loss"] == pytest.approx(at_init, abs=1e-6)

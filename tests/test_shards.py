@@ -53,7 +53,7 @@ def test_bad_shards_and_blocks_are_refused():
         sample_uniform(3, torch.Generator())
 
 
-@pytest.mark.parametrize("name", ["sft", "dpo", "kto", "inpo", "dspo", "dense-dpo", "mapo"])
+@pytest.mark.parametrize("name", ["sft", "dpo", "kto", "inpo", "dspo", "dpo-gamma-t", "mapo"])
 def test_every_method_draws_the_same_for_a_batch_and_for_its_shards(tiny_backbone, name):
     """The generator ends in the same state after a whole batch and after either shard (so the next step's
     draws agree), and the shards' losses average to the batch's (except KTO, whose reference point z0

@@ -6,10 +6,16 @@ frozen reference model, a typed config with its paper's defaults, and its worst-
 item (a pair for `pairs`, an image otherwise), which the budget meter uses to stop a run before it
 crosses its limit. `loss(batch, policy, reference, rng)` returns the loss and scalar logs.
 
-All losses are computed in ε-space: L = mean over (C, H, W) of (ε̂_θ(x_t, t, c) − ε)², with
-ε̂ converted by the Backbone from the model's own parametrisation (ε or v). For an ε-model this is
-exactly the Diffusion-DPO / KTO / InPO objective; for a v-model the ε error equals ᾱ_t times the
-v error, so β keeps its meaning across parametrisations.
+Every loss is a function of per-sample errors in one prediction space (`bench.backbone.SPACES`),
+
+    L = mean over (C, H, W) of (ŷ_θ(x_t, t, c) − y)²,     y = ε, v = a_t ε − s_t x0, or x0,
+
+chosen by the config's `loss_space` (`MethodConfig`): "native" (the default) is the space the backbone
+predicts in, what it was pretrained to regress (ε for SD 1.5 and SDXL, so there every loss is exactly
+its paper's; v for the toy), or an explicit "eps", "v" or "x0". Spaces weigh the timesteps differently:
+ε̂ − ε = a_t (v̂ − v), so ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t, and a β tuned in one space acts 1/ᾱ_t times
+as strongly per t in v-space. `AlignmentMethod.loss_space(backbone)` resolves "native", and run records
+store the resolved space (`describe(native_space)`).
 """
 
 from __future__ import annotations
@@ -21,13 +27,34 @@ from typing import ClassVar
 
 import torch
 
-from bench.backbone import Backbone, Conditioning
+from bench.backbone import SPACES, Backbone, Conditioning
 from bench.registry import Registry
 from methods.shards import sample_noise, sample_timesteps
 
 METHODS: Registry[type[AlignmentMethod]] = Registry("method", entry_point_group="diffusion_align_bench.methods")
 
 DATA_KINDS = ("pairs", "binary", "images")
+NATIVE = "native"  # loss_space: the backbone's own prediction space
+LOSS_SPACES = (NATIVE, *SPACES)
+
+
+@dataclass
+class MethodConfig:
+    """What every method's Config shares: subclass it (and call `super().__post_init__()` from a
+    `__post_init__` of your own)."""
+
+    loss_space: str = field(default=NATIVE, kw_only=True, metadata={
+        "help": "prediction space of the loss: 'native' (the backbone's own: ε for SD 1.5/SDXL, v for the toy), "
+                "'eps', 'v' or 'x0'"})
+
+    def __post_init__(self):
+        if self.loss_space not in LOSS_SPACES:
+            raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {self.loss_space!r}")
+
+
+def resolve_loss_space(loss_space: str, native_space: str) -> str:
+    """A config's `loss_space` with "native" replaced by the backbone's `native_space`."""
+    return native_space if loss_space == NATIVE else loss_space
 
 
 @dataclass
@@ -73,9 +100,17 @@ class AlignmentMethod(ABC):
     def max_nfe_per_item(self) -> int:
         """Worst-case NFE per training item (pair or image), a backward counting as 2."""
 
-    def describe(self) -> dict:
-        """The configuration as recorded in run records (with any default resolved)."""
-        return dataclasses.asdict(self.config)
+    def loss_space(self, backbone: Backbone) -> str:
+        """The prediction space this method's loss uses on `backbone` ("eps", "v" or "x0")."""
+        return resolve_loss_space(self.config.loss_space, backbone.native_space)
+
+    def describe(self, native_space: str | None = None) -> dict:
+        """The configuration as recorded in run records, with any default resolved: `loss_space` "native"
+        becomes `native_space` (the backbone's, e.g. "v") when it is given."""
+        described = dataclasses.asdict(self.config)
+        if native_space is not None and "loss_space" in described:
+            described["loss_space"] = resolve_loss_space(self.config.loss_space, native_space)
+        return described
 
     def sampling_weights(self, desirable: torch.Tensor) -> torch.Tensor | None:
         """For `binary` data: relative probability of drawing each image, or None for uniform."""
@@ -92,6 +127,10 @@ class NoisedPairs:
     noise: torch.Tensor  # (2B, C, h, w)
     cond: Conditioning  # (2B,)
 
+    def target(self, backbone: Backbone, space: str) -> torch.Tensor:
+        """The regression target in `space` of every latent, (2B, C, h, w)."""
+        return backbone.target(self.x0, self.noise, self.t, space)
+
 
 def noise_pairs(backbone: Backbone, batch: PairBatch, rng: torch.Generator,
                 t: torch.Tensor | None = None) -> NoisedPairs:
@@ -103,11 +142,12 @@ def noise_pairs(backbone: Backbone, batch: PairBatch, rng: torch.Generator,
     return NoisedPairs(x0, backbone.add_noise(x0, noise, t), t, noise, Conditioning.cat([batch.cond, batch.cond]))
 
 
-def noise_mse(backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-              eps_target: torch.Tensor) -> torch.Tensor:
-    """Per-sample noise-prediction error: mean over (C, H, W) of (ε̂(x_t, t, c) − ε)², shape (B,)."""
-    eps = backbone.eps(x_t, t.to(backbone.device), cond)
-    return ((eps.float() - eps_target.float()) ** 2).mean(dim=(1, 2, 3))
+def prediction_mse(backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, target: torch.Tensor,
+                   space: str) -> torch.Tensor:
+    """Per-sample error in `space`: mean over (C, H, W) of (ŷ(x_t, t, c) − y)², shape (B,), with ŷ the model's
+    prediction converted to `space` and y = `target` already in it (`Backbone.target`)."""
+    prediction = backbone.prediction(x_t, t.to(backbone.device), cond, space)
+    return ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
 
 def register(cls: type[AlignmentMethod]) -> type[AlignmentMethod]:

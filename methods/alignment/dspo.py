@@ -3,16 +3,21 @@
 Reference implementation: huaishengzhu/DSPO @8b4e09b, `train.py` L1141-1169, the
 `train_method == 'dspo'` loss block (the same code at @20867cf; forked from Diffusion-DPO).
 Noising as in DPO (see `dpo.py`): one (t, ε) shared by both images of a pair.
-With the ε-predictions at x_t^w of the policy and of the frozen reference,
+With the predictions ŷ at x_t^w of the policy and of the frozen reference and the target y, all in the
+loss space (`loss_space`, see `base.py`: y = ε in ε-space, the repo's and SD's native space;
+y = v = a_t ε − s_t x0 in v-space, the toy's native space),
 
-    R_w   = ε_θ(x_t^w) − ε                   the winner's score-matching residual   (B, C, H, W)
-    D_w   = ε_θ(x_t^w) − ε_ref(x_t^w)        the winner's drift from the reference  (B, C, H, W)
-    z     = −(β/2) (Δ_θ − Δ_ref)             the Diffusion-DPO logit, NOT detached
+    R_w   = ŷ_θ(x_t^w) − y                   the winner's score-matching residual   (B, C, H, W)
+    D_w   = ŷ_θ(x_t^w) − ŷ_ref(x_t^w)        the winner's drift from the reference  (B, C, H, W)
+    z     = −(β/2) (Δ_θ − Δ_ref)             the Diffusion-DPO logit (errors ‖ŷ − y‖²), NOT detached
 
     SD 1.5 form:  loss = mean_{B,C,H,W} (R_w − β (1 − σ(z)) D_w)²
     SDXL form:    loss = mean_{B,C,H,W} ((1 − σ(z)) D_w)²    if mean_{B,C,H,W} D_w² ≥ 0.1
                   loss = mean_B (1 − σ(z))²                   otherwise
 
+In v-space R_w, D_w are the ε-space ones divided by a_t (ε̂ − ε = a_t (v̂ − v)), so the squared terms,
+the DPO errors in z and the drift the SDXL form compares with 0.1 all scale by 1/ᾱ_t; at real scale
+(ε-models) nothing changes. DSPO issue #6 notes the repo has no v-prediction support.
 The repo picks the form with its `--sdxl` flag; `form="auto"` follows `policy.family`. β enters z
 with the DPO ½ but the SD 1.5 loss without it (the scale question of DSPO issue #3): at the
 launcher's β = 0.001, z ≈ 0 and the loss is ≈ ‖R_w − 0.0005 D_w‖², almost SFT on the winners.
@@ -28,7 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.backbone import Backbone
-from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, noise_pairs, register
+from bench.search_space import FloatRange
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
 from methods.alignment.dpo import dpo_loss
 
 FORMS = ("auto", "sd15", "sdxl")
@@ -36,27 +42,37 @@ DEFAULT_BETA = {"sd15": 0.001, "sdxl": 5000.0}  # launchers/sd15.sh, launchers/s
 SDXL_DRIFT_THRESHOLD = 0.1  # train.py, SDXL branch: `pred2.pow(2).mean(...).mean() >= 0.1`
 
 
+# β search range, log-uniform: the README's grids, SD 1.5 form {0.001, 0.01, 0.05} and SDXL form 1000-5000,
+# lie 5 decades apart, and one declared range must serve both forms (`form="auto"` picks by the backbone), so it
+# spans both with a decade to spare each side. For a sweep of one form, narrow it; the default None (each form's
+# launcher value) is not a point of the range.
+BETA_SEARCH = FloatRange(1e-4, 1e4, log=True)
+
+
 @dataclass
-class DSPOConfig:
+class DSPOConfig(MethodConfig):
     beta: float | None = field(default=None, metadata={
-        "help": "β in z and in the SD 1.5 loss; None: the launcher value of the form used (SD 1.5 0.001, SDXL 5000)"})
+        "help": "β in z and in the SD 1.5 loss; None: the launcher value of the form used (SD 1.5 0.001, SDXL 5000)",
+        "search": BETA_SEARCH})
     form: str = field(default="auto", metadata={"help": "'sd15', 'sdxl' or 'auto' (follow the policy's family)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.beta is not None and not self.beta > 0:
             raise ValueError(f"beta must be > 0 (or None for the form's default), got {self.beta}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
 
 
-def dspo_loss(policy_eps: torch.Tensor, ref_eps: torch.Tensor, noise: torch.Tensor, beta: float,
+def dspo_loss(policy_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, beta: float,
               form: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, z) from ε-predictions and the shared noise, each (2B, C, H, W) stacked [winners; losers]."""
-    policy_err = ((policy_eps - noise) ** 2).mean(dim=(1, 2, 3))  # (2B,)
-    ref_err = ((ref_eps - noise) ** 2).mean(dim=(1, 2, 3))
+    """(loss, z) from the policy's and reference's predictions and the target, all in one space, each
+    (2B, C, H, W) stacked [winners; losers]."""
+    policy_err = ((policy_pred - target) ** 2).mean(dim=(1, 2, 3))  # (2B,)
+    ref_err = ((ref_pred - target) ** 2).mean(dim=(1, 2, 3))
     _, z = dpo_loss(*policy_err.chunk(2), *ref_err.chunk(2), beta)  # (B,)
-    residual_w = (policy_eps - noise).chunk(2)[0]  # R_w (B, C, H, W)
-    drift_w = (policy_eps - ref_eps).chunk(2)[0]  # D_w (B, C, H, W)
+    residual_w = (policy_pred - target).chunk(2)[0]  # R_w (B, C, H, W)
+    drift_w = (policy_pred - ref_pred).chunk(2)[0]  # D_w (B, C, H, W)
     weight = (1 - torch.sigmoid(z)).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
     if form == "sd15":
         loss = ((residual_w - beta * weight * drift_w) ** 2).mean()
@@ -81,19 +97,20 @@ class DSPO(AlignmentMethod):
         return "sdxl" if policy.family == "sdxl" else "sd15"
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
+        space = self.loss_space(policy)
         noised = noise_pairs(policy, batch, rng)
-        noise = noised.noise
-        policy_eps = policy.eps(noised.x_t, noised.t, noised.cond).float()  # (2B, C, h, w)
+        target = noised.target(policy, space).float()  # (2B, C, h, w)
+        policy_pred = policy.prediction(noised.x_t, noised.t, noised.cond, space).float()  # (2B, C, h, w)
         with torch.no_grad():
-            ref_eps = reference.eps(noised.x_t, noised.t, noised.cond).float()
+            ref_pred = reference.prediction(noised.x_t, noised.t, noised.cond, space).float()
         form = self.form_for(policy)
         beta = self.config.beta if self.config.beta is not None else DEFAULT_BETA[form]
-        loss, z = dspo_loss(policy_eps, ref_eps, noise.float(), beta, form)
+        loss, z = dspo_loss(policy_pred, ref_pred, target, beta, form)
         return LossOutput(loss, {
             "loss": loss.item(),
             "implicit_acc": (z > 0).float().mean().item(),
-            "policy_mse": ((policy_eps.detach() - noise) ** 2).mean().item(),
-            "ref_mse": ((ref_eps - noise) ** 2).mean().item(),
+            "policy_mse": ((policy_pred.detach() - target) ** 2).mean().item(),
+            "ref_mse": ((ref_pred - target) ** 2).mean().item(),
         })
 
     def max_nfe_per_item(self) -> int:

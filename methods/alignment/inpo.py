@@ -6,7 +6,11 @@ Instead of noising x0 forward with fresh ε, each image is DDIM-inverted to its 
 
     ε̂ = (x_τ − √ᾱ_t x0) / √(1 − ᾱ_t)
 
-which replaces ε in the Diffusion-DPO loss (see `dpo.py`; one t per pair, shared by both images).
+which replaces ε in the Diffusion-DPO loss (see `dpo.py`; one t per pair, shared by both images), in the
+loss space (`loss_space`, see `base.py`): the per-image error is mean_{C,H,W} ‖ε̂_θ(x_τ, t, c) − ε̂‖² in
+ε-space (the repo's, SD's native space: at real scale nothing changes), or ‖v̂_θ(x_τ, t, c) − v̂‖² with
+v̂ = a_t ε̂ − s_t x0 in v-space (the toy's native space; ‖v̂_θ − v̂‖² = ‖ε̂_θ − ε̂‖² / ᾱ_t, so β acts
+1/ᾱ_t times as strongly per t as in ε-space).
 
 Two modes:
 - `faithful` (the default with `inversion=ddim`): the official grid. `DDIMInverseScheduler.set_timesteps(10)` in diffusers
@@ -16,9 +20,10 @@ Two modes:
   evaluated at g, and 0.1·σ·N(0, I) is added after each step. The latent therefore ends at
   τ = (largest grid point < t) + 100, not at t, while ᾱ_t is used above.
 - `exact` (the default with any other inverter): the same grid but the last step ends exactly at t,
-  no noise injected, ε evaluated at the step's target level; any registered inverter can be used
-  (`inversion=<sampler>`, with its default parameters), so with an exact inverter (bdia, belm,
-  edict, ddpm-ef) the latent really is at level t.
+  no noise injected, ε evaluated at the step's target level; any registered deterministic inverter can
+  be used (`inversion=<sampler>`, with its default parameters), so with an exact inverter (bdia, belm,
+  edict) the latent really is at level t. A stochastic inverter is refused: ddpm-ef's last latent is
+  fresh noise, which would make InPO Diffusion-DPO with unshared noise.
 
 Defaults: β = 2000 (official SD 1.5 example; SDXL uses 5000), 10 grid steps, noise 0.1.
 Cost per pair: 8F as DPO, plus the inverter's no-grad forwards: one per image per inversion step with
@@ -32,8 +37,8 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.backbone import Backbone, Conditioning
-from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, register, sample_timesteps
-from methods.alignment.dpo import pair_preference_loss
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, register, sample_timesteps
+from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
 from methods.inversion.base import SAMPLERS
 from methods.inversion.ddim import DDIMInversion
 from methods.shards import stacked
@@ -42,8 +47,11 @@ MODES = ("faithful", "exact")
 
 
 @dataclass
-class InPOConfig:
-    beta: float = field(default=2000.0, metadata={"help": "DPO β (official SD 1.5 example; SDXL 5000)"})
+class InPOConfig(MethodConfig):
+    # β: the DPO-family range (see dpo.py), with InPO's examples' 2000 (SD 1.5) and 5000 (SDXL) inside. The
+    # inversion settings stay fixed: they define the method (the official grid) rather than tune it.
+    beta: float = field(default=2000.0, metadata={"help": "DPO β (official SD 1.5 example; SDXL 5000)",
+                                                  "search": BETA_SEARCH})
     mode: str = field(default="", metadata={"help": "'faithful' (official grid, DDIM only) or 'exact' (ends at t); "
                                                     "default: faithful with ddim, exact with any other inverter"})
     grid_steps: int = field(default=10, metadata={"help": "inverse-scheduler steps over [0, T) (official: 10)"})
@@ -51,6 +59,7 @@ class InPOConfig:
     inversion: str = field(default="ddim", metadata={"help": "registered inverter (exact mode)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.mode and self.mode not in MODES:
@@ -61,7 +70,10 @@ class InPOConfig:
             raise ValueError(f"inversion_noise must be >= 0, got {self.inversion_noise}")
         if self.resolved_mode == "faithful" and self.inversion != "ddim":
             raise ValueError("mode=faithful reproduces the official DDIM inversion; use mode=exact with other inverters")
-        SAMPLERS.get(self.inversion)  # unknown names fail here, before training
+        if SAMPLERS.get(self.inversion).stochastic:  # unknown names fail here too, before training
+            usable = ", ".join(name for name in SAMPLERS if not SAMPLERS.get(name).stochastic)
+            raise ValueError(f"inversion={self.inversion}: InPO needs a deterministic inverter; {self.inversion}'s "
+                             f"inverted latent is fresh noise, which makes InPO DPO with unshared noise (use {usable})")
 
     @property
     def resolved_mode(self) -> str:
@@ -114,12 +126,14 @@ class InPO(AlignmentMethod):
         with stacked(2):  # x0 is cat(winners, losers): per-row draws follow each half's global rows
             x_t = self.inverter.invert(policy, x0, cond, levels, guidance=1.0, rng=rng).latents
         eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
-        out = pair_preference_loss(policy, reference, x_t, t, cond, eps_hat, self.config.beta)
+        space = self.loss_space(policy)
+        target = policy.target(x0, eps_hat, t, space)  # ε̂, or a_t ε̂ − s_t x0 in v-space
+        out = pair_preference_loss(policy, reference, x_t, t, cond, target, self.config.beta, space)
         out.logs["inversion_steps"] = float((levels[1:] != levels[:-1]).sum(0).float().mean())
         return out
 
     def max_nfe_per_item(self) -> int:
         return 8 + 2 * self.config.grid_steps * self.inverter.inversion_calls_per_step
 
-    def describe(self) -> dict:
-        return {**super().describe(), "mode": self.config.resolved_mode}
+    def describe(self, native_space: str | None = None) -> dict:
+        return {**super().describe(native_space), "mode": self.config.resolved_mode}

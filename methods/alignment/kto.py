@@ -1,8 +1,11 @@
 """Diffusion-KTO (Li et al., NeurIPS 2024, arXiv 2404.04465).
 
 Reference implementation: jacklishufan/diffusion-kto @226bbd0, `train_kto_sd_v1.5.py` L1398-1509.
-Images are unpaired, each with its own (t, ε) and a label y (desirable or not). With
-L(θ, x) = mean_{C,H,W} ‖ε̂_θ(x_t, t, c) − ε‖²:
+Images are unpaired, each with its own (t, ε) and a label y (desirable or not). L(θ, x) is the error in
+the loss space (`loss_space`, see `base.py`), averaged over (C, H, W): ‖ε̂_θ(x_t, t, c) − ε‖² in ε-space
+(the repo's, and SD's native space: at real scale nothing changes), or ‖v̂_θ(x_t, t, c) − v‖² with
+v = a_t ε − s_t x0 in v-space (the toy's native space; ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t, so β acts 1/ᾱ_t
+times as strongly per t as in ε-space):
 
     g     = L(ref, x) − L(θ, x)                       per image (the implicit reward)
     z0    = max(0, mean_batch g), detached             reference point (`bce_offset=none`, the repo default;
@@ -28,23 +31,28 @@ from methods.alignment.base import (
     AlignmentMethod,
     ImageBatch,
     LossOutput,
-    noise_mse,
+    MethodConfig,
+    prediction_mse,
     register,
     sample_noise,
     sample_timesteps,
 )
+from methods.alignment.dpo import BETA_SEARCH
 from methods.shards import global_mean
 
 REFERENCE_POINTS = ("batch", "mismatched")
 
 
 @dataclass
-class KTOConfig:
-    beta: float = field(default=5000.0, metadata={"help": "β scaling the implicit reward (paper App. A.1)"})
+class KTOConfig(MethodConfig):
+    # β: the DPO-family range (see dpo.py): the paper's 5000 and the repo script's default 1000 lie inside.
+    beta: float = field(default=5000.0, metadata={"help": "β scaling the implicit reward (paper App. A.1)",
+                                                  "search": BETA_SEARCH})
     desirable_fraction: float = field(default=0.8, metadata={"help": "γ: probability of drawing a desirable image"})
     reference_point: str = field(default="batch", metadata={"help": "z0 from the batch mean ('batch') or mismatched prompts"})
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0 < self.desirable_fraction < 1:
@@ -70,16 +78,19 @@ class KTO(AlignmentMethod):
     Config = KTOConfig
 
     def loss(self, batch: ImageBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
+        space = self.loss_space(policy)
         t = sample_timesteps(policy, len(batch), rng)
         noise = sample_noise(batch.latents, rng)
         x_t = policy.add_noise(batch.latents, noise, t)
-        policy_err = noise_mse(policy, x_t, t, batch.cond, noise)
+        target = policy.target(batch.latents, noise, t, space)
+        policy_err = prediction_mse(policy, x_t, t, batch.cond, target, space)
         with torch.no_grad():
-            ref_err = noise_mse(reference, x_t, t, batch.cond, noise)
+            ref_err = prediction_mse(reference, x_t, t, batch.cond, target, space)
             point = None
             if self.config.reference_point == "mismatched":
                 rolled = batch.cond.map(lambda e: torch.roll(e, 1, dims=0))
-                point = (noise_mse(reference, x_t, t, rolled, noise) - noise_mse(policy, x_t, t, rolled, noise)).mean()
+                point = (prediction_mse(reference, x_t, t, rolled, target, space)
+                         - prediction_mse(policy, x_t, t, rolled, target, space)).mean()
         loss, z0 = kto_loss(policy_err, ref_err, batch.desirable, self.config.beta, point)
         return LossOutput(loss, {"loss": loss.item(), "z0": z0.item(), "policy_mse": policy_err.mean().item(),
                                  "ref_mse": ref_err.mean().item(),

@@ -2,8 +2,9 @@
 
 Reference implementation: mapo-t2i/mapo @4f2905f, `utils.py` L283-298 (`compute_loss`), defaults in
 `args.py` L157-171; the older `train.py` @b1c1088 has the same loss inline. For a pair, one (t, ε)
-is shared by both images (`noise.chunk(2)[0].repeat(2, ...)`, `timesteps.repeat(2)`), and with
-L = mean_{C,H,W} ‖ε̂_θ(x_t, t, c) − ε‖² per image:
+is shared by both images (`noise.chunk(2)[0].repeat(2, ...)`, `timesteps.repeat(2)`), and with the
+error in the loss space (`loss_space`, see `base.py`) per image, L = mean_{C,H,W} ‖ŷ_θ(x_t, t, c) − y‖²,
+y = ε in ε-space or v = a_t ε − s_t x0 in v-space:
 
     s(L)   = γ L / (e^{γL} − 1)                        decreasing in L: a "likelihood" score
     margin = s(L_w) − s(L_l)
@@ -11,9 +12,10 @@ L = mean_{C,H,W} ‖ε̂_θ(x_t, t, c) − ε‖² per image:
 
 γ = 0.5 (`--snr_value`), β = 0.1 (`--beta_mapo`) and T = the scheduler's `num_train_timesteps`
 (1000 for SD/SDXL; "multiplying T [...] maximize[s] the margin throughout the denoising process").
-No reference model. The repo takes the MSE against the model's own target (ε or v); here, as for
-every method of the suite, it is taken in ε-space: the same for ε-models (SDXL, what MaPO trained);
-for v-models L_ε = ᾱ_t L_v, a per-t rescaling that the nonlinear s(·) does not absorb.
+No reference model. The repo takes the MSE against the model's own target (ε or v,
+`noise_scheduler.config.prediction_type`), which is the default "native" space here: ε for SDXL (what
+MaPO trained) and SD 1.5, v for the toy. An explicit space changes more than a scale: L_v = L_ε / ᾱ_t,
+a per-t rescaling that the nonlinear s(·) does not absorb (large v errors at the noisy end saturate s).
 Cost per pair: policy forward+backward on 2 latents = 6F.
 """
 
@@ -25,15 +27,34 @@ import torch
 import torch.nn.functional as F
 
 from bench.backbone import Backbone
-from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, noise_mse, noise_pairs, register
+from bench.search_space import FloatRange
+from methods.alignment.base import (
+    AlignmentMethod,
+    LossOutput,
+    MethodConfig,
+    PairBatch,
+    noise_pairs,
+    prediction_mse,
+    register,
+)
+
+# Search ranges, log-uniform (the repo publishes no grid, only the defaults β 0.1, γ 0.5 in `args.py`):
+# β weighs the margin term against the winners' MSE, from almost SFT (0.01) to margin-dominated (2);
+# γ sets where s(L) = γL / (e^{γL} − 1) bends: s saturates once γL ≫ 1, and v-space errors on a v-model are
+# 1/ᾱ_t times the ε-space ones (up to ~200x at the noisy end), so the range reaches 10x below the default.
+BETA_SEARCH = FloatRange(0.01, 2.0, log=True)
+GAMMA_SEARCH = FloatRange(0.05, 2.0, log=True)
 
 
 @dataclass
-class MaPOConfig:
-    beta: float = field(default=0.1, metadata={"help": "weight β of the margin term (repo `--beta_mapo`)"})
-    gamma: float = field(default=0.5, metadata={"help": "γ in s(L) = γL / (e^{γL} − 1) (repo `--snr_value`)"})
+class MaPOConfig(MethodConfig):
+    beta: float = field(default=0.1, metadata={"help": "weight β of the margin term (repo `--beta_mapo`)",
+                                               "search": BETA_SEARCH})
+    gamma: float = field(default=0.5, metadata={"help": "γ in s(L) = γL / (e^{γL} − 1) (repo `--snr_value`)",
+                                                "search": GAMMA_SEARCH})
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.gamma > 0:
@@ -42,7 +63,7 @@ class MaPOConfig:
 
 def mapo_loss(winner_err: torch.Tensor, loser_err: torch.Tensor, beta: float, gamma: float,
               num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, margin) from per-pair noise errors (each (B,)): loss = mean L_w − β mean log σ(T · margin).
+    """(loss, margin) from per-pair errors (each (B,)): loss = mean L_w − β mean log σ(T · margin).
 
     Computed in float64: T multiplies the rounding of s(L) (1e-7 in float32) into the logit.
     """
@@ -65,8 +86,10 @@ class MaPO(AlignmentMethod):
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone | None,
              rng: torch.Generator) -> LossOutput:
+        space = self.loss_space(policy)
         noised = noise_pairs(policy, batch, rng)
-        winner_err, loser_err = noise_mse(policy, noised.x_t, noised.t, noised.cond, noised.noise).chunk(2)  # (B,) each
+        err = prediction_mse(policy, noised.x_t, noised.t, noised.cond, noised.target(policy, space), space)  # (2B,)
+        winner_err, loser_err = err.chunk(2)  # (B,) each
         loss, margin = mapo_loss(winner_err, loser_err, self.config.beta, self.config.gamma,
                                  policy.num_train_timesteps)
         return LossOutput(loss, {

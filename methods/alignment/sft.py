@@ -1,11 +1,13 @@
 """Supervised fine-tuning on preferred images: the baseline of Diffusion-DPO (`--sft` in
 SalesforceAIResearch/DiffusionDPO `train.py`) and Diffusion-KTO.
 
-For each preferred image x0 of a pair, with its own t ~ U{0..T−1} and ε ~ N(0, I):
+For each preferred image x0 of a pair, with its own t ~ U{0..T−1} and ε ~ N(0, I), the denoising loss
+in the loss space (`loss_space`, see `base.py`; the native default is what the backbone was pretrained on):
 
-    loss = mean_batch mean_{C,H,W} ‖ε̂_θ(a_t x0 + s_t ε, t, c) − ε‖²
+    loss = mean_batch mean_{C,H,W} ‖ŷ_θ(a_t x0 + s_t ε, t, c) − y‖²,   y = ε (ε-space) or a_t ε − s_t x0 (v-space)
 
-No reference model. Cost per image: forward + backward = 3F.
+The repo regresses ε (SD's space). In v-space ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t, so the noisy end weighs more;
+at real scale (ε-models) nothing changes. No reference model. Cost per image: forward + backward = 3F.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from methods.alignment.base import (
     AlignmentMethod,
     ImageBatch,
     LossOutput,
-    noise_mse,
+    MethodConfig,
+    prediction_mse,
     register,
     sample_noise,
     sample_timesteps,
@@ -27,8 +30,8 @@ from methods.alignment.base import (
 
 
 @dataclass
-class SFTConfig:
-    pass
+class SFTConfig(MethodConfig):
+    """No hyper-parameters of its own (no search space either: the tuner's learning rate is SFT's only knob)."""
 
 
 @register
@@ -40,9 +43,11 @@ class SFT(AlignmentMethod):
 
     def loss(self, batch: ImageBatch, policy: Backbone, reference: Backbone | None,
              rng: torch.Generator) -> LossOutput:
+        space = self.loss_space(policy)
         t = sample_timesteps(policy, len(batch), rng)
         noise = sample_noise(batch.latents, rng)
-        err = noise_mse(policy, policy.add_noise(batch.latents, noise, t), t, batch.cond, noise)
+        x_t = policy.add_noise(batch.latents, noise, t)
+        err = prediction_mse(policy, x_t, t, batch.cond, policy.target(batch.latents, noise, t, space), space)
         loss = err.mean()
         return LossOutput(loss, {"loss": loss.item()})
 
