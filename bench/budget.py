@@ -13,14 +13,19 @@ A budget is a limit in one unit:
 `Budget.parse` reads `2e5nfe`, `90s`, `400steps`, `1e4samples`, `384gpu-h`. The meter records all four units
 whatever the limit's unit, so a run records what it used in every unit.
 
-Stopping rule: before a step, the meter predicts the step's cost as the largest cost seen so far
-(or the method's declared worst case before the first step) and stops if it would cross the limit.
-For steps, samples and nfe this keeps `used <= limit`; for seconds it is a prediction, so a run can
-overshoot by the variation of one step.
+Stopping rule: before a step, the meter predicts the step's cost as max(largest cost seen so far, the
+method's declared worst case) and stops if it would cross the limit. A step's cost can vary (InPO's
+inversion steps, a method whose NFE per item depends on t), so the largest seen alone can under-predict
+the next one; the declared worst case bounds it. For steps, samples and nfe this keeps `used <= limit`
+(as long as no step costs more than declared); for seconds and gpu-h nothing is declared (0) and the
+prediction is the largest step seen, so a run can overshoot by the variation of one step.
+
+A limit must be a positive, finite number: `1e400nfe` (infinite as a float) is refused.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -45,6 +50,8 @@ class Budget:
             raise BudgetError(f"budget unit {self.unit!r} is not one of {', '.join(UNITS)}")
         if not self.limit > 0:
             raise BudgetError(f"budget limit must be positive, got {self.limit}")
+        if not math.isfinite(self.limit):
+            raise BudgetError(f"budget limit must be a finite number, got {self.limit} {self.unit}")
 
     @classmethod
     def parse(cls, text: str) -> Budget:
@@ -57,6 +64,9 @@ class Budget:
         value, unit = float(match.group(1)), _ALIASES[match.group(2).lower()]
         if unit == "minutes":
             value, unit = value * 60, "seconds"
+        if not math.isfinite(value):
+            raise BudgetError(f"budget {text!r} is too large: {match.group(1)} overflows to infinity; a budget must be "
+                              "a finite number")
         return cls(unit, value)
 
     def __str__(self) -> str:
@@ -88,8 +98,8 @@ class BudgetMeter:
     max_step_cost: float = 0.0  # largest cost of one step so far, in the budget's unit
 
     def fits(self, declared_step_cost: float) -> bool:
-        """Whether a step predicted to cost max(seen, declared) still fits under the limit."""
-        predicted = self.max_step_cost if self.max_step_cost > 0 else declared_step_cost
+        """Whether a step predicted to cost max(largest seen, declared worst case) still fits under the limit."""
+        predicted = max(self.max_step_cost, declared_step_cost)
         return self.used.get(self.budget.unit) + predicted <= self.budget.limit
 
     def add(self, step: Usage) -> None:

@@ -1,7 +1,9 @@
-"""The leaderboard: tables, figures and a static page rebuilt from the records under `results/runs/`.
+"""The leaderboard: tables, figures, statements and a static page rebuilt from the records under `results/runs/`.
 
 `build(results)` reads every alignment run record and every `bench invert` result under
-`results/runs/` and writes `leaderboard.md`, `leaderboard.csv`, `figures/*.png`, a self-contained
+`results/runs/` and writes `leaderboard.md` (per suite the comparison table and the paired comparisons
+between methods), `leaderboard.csv`, `figures/*.png`, `summary.md` (the results in words, generated from
+those numbers by `result_statements`: wording that follows the intervals), a self-contained
 `index.html` (sortable table, figures embedded, no network) and `leaderboard.json`, a manifest of
 the SHA256 of every record it used and every file it wrote. All outputs are pure functions of the
 records (sorted inputs, fixed number formats, figures without dates), so `check(results)` rebuilds
@@ -32,16 +34,21 @@ from bench.records import RecordError, write_json_atomic, write_text_atomic
 from bench.report import (
     comparison_table,
     directions,
+    display_pairs,
     display_table,
     find_records,
     inversion_table,
     load_records,
+    metric_names,
+    pairs_table,
     three_significant,
 )
 from metrics.weights import sha256_file
 
 MANIFEST = "leaderboard.json"
 PROXIES = ("toy-pickscore", "toy-clip")  # proxy scorers plotted against the oracle where both were recorded
+SUMMARY = "summary.md"
+ALPHA = 0.05  # a Holm-adjusted p below this orders two methods
 
 
 def _inversion_results(paths: list[Path], *, skip_bad: bool = False) -> list[tuple[Path, dict]]:
@@ -146,14 +153,24 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     sections, md = [], ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
                         "`results/runs/`. 95% CIs from a bootstrap over training seeds, then prompts; win rate and Δ "
                         "paired with the base model on the same prompts and sampling seeds.", ""]
-    tables = []
+    tables, statements = [], []
     for suite in sorted({r["suite"] for r in records}):
         suite_records = [r for r in records if r["suite"] == suite]
         table = comparison_table(suite_records)
+        pairs = pairs_table(suite_records)  # the suite's primary metric; Holm over the suite's comparisons
         tables.append(table)
         higher = directions(suite_records)
+        primary = suite_records[0]["config"]["metrics"][0]
         sections.append((f"suite: {suite}", display_table(table, higher, "plain")))
         md += [f"## Suite `{suite}`", "", display_table(table, higher, "md").to_markdown(index=False), ""]
+        if len(pairs):
+            title = f"paired comparisons between methods: {primary} (Holm-adjusted over {len(pairs)} comparisons)"
+            sections.append((f"suite: {suite}, {title}", display_pairs(pairs, "plain")))
+            md += [f"### Suite `{suite}`, {title}", "", "Δ and win rate of A against B on the training seeds both "
+                   "have and the same prompts and sampling seeds; 95% CIs and p from a bootstrap over shared seeds, "
+                   "then prompts; bold: Holm-adjusted p < 0.05.", "", display_pairs(pairs, "md").to_markdown(index=False),
+                   ""]
+        statements.append((suite, result_statements(table, pairs, primary, higher)))
     for path, result in inversions:
         title = f"inversion: {path.parent.name}, {result['config']['steps']} steps, {result['config']['dtype']}"
         shown = three_significant(inversion_table(result["records"]))
@@ -167,7 +184,12 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     csv = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     write_text_atomic(out / "leaderboard.csv", csv.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "index.html", _html(sections, sorted(written), len(records)))
-    outputs = [out / "leaderboard.md", out / "leaderboard.csv", out / "index.html", *sorted(written)]
+    summary = summary_markdown(statements)
+    write_text_atomic(out / SUMMARY, summary)
+    readme = results.resolve().parent / "README.md"
+    if out.resolve() == results.resolve() and readme_block(readme) is not None:
+        write_text_atomic(readme, with_readme_block(readme.read_text(), summary))
+    outputs = [out / "leaderboard.md", out / "leaderboard.csv", out / "index.html", out / SUMMARY, *sorted(written)]
     manifest = {
         "records": {p.relative_to(results).as_posix(): sha256_file(p) for p, _ in loaded}
         | {p.relative_to(results).as_posix(): sha256_file(p) for p, _ in inversions},
@@ -211,4 +233,173 @@ def check(results: Path, *, skip_bad: bool = False) -> list[str]:
         name = path.relative_to(results).as_posix()
         if name not in fresh["outputs"]:
             problems.append(f"output {name} is not produced by a rebuild (run `bench leaderboard` to remove it)")
+    readme = results.resolve().parent / "README.md"
+    block = readme_block(readme)
+    if block is not None and (results / SUMMARY).exists() and block != _demoted((results / SUMMARY).read_text()):
+        problems.append(f"{readme}'s generated results block differs from {SUMMARY} (run `bench leaderboard`)")
     return problems
+
+
+# ---- The README's results block: the summary's statements, never written by hand -----------------------------------
+README_START = "<!-- results: generated by `bench leaderboard` from results/summary.md; edits here are overwritten -->"
+README_END = "<!-- end of generated results -->"
+
+
+def _demoted(summary: str) -> str:
+    """summary.md's text as it sits in the README: headings two levels down (under the README's own)."""
+    return "\n".join("##" + line if line.startswith("#") else line for line in summary.strip().splitlines())
+
+
+def readme_block(readme: Path) -> str | None:
+    """The generated block of `readme` (between the markers), or None if it has none."""
+    if not readme.is_file():
+        return None
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return text[start + len(README_START):end].strip()
+
+
+def with_readme_block(text: str, summary: str) -> str:
+    """`text` with the block between the markers replaced by the demoted `summary`."""
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    return text[:start] + "\n" + _demoted(summary) + "\n" + text[end:]
+
+
+# ---- Result statements: wording that follows the intervals ----------------------------------------------------------
+
+def _ci(mean: float, low: float, high: float, digits: int) -> str:
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _names(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _seeds(count) -> str:
+    return f"{int(count)} seed{'s' if int(count) != 1 else ''}"
+
+
+def verdict_vs_base(ci_low: float, ci_high: float) -> str:
+    """'raises' when the 95% CI of Δ vs the base model lies above 0, 'lowers' when below, else
+    'no detectable difference' (a CI that touches 0 contains it)."""
+    if ci_low > 0:
+        return "raises"
+    if ci_high < 0:
+        return "lowers"
+    return "no detectable difference"
+
+
+def base_statements(table: pd.DataFrame, metric: str, *, digits: int = 3) -> list[str]:
+    """One sentence per budget of a suite's comparison table (`bench.report.comparison_table`): which methods raise
+    or lower `metric` against the base model (the paired Δ's 95% CI excludes 0, given with it) and which show no
+    detectable difference from the base model (the CI contains 0)."""
+    if f"{metric}_delta" not in table:
+        return []
+    rows = table[(table["method"] != "base") & table[f"{metric}_delta"].notna()]
+    out = []
+    for budget in dict.fromkeys(rows["budget"]):
+        group = rows[rows["budget"] == budget]
+        seeds = sorted(set(group["seeds"]))
+        by_verdict: dict[str, list[str]] = {"raises": [], "lowers": [], "no detectable difference": []}
+        for r in group.to_dict("records"):
+            low, high = r[f"{metric}_delta_ci_low"], r[f"{metric}_delta_ci_high"]
+            seed_note = f"{_seeds(r['seeds'])}; " if len(seeds) > 1 else ""
+            by_verdict[verdict_vs_base(low, high)].append(
+                f"{r['method']} ({seed_note}Δ {_ci(r[f'{metric}_delta'], low, high, digits)})")
+        count = f"{seeds[0]} training seed{'s' if seeds[0] > 1 else ''} each" if len(seeds) == 1 else "training seeds as noted"
+        lead = f"At {budget} ({count}), "
+        raised, lowered, neither = by_verdict.values()
+        if len(raised) == len(group):
+            out.append(f"{lead}every method raises {metric} over the base model: {_names(raised)}.")
+        elif len(lowered) == len(group):
+            out.append(f"{lead}every method lowers {metric} below the base model: {_names(lowered)}.")
+        elif len(neither) == len(group):
+            out.append(f"{lead}no method shows a detectable difference from the base model in {metric}: "
+                       f"{_names(neither)}.")
+        else:
+            clauses = []
+            if raised:
+                clauses.append(f"{_names(raised)} {'raise' if len(raised) > 1 else 'raises'} {metric} over the base model")
+            if lowered:
+                clauses.append(f"{_names(lowered)} {'lower' if len(lowered) > 1 else 'lowers'} "
+                               f"{'it' if clauses else metric} below the base model")
+            if neither:
+                clauses.append(f"{_names(neither)} {'show' if len(neither) > 1 else 'shows'} no detectable difference "
+                               f"from the base model{'' if clauses else ' in ' + metric}")
+            out.append(lead + "; ".join(clauses) + ".")
+    return out
+
+
+def pair_statements(pairs: pd.DataFrame, metric: str, *, alpha: float = ALPHA, digits: int = 3) -> list[str]:
+    """Method-vs-method sentences from `bench.report.pairs_table`: per budget, each method ordered above the methods
+    it beats with a Holm-adjusted p < `alpha` (the better one named first, by the scorer's direction, with Δ =
+    better − worse and its CI), then every other pair as "no detectable difference"."""
+    rows = pairs[pairs["metric"] == metric]
+    out = []
+    for budget in dict.fromkeys(rows["budget"]):
+        group = rows[rows["budget"] == budget]
+        beats: dict[str, list[tuple[float, str]]] = {}
+        ties = []
+        seeds = sorted(set(group["seeds"]))
+        for r in group.to_dict("records"):
+            detail = (f"{_seeds(r['seeds'])}, " if len(seeds) > 1 else "") + f"p_Holm = {r['p_holm']:.2g}"
+            if r["p_holm"] >= alpha:
+                delta = _ci(r["delta"], r["delta_ci_low"], r["delta_ci_high"], digits)
+                ties.append(f"{r['method_a']} and {r['method_b']} (Δ {delta}, {detail})")
+                continue
+            a_better = (r["delta"] > 0) == bool(r["higher_is_better"])
+            better, worse = (r["method_a"], r["method_b"]) if a_better else (r["method_b"], r["method_a"])
+            delta, low, high = ((r["delta"], r["delta_ci_low"], r["delta_ci_high"]) if a_better else
+                                (-r["delta"], -r["delta_ci_high"], -r["delta_ci_low"]))
+            beats.setdefault(better, []).append((abs(delta), f"{worse} (Δ {_ci(delta, low, high, digits)}, {detail})"))
+        direction = "higher" if bool(group["higher_is_better"].iloc[0]) else "lower"
+        note = (f"{seeds[0]} shared training seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1
+                else "shared training seeds as noted")
+        for better in sorted(beats, key=lambda m: (-len(beats[m]), m)):
+            worse = [text for _, text in sorted(beats[better], key=lambda item: -item[0])]
+            out.append(f"At {budget} ({note}), {better} has a {direction} {metric} than {_names(worse)}.")
+        if ties:
+            out.append(f"At {budget}, no detectable difference in {metric} (p_Holm ≥ {alpha:g}) between " + "; ".join(ties)
+                       + ".")
+    return out
+
+
+def result_statements(table: pd.DataFrame, pairs: pd.DataFrame, primary: str, higher_is_better: dict[str, bool], *,
+                      alpha: float = ALPHA, digits: int = 3) -> list[str]:
+    """Markdown lines for one suite: every metric against the base model (`base_statements`), then the primary
+    metric between methods (`pair_statements`, Holm-adjusted over every row of `pairs`)."""
+    metrics = sorted(metric_names(table), key=lambda m: m != primary)  # the primary metric first
+    lines = ["### Against the base model", ""]
+    for metric in metrics:
+        sentences = base_statements(table, metric, digits=digits)
+        if not sentences:
+            continue
+        role = "primary metric; " if metric == primary else ""
+        lines += [f"**{metric}** ({role}{'higher' if higher_is_better.get(metric, True) else 'lower'} is better):", ""]
+        lines += [f"- {s}" for s in sentences] + [""]
+    sentences = pair_statements(pairs, primary, alpha=alpha, digits=digits)
+    if sentences:
+        lines += [f"### Between methods: {primary} (paired; Holm-adjusted over {len(pairs)} comparisons)", ""]
+        lines += [f"- {s}" for s in sentences] + [""]
+    return lines
+
+
+def summary_markdown(suites: list[tuple[str, list[str]]], *, alpha: float = ALPHA) -> str:
+    """`summary.md`: a header stating the wording rules, then each suite's `result_statements`."""
+    lines = ["# Results in words", "",
+             "Generated by `bench leaderboard` from the numbers in `leaderboard.md` (do not edit by hand). The wording "
+             "follows the intervals:", "",
+             "- a method *raises* or *lowers* a metric against the base model only when the 95% CI of its paired Δ "
+             "(method − base model on the same prompts and sampling seeds; bootstrap over training seeds, then prompts) "
+             "excludes 0; otherwise it shows *no detectable difference from the base model*;",
+             "- one method is ordered above another only when their paired difference (same prompts, sampling seeds "
+             f"and training seeds) has a Holm-adjusted bootstrap p < {alpha:g} over every comparison of the suite's "
+             "primary metric; otherwise there is *no detectable difference* between them.", "",
+             "Δ is given as the point estimate and its 95% CI in brackets; between methods, Δ = the first-named method "
+             "− the second.", ""]
+    for suite, statements in suites:
+        lines += [f"## Suite `{suite}`", "", *statements]
+    return "\n".join(lines).rstrip("\n") + "\n"

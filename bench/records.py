@@ -4,6 +4,16 @@ A record holds everything needed to rebuild any table or figure: the full config
 limit and what was used, the training history, per-image scores with their prompts and seeds,
 aggregates with bootstrap CIs, the paired comparison with the base model, and the environment
 (git commit, package versions, hardware).
+
+Schema versions (`read_record` migrates older ones in memory; `upgrade_records` rewrites them on disk):
+
+- 1: a single budget per run, no sample thumbnails;
+- 2: `config.budgets`, `samples`; its aggregates (`metrics`, `win_rate_vs_base`, `delta_vs_base`) may come from a
+  bootstrap over images;
+- 3: the aggregates are those of `bench.stats.run_statistics`, the bootstrap over prompts (docs/statistics.md).
+  A version-2 record's aggregates are recomputed from its per-image scores, and its comparison with the base model
+  from the per-image scores of the base record beside it (`base.json`); the replaced numbers are kept under
+  `previous_aggregates`.
 """
 
 from __future__ import annotations
@@ -21,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-SCHEMA_VERSION = 2
+from bench.stats import run_statistics
+
+SCHEMA_VERSION = 3
+AGGREGATES = ("metrics", "win_rate_vs_base", "delta_vs_base")  # recomputed by version 3
 PACKAGES = ("diffusion-align-bench", "torch", "diffusers", "transformers", "accelerate", "datasets",
             "open_clip_torch", "safetensors", "numpy")
 
@@ -139,8 +152,7 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
     return Path(path)
 
 
-def read_record(path: str | os.PathLike) -> dict:
-    path = Path(path)
+def _load_json(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
@@ -149,9 +161,16 @@ def read_record(path: str | os.PathLike) -> dict:
         raise RecordError(f"run record {path} is corrupt: {err}") from None
     if not isinstance(record, dict):
         raise RecordError(f"run record {path} is not a JSON object")
+    return record
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """A run record at the current schema version (older versions are migrated in memory, the file is untouched)."""
+    path = Path(path)
+    record = _load_json(path)
     found = record.get("schema_version")
-    if found in MIGRATIONS:
-        record = MIGRATIONS[found](record)
+    while found in MIGRATIONS:
+        record = MIGRATIONS[found](record, path)
         found = record["schema_version"]
     if found != SCHEMA_VERSION:
         raise RecordError(f"run record {path} has schema version {found!r}; this version reads "
@@ -159,7 +178,27 @@ def read_record(path: str | os.PathLike) -> dict:
     return record
 
 
-def _from_v1(record: dict) -> dict:
+def upgrade_records(root: str | os.PathLike) -> list[Path]:
+    """Rewrite every run record at or under `root` that has an older schema version as the current version, in
+    place (each file atomically); returns the rewritten paths. Run manifests and other JSON files are left alone.
+    A one-off for committed results: `python -c "from bench.records import upgrade_records as u; u('results/runs')"`.
+    """
+    root = Path(root)
+    paths = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+    rewritten = []
+    for path in paths:
+        try:
+            raw = _load_json(path)
+        except RecordError:
+            continue  # not ours to judge here: `bench report`/`leaderboard` name corrupt records
+        if raw.get("kind") != "alignment-run" or raw.get("schema_version") not in MIGRATIONS:
+            continue
+        write_json_atomic(path, read_record(path))
+        rewritten.append(path)
+    return rewritten
+
+
+def _from_v1(record: dict, path: Path) -> dict:
     """Version 1 had no sample thumbnails and a single budget per run."""
     record = dict(record, schema_version=2, samples={"indices": [], "png_base64": []})
     config = dict(record.get("config", {}))
@@ -169,4 +208,48 @@ def _from_v1(record: dict) -> dict:
     return record
 
 
-MIGRATIONS = {1: _from_v1}  # schema version -> function returning the record one version newer
+def _same_images(a: dict, b: dict) -> bool:
+    return all(a.get("evaluation", {}).get(k) == b.get("evaluation", {}).get(k) for k in ("prompts", "seeds"))
+
+
+def _base_beside(record: dict, path: Path) -> dict:
+    """The base-model record of `record`'s suite evaluated on the same images, in `path`'s directory (`base.json`
+    first, as `bench run` writes it)."""
+    candidates = [path.parent / "base.json"] + [p for p in sorted(path.parent.glob("*.json")) if p.name != "base.json"]
+    for candidate in candidates:
+        if candidate == path or not candidate.exists():
+            continue
+        try:
+            other = _load_json(candidate)
+        except RecordError:
+            continue
+        if (other.get("kind") == "alignment-run" and other.get("method") == "base"
+                and other.get("suite") == record.get("suite") and _same_images(other, record)):
+            return other
+    raise RecordError(f"run record {path} (schema version 2) compares with the base model: "
+                      f"its comparison is recomputed from the base model's per-image scores, but no base record of "
+                      f"suite {record.get('suite')!r} evaluated on the same prompts and seeds is beside it (expected "
+                      f"{path.parent / 'base.json'})")
+
+
+def _from_v2(record: dict, path: Path) -> dict:
+    """Version 2 aggregates may come from a bootstrap over images: recompute them (and the comparison with the
+    base model) from the per-image scores with `bench.stats.run_statistics`, keeping the old ones."""
+    evaluation = record.get("evaluation") or {}
+    if "scores" not in evaluation or "prompts" not in evaluation:
+        return dict(record, schema_version=3)  # nothing to recompute from
+    compared = any(key in record for key in AGGREGATES[1:])
+    base = _base_beside(record, path)["evaluation"]["scores"] if compared else None
+    record = dict(record, schema_version=3)
+    eval_config = record.get("config", {}).get("eval", {})
+    directions = {name: s.get("higher_is_better", True) for name, s in record.get("scorers", {}).items()}
+    fresh = run_statistics(evaluation["scores"], evaluation["prompts"], base=base, higher_is_better=directions,
+                           resamples=eval_config.get("bootstrap", 2000), seed=eval_config.get("seed", 0))
+    previous = {key: record[key] for key in AGGREGATES if key in record}
+    if previous:
+        record["previous_aggregates"] = {"schema_version": 2, **previous}
+    record.update(fresh)
+    return record
+
+
+MIGRATIONS = {1: _from_v1, 2: _from_v2}  # schema version -> function(record, path) returning it one version newer

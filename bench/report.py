@@ -9,6 +9,10 @@ the seeds' win rates).
 Budget columns give the mean use (NFE and training seconds). In markdown and LaTeX the best value of
 each metric column is bold (by the scorer's direction); the CSV keeps plain numbers with CI columns.
 Every table is a pure function of the records: rows are sorted, numbers formatted with fixed digits.
+
+`pairs_table` (`bench report --pairs`) compares the trained methods with each other: per suite and budget, every
+pair on the training seeds both have and the same images, the mean difference and paired win rate with CIs from the
+same clustered bootstrap, and a bootstrap p-value Holm-adjusted over the whole table (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from bench.progress import progress_bar
 from bench.records import RecordError, read_record, write_text_atomic
-from bench.stats import bootstrap_mean, paired_comparison
+from bench.stats import compare_methods, holm, run_statistics
 
 GROUP_KEYS = ("suite", "budget", "seed")
 
@@ -51,9 +55,17 @@ def _other_json(path: Path) -> bool:
     return payload.get("kind", "alignment-run") != "alignment-run" or not {"kind", "schema_version"} & set(payload)
 
 
+def current_method_name(name: str) -> str:
+    """A method's current registered name: a record written under a since-renamed name (`dense-dpo`) groups with
+    the new one (`dpo-gamma-t`); "base" and unknown names are kept."""
+    from methods.alignment import METHODS  # imported here: the registry (and its aliases) pulls in diffusers
+
+    return METHODS.canonical(name)
+
+
 def load_records(paths: list[Path], *, skip_bad: bool = False, progress: bool = False) -> list[tuple[Path, dict]]:
     """Read records; a missing or corrupt one raises RecordError naming it unless `skip_bad`. Other JSON files
-    (summaries, reports) are passed over."""
+    (summaries, reports) are passed over. A method recorded under a deprecated name is read as its current name."""
     out = []
     for path in progress_bar(paths, enabled=progress, desc="records"):
         try:
@@ -63,6 +75,7 @@ def load_records(paths: list[Path], *, skip_bad: bool = False, progress: bool = 
                 continue
             raise
         if record.get("kind") == "alignment-run":
+            record["method"] = current_method_name(record["method"])
             out.append((path, record))
     return out
 
@@ -104,16 +117,24 @@ def _one_base_per_suite(records: list[dict]) -> dict[str, dict]:
     return bases
 
 
+def _check_metrics(records: list[dict], metrics: list[str] | None) -> None:
+    recorded = {name for r in records for name in r["evaluation"]["scores"]}
+    missing = [name for name in metrics or [] if name not in recorded]
+    if missing:
+        raise ValueError(f"--metrics {', '.join(missing)}: not in these records (they have {', '.join(sorted(recorded))})")
+
+
+def _higher(record: dict, metric: str) -> bool:
+    return record.get("scorers", {}).get(metric, {}).get("higher_is_better", True)
+
+
 def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", "budget"),
                      metrics: list[str] | None = None, resamples: int = 2000) -> pd.DataFrame:
     """Numeric table: per row, metric mean/CI, win rate and Δ vs base with CIs, budget use, seeds."""
     unknown = set(group_by) - set(GROUP_KEYS)
     if unknown:
         raise ValueError(f"--group-by {sorted(unknown)}: choose from {', '.join(GROUP_KEYS)}")
-    recorded = {name for r in records for name in r["evaluation"]["scores"]}
-    missing = [name for name in metrics or [] if name not in recorded]
-    if missing:
-        raise ValueError(f"--metrics {', '.join(missing)}: not in these records (they have {', '.join(sorted(recorded))})")
+    _check_metrics(records, metrics)
     bases = _one_base_per_suite(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -136,15 +157,18 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
                "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
                "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members),
                "_budget_sort": float("-inf") if first["method"] == "base" else first["budget"]["limit"]}
+        scores = {name: torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64)
+                  for name in names}  # (S, N) per metric
+        compare = base is not None and first["method"] != "base"
+        stats = run_statistics(scores, prompts, base=base["evaluation"]["scores"] if compare else None,
+                               higher_is_better={name: _higher(first, name) for name in names},
+                               resamples=resamples)
         for name in names:
-            scores = torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64)  # (S, N)
-            stat = bootstrap_mean(scores, groups=prompts, resamples=resamples)
+            stat = stats["metrics"][name]
             row.update({f"{name}": stat["mean"], f"{name}_ci_low": stat["ci_low"], f"{name}_ci_high": stat["ci_high"],
                         f"{name}_n": stat["n"]})
-            if base is not None and first["method"] != "base" and name in base["evaluation"]["scores"]:
-                higher = first["scorers"][name]["higher_is_better"]
-                win, delta = paired_comparison(scores, torch.tensor(base["evaluation"]["scores"][name]), groups=prompts,
-                                               higher_is_better=higher, resamples=resamples)
+            if compare and name in stats["win_rate_vs_base"]:
+                win, delta = stats["win_rate_vs_base"][name], stats["delta_vs_base"][name]
                 row.update({f"{name}_win": win["mean"], f"{name}_win_ci_low": win["ci_low"],
                             f"{name}_win_ci_high": win["ci_high"], f"{name}_delta": delta["mean"],
                             f"{name}_delta_ci_low": delta["ci_low"], f"{name}_delta_ci_high": delta["ci_high"]})
@@ -156,14 +180,105 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     return df.drop(columns=["_base_last", "_budget_sort"]).reset_index(drop=True)
 
 
-def _metric_names(df: pd.DataFrame) -> list[str]:
+PAIR_RESAMPLES = 10000  # a p-value is at least 2 / (B + 1): Holm over m comparisons needs B + 1 > 40 m to reach 0.05
+
+
+def _runs_by_method(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict]]]:
+    """(suite, budget) -> method -> training seed -> record, for every trained method; a second record of one
+    method, budget and seed must hold the same scores."""
+    runs: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r["method"] == "base":
+            continue
+        seen = runs[(r["suite"], _budget_label(r))][r["method"]].setdefault(r["seed"], r)
+        if seen is not r and seen["evaluation"]["scores"] != r["evaluation"]["scores"]:
+            raise RecordError(f"{_describe(seen)} and {_describe(r)}: two runs of one method, budget and seed with "
+                              "different scores; report one of them")
+    return runs
+
+
+def pairs_table(records: list[dict], metrics: list[str] | None = None, resamples: int = PAIR_RESAMPLES,
+                seed: int = 0) -> pd.DataFrame:
+    """Method-vs-method paired comparisons: for every suite and budget, every pair of trained methods on the
+    training seeds both have (run s of one paired with run s of the other) and the same images, for the suite's
+    primary metric and any `metrics`.
+
+    One row per (suite, budget, metric, method_a < method_b): the mean difference A − B with its 95% CI and
+    two-sided bootstrap p-value, the paired win rate of A over B (ties half) with its CI, each from the clustered
+    bootstrap of `bench.stats.compare_methods` (shared seeds, then prompts), and `p_holm`, the Holm-adjusted
+    p-value over every row of the table. Records evaluated on other prompts or seeds are refused (RecordError).
+    """
+    _check_metrics(records, metrics)
+    rows = []
+    for (suite, budget), methods in _runs_by_method(records).items():
+        for runs in methods.values():
+            first, *others = runs.values()
+            for other in others:
+                _check_same_images(first, other)
+        names = sorted(methods)
+        for i, method_a in enumerate(names):
+            for method_b in names[i + 1:]:
+                seeds = sorted(set(methods[method_a]) & set(methods[method_b]))
+                if not seeds:
+                    continue  # nothing to pair: the two were trained with other seeds
+                runs_a, runs_b = [methods[method_a][s] for s in seeds], [methods[method_b][s] for s in seeds]
+                _check_same_images(runs_a[0], runs_b[0])
+                primary = runs_a[0]["config"]["metrics"][0]
+                for name in dict.fromkeys([primary, *(metrics or [])]):
+                    if not all(name in r["evaluation"]["scores"] for r in (runs_a[0], runs_b[0])):
+                        continue
+                    scores_a, scores_b = (torch.tensor([r["evaluation"]["scores"][name] for r in runs],
+                                                       dtype=torch.float64) for runs in (runs_a, runs_b))  # (S, N)
+                    higher = _higher(runs_a[0], name)
+                    win, delta = compare_methods(scores_a, scores_b, groups=runs_a[0]["evaluation"]["prompts"],
+                                                 higher_is_better=higher, resamples=resamples, seed=seed)
+                    rows.append({"suite": suite, "budget": budget, "metric": name, "higher_is_better": higher,
+                                 "method_a": method_a, "method_b": method_b, "seeds": len(seeds),
+                                 "seed_list": " ".join(map(str, seeds)), "n": delta["n"], "prompts": delta["clusters"],
+                                 "delta": delta["mean"], "delta_ci_low": delta["ci_low"],
+                                 "delta_ci_high": delta["ci_high"], "win": win["mean"], "win_ci_low": win["ci_low"],
+                                 "win_ci_high": win["ci_high"], "p_value": delta["p_value"],
+                                 "_budget_sort": runs_a[0]["budget"]["limit"], "_primary": name != primary})
+    columns = ["suite", "budget", "metric", "higher_is_better", "method_a", "method_b", "seeds", "seed_list", "n",
+               "prompts", "delta", "delta_ci_low", "delta_ci_high", "win", "win_ci_low", "win_ci_high", "p_value",
+               "p_holm"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(rows)
+    df["p_holm"] = holm(df["p_value"].tolist())
+    df = df.sort_values(["suite", "_budget_sort", "budget", "_primary", "metric", "method_a", "method_b"], kind="stable")
+    return df[columns].reset_index(drop=True)
+
+
+def display_pairs(df: pd.DataFrame, fmt: str = "md", digits: int = 3, alpha: float = 0.05) -> pd.DataFrame:
+    """Strings for humans: 'mean [lo, hi]' for Δ and win rate; a Holm-adjusted p below `alpha` bold (md/tex)."""
+    bold = {"md": "**{}**", "tex": "\\textbf{{{}}}", "plain": "{}"}[fmt]
+
+    def ci(mean, low, high, sign: str = "") -> str:
+        return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+    out = pd.DataFrame({"budget": df["budget"], "metric": df["metric"], "A": df["method_a"], "B": df["method_b"],
+                        "seeds": df["seed_list"]})
+    if df["suite"].nunique() > 1:
+        out.insert(0, "suite", df["suite"])
+    out["Δ A-B (95% CI)"] = [ci(m, lo, hi, "+") for m, lo, hi in zip(df["delta"], df["delta_ci_low"],
+                                                                        df["delta_ci_high"])]
+    out["win rate A vs B (95% CI)"] = [ci(m, lo, hi) for m, lo, hi in zip(df["win"], df["win_ci_low"],
+                                                                          df["win_ci_high"])]
+    out["p"] = df["p_value"].map(lambda p: f"{p:.2g}")
+    out["p (Holm)"] = [bold.format(f"{p:.2g}") if p < alpha and fmt != "plain" else f"{p:.2g}" for p in df["p_holm"]]
+    return out
+
+
+def metric_names(df: pd.DataFrame) -> list[str]:
+    """The metrics of a `comparison_table`, in column order."""
     return [c[: -len("_ci_low")] for c in df.columns if c.endswith("_ci_low") and not c.endswith(("_win_ci_low",
                                                                                                    "_delta_ci_low"))]
 
 
 def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str = "md", digits: int = 3) -> pd.DataFrame:
     """Strings for humans: 'mean [lo, hi]' per metric, best per column bold (md/tex)."""
-    metrics = _metric_names(df)
+    metrics = metric_names(df)
     bold = {"md": "**{}**", "tex": "\\textbf{{{}}}", "plain": "{}"}[fmt]
     out = pd.DataFrame({"method": df["method"], "budget": df["budget"]})
     if df["seed"].ne("-").any():  # a per-seed table; the base model has no training seed
@@ -192,13 +307,26 @@ def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str 
     return out
 
 
-INVERSION_COLUMNS = ["sampler", "latent_mse", "pixel_mse", "psnr", "nfe_invert", "nfe_reconstruct", "seconds_invert",
-                     "seconds_reconstruct", "overhead_ratio"]
+INVERSION_COLUMNS = ["guidance", "sampler", "latent_mse", "pixel_mse", "psnr", "nfe_invert", "nfe_reconstruct",
+                     "stored_latents", "seconds_invert", "seconds_reconstruct", "overhead_ratio"]
+
+
+def stored_state(record: dict) -> str:
+    """What a sampler keeps between invert and reconstruct, per image in latents: "2", or "1 + 2N = 101"
+    where it grows with the N steps; "-" for records made before it was counted."""
+    if "stored_latents_fixed" not in record:
+        return "-"
+    fixed, per_step = record["stored_latents_fixed"], record["stored_latents_per_step"]
+    if not per_step:
+        return f"{fixed:.3g}"
+    return f"{fixed:.3g} + {'' if per_step == 1 else f'{per_step:.3g}'}N = {record['stored_latents']:.3g}"
 
 
 def inversion_table(records: list[dict]) -> pd.DataFrame:
-    """One row per sampler of a `bench invert` result: error, NFE, seconds and overhead ratio (numbers)."""
-    return pd.DataFrame(records)[INVERSION_COLUMNS]
+    """One row per guidance scale and sampler of a `bench invert` result: error, NFE, stored state (per image,
+    in latents, N = steps), seconds and overhead ratio (numbers, the stored state as text)."""
+    df = pd.DataFrame(records).assign(stored_latents=[stored_state(r) for r in records])
+    return df[INVERSION_COLUMNS]
 
 
 def three_significant(df: pd.DataFrame) -> pd.DataFrame:
@@ -228,17 +356,29 @@ def directions(records: list[dict]) -> dict[str, bool]:
     return {name: s["higher_is_better"] for r in records for name, s in r.get("scorers", {}).items()}
 
 
-def write_tables(df: pd.DataFrame, higher_is_better: dict[str, bool], out_dir: Path, *, stem: str = "table",
-                 formats: tuple[str, ...] = ("md", "csv", "tex"), caption: str = "") -> list[Path]:
+def _write(df: pd.DataFrame, display, out_dir: Path, stem: str, formats: tuple[str, ...], caption: str) -> list[Path]:
+    """`df` as `stem`.csv (numbers), and `display(df, fmt)` as `stem`.md and `stem`.tex, each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:
         written.append(out_dir / f"{stem}.md")
-        write_text_atomic(written[-1], display_table(df, higher_is_better, "md").to_markdown(index=False) + "\n")
+        write_text_atomic(written[-1], display(df, "md").to_markdown(index=False) + "\n")
     if "csv" in formats:
         written.append(out_dir / f"{stem}.csv")
         write_text_atomic(written[-1], df.to_csv(index=False, float_format="%.6g"))
     if "tex" in formats:
         written.append(out_dir / f"{stem}.tex")
-        write_text_atomic(written[-1], to_latex(display_table(df, higher_is_better, "tex"), caption or stem))
+        write_text_atomic(written[-1], to_latex(display(df, "tex"), caption or stem))
     return written
+
+
+def write_tables(df: pd.DataFrame, higher_is_better: dict[str, bool], out_dir: Path, *, stem: str = "table",
+                 formats: tuple[str, ...] = ("md", "csv", "tex"), caption: str = "") -> list[Path]:
+    return _write(df, lambda d, fmt: display_table(d, higher_is_better, fmt), out_dir, stem, formats, caption)
+
+
+def write_pairs(df: pd.DataFrame, out_dir: Path, *, stem: str = "pairs", formats: tuple[str, ...] = ("md", "csv", "tex"),
+                caption: str = "") -> list[Path]:
+    """`pairs_table`'s table as `stem`.md, .csv and .tex."""
+    return _write(df, display_pairs, out_dir, stem, formats,
+                  caption or "paired differences between methods (Holm-adjusted p over the table)")

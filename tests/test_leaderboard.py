@@ -46,6 +46,116 @@ def test_report_tables(results, tmp_path):
     assert bad.exit_code == 2 and "choose from suite, budget, seed" in bad.output
 
 
+def test_report_pairs(results, tmp_path):
+    result = runner.invoke(app, ["report", str(results / "runs"), "--pairs", "--metrics", "toy-clip", "--out",
+                                 str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    csv = (tmp_path / "pairs.csv").read_text().splitlines()
+    assert csv[0] == ("suite,budget,metric,higher_is_better,method_a,method_b,seeds,seed_list,n,prompts,delta,"
+                      "delta_ci_low,delta_ci_high,win,win_ci_low,win_ci_high,p_value,p_holm")
+    assert len(csv) == 1 + 2 * 2  # dpo vs sft at 2 budgets, for the primary metric (oracle) and toy-clip
+    assert [line.split(",")[2] for line in csv[1:]] == ["oracle", "toy-clip"] * 2
+    assert "| dpo " in (tmp_path / "pairs.md").read_text() and "\\toprule" in (tmp_path / "pairs.tex").read_text()
+    assert (tmp_path / "table.md").exists()
+
+
+def _record(method, seed, scores, prompts=("p", "p", "q", "q"), budget=10.0):
+    return {"suite": "s", "method": method, "seed": seed, "config": {"metrics": ["r"]},
+            "budget": {"limit": budget, "unit": "nfe", "usage": {"nfe": 10}, "seconds": 1.0},
+            "metrics": {"r": {}}, "scorers": {"r": {"higher_is_better": True}},
+            "evaluation": {"scores": {"r": list(scores)}, "prompts": list(prompts), "seeds": [0, 1, 2, 3]}}
+
+
+def test_pairs_table_pairs_shared_seeds_and_adjusts_over_the_table():
+    from bench.report import pairs_table
+    from bench.stats import compare_methods, holm
+
+    records = [_record("base", None, (0, 0, 0, 0)),
+               _record("dpo", 0, (2, 2, 1, 1)), _record("dpo", 1, (3, 3, 0, 0)),
+               _record("kto", 0, (1, 1, 1, 1)), _record("kto", 1, (1, 1, 1, 1)), _record("kto", 2, (9, 9, 9, 9)),
+               _record("sft", 5, (1, 1, 1, 1)),  # shares no seed with the others: not paired
+               _record("dpo", 0, (5, 5, 5, 5), budget=20.0), _record("kto", 0, (5, 5, 5, 5), budget=20.0)]
+    table = pairs_table(records, resamples=500)
+    assert list(zip(table["budget"], table["method_a"], table["method_b"], table["seed_list"])) == [
+        ("10nfe", "dpo", "kto", "0 1"), ("20nfe", "dpo", "kto", "0")]
+    win, delta = compare_methods([[2, 2, 1, 1], [3, 3, 0, 0]], [[1, 1, 1, 1], [1, 1, 1, 1]], groups=["p", "p", "q", "q"],
+                                 resamples=500)  # kto's seed 2 has no dpo partner
+    first = table.iloc[0]
+    assert (first["delta"], first["delta_ci_low"], first["delta_ci_high"], first["p_value"]) == (
+        delta["mean"], delta["ci_low"], delta["ci_high"], delta["p_value"])
+    assert (first["win"], first["seeds"], first["n"], first["prompts"]) == (win["mean"], 2, 4, 2)
+    assert table.iloc[1]["delta"] == 0 and table.iloc[1]["p_value"] == 1.0
+    assert table["p_holm"].tolist() == holm(table["p_value"].tolist())
+
+    moved = _record("kto", 0, (1, 1, 1, 1), prompts=("q", "q", "p", "p"))
+    with pytest.raises(RecordError, match="s dpo .* and s kto .* were evaluated on different prompts"):
+        pairs_table([records[1], moved], resamples=50)
+    clash = _record("dpo", 0, (0, 0, 0, 0))
+    with pytest.raises(RecordError, match="two runs of one method, budget and seed with different scores"):
+        pairs_table([records[1], clash, records[3]], resamples=50)
+    assert pairs_table([records[1], records[1], records[3]], resamples=50)["seeds"].tolist() == [1]  # a copy is fine
+    assert pairs_table([records[0], records[1]]).empty
+
+
+def _base_table(rows):
+    """A comparison table for metric r: (method, budget, seeds, Δ, Δ low, Δ high)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"suite": "s", "method": "base", "budget": "-", "seeds": 1, "r": 1.0, "r_ci_low": 0.9,
+                          "r_ci_high": 1.1, "r_delta": None, "r_delta_ci_low": None, "r_delta_ci_high": None}]
+                        + [{"suite": "s", "method": m, "budget": b, "seeds": k, "r": 1.0 + d, "r_ci_low": 0.0,
+                            "r_ci_high": 2.0, "r_delta": d, "r_delta_ci_low": lo, "r_delta_ci_high": hi}
+                           for m, b, k, d, lo, hi in rows])
+
+
+def test_statements_against_the_base_model_follow_the_intervals():
+    from bench.leaderboard import base_statements, verdict_vs_base
+
+    assert (verdict_vs_base(0.01, 0.2), verdict_vs_base(-0.2, -0.01)) == ("raises", "lowers")
+    assert verdict_vs_base(0.0, 0.2) == verdict_vs_base(-0.1, 0.1) == "no detectable difference"  # 0 in the CI
+    table = _base_table([("dpo", "1nfe", 3, 0.2, 0.1, 0.3), ("kto", "1nfe", 3, -0.2, -0.3, -0.1),
+                         ("sft", "1nfe", 3, 0.15, -0.05, 0.35), ("mapo", "1nfe", 3, 0.1, 0.0, 0.2),
+                         ("dpo", "2nfe", 1, 0.5, 0.4, 0.6), ("kto", "2nfe", 1, 0.1, 0.01, 0.2),
+                         ("dpo", "3nfe", 2, 0.02, -0.01, 0.05), ("kto", "3nfe", 1, -0.02, -0.05, 0.01)])
+    assert base_statements(table, "r") == [
+        "At 1nfe (3 training seeds each), dpo (Δ +0.200 [+0.100, +0.300]) raises r over the base model; kto "
+        "(Δ -0.200 [-0.300, -0.100]) lowers it below the base model; sft (Δ +0.150 [-0.050, +0.350]) and mapo "
+        "(Δ +0.100 [+0.000, +0.200]) show no detectable difference from the base model.",
+        "At 2nfe (1 training seed each), every method raises r over the base model: dpo (Δ +0.500 [+0.400, +0.600]) "
+        "and kto (Δ +0.100 [+0.010, +0.200]).",
+        "At 3nfe (training seeds as noted), no method shows a detectable difference from the base model in r: dpo "
+        "(2 seeds; Δ +0.020 [-0.010, +0.050]) and kto (1 seed; Δ -0.020 [-0.050, +0.010])."]
+    assert base_statements(table, "other") == []
+
+
+def _pairs(rows, higher=True):
+    import pandas as pd
+
+    return pd.DataFrame([{"suite": "s", "budget": "1nfe", "metric": "r", "higher_is_better": higher, "method_a": a,
+                          "method_b": b, "seeds": 3, "delta": d, "delta_ci_low": lo, "delta_ci_high": hi,
+                          "p_holm": p} for a, b, d, lo, hi, p in rows])
+
+
+def test_statements_between_methods_need_a_holm_adjusted_p_below_005():
+    from bench.leaderboard import pair_statements
+
+    rows = [("dpo", "inpo", -0.3, -0.4, -0.2, 0.01),   # inpo higher: named first, Δ inpo − dpo
+            ("dpo", "kto", 0.2, 0.1, 0.3, 0.049),      # dpo higher
+            ("dpo", "sft", 0.25, 0.05, 0.45, 0.02),
+            ("inpo", "kto", 0.1, 0.01, 0.2, 0.05),     # CI excludes 0 but p_Holm = 0.05: not below 0.05
+            ("kto", "sft", 0.0, -0.1, 0.1, 1.0)]
+    assert pair_statements(_pairs(rows), "r") == [
+        "At 1nfe (3 shared training seeds), dpo has a higher r than sft (Δ +0.250 [+0.050, +0.450], p_Holm = 0.02) and "
+        "kto (Δ +0.200 [+0.100, +0.300], p_Holm = 0.049).",
+        "At 1nfe (3 shared training seeds), inpo has a higher r than dpo (Δ +0.300 [+0.200, +0.400], p_Holm = 0.01).",
+        "At 1nfe, no detectable difference in r (p_Holm ≥ 0.05) between inpo and kto (Δ +0.100 [+0.010, +0.200], "
+        "p_Holm = 0.05); kto and sft (Δ +0.000 [-0.100, +0.100], p_Holm = 1)."]
+    # lower is better: the lower one is named first and "has a lower r"
+    assert pair_statements(_pairs(rows[:1], higher=False), "r") == [
+        "At 1nfe (3 shared training seeds), dpo has a lower r than inpo (Δ -0.300 [-0.400, -0.200], p_Holm = 0.01)."]
+    assert pair_statements(_pairs(rows), "other") == []
+
+
 def test_figures(results, tmp_path):
     result = runner.invoke(app, ["figures", str(results / "runs"), "--out", str(tmp_path), "--format", "pdf"])
     assert result.exit_code == 0, result.output
@@ -71,6 +181,12 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
     html = (results / "index.html").read_text()
     assert "<table>" in html and "sortTable" in html and "data:image/png;base64," in html and "http" not in html
     assert runner.invoke(app, ["leaderboard", "--results", str(results), "--check"]).exit_code == 0
+    summary = (results / "summary.md").read_text()
+    assert "summary.md" in manifest["outputs"] and "## Suite `toy`" in summary and "p_Holm" in summary
+    (results / "summary.md").write_text(summary.replace("raise", "lift"))  # edited by hand
+    edited = runner.invoke(app, ["leaderboard", "--results", str(results), "--check"])
+    assert edited.exit_code == 1 and "output summary.md is stale" in edited.output
+    (results / "summary.md").write_text(summary)
 
     victim = results / "runs" / "toy" / "dpo-3steps-s0.json"
     saved = victim.read_bytes()
@@ -135,3 +251,27 @@ def test_leaderboard_without_records_touches_nothing_and_stray_json_is_passed_ov
     report = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "t")])
     assert report.exit_code == 0, report.output
     assert "| dpo " in (tmp_path / "t" / "table.md").read_text()
+
+
+def test_the_readme_results_block_is_the_generated_summary(results, tmp_path):
+    import shutil
+
+    from bench.leaderboard import README_END, README_START, readme_block
+
+    root = tmp_path / "project"
+    shutil.copytree(results, root / "results")
+    readme = root / "README.md"
+    readme.write_text(f"# Title\n\nhand-written text\n\n{README_START}\nold claim: every method wins\n{README_END}\n\ntail\n")
+    assert runner.invoke(app, ["leaderboard", "--results", str(root / "results")]).exit_code == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nhand-written text\n\n") and text.endswith(f"{README_END}\n\ntail\n")
+    block = readme_block(readme)
+    assert "old claim" not in block and block.startswith("###")  # summary.md's "# ..." heading, two levels down
+    summary = (root / "results" / "summary.md").read_text()
+    assert [line for line in block.splitlines() if not line.startswith("#")] == \
+        [line for line in summary.strip().splitlines() if not line.startswith("#")]
+    assert runner.invoke(app, ["leaderboard", "--check", "--results", str(root / "results")]).exit_code == 0
+
+    readme.write_text(text.replace(block.splitlines()[-1], "every method raises the oracle"))
+    check = runner.invoke(app, ["leaderboard", "--check", "--results", str(root / "results")])
+    assert check.exit_code != 0 and "generated results block differs" in check.output

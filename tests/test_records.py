@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bench.records import SCHEMA_VERSION, RecordError, read_record, write_json_atomic
+from bench.records import SCHEMA_VERSION, RecordError, read_record, upgrade_records, write_json_atomic
+from bench.stats import bootstrap_mean, paired_comparison
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
@@ -20,7 +21,7 @@ def test_version_1_records_are_migrated(tmp_path):
     old = {"schema_version": 1, "method": "dpo", "config": {"budget": {"unit": "nfe", "limit": 10.0}}}
     (tmp_path / "old.json").write_text(json.dumps(old))
     record = read_record(tmp_path / "old.json")
-    assert record["schema_version"] == SCHEMA_VERSION == 2
+    assert record["schema_version"] == SCHEMA_VERSION == 3
     assert record["config"]["budgets"] == [{"unit": "nfe", "limit": 10.0}] and record["samples"]["png_base64"] == []
 
 
@@ -91,3 +92,75 @@ def test_a_json_array_is_not_a_record(tmp_path):
     (tmp_path / "list.json").write_text('["a", "b"]')
     with pytest.raises(RecordError, match="list.json is not a JSON object"):
         read_record(tmp_path / "list.json")
+
+
+# 8 prompts x 4 images; the prompts differ a lot and their images hardly at all, so a bootstrap over images (what
+# schema version 2 stored) gives a far narrower CI than the one over prompts
+PROMPTS = [f"prompt {i // 4}" for i in range(32)]
+SCORES = [float(i // 4) + 0.01 * (i % 4) for i in range(32)]
+BASE = [float(i // 4) + 0.5 * (i % 2) for i in range(32)]
+
+
+def _v2(method: str, scores: list[float], *, compared: bool) -> dict:
+    record = {"schema_version": 2, "kind": "alignment-run", "suite": "s", "method": method, "seed": 0 if compared else None,
+              "config": {"eval": {"bootstrap": 300, "seed": 1}, "metrics": ["r"]},
+              "scorers": {"r": {"higher_is_better": False}},
+              "evaluation": {"prompts": PROMPTS, "seeds": list(range(32)), "scores": {"r": scores}},
+              "metrics": {"r": bootstrap_mean(scores, resamples=300, seed=1)}}  # over images
+    if compared:
+        win, delta = paired_comparison(scores, BASE, higher_is_better=False, resamples=300, seed=1)
+        record.update(win_rate_vs_base={"r": win}, delta_vs_base={"r": delta})
+    return record
+
+
+def test_a_version_2_record_reads_back_with_prompt_clustered_aggregates(tmp_path):
+    write_json_atomic(tmp_path / "base.json", _v2("base", BASE, compared=False))
+    old = _v2("dpo", SCORES, compared=True)
+    write_json_atomic(tmp_path / "dpo-10nfe-s0.json", old)
+    record = read_record(tmp_path / "dpo-10nfe-s0.json")
+    assert record["schema_version"] == 3
+    by_prompt = bootstrap_mean(SCORES, groups=PROMPTS, resamples=300, seed=1)  # the record's B and seed
+    win, delta = paired_comparison(SCORES, BASE, groups=PROMPTS, higher_is_better=False, resamples=300, seed=1)
+    assert record["metrics"] == {"r": by_prompt} and by_prompt["clusters"] == 8
+    assert record["win_rate_vs_base"] == {"r": win} and record["delta_vs_base"] == {"r": delta}
+    stored = old["metrics"]["r"]
+    assert by_prompt["mean"] == pytest.approx(stored["mean"])  # the same mean, a wider interval
+    assert by_prompt["ci_high"] - by_prompt["ci_low"] > 1.5 * (stored["ci_high"] - stored["ci_low"])  # about √4
+    # lower is better; per prompt p the images score p, p + .01, p + .02, p + .03 against the base's p, p + .5, p,
+    # p + .5: tie, win, loss, win -> (0.5 + 1 + 0 + 1) / 4 = 0.625
+    assert win["mean"] == pytest.approx(0.625) and delta["mean"] == pytest.approx(sum(SCORES) / 32 - sum(BASE) / 32)
+    assert record["previous_aggregates"] == {"schema_version": 2, "metrics": old["metrics"],
+                                             "win_rate_vs_base": old["win_rate_vs_base"],
+                                             "delta_vs_base": old["delta_vs_base"]}
+    assert read_record(tmp_path / "base.json")["metrics"]["r"]["clusters"] == 8
+    assert json.loads((tmp_path / "dpo-10nfe-s0.json").read_text())["schema_version"] == 2  # reading changes nothing
+
+
+def test_a_version_2_comparison_without_its_base_is_named(tmp_path):
+    write_json_atomic(tmp_path / "dpo-10nfe-s0.json", _v2("dpo", SCORES, compared=True))
+    with pytest.raises(RecordError, match="dpo-10nfe-s0.json \\(schema version 2\\) compares with the base model.*"
+                                          "no base record of suite 's'"):
+        read_record(tmp_path / "dpo-10nfe-s0.json")
+    other = _v2("base", BASE, compared=False)
+    other["evaluation"]["seeds"] = list(range(1, 33))  # another evaluation set is no base for it
+    write_json_atomic(tmp_path / "base.json", other)
+    with pytest.raises(RecordError, match="evaluated on the same prompts and seeds"):
+        read_record(tmp_path / "dpo-10nfe-s0.json")
+
+
+def test_upgrade_rewrites_old_records_in_place_and_nothing_else(tmp_path):
+    runs = tmp_path / "runs" / "toy"
+    write_json_atomic(runs / "base.json", _v2("base", BASE, compared=False))
+    write_json_atomic(runs / "dpo-10nfe-s0.json", _v2("dpo", SCORES, compared=True))
+    write_json_atomic(runs / "run.json", {"schema_version": 2, "config": {}})  # a run manifest, not a record
+    (runs / "table.md").write_text("| a table |")
+    (runs / "broken.json").write_text("{")
+    before = {p.name: p.read_bytes() for p in runs.iterdir()}
+    expected = {name: read_record(runs / name) for name in ("base.json", "dpo-10nfe-s0.json")}
+    assert upgrade_records(tmp_path / "runs") == [runs / "base.json", runs / "dpo-10nfe-s0.json"]
+    for name, record in expected.items():
+        assert json.loads((runs / name).read_text()) == json.loads(json.dumps(record))  # as read, now on disk
+        assert read_record(runs / name) == json.loads(json.dumps(record))
+    assert {p.name: p.read_bytes() for p in runs.iterdir() if p.name not in expected} == {
+        name: data for name, data in before.items() if name not in expected}  # no temporary files, others untouched
+    assert upgrade_records(tmp_path / "runs") == []  # already current
