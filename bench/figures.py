@@ -45,36 +45,52 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def _by_guidance(records: list[dict]) -> list[tuple[float, list[dict]]]:
+    """Records grouped by guidance scale, ascending: one facet each."""
+    scales = sorted({r["guidance"] for r in records})
+    return [(w, [r for r in records if r["guidance"] == w]) for w in scales]
+
+
 def inversion_error_vs_nfe(records: list[dict], path: Path) -> Path:
-    """Reconstruction latent MSE (log scale) against NFE per image (invert + reconstruct), one point per sampler."""
+    """Reconstruction latent MSE (log scale) against NFE per image (invert + reconstruct), one point per sampler,
+    one panel per guidance scale (shared axes; a sampler keeps its colour and marker across panels)."""
+    facets = _by_guidance(records)
+    names = list(dict.fromkeys(r["sampler"] for r in records))
+    floor = min((r["latent_mse"] for r in records if r["latent_mse"] > 0), default=1e-30)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(4.2, 3.0))
-        floor = min((r["latent_mse"] for r in records if r["latent_mse"] > 0), default=1e-30)
-        for i, r in enumerate(records):
-            mse = max(r["latent_mse"], floor * 1e-2)  # an exact 0 is drawn just below the smallest error
-            # shrinking markers of different shapes keep coinciding samplers (ddim, npi, ...) visible
-            ax.scatter(r["nfe_invert"] + r["nfe_reconstruct"], mse, color=PALETTE[i % len(PALETTE)], label=r["sampler"],
-                       marker=MARKERS[i % len(MARKERS)], s=70 - 6 * i, zorder=3 + i)
-        ax.set_yscale("log")
-        ax.set_xlabel("UNet evaluations per image (invert + reconstruct)")
-        ax.set_ylabel("reconstruction latent MSE")
-        ax.set_title(f"{records[0]['steps']} steps, guidance {records[0]['guidance']:g}, {records[0]['dtype']}")
-        ax.legend(fontsize=7, frameon=False)
+        fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.0), sharex=True, sharey=True,
+                                 squeeze=False)
+        for ax, (guidance, rows) in zip(axes[0], facets):
+            for r in rows:
+                i = names.index(r["sampler"])
+                mse = max(r["latent_mse"], floor * 1e-2)  # an exact 0 is drawn just below the smallest error
+                # shrinking markers of different shapes keep coinciding samplers (ddim, npi, ...) visible
+                ax.scatter(r["nfe_invert"] + r["nfe_reconstruct"], mse, color=PALETTE[i % len(PALETTE)],
+                           label=r["sampler"], marker=MARKERS[i % len(MARKERS)], s=70 - 6 * i, zorder=3 + i)
+            ax.set_yscale("log")
+            ax.set_xlabel("UNet evaluations per image (invert + reconstruct)")
+            ax.set_title(f"guidance {guidance:g}")
+        axes[0][0].set_ylabel("reconstruction latent MSE")
+        axes[0][-1].legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(f"{records[0]['steps']} steps, {records[0]['dtype']}")
         return save(fig, path)
 
 
 def inversion_time_per_image(records: list[dict], path: Path) -> Path:
-    """Stacked bars: seconds per image to invert and to reconstruct, per sampler."""
+    """Stacked bars: seconds per image to invert and to reconstruct, per sampler, one panel per guidance scale."""
+    facets = _by_guidance(records)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(4.2, 3.0))
-        names = [r["sampler"] for r in records]
-        invert = [r["seconds_invert"] / r["images"] for r in records]
-        recon = [r["seconds_reconstruct"] / r["images"] for r in records]
-        ax.bar(names, invert, color=PALETTE[0], label="invert")
-        ax.bar(names, recon, bottom=invert, color=PALETTE[1], label="reconstruct")
-        ax.set_ylabel("seconds per image")
-        ax.tick_params(axis="x", rotation=30)
-        ax.legend(fontsize=7, frameon=False)
+        fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.0), sharey=True, squeeze=False)
+        for ax, (guidance, rows) in zip(axes[0], facets):
+            names = [r["sampler"] for r in rows]
+            invert = [r["seconds_invert"] / r["images"] for r in rows]
+            recon = [r["seconds_reconstruct"] / r["images"] for r in rows]
+            ax.bar(names, invert, color=PALETTE[0], label="invert")
+            ax.bar(names, recon, bottom=invert, color=PALETTE[1], label="reconstruct")
+            ax.set_title(f"guidance {guidance:g}")
+            ax.tick_params(axis="x", rotation=30)
+        axes[0][0].set_ylabel("seconds per image")
+        axes[0][0].legend(fontsize=7, frameon=False)
         return save(fig, path)
 
 

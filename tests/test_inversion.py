@@ -124,3 +124,58 @@ def test_inpo_loss_uses_policy_inversion_and_counts_nfe(tiny_backbone):
         # policy and reference forwards on 4 latents each, plus one forward per latent per inversion step
         assert tiny_backbone.nfe.forward == pytest.approx(8 + 4 * steps)
         assert out.loss.item() == pytest.approx(0.693147, abs=1e-5)  # policy == reference
+
+
+def test_inpo_refuses_a_stochastic_inverter_by_name():
+    from methods.alignment.inpo import InPOConfig
+    from methods.inversion import SAMPLERS
+
+    assert [name for name in SAMPLERS if SAMPLERS.get(name).stochastic] == ["ddpm-ef"]
+    with pytest.raises(ValueError) as err:
+        InPOConfig(inversion="ddpm-ef")
+    message = str(err.value)
+    assert message.startswith("inversion=ddpm-ef: InPO needs a deterministic inverter; ddpm-ef's inverted latent is "
+                              "fresh noise") and "\n" not in message
+    assert "(use bdia, belm, ddim, edict, npi, null-text, renoise)" in message
+    for name in ("ddim", "bdia", "belm", "edict", "npi", "null-text", "renoise"):
+        InPOConfig(inversion=name)
+
+
+def test_inversion_benchmark_at_two_guidances_records_both_and_the_stored_state(tiny_arch, tmp_path):
+    from bench.figures import inversion_error_vs_nfe, inversion_time_per_image
+    from bench.invert import InvertConfig, run_inversion_benchmark
+    from bench.report import inversion_table, stored_state
+
+    backbone = _float64_eps_backbone(tiny_arch)
+    images = torch.rand((2, 3, backbone.image_size, backbone.image_size), generator=torch.Generator().manual_seed(0))
+    prompts = ["a small red circle on the left, black background", "a large blue square in the center, gray background"]
+    cfg = InvertConfig(samplers=("ddim", "npi", "null-text", "ddpm-ef"), steps=4, guidances=(1.0, 7.5), dtype="float64",
+                       timing_repeats=1)
+    result = run_inversion_benchmark(backbone, images, prompts, cfg, progress=False)
+    assert result["config"]["guidances"] == [1.0, 7.5] and result["diffusers_reference"] is not None
+    records = {(r["guidance"], r["sampler"]): r for r in result["records"]}
+    assert len(records) == 8
+    mse = {key: r["latent_mse"] for key, r in records.items()}
+    assert mse[1.0, "npi"] == mse[1.0, "null-text"] == mse[1.0, "ddim"]  # the same DDIM at w = 1
+    assert mse[7.5, "npi"] == mse[1.0, "ddim"]  # NPI reconstructs at w = 1 whatever the guidance
+    assert mse[7.5, "ddim"] > mse[1.0, "ddim"] and mse[7.5, "null-text"] < mse[7.5, "ddim"]
+    assert records[7.5, "ddim"]["nfe_invert"] == 8 and records[7.5, "npi"]["nfe_invert"] == 4  # CFG doubles
+    embed = backbone.null_conditioning(1).embeds[0].numel() / torch.Size(backbone.latent_shape).numel()
+    for w in (1.0, 7.5):
+        assert (records[w, "ddim"]["stored_latents_fixed"], records[w, "ddim"]["stored_latents_per_step"]) == (1, 0)
+        assert records[w, "ddpm-ef"]["stored_latents"] == 1 + 4
+        assert records[w, "null-text"]["stored_latents"] == 1 + 4 * embed
+    table = inversion_table(result["records"])
+    assert table.columns[:2].tolist() == ["guidance", "sampler"] and table["guidance"].tolist() == [1.0] * 4 + [7.5] * 4
+    assert table["stored_latents"].tolist()[:2] == ["1", "1"]
+    assert table["stored_latents"].tolist()[3] == "1 + N = 5"
+    assert table["stored_latents"].tolist()[2].endswith(f"N = {1 + 4 * embed:.3g}")
+    sd15_null_text = {"stored_latents_fixed": 1.0, "stored_latents_per_step": 77 * 768 / (4 * 64 * 64),
+                      "stored_latents": 1 + 50 * 77 * 768 / (4 * 64 * 64)}
+    assert stored_state(sd15_null_text) == "1 + 3.61N = 181" and stored_state({"sampler": "ddim"}) == "-"
+    for figure in (inversion_error_vs_nfe, inversion_time_per_image):
+        assert figure(result["records"], tmp_path / f"{figure.__name__}.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="listed twice"):
+        InvertConfig(guidances=(1.0, 1.0))
+    with pytest.raises(ValueError, match="guidance must be >= 0"):
+        InvertConfig(guidances=(-1.0,))

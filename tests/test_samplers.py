@@ -311,6 +311,45 @@ def test_nfe_per_direction_and_cfg_doubles_forwards_not_calls(backbone, name, in
         assert (backbone.nfe.forward, backbone.nfe.calls) == (reconstruct_nfe * per_call, reconstruct_nfe)
 
 
+@pytest.mark.parametrize(("name", "fixed", "grows"), [
+    ("ddim", 1, False), ("bdia", 2, False), ("belm", 2, False), ("edict", 2, False), ("npi", 1, False),
+    ("renoise", 1, False), ("ddpm-ef", 1, True), ("null-text", 1, True),
+])
+def test_stored_state_is_counted_from_the_state_in_latents(backbone, name, fixed, grows):
+    """Latent + second latent (BDIA/O-BELM `previous`, EDICT `y`), + one noise map per step (DDPM-EF),
+    + one null embedding per step (null-text, L·D numbers each, also at w = 1), per image."""
+    cond = backbone.encode_prompts([PROMPT] * 2)
+    x0 = _latents(backbone, batch=2)
+    per_step = {"ddpm-ef": 1.0, "null-text": backbone.null_conditioning(1).embeds[0].numel() / x0[0].numel()}
+    for steps, guidance in ((3, 1.0), (6, 3.0)):
+        sampler = SAMPLERS.get(name)(inner_steps=2) if name == "null-text" else SAMPLERS.get(name)()
+        state = sampler.invert(backbone, x0, cond, sampling_levels(backbone, steps), guidance=guidance,
+                               rng=torch.Generator().manual_seed(0))
+        size = state.stored_size()
+        assert (size.fixed, size.per_step, size.steps) == (fixed, per_step.get(name, 0.0), steps)
+        assert size.total == fixed + per_step.get(name, 0.0) * steps
+        held = sum(t.numel() for t in (state.latents, *state.extra.values())) / x0.numel()  # independent count
+        assert size.total == pytest.approx(held) and (size.per_step > 0) == grows
+
+
+def test_stored_size_checks_the_layout_of_the_state(backbone):
+    x0 = _latents(backbone, batch=2)
+    levels = per_sample_levels(sampling_levels(backbone, 3), 2)  # K = 3, B = 2
+    maps = torch.zeros(3, 2, *backbone.latent_shape, dtype=torch.float64)
+    assert InversionState(x0, levels, {"maps": maps}, per_step=("maps",)).stored_size().total == 1 + 3
+    with pytest.raises(ValueError, match=r"extra\['maps'\] has shape \(3, 2, 4, 8, 8\), not \(B, \.\.\.\) per sample"):
+        InversionState(x0, levels, {"maps": maps}).stored_size()  # a per-step entry not declared per step
+    with pytest.raises(ValueError, match="not in extra"):
+        InversionState(x0, levels, per_step=("maps",)).stored_size()
+
+
+def test_every_sampler_declares_exactness_and_stochasticity():
+    for name in SAMPLERS:
+        sampler = SAMPLERS.get(name)
+        assert isinstance(sampler.exact, bool) and isinstance(sampler.stochastic, bool), name
+        assert sampler.stochastic == (name == "ddpm-ef")  # its inverted latent is x0 noised with fresh noise
+
+
 def test_invalid_parameters_are_rejected_by_name(backbone):
     cond = backbone.encode_prompts([PROMPT])
     x0 = _latents(backbone)

@@ -28,16 +28,56 @@ from bench.registry import Registry
 SAMPLERS: Registry[type[InversionSampler]] = Registry("sampler", entry_point_group="diffusion_align_bench.samplers")
 
 
+@dataclass(frozen=True)
+class StoredSize:
+    """What an inversion keeps for its reconstruction, per image, in latents (C·h·w numbers each):
+    `fixed` + `per_step` · N for a path of N steps."""
+
+    fixed: float
+    per_step: float
+    steps: int
+
+    @property
+    def total(self) -> float:
+        return self.fixed + self.per_step * self.steps
+
+
 @dataclass
 class InversionState:
+    """What `invert` hands to `reconstruct`: the last latent, the path, and whatever else the sampler
+    keeps in `extra`, each entry either per sample (B, ...) or, if named in `per_step`, per step of
+    the path (K, B, ...), step axis first."""
+
     latents: torch.Tensor  # (B, C, h, w) at the last level of the path
     levels: torch.Tensor  # (K+1, B) the path walked
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # what exact samplers keep (e.g. a second latent)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. a second latent, noise maps
+    per_step: tuple[str, ...] = ()  # the entries of `extra` with a leading step axis (K, B, ...)
+
+    def stored_size(self) -> StoredSize:
+        """The latents and `extra` tensors, per image, counted in latents (numbers / (C·h·w)); the
+        per-step entries make the part that grows with the steps. The level path (K+1 integers per
+        image) is bookkeeping and not counted. Checks each entry's leading axes against its kind."""
+        batch, steps, latent = self.latents.shape[0], self.levels.shape[0] - 1, self.latents[0].numel()
+        if unknown := set(self.per_step) - set(self.extra):
+            raise ValueError(f"per_step names {sorted(unknown)}, which are not in extra ({sorted(self.extra)})")
+        fixed, per_step = 1.0, 0.0  # the last latent
+        for name, tensor in self.extra.items():
+            lead = (steps, batch) if name in self.per_step else (batch,)
+            if tuple(tensor.shape[:len(lead)]) != lead:
+                kind = "(K, B, ...) per step" if name in self.per_step else "(B, ...) per sample"
+                raise ValueError(f"extra[{name!r}] has shape {tuple(tensor.shape)}, not {kind} with K = {steps}, "
+                                 f"B = {batch}")
+            if name in self.per_step:
+                per_step += tensor.numel() / (steps * batch * latent)
+            else:
+                fixed += tensor.numel() / (batch * latent)
+        return StoredSize(fixed, per_step, steps)
 
 
 class InversionSampler(ABC):
     name: ClassVar[str]
     exact: ClassVar[bool]  # reconstruct(invert(x)) == x up to floating point
+    stochastic: ClassVar[bool]  # invert draws noise from `rng`: the inverted latent is not a function of x0 alone
     max_steps: ClassVar[int | None] = None  # the most sampling steps the method is defined for (None: any)
 
     @property

@@ -27,6 +27,7 @@ from methods.inversion.base import SAMPLERS, InversionState, TwoStepSampler, ddi
 @SAMPLERS.register("bdia")
 class BDIA(TwoStepSampler):
     name = "bdia"
+    stochastic = False
 
     def __init__(self, gamma: float = 0.96):
         if not gamma >= 0:

@@ -30,6 +30,7 @@ from methods.inversion.base import SAMPLERS, TwoStepSampler
 @SAMPLERS.register("belm")
 class OBELM(TwoStepSampler):
     name = "belm"
+    stochastic = False
 
     def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor,
                      hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ EVAL_AT = ("target", "source")
 class DDIMInversion(InversionSampler):
     name = "ddim"
     exact = False
+    stochastic = False  # at its default noise_scale = 0 (InPO's faithful mode adds 0.1σ noise on purpose)
 
     def __init__(self, eval_at: str = "target", noise_scale: float = 0.0):
         if eval_at not in EVAL_AT:

@@ -14,7 +14,7 @@ x_0 by construction, in any dtype. The model calls of the inversion are independ
 so they run batched, `max_batch` latents per call (None: all N steps in one call). The reference
 defaults (100 steps, source guidance 3.5, skip 36) belong to editing, not to this sampler.
 Cost: N model evaluations per latent in inversion (sequential depth 1), N calls in reconstruction;
-memory N noise maps per latent.
+stored for reconstruction: the last latent and N noise maps, 1 + N latents per image.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def ddpm_posterior(backbone: Backbone, x: torch.Tensor, eps: torch.Tensor, src: 
 class EditFriendlyDDPM(InversionSampler):
     name = "ddpm-ef"
     exact = True
+    stochastic = True  # the inverted latent x_N = a_N x0 + s_N ε̃ is drawn with fresh noise
 
     def __init__(self, max_batch: int | None = None):
         if max_batch is not None and max_batch < 1:
@@ -80,7 +81,7 @@ class EditFriendlyDDPM(InversionSampler):
             raise ValueError("ddpm-ef needs a DDPM variance > 0 on every step (the clean end has ᾱ = 1 here)")
         noise_maps = torch.zeros_like(xs[1:])  # (K, B, C, h, w); zero on steps that do not move
         noise_maps[step, row] = (xs[step, row] - mean) / std
-        return InversionState(xs[-1], levels, {"noise_maps": noise_maps})
+        return InversionState(xs[-1], levels, {"noise_maps": noise_maps}, per_step=("noise_maps",))
 
     @torch.no_grad()
     def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,

@@ -47,6 +47,7 @@ def _roles(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor) -> tuple[torch.
 class EDICT(InversionSampler):
     name = "edict"
     exact = True
+    stochastic = False
 
     def __init__(self, p: float = 0.93, leapfrog: bool = True):
         if not 0 < p <= 1:

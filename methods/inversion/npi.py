@@ -25,6 +25,7 @@ from methods.inversion.ddim import DDIMInversion
 class NegativePromptInversion(InversionSampler):
     name = "npi"
     exact = False
+    stochastic = False
 
     def __init__(self):
         self.ddim = DDIMInversion()

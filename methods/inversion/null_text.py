@@ -16,7 +16,8 @@ in `invert` and `reconstruct`. Each sample has its own embedding, Adam state and
 batch optimises as its samples would alone. With `inner_steps = 0` it is DDIM inversion followed by
 CFG sampling. Not exact. Cost per step: 1 (ε_c) + J (ε_∅ forward, then backward to the embedding
 through the frozen UNet, charged as 2 more by `Backbone.nfe`) + 2 (CFG step) evaluations, J ≤ inner_steps;
-reconstruction 2 per step.
+reconstruction 2 per step. Stored for reconstruction: the last latent and one embedding ∅_i (L × D) per
+step, also at w = 1 where they are all the empty prompt's (SD 1.5: 77·768 / (4·64·64) ≈ 3.6 latents each).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class NullTextInversion(InversionSampler):
     max_steps = LR_DECAY  # the lr schedule 1e-2 (1 − i/100) reaches 0 at step 100
     name = "null-text"
     exact = False
+    stochastic = False
 
     def __init__(self, inner_steps: int = 10):
         if inner_steps < 0:
@@ -64,7 +66,7 @@ class NullTextInversion(InversionSampler):
         null = backbone.null_conditioning(x0.shape[0])
         embeds = null.embeds.to(backbone.latent_dtype, copy=True)  # (B, L, D) each sample's ∅, optimised in >= fp32
         per_step = embeds.expand(len(levels) - 1, *embeds.shape).clone()  # (K, B, L, D) ∅ of every step
-        state = InversionState(pivots[-1], levels, {"uncond_embeds": per_step})
+        state = InversionState(pivots[-1], levels, {"uncond_embeds": per_step}, per_step=("uncond_embeds",))
         if self.inner_steps == 0 or guidance == 1.0:  # nothing to optimise: ε̂_w = ε_c at w = 1
             return state
         z = pivots[-1].clone()  # z̄

@@ -28,6 +28,7 @@ from methods.inversion.ddim import DDIMInversion
 class ReNoise(InversionSampler):
     name = "renoise"
     exact = False
+    stochastic = False
 
     def __init__(self, iterations: int = 1, average: int = 2):
         if iterations < 0:
