@@ -98,7 +98,7 @@ def _held_out_renders(images: int):
     """(pixels (N, 3, H, W), prompts): ground-truth renders of the first N held-out toy captions, seed 0."""
     from bench.toy.world import render_dataset, split_combos
 
-    held_out = split_combos()[1]
+    held_out = split_combos().test
     if not 1 <= images <= len(held_out):
         raise ValueError(f"--images {images}: the toy world has {len(held_out)} held-out captions; "
                          f"choose 1 to {len(held_out)}")
@@ -212,10 +212,69 @@ def run(
 
 
 @app.command()
+def tune(
+    methods: str = typer.Option(None, "--methods", "-m", help="comma-separated method names; default: the suite's"),
+    trials: int = typer.Option(8, help="trials per method (the same for every method)"),
+    suite: str = typer.Option("toy", help="suite to tune on (its validation prompts)"),
+    budget: str = typer.Option(None, help="compute budget of every trial and of the final runs; default: the suite's"),
+    objective: str = typer.Option(None, help="scorer to optimise on the validation prompts; default: the suite's "
+                                  "primary metric (the oracle on the toy)"),
+    seed: int = typer.Option(0, help="seed of the sampler and of every trial's training"),
+    storage: str = typer.Option(None, help="Optuna storage URL shared by several machines (default: RUN_DIR/tune.db)"),
+    run_dir: Path = typer.Option(None, help="where the study, trials and final records go (default: runs/tune-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the sweep in --run-dir"),
+    final_seeds: str = typer.Option("0,1,2", help="seeds the best settings are retrained on, evaluated on test prompts"),
+    final_budgets: str = typer.Option(None, help="budgets of the final runs (default: the tuning budget)"),
+    no_final: bool = typer.Option(False, "--no-final", help="tune only; no retraining on the test prompts"),
+    export: Path = typer.Option(None, "--export", callback=_output_file,
+                                help="also write the chosen settings as a suite's tuned.json (the toy ships one)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Tune every method with the same number of trials on validation prompts, then retrain the best settings on
+    several seeds and report them on test prompts."""
+    _quiet_libraries()
+    from bench.budget import Budget
+    from bench.records import write_json_atomic
+    from bench.suites import get_suite
+    from bench.tune import plan_tune, suite_defaults
+    from bench.tune import tune as run_tune
+
+    try:
+        the_suite = get_suite(suite)
+        if run_dir is None and resume:
+            _fail("--resume needs --run-dir")
+        try:
+            seeds = [int(s) for s in _split(final_seeds)]
+        except ValueError:
+            _fail(f"--final-seeds {final_seeds!r}: expected comma-separated integers")
+        plan = plan_tune(the_suite, _split(methods) if methods else list(the_suite.default_methods), trials=trials,
+                         budget=Budget.parse(budget) if budget else None, objective=objective,
+                         run_dir=run_dir or Path("runs") / f"tune-{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
+                         seed=seed, storage=storage, resume=resume, progress=not quiet, final_seeds=seeds,
+                         final_budgets=[Budget.parse(b) for b in _split(final_budgets)] if final_budgets else None)
+        console.print(f"tuning {', '.join(plan.methods)} on {suite}: {trials} trials each at {plan.budget}, objective "
+                      f"{plan.objective} on the validation prompts; study in {plan.storage_url}", highlight=False)
+        result = run_tune(plan, final=not no_final)
+    except _user_errors() as err:
+        _fail(str(err))
+    for name, entry in result["methods"].items():
+        best = entry["best"]
+        params = ", ".join(f"{k.split('.', 1)[1]}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in best["params"].items())
+        console.print(f"  {name:>10}  best trial {best['trial']}: {plan.objective} {best['value']:.3f} ({params}); "
+                      f"cost {entry['cost']['nfe']:.3g} NFE, {entry['cost']['seconds']:.0f} s", highlight=False)
+    if export is not None:
+        write_json_atomic(export, {"source": str(plan.run_dir / "tune.json"), "suite": suite,
+                                   "methods": suite_defaults(result)})
+        console.print(f"tuned settings written to {export}")
+
+
+@app.command()
 def invert(
     samplers: str = typer.Option("ddim", help="comma-separated inversion samplers (see `bench list`)"),
     steps: int = typer.Option(50, help="sampling steps (the same level path for every sampler)"),
-    guidance: float = typer.Option(1.0, help="classifier-free guidance scale for inversion and reconstruction"),
+    guidances: str = typer.Option("1", "--guidances", "--guidance", help="comma-separated classifier-free guidance "
+                                  "scales, each used for inversion and reconstruction (e.g. 1,7.5)"),
     dtype: str = typer.Option("float32", help="float32 or float64"),
     images_dir: Path = typer.Option(None, help="invert these images instead of toy renders"),
     prompt: str = typer.Option("", help="prompt for --images-dir images"),
@@ -236,7 +295,11 @@ def invert(
     from bench.suites import get_suite
 
     try:
-        cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidance=guidance, dtype=dtype, repeats=repeats)
+        scales = tuple(float(w) for w in _split(guidances))
+    except ValueError:
+        _fail(f"--guidances {guidances!r}: expected comma-separated numbers")
+    try:
+        cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidances=scales, dtype=dtype, repeats=repeats)
         if images_dir is None:
             pixels, prompts = _held_out_renders(images)
         backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
@@ -254,7 +317,9 @@ def invert(
     write_text_atomic(out / "table.md", df.to_markdown(index=False, floatfmt=".3g") + "\n")
     inversion_error_vs_nfe(result["records"], out / "error_vs_nfe.png")
     inversion_time_per_image(result["records"], out / "time_per_image.png")
-    _print_table(three_significant(df), f"inversion: {len(pixels)} images, {steps} steps, guidance {guidance:g}, {dtype}")
+    _print_table(three_significant(df), f"inversion: {len(pixels)} images, {steps} steps, guidance "
+                                        f"{', '.join(f'{w:g}' for w in scales)}, {dtype}; stored state per image in "
+                                        "latents (N = steps)")
     ref = result["diffusers_reference"]
     if ref:
         console.print(f"diffusers DDIMInverseScheduler: max |Δ latent| {ref['max_abs_latent_diff']:.2e}, "
@@ -277,6 +342,7 @@ def speed(
     from bench.backbone import Backbone
     from bench.invert import InvertConfig, run_inversion_benchmark
     from bench.records import environment, now, write_json_atomic
+    from bench.report import stored_state
     from bench.suites import get_suite
 
     try:
@@ -289,16 +355,17 @@ def speed(
     result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=False)
     ddim = next(r for r in result["records"] if r["sampler"] == "ddim")
     ddim_seconds = ddim["seconds_invert"] + ddim["seconds_reconstruct"]
-    table = Table(title=f"inversion speed: batch {images}, {steps} steps, {dtype}, median of {repeats}, "
+    table = Table(title=f"inversion speed: batch {images}, {steps} steps, guidance 1, {dtype}, median of {repeats}, "
                         f"t_fwd {result['records'][0]['t_fwd'] * 1e3:.1f} ms")
-    for column in ("sampler", "s/image invert", "s/image reconstruct", "time vs ddim", "overhead vs floor"):
+    for column in ("sampler", "s/image invert", "s/image reconstruct", "time vs ddim", "overhead vs floor",
+                   "stored latents/image"):
         table.add_column(column)
     for r in result["records"]:
         if r["sampler"] not in names:
             continue
         r["time_vs_ddim"] = (r["seconds_invert"] + r["seconds_reconstruct"]) / ddim_seconds
         table.add_row(r["sampler"], f"{r['seconds_invert'] / images:.4f}", f"{r['seconds_reconstruct'] / images:.4f}",
-                      f"{r['time_vs_ddim']:.3f}", f"{r['overhead_ratio']:.3f}")
+                      f"{r['time_vs_ddim']:.3f}", f"{r['overhead_ratio']:.3f}", stored_state(r))
     console.print(table)
     if json_path is not None:
         write_json_atomic(json_path, {**result, "environment": environment(), "created": now()})
@@ -313,9 +380,22 @@ def report(
     formats: str = typer.Option("md,csv,tex", "--format", help="any of md, csv, tex"),
     out: Path = typer.Option(Path("report"), callback=_output_dir, help="where table.md/.csv/.tex go"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+    pairs: bool = typer.Option(False, "--pairs", help="also write pairs.md/.csv/.tex: every two methods of one suite and "
+                               "budget paired on their shared training seeds and the same images (Δ and win rate with "
+                               "95% CIs, bootstrap p Holm-adjusted over the table) for the primary metric and --metrics"),
 ) -> None:
     """Comparison tables from run records: one row per method, mean ± 95% CI, win rate and Δ vs base, budget used."""
-    from bench.report import comparison_table, directions, display_table, find_records, load_records, write_tables
+    from bench.report import (
+        comparison_table,
+        directions,
+        display_pairs,
+        display_table,
+        find_records,
+        load_records,
+        pairs_table,
+        write_pairs,
+        write_tables,
+    )
 
     try:
         records = [r for _, r in load_records(find_records(paths), skip_bad=skip_bad, progress=True)]
@@ -325,11 +405,15 @@ def report(
         if set(wanted) - {"md", "csv", "tex"}:
             _fail(f"--format {formats!r}: choose from md, csv, tex")
         df = comparison_table(records, tuple(_split(group_by)), _split(metrics) if metrics else None)
+        paired = pairs_table(records, _split(metrics) if metrics else None) if pairs else None
     except (ValueError, KeyError, *_user_errors()) as err:
         _fail(str(err))
     higher = directions(records)
     written = write_tables(df, higher, out, formats=tuple(wanted), caption="comparison under equal compute budgets")
     _print_table(display_table(df, higher, "plain"), f"{len(records)} run records")
+    if paired is not None:
+        written += write_pairs(paired, out, formats=tuple(wanted))
+        _print_table(display_pairs(paired, "plain"), "paired differences between methods (Holm-adjusted p)")
     console.print("written: " + ", ".join(map(str, written)))
 
 
@@ -462,7 +546,7 @@ def _toy_images(renders: int | None, samples: int | None, seed: int, pipeline: P
 
     from bench.toy.world import render, sample_scene, split_combos
 
-    held_out = split_combos()[1]
+    held_out = split_combos().test
     if renders is not None:
         rng = random.Random(seed)
         scenes = [sample_scene(held_out[i % len(held_out)], rng) for i in range(renders)]
@@ -687,6 +771,9 @@ def list_weights(
 @toy_app.command("build")
 def toy_build(
     out: Path = typer.Option(None, callback=_output_dir, help="output directory (default: the cache's toy/ directory)"),
+    reuse_pipeline: Path = typer.Option(None, "--reuse-pipeline",
+                                        help="an earlier build's pipeline/ directory: skip pretraining, make only the "
+                                             "preference data and the report anew (~2 min)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
@@ -694,8 +781,10 @@ def toy_build(
     from bench.cache import cache_dir
     from bench.toy.build import build_toy
 
+    if reuse_pipeline is not None and not (reuse_pipeline / "model_index.json").is_file():
+        _fail(f"--reuse-pipeline {reuse_pipeline}: not a pipeline directory (no model_index.json)")
     target = out or cache_dir() / "toy"
-    report = build_toy(target, progress=not quiet)
+    report = build_toy(target, progress=not quiet, reuse_pipeline=reuse_pipeline)
     console.print(json.dumps(report, indent=1))
     console.print(f"toy build written to {target}; use it with BENCH_TOY_DIR={target} bench run ...")
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bench.search_space import FloatRange
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # The frozen pipeline's storage and evaluation precision (`bench run --dtype`); the VAE is float32 always.
 PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -21,7 +23,11 @@ OPTIMIZERS = ("adamw", "adafactor")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate (after warmup)"})
+    lr: float = field(default=1e-5, metadata={
+        "help": "AdamW learning rate (after warmup)",
+        # bench tune: every method's lr is searched over the same range (a suite may narrow it, `Suite.search`);
+        # it spans KTO's 1e-7-scale SD recipes to the toy's 1e-5-1e-4.
+        "search": FloatRange(1e-7, 1e-3, log=True)})
     batch_size: int = field(default=16, metadata={"help": "training items per micro-batch (pairs, or images)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay (Diffusion-DPO: 1e-2)"})

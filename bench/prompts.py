@@ -8,6 +8,7 @@ The resolved list is what a run record stores, so a table never depends on re-re
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,3 +88,8 @@ def resolve_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | 
 def load_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | Path) -> list[str]:
     """The prompts of `resolve_prompts`."""
     return resolve_prompts(prompts)[0]
+
+
+def prompt_digest(prompts: list[str]) -> dict:
+    """A prompt set's identity for records: its size and the SHA256 of its prompts, one per line, in order."""
+    return {"count": len(prompts), "sha256": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()}

@@ -11,6 +11,7 @@ killed run from its checkpoint.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -27,7 +28,7 @@ from bench.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig
 from bench.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
 from bench.processes import processes
-from bench.prompts import resolve_prompts
+from bench.prompts import prompt_digest, resolve_prompts
 from bench.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
 from bench.suites import Suite
 from bench.trainer import Trainer, declared_step_cost
@@ -57,8 +58,11 @@ class RunPlan:
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompts: list[str] = field(default_factory=list)  # the evaluation prompts, resolved
     prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.prompts.resolve_prompts`)
+    split: str = "test"  # which of the suite's prompt sets they are: "test" (reported) or "validation" (tuning)
     dtype: str = "fp32"  # the frozen pipeline's UNet and text encoders, and evaluation (PIPELINE_DTYPES)
     scorer_options: ScorerOptions = field(default_factory=ScorerOptions)  # weights paths, HPS version, CLIP backbone
+    native_space: str | None = None  # the pipeline's prediction space ("eps", "v"); None until it is known
+    tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.tune`)
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -69,6 +73,7 @@ class RunPlan:
             "preference_data": self.preference_data,
             "preference_split": self.suite.preference_split,
             "max_pairs": self.suite.max_pairs,
+            "eval_split": self.split,
             "eval_prompt_source": self.prompt_source,
             "eval_prompts": self.prompts,
             "metrics": list(self.suite.metrics),
@@ -76,7 +81,7 @@ class RunPlan:
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
-            "methods": {name: {"config": m.describe(), "train": as_dict(self.train_configs[name])}
+            "methods": {name: {"config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
         }
 
@@ -100,32 +105,39 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
              run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
              prompts: str | None = None, dtype: str | None = None,
-             scorer_options: ScorerOptions | None = None) -> RunPlan:
-    """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work."""
+             scorer_options: ScorerOptions | None = None, split: str = "test") -> RunPlan:
+    """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work.
+
+    `split` picks the suite's evaluation prompts: "test" (reported) or "validation" (what `bench tune`
+    evaluates trials on); `prompts` replaces the test prompts (a file or a standard set)."""
     if not method_names:
         raise RunSetupError("no methods given; e.g. --methods dpo,inpo,kto")
+    method_names = [METHODS.resolve(name) for name in method_names]  # a deprecated name warns, becomes the new one
     if len(set(method_names)) != len(method_names):
         raise RunSetupError(f"--methods lists a method twice: {','.join(method_names)}")
-    METHODS.check(method_names)
     SCORERS.check(list(suite.metrics))
     scorer_options = scorer_options or ScorerOptions()
     try:
         scorer_options.check(list(suite.metrics))
     except ValueError as err:
         raise RunSetupError(f"{err} (the {suite.name} suite's metrics)") from None
-    method_args, train_args = method_args or {}, train_args or {}
+    def current_names(given: dict) -> dict:  # deprecated method names -> their new names ("*" kept)
+        return {name if name == "*" else METHODS.resolve(name): value for name, value in given.items()}
+
+    method_args, train_args = current_names(method_args or {}), current_names(train_args or {})
     for option, given in (("--method-arg", method_args), ("--train-arg", train_args)):
         for name in given:
             if name != "*" and name not in method_names:
-                METHODS.get(name)  # an unknown name gets "did you mean"
                 raise RunSetupError(f"{option} for {name!r}, which is not in --methods")
+    suite_method_args = {METHODS.canonical(name): value for name, value in suite.method_args.items()}
+    suite_train_args = {METHODS.canonical(name): value for name, value in suite.train_args.items()}
     methods, train_configs = {}, {}
     for name in method_names:
         cls = METHODS.get(name)
         try:
-            config = apply_overrides(cls.Config(), {**suite.method_args.get(name, {}), **method_args.get(name, {})})
+            config = apply_overrides(cls.Config(), {**suite_method_args.get(name, {}), **method_args.get(name, {})})
             methods[name] = cls(config)
-            train_configs[name] = apply_overrides(suite.train, {**suite.train_args.get(name, {}),
+            train_configs[name] = apply_overrides(suite.train, {**suite_train_args.get(name, {}),
                                                                 **train_args.get("*", {}), **train_args.get(name, {})})
         except (OverrideError, ValueError, KeyError) as err:
             raise RunSetupError(f"{name}: {err}") from None
@@ -149,14 +161,23 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     seeds = seeds if seeds is not None else [0]
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunSetupError(f"seeds must be distinct and non-empty, got {seeds}")
+    try:
+        source = suite.prompts_for(split)
+    except ValueError as err:
+        raise RunSetupError(str(err)) from None
+    if prompts is not None and split != "test":
+        raise RunSetupError("--prompts replaces the test prompts; validation prompts are the suite's own")
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
-                   *resolve_prompts(prompts if prompts is not None else suite.eval_prompts), dtype, scorer_options)
+                   *resolve_prompts(prompts if prompts is not None else source), split, dtype, scorer_options,
+                   tuning={name: suite.tuning[name] for name in methods if name in suite.tuning},
+                   native_space=Backbone.native_space_of(pipeline or suite.pipeline))  # records "native" resolved
     manifest = plan.run_dir / "run.json"
     if resume:
         if not manifest.exists():
             raise RunSetupError(f"--resume: {plan.run_dir} holds no run (no run.json)")
         stored = {"dtype": "fp32", "scorer_options": ScorerOptions().recorded(),  # runs started before these existed
+                  "eval_split": "test",
                   **json.loads(manifest.read_text())["config"]}
         if stored != json.loads(json.dumps(plan.config())):
             diff = sorted(k for k in plan.config() if stored.get(k) != json.loads(json.dumps(plan.config()))[k])
@@ -216,8 +237,19 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
     return record
 
 
+def prompt_splits(plan: RunPlan, train_prompts: list[str] | None) -> dict:
+    """The record's prompt sets: the preference data's prompts (train) and the evaluated ones, each with its count
+    and SHA256, and how many evaluation prompts also occur in the preference data (0 on the suites shipped here)."""
+    splits = {plan.split: prompt_digest(plan.prompts)}
+    if train_prompts is not None:
+        splits["train"] = prompt_digest(train_prompts)
+        splits["overlap_with_train"] = len(set(plan.prompts) & set(train_prompts))
+    return splits
+
+
 def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training: dict | None, result: EvalResult,
-            scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone, samples: dict) -> dict:
+            scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone, samples: dict,
+            splits: dict | None = None) -> dict:
     record = {
         "schema_version": SCHEMA_VERSION,
         "kind": "alignment-run",
@@ -225,6 +257,8 @@ def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training
         "method": method,
         "seed": seed,
         "config": plan.config(),
+        "splits": splits if splits is not None else prompt_splits(plan, None),
+        "tuning": plan.tuning.get(method),
         "pipeline_weights": {part: backbone.fingerprint(part) for part in ("unet", "vae", "text")},
         "budget": budget,
         "training": training,
@@ -263,11 +297,17 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
     # before anything is written or evaluated.
     scorers = build_scorers(list(plan.suite.metrics), plan.scorer_options)
     backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
+    if plan.native_space != backbone.native_space:  # unreadable before loading (e.g. a hub id not cached yet)
+        plan = dataclasses.replace(plan, native_space=backbone.native_space)
     runs = [(budget, seed, name, method, plan.run_dir / f"{record_name(name, budget, seed)}.json")
             for budget, seed, (name, method) in itertools.product(plan.budgets, plan.seeds, plan.methods.items())]
-    pairs = None
+    pairs, splits = None, prompt_splits(plan, None)
     if not all(plan.resume and path.exists() for *_, path in runs):
         pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split), plan.suite.max_pairs)
+        splits = prompt_splits(plan, list(dict.fromkeys(pairs.captions)))
+        if splits["overlap_with_train"]:
+            log.warning("%d of the %d %s prompts also occur in the preference data", splits["overlap_with_train"],
+                        len(plan.prompts), plan.split)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resume and main:
         write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
@@ -281,7 +321,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                 raise RunSetupError(f"--resume: the {name} scorer differs from the one that scored {base_path} (other "
                                     "weights, version or backbone); start a new --run-dir")
     else:
-        base = base_record(backbone, plan, scorers)
+        base = {**base_record(backbone, plan, scorers), "splits": splits}
     land(base_path, base)
     paths = [base_path]
     base_eval = EvalResult.from_dict(base["evaluation"])
@@ -306,7 +346,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                     "history": result.history, "processes": state.num_processes, "device": str(state.device),
                     "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
         record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit, result.usage), training,
-                         evaluation, scorers, base_eval, backbone, sample_thumbnails(images, plan))
+                         evaluation, scorers, base_eval, backbone, sample_thumbnails(images, plan), splits)
         land(path, record)
         if main:
             ckpt.unlink(missing_ok=True)

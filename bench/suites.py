@@ -8,6 +8,7 @@ suite trains under the same budget.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from bench.budget import Budget
 from bench.config import EvalConfig, TrainConfig
 from bench.prompts import PromptSource
 from bench.registry import Registry
+from bench.search_space import FloatRange, Space
 from bench.toy.world import split_combos
 
 SUITES: Registry = Registry("suite", entry_point_group="diffusion_align_bench.suites")
@@ -34,7 +36,8 @@ class Suite:
     description: str
     pipeline: str
     preference_data: str
-    eval_prompts: tuple[str, ...] | PromptSource
+    eval_prompts: tuple[str, ...] | PromptSource  # the test prompts: reported, never used for a choice
+    validation_prompts: tuple[str, ...] | PromptSource  # the tuning prompts (`bench tune`)
     metrics: tuple[str, ...]
     budget: Budget
     train: TrainConfig
@@ -45,36 +48,61 @@ class Suite:
     train_args: dict[str, dict] = field(default_factory=dict)  # method -> TrainConfig overrides
     default_methods: tuple[str, ...] = ("dpo", "inpo", "kto")
     dtype: str = "fp32"  # frozen UNet + text encoders and evaluation (bench.config.PIPELINE_DTYPES); VAE fp32
+    # `bench tune` ranges that replace the declared ones at this suite's scale: "train.FIELD" for every method,
+    # "METHOD.FIELD" for one method's config.
+    search: dict[str, Space] = field(default_factory=dict)
+    tuning: dict[str, dict] = field(default_factory=dict)  # method -> provenance of its tuned settings (records)
 
     @property
     def primary_metric(self) -> str:
         return self.metrics[0]
+
+    def prompts_for(self, split: str) -> tuple[str, ...] | PromptSource:
+        """The evaluation prompts of `split`: "test" (reported) or "validation" (tuning)."""
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"unknown evaluation split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+        return self.eval_prompts if split == "test" else self.validation_prompts
+
+
+EVAL_SPLITS = ("test", "validation")
 
 
 @SUITES.register("toy")
 def toy_suite() -> Suite:
     """The CPU-scale default: the toy world's pipeline, its preference pairs and the oracle reward.
 
-    Held-out evaluation prompts: 64 captions never used for preference data, 4 seeds each (256 images).
-    Recipe tuned on the toy world (see docs/architecture.md): the papers' β (2000-5000) with their
-    lr are far too strong for ~300 steps on a 4 M-parameter UNet.
+    Prompts (`bench.toy.world.split_combos`): 120 training captions (the preference data), 32
+    validation captions (tuning) and 64 test captions (reported), disjoint; 4 seeds each at evaluation.
+    Method settings: each method's β-like parameters and learning rate come from the committed tuning run
+    `tuned.json` beside the pipeline (`bench tune --trials 8` on the validation prompts, the same effort for
+    every method); without that file, the methods' paper defaults.
     """
     root = toy_dir()
-    _, held_out = split_combos()
+    splits = split_combos()
+    tuned = tuned_settings(root / "tuned.json")
+    train_args = {"kto": {"batch_size": 32}, "sft": {"batch_size": 32}}  # binary / image data: 32 items per step
     return Suite(
         name="toy",
         description="toy world of coloured shapes, tiny SD-shaped pipeline, oracle reward (CPU, minutes)",
         pipeline=str(root / "pipeline"),
         preference_data=str(root / "prefs.parquet"),
-        eval_prompts=tuple(c.caption for c in held_out),
+        eval_prompts=tuple(splits.captions("test")),
+        validation_prompts=tuple(splits.captions("validation")),
         metrics=("oracle", "toy-pickscore", "toy-clip"),  # the truth first; the proxies show reward hacking
         budget=Budget.parse("4e4nfe"),
         train=TrainConfig(lr=3e-5, batch_size=16, weight_decay=0.0, prompt_dropout=0.1, checkpoint_every=50),
         eval=EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0, batch_size=128),
-        method_args={"dpo": {"beta": 500.0}, "dense-dpo": {"beta": 500.0}, "inpo": {"beta": 500.0},
-                     "kto": {"beta": 500.0}},
-        train_args={"kto": {"batch_size": 32}, "sft": {"batch_size": 32}},
+        method_args={m: t["method_args"] for m, t in tuned.items()},
+        train_args={m: {**train_args.get(m, {}), **tuned.get(m, {}).get("train_args", {})}
+                    for m in {*train_args, *tuned}},
+        search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet
+        tuning={m: t["tuning"] for m, t in tuned.items()},
     )
+
+
+def tuned_settings(path: Path) -> dict[str, dict]:
+    """method -> {method_args, train_args, tuning} from a committed tuning run (`bench tune`), or {} if none."""
+    return json.loads(path.read_text())["methods"] if path.exists() else {}
 
 
 def get_suite(name: str) -> Suite:
@@ -104,12 +132,13 @@ def sd15_pickapic_suite() -> Suite:
         pipeline="stable-diffusion-v1-5/stable-diffusion-v1-5",
         preference_data=_PICKAPIC,
         eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
+        validation_prompts=PromptSource(_PICKAPIC, split="validation_unique", column="caption"),
         metrics=_REAL_METRICS,
         budget=_DPO_BUDGET,
         train=TrainConfig(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, warmup_steps=500,
                           prompt_dropout=0.2, mixed_precision="fp16", checkpoint_every=100),
         eval=EvalConfig(images_per_prompt=1, steps=50, guidance=7.5, batch_size=16),
-        method_args={"dpo": {"beta": 2000.0}, "dense-dpo": {"beta": 2000.0}, "inpo": {"beta": 2000.0},
+        method_args={"dpo": {"beta": 2000.0}, "dpo-gamma-t": {"beta": 2000.0}, "inpo": {"beta": 2000.0},
                      "kto": {"beta": 5000.0}, "dspo": {"beta": 0.001}},
         train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000},
                     "inpo": {"lr": 1.024e-5, "grad_accum": 64, "warmup_steps": 200}},
@@ -132,13 +161,14 @@ def sdxl_pickapic_suite() -> Suite:
         pipeline="stabilityai/stable-diffusion-xl-base-1.0",
         preference_data=_PICKAPIC,
         eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
+        validation_prompts=PromptSource(_PICKAPIC, split="validation_unique", column="caption"),
         metrics=_REAL_METRICS,
         budget=_DPO_BUDGET,
         train=TrainConfig(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, warmup_steps=200,
                           prompt_dropout=0.2, mixed_precision="fp16", checkpoint_every=100, optimizer="adafactor",
                           gradient_checkpointing=True),
         eval=EvalConfig(images_per_prompt=1, steps=50, guidance=5.0, batch_size=8),
-        method_args={"dpo": {"beta": 5000.0}, "dense-dpo": {"beta": 5000.0}, "inpo": {"beta": 5000.0},
+        method_args={"dpo": {"beta": 5000.0}, "dpo-gamma-t": {"beta": 5000.0}, "inpo": {"beta": 5000.0},
                      "kto": {"beta": 5000.0}, "dspo": {"beta": 5000.0}},
         train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000}},
         dtype="fp16",

@@ -26,6 +26,8 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
     (["run", "--budget", "lots"], "cannot parse budget 'lots'"),
     (["run", "--suite", "tyo"], "unknown suite 'tyo'; did you mean 'toy'?"),
     (["run", "--method-arg", "inpo.mode=fast"], "inpo: mode must be one of"),
+    (["run", "--methods", "inpo", "--method-arg", "inpo.inversion=ddpm-ef"],
+     "inpo: inversion=ddpm-ef: InPO needs a deterministic inverter; ddpm-ef's inverted latent is fresh noise"),
     (["run", "--method-arg", "dpo.betta=3"], "has no field 'betta'"),
     (["run", "--method-arg", "kto.beta=2", "--methods", "dpo"], "not in --methods"),
     (["run", "--seeds", "a,b"], "--seeds"),
@@ -66,7 +68,10 @@ def test_run_writes_records_summary_and_resumes(in_tmp):
             assert set(run["win_rate_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n", "clusters", "runs"}
             assert set(run["delta_vs_base"]["oracle"]) == {"mean", "ci_low", "ci_high", "n", "clusters", "runs"}
     record = json.loads((in_tmp / "out" / "dpo-300nfe-s0.json").read_text())
-    assert record["schema_version"] == 2 and record["config"]["methods"]["dpo"]["config"]["beta"] == 500.0
+    # The tiny build ships no tuned.json: the paper's β, and no tuning provenance.
+    assert record["schema_version"] == 3 and record["config"]["methods"]["dpo"]["config"]["beta"] == 5000.0
+    assert record["tuning"] is None and record["config"]["eval_split"] == "test"
+    assert record["splits"]["test"]["count"] == 64 and record["splits"]["overlap_with_train"] == 0
     assert len(record["evaluation"]["scores"]["oracle"]) == 256 and record["environment"]["packages"]["torch"]
     assert (in_tmp / "out" / "table.md").exists() and not list((in_tmp / "out").glob("*.ckpt"))
 
