@@ -12,8 +12,10 @@ Resuming. The study lives in SQLite under the run directory (`tune.db`) or in `-
 database Optuna supports, shared by several machines). A killed sweep resumes where it stopped: a trial
 that was running when the process died is marked failed and asked again. The sampler is re-seeded before
 each trial with (seed, number of completed trials), and TPE conditions only on completed trials, so a
-resumed sweep asks the same values, and reaches the same best trials, as an uninterrupted one. With a
-shared `--storage`, workers seed by trial number instead (two workers must not ask the same values).
+resumed sweep asks the same values, and reaches the same best trials, as an uninterrupted one; the trial
+asked again runs in the killed one's directory, so its checkpoint (or its finished record) is reused. With a
+shared `--storage`, workers seed and name directories by trial number instead (two workers must not ask
+the same values).
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def tune_method(plan: TunePlan, method: str) -> dict:
         params = {name: s.suggest(trial, name) for name, s in space.items()}
         log.info("%s trial %d: %s", method, trial.number, params)
         try:
-            value, attrs = run_trial(plan, method, params, trial.number)
+            value, attrs = run_trial(plan, method, params, offset)
         except BaseException:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
@@ -168,9 +170,12 @@ def tune_method(plan: TunePlan, method: str) -> dict:
 
 
 def run_trial(plan: TunePlan, method: str, params: dict, number: int) -> tuple[float, dict]:
-    """Train and evaluate one trial (an ordinary run directory under `trials/`); returns the objective's mean on
-    the validation prompts and what the study keeps of it (record path relative to the run directory, NFE,
-    training seconds)."""
+    """Train and evaluate one trial (an ordinary run directory `trials/METHOD/trial-NNN`); returns the objective's
+    mean on the validation prompts and what the study keeps of it (record path relative to the run directory,
+    NFE, training seconds).
+
+    `number` is the count of completed trials (the trial number with a shared `--storage`): a trial asked again
+    after a kill gets the same values and the same directory, so its checkpoint or finished record is reused."""
     trial_dir = plan.run_dir / "trials" / method / f"trial-{number:03d}"
     path = execute(plan.trial_plan(method, params, trial_dir))[-1]
     record = read_record(path)
