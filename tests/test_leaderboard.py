@@ -201,10 +201,15 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
     extra = runner.invoke(app, ["leaderboard", "--results", str(results), "--check"])
     assert extra.exit_code == 1 and "output figures/old-suite-frontier.png is not produced by a rebuild" in extra.output
     assert runner.invoke(app, ["leaderboard", "--results", str(results)]).exit_code == 0 and not orphan.exists()
-    (results / "runs" / "toy" / "dpo-2steps-s0.json").write_text("{corrupt")
+    damaged = results / "runs" / "toy" / "dpo-2steps-s0.json"
+    saved = damaged.read_bytes()
+    damaged.write_text("{corrupt")
     corrupt = runner.invoke(app, ["leaderboard", "--results", str(results)])
+    skipped = runner.invoke(app, ["leaderboard", "--results", str(results), "--skip-bad"])
+    damaged.write_bytes(saved)  # the module's other tests share these records
     assert corrupt.exit_code == 2 and "dpo-2steps-s0.json is corrupt" in corrupt.output
-    assert runner.invoke(app, ["leaderboard", "--results", str(results), "--skip-bad"]).exit_code == 0
+    assert skipped.exit_code == 0
+    assert runner.invoke(app, ["leaderboard", "--results", str(results)]).exit_code == 0
 
 
 def test_rows_sort_by_budget_limit_whatever_the_unit():
@@ -262,7 +267,8 @@ def test_the_readme_results_block_is_the_generated_summary(results, tmp_path):
     shutil.copytree(results, root / "results")
     readme = root / "README.md"
     readme.write_text(f"# Title\n\nhand-written text\n\n{README_START}\nold claim: every method wins\n{README_END}\n\ntail\n")
-    assert runner.invoke(app, ["leaderboard", "--results", str(root / "results")]).exit_code == 0
+    built = runner.invoke(app, ["leaderboard", "--results", str(root / "results")])
+    assert built.exit_code == 0, built.output
     text = readme.read_text()
     assert text.startswith("# Title\n\nhand-written text\n\n") and text.endswith(f"{README_END}\n\ntail\n")
     block = readme_block(readme)
