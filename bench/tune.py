@@ -201,12 +201,13 @@ def summarize(study, plan: TunePlan) -> dict:
     }
 
 
-def tuning_provenance(plan: TunePlan, summary: dict) -> dict:
-    """What a final record says about how its settings were chosen."""
-    return {"objective": plan.objective, "split": "validation", "trials": summary["cost"]["trials"],
-            "budget_per_trial": str(plan.budget), "nfe": summary["cost"]["nfe"], "seconds": summary["cost"]["seconds"],
-            "best_trial": summary["best"]["trial"], "validation_score": summary["best"]["value"],
-            "params": summary["best"]["params"], "study": summary["study"]}
+def tuning_provenance(objective: str, summary: dict) -> dict:
+    """What a final record (and a suite's tuned.json) says about how a method's settings were chosen."""
+    return {"objective": objective, "split": "validation", "trials": summary["cost"]["trials"],
+            "budget_per_trial": summary["cost"]["budget_per_trial"], "nfe": summary["cost"]["nfe"],
+            "seconds": summary["cost"]["seconds"], "best_trial": summary["best"]["trial"],
+            "validation_score": summary["best"]["value"], "params": summary["best"]["params"],
+            "study": summary["study"]}
 
 
 def tune(plan: TunePlan, *, final: bool = True) -> dict:
@@ -225,7 +226,7 @@ def tune(plan: TunePlan, *, final: bool = True) -> dict:
             train_args={m: s["best"]["train_args"] for m, s in out["methods"].items()},
             run_dir=plan.run_dir / "final", resume=(plan.run_dir / "final" / "run.json").exists(),
             progress=plan.progress, scorer_options=plan.scorer_options)
-        final_plan.tuning = {m: tuning_provenance(plan, s) for m, s in out["methods"].items()}
+        final_plan.tuning = {m: tuning_provenance(plan.objective, s) for m, s in out["methods"].items()}
         out["final_records"] = [str(p) for p in execute(final_plan)]
         write_json_atomic(plan.run_dir / "tune.json", {**out, "environment": environment(), "created": now()})
     return out
@@ -234,9 +235,5 @@ def tune(plan: TunePlan, *, final: bool = True) -> dict:
 def suite_defaults(tune_json: dict) -> dict:
     """The settings a suite ships from a tuning run: method -> {method_args, train_args, tuning}."""
     return {m: {"method_args": s["best"]["method_args"], "train_args": s["best"]["train_args"],
-                "tuning": {"objective": tune_json["objective"], "split": tune_json["split"],
-                           "trials": s["cost"]["trials"], "budget_per_trial": s["cost"]["budget_per_trial"],
-                           "nfe": s["cost"]["nfe"], "seconds": s["cost"]["seconds"],
-                           "best_trial": s["best"]["trial"], "validation_score": s["best"]["value"],
-                           "params": s["best"]["params"], "study": s["study"]}}
+                "tuning": tuning_provenance(tune_json["objective"], s)}
             for m, s in tune_json["methods"].items()}
