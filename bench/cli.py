@@ -107,8 +107,10 @@ def _held_out_renders(images: int):
 
 @app.command()
 def run(
-    methods: str = typer.Option(None, "--methods", "-m", help="comma-separated method names (see `bench list`); "
-                                "default: the suite's (dpo,inpo,kto)"),
+    methods: str = typer.Option(None, "--methods", "-m", help="comma-separated method names (see `bench list`), or "
+                                "LABEL=METHOD to run a method again under a label (an ablation: --methods "
+                                "dpo-gamma-t,uniform-t=dpo-gamma-t -a uniform-t.gamma=1); default: the suite's "
+                                "(dpo,inpo,kto)"),
     suite: str = typer.Option("toy", help="suite to run (see `bench list`)"),
     budget: str = typer.Option(None, "--budget", "--budgets",
                                help="compute budget per method, e.g. 4e4nfe, 90s, 400steps; a comma-separated list "

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class RunPlan:
     scorer_options: ScorerOptions = field(default_factory=ScorerOptions)  # weights paths, HPS version, CLIP backbone
     native_space: str | None = None  # the pipeline's prediction space ("eps", "v"); None until it is known
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.tune`)
+    algorithms: dict[str, str] = field(default_factory=dict)  # label -> registered method, where they differ
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -81,7 +83,8 @@ class RunPlan:
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
-            "methods": {name: {"config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
+            "methods": {name: {**({"algorithm": self.algorithms[name]} if self.algorithms.get(name, name) != name else {}),
+                               "config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
         }
 
@@ -100,6 +103,29 @@ def parse_method_args(items: list[str], option: str = "--method-arg", any_method
     return out
 
 
+LABEL = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def parse_method_specs(specs: list[str]) -> dict[str, str]:
+    """["dpo", "uniform-t=dpo-gamma-t"] -> {"dpo": "dpo", "uniform-t": "dpo-gamma-t"}: each entry is a registered
+    method or LABEL=METHOD, which runs METHOD under its own label (its records, arguments and rows go by the
+    label), so that one method can be compared with itself under other settings, e.g. an ablation. A
+    deprecated method name warns and becomes its current name."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        label, sep, name = (part.strip() for part in spec.partition("="))
+        algorithm = METHODS.resolve(name if sep else label)
+        label = label if sep else algorithm
+        if sep and not LABEL.fullmatch(label):
+            raise RunSetupError(f"--methods {spec!r}: a label is lower-case letters, digits, '.', '_' and '-'")
+        if label == "base" or (label != algorithm and (label in METHODS or METHODS.canonical(label) != label)):
+            raise RunSetupError(f"--methods {spec!r}: the label {label!r} is taken (the base model or another method)")
+        if label in out:
+            raise RunSetupError(f"--methods lists {label!r} twice; give one of them a label, e.g. {label}-b={algorithm}")
+        out[label] = algorithm
+    return out
+
+
 def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | None = None, seeds: list[int] | None = None,
              method_args: dict[str, dict[str, str]] | None = None, train_args: dict[str, dict[str, str]] | None = None,
              run_dir: Path, resume: bool = False,
@@ -112,17 +138,16 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     evaluates trials on); `prompts` replaces the test prompts (a file or a standard set)."""
     if not method_names:
         raise RunSetupError("no methods given; e.g. --methods dpo,inpo,kto")
-    method_names = [METHODS.resolve(name) for name in method_names]  # a deprecated name warns, becomes the new one
-    if len(set(method_names)) != len(method_names):
-        raise RunSetupError(f"--methods lists a method twice: {','.join(method_names)}")
+    algorithms = parse_method_specs(method_names)  # label -> registered method
+    method_names = list(algorithms)
     SCORERS.check(list(suite.metrics))
     scorer_options = scorer_options or ScorerOptions()
     try:
         scorer_options.check(list(suite.metrics))
     except ValueError as err:
         raise RunSetupError(f"{err} (the {suite.name} suite's metrics)") from None
-    def current_names(given: dict) -> dict:  # deprecated method names -> their new names ("*" kept)
-        return {name if name == "*" else METHODS.resolve(name): value for name, value in given.items()}
+    def current_names(given: dict) -> dict:  # deprecated method names -> their new names ("*" and labels kept)
+        return {name if name == "*" or name in algorithms else METHODS.resolve(name): value for name, value in given.items()}
 
     method_args, train_args = current_names(method_args or {}), current_names(train_args or {})
     for option, given in (("--method-arg", method_args), ("--train-arg", train_args)):
@@ -132,12 +157,12 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     suite_method_args = {METHODS.canonical(name): value for name, value in suite.method_args.items()}
     suite_train_args = {METHODS.canonical(name): value for name, value in suite.train_args.items()}
     methods, train_configs = {}, {}
-    for name in method_names:
-        cls = METHODS.get(name)
+    for name, algorithm in algorithms.items():  # the suite's settings by method, the user's by label
+        cls = METHODS.get(algorithm)
         try:
-            config = apply_overrides(cls.Config(), {**suite_method_args.get(name, {}), **method_args.get(name, {})})
+            config = apply_overrides(cls.Config(), {**suite_method_args.get(algorithm, {}), **method_args.get(name, {})})
             methods[name] = cls(config)
-            train_configs[name] = apply_overrides(suite.train, {**suite_train_args.get(name, {}),
+            train_configs[name] = apply_overrides(suite.train, {**suite_train_args.get(algorithm, {}),
                                                                 **train_args.get("*", {}), **train_args.get(name, {})})
         except (OverrideError, ValueError, KeyError) as err:
             raise RunSetupError(f"{name}: {err}") from None
@@ -170,7 +195,8 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
                    *resolve_prompts(prompts if prompts is not None else source), split, dtype, scorer_options,
-                   tuning={name: suite.tuning[name] for name in methods if name in suite.tuning},
+                   tuning={name: suite.tuning[a] for name, a in algorithms.items() if a in suite.tuning},
+                   algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline))  # records "native" resolved
     manifest = plan.run_dir / "run.json"
     if resume:

@@ -261,6 +261,30 @@ def test_dense_dpo_is_a_deprecated_alias_of_dpo_gamma_t(tmp_path):
         METHODS.alias("dense-dpo", "dpo")
 
 
+def test_a_labelled_method_runs_beside_itself_with_its_own_arguments(tmp_path):
+    """`--methods dpo-gamma-t,uniform-t=dpo-gamma-t -a uniform-t.gamma=1`: the β-matched ablation. Both get the
+    suite's settings for dpo-gamma-t (β, lr); only the label's own argument differs; the record says which
+    method a label runs."""
+    from bench.run import RunSetupError, plan_run
+    from bench.suites import get_suite
+
+    suite = get_suite("sd15-pickapic")
+    plan = plan_run(suite, ["dpo-gamma-t", "uniform-t=dpo-gamma-t"], run_dir=tmp_path / "run", prompts=["a prompt"],
+                    method_args={"uniform-t": {"gamma": "1"}}, train_args={"dpo-gamma-t": {"lr": "2e-6"}})
+    tuned, ablated = plan.methods["dpo-gamma-t"].config, plan.methods["uniform-t"].config
+    assert type(plan.methods["uniform-t"]) is METHODS.get("dpo-gamma-t")
+    assert (ablated.gamma, tuned.gamma) == (1.0, METHODS.get("dpo-gamma-t").Config().gamma)
+    assert ablated.beta == tuned.beta == 2000.0  # the suite's β for the method reaches its labelled copy
+    assert plan.train_configs["dpo-gamma-t"].lr == 2e-6 and plan.train_configs["uniform-t"].lr == suite.train.lr
+    config = plan.config()["methods"]
+    assert config["uniform-t"]["algorithm"] == "dpo-gamma-t" and "algorithm" not in config["dpo-gamma-t"]
+    for methods, match in ((["dpo", "dpo"], "lists 'dpo' twice"), (["base=dpo"], "'base' is taken"),
+                           (["kto=dpo"], "'kto' is taken"), (["Bad Label=dpo"], "a label is lower-case"),
+                           (["x=nope"], "nope")):
+        with pytest.raises((RunSetupError, KeyError, ValueError), match=match):
+            plan_run(suite, methods, run_dir=tmp_path / "other", prompts=["a prompt"])
+
+
 def test_records_of_dense_dpo_are_read_as_dpo_gamma_t(tmp_path):
     """The leaderboard, `bench report` and the figures group records by method: one written as dense-dpo counts
     as dpo-gamma-t."""
