@@ -46,13 +46,13 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bench.backbone import BackboneLoadError
-    from bench.budget import BudgetError
-    from bench.config import OverrideError
-    from bench.data import DataError
-    from bench.records import RecordError
-    from bench.registry import UnknownNameError
-    from bench.run import RunSetupError
+    from bench.core.backbone import BackboneLoadError
+    from bench.core.budget import BudgetError
+    from bench.core.config import OverrideError
+    from bench.core.records import RecordError
+    from bench.core.registry import UnknownNameError
+    from bench.harness.data import DataError
+    from bench.harness.run import RunSetupError
     from metrics.base import MissingWeightsError
     from metrics.weights import UnsafeWeightsError
 
@@ -146,12 +146,12 @@ def run(
 ) -> None:
     """Train each method under the same budget, evaluate against the base model, write run records."""
     _quiet_libraries()
-    from bench.budget import Budget
-    from bench.processes import processes
-    from bench.records import write_json_atomic
-    from bench.report import comparison_table, directions, display_table, write_tables
-    from bench.run import execute, parse_method_args, plan_run, summary
-    from bench.suites import get_suite
+    from bench.core.budget import Budget
+    from bench.core.processes import processes
+    from bench.core.records import write_json_atomic
+    from bench.harness.run import execute, parse_method_args, plan_run, summary
+    from bench.harness.suites import get_suite
+    from bench.results.report import comparison_table, directions, display_table, write_tables
     from metrics.build import ScorerOptions
 
     try:
@@ -173,8 +173,8 @@ def run(
                         dtype=dtype, scorer_options=ScorerOptions(_parse_weights(weights), hps_version, clip_backbone,
                                                                   allow_pickle))
         if dry_run:
-            from bench.dryrun import dry_run as plan_dry_run
-            from bench.dryrun import report_notes, report_tables
+            from bench.harness.dryrun import dry_run as plan_dry_run
+            from bench.harness.dryrun import report_notes, report_tables
 
             report = plan_dry_run(plan, seconds_per_nfe=seconds_per_nfe)
             for table in report_tables(report):
@@ -197,7 +197,7 @@ def run(
         paths = execute(plan, on_record=announce)
     except _user_errors() as err:
         _fail(str(err))
-    from bench.records import read_record
+    from bench.core.records import read_record
 
     if not processes().is_main_process:  # under accelerate launch / torchrun, one process reports
         return
@@ -235,11 +235,11 @@ def tune(
     """Tune every method with the same number of trials on validation prompts, then retrain the best settings on
     several seeds and report them on test prompts."""
     _quiet_libraries()
-    from bench.budget import Budget
-    from bench.records import write_json_atomic
-    from bench.suites import get_suite
-    from bench.tune import plan_tune, suite_defaults
-    from bench.tune import tune as run_tune
+    from bench.core.budget import Budget
+    from bench.core.records import write_json_atomic
+    from bench.harness.suites import get_suite
+    from bench.harness.tune import plan_tune, suite_defaults
+    from bench.harness.tune import tune as run_tune
 
     try:
         the_suite = get_suite(suite)
@@ -289,12 +289,12 @@ def invert(
 ) -> None:
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
     _quiet_libraries()
-    from bench.backbone import Backbone
-    from bench.figures import inversion_error_vs_nfe, inversion_time_per_image
-    from bench.invert import InvertConfig, load_image_dir, run_inversion_benchmark
-    from bench.records import environment, now, write_json_atomic, write_text_atomic
-    from bench.report import inversion_table, three_significant
-    from bench.suites import get_suite
+    from bench.core.backbone import Backbone
+    from bench.core.records import environment, now, write_json_atomic, write_text_atomic
+    from bench.harness.invert import InvertConfig, load_image_dir, run_inversion_benchmark
+    from bench.harness.suites import get_suite
+    from bench.results.figures import inversion_error_vs_nfe, inversion_time_per_image
+    from bench.results.report import inversion_table, three_significant
 
     try:
         scales = tuple(float(w) for w in _split(guidances))
@@ -341,11 +341,11 @@ def speed(
 ) -> None:
     """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians)."""
     _quiet_libraries()
-    from bench.backbone import Backbone
-    from bench.invert import InvertConfig, run_inversion_benchmark
-    from bench.records import environment, now, write_json_atomic
-    from bench.report import stored_state
-    from bench.suites import get_suite
+    from bench.core.backbone import Backbone
+    from bench.core.records import environment, now, write_json_atomic
+    from bench.harness.invert import InvertConfig, run_inversion_benchmark
+    from bench.harness.suites import get_suite
+    from bench.results.report import stored_state
 
     try:
         names = _split(samplers)
@@ -387,7 +387,7 @@ def report(
                                "95% CIs, bootstrap p Holm-adjusted over the table) for the primary metric and --metrics"),
 ) -> None:
     """Comparison tables from run records: one row per method, mean ± 95% CI, win rate and Δ vs base, budget used."""
-    from bench.report import (
+    from bench.results.report import (
         comparison_table,
         directions,
         display_pairs,
@@ -427,7 +427,7 @@ def figures(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
     """Paper figures: efficiency frontier, win rates, proxy vs oracle, inversion error and time, sample grids."""
-    from bench.leaderboard import build_figures
+    from bench.results.leaderboard import build_figures
 
     if fmt not in ("png", "pdf"):
         _fail(f"--format {fmt!r}: choose png or pdf")
@@ -448,8 +448,8 @@ def leaderboard(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
     """Rebuild results/leaderboard.md, .csv, figures/ and index.html from the committed run records."""
-    from bench.leaderboard import build
-    from bench.leaderboard import check as check_leaderboard
+    from bench.results.leaderboard import build
+    from bench.results.leaderboard import check as check_leaderboard
 
     try:
         if check:
@@ -469,7 +469,7 @@ def leaderboard(
 @app.command("list")
 def list_registry() -> None:
     """List the registered alignment methods, inversion samplers, metrics and suites."""
-    from bench.suites import SUITES
+    from bench.harness.suites import SUITES
     from methods.alignment import METHODS
     from methods.inversion import SAMPLERS
     from metrics import SCORERS
@@ -514,7 +514,7 @@ def _load_image(path: Path):
     import torch
     from PIL import Image
 
-    from bench.data import as_rgb
+    from bench.harness.data import as_rgb
 
     with Image.open(path) as img:
         array = np.asarray(as_rgb(img), dtype=np.uint8)
@@ -538,7 +538,7 @@ def _image_batches(files: list[Path] | None, images, prompts: list[str], batch_s
             yield group, [prompts[i] for i in group], torch.stack([loaded[i] for i in group])
 
 
-TOY_SAMPLING = {"steps": 20, "guidance": 3.0}  # the toy suite's evaluation sampler (bench.config.EvalConfig defaults)
+TOY_SAMPLING = {"steps": 20, "guidance": 3.0}  # the toy suite's evaluation sampler (bench.core.config.EvalConfig defaults)
 
 
 def _toy_images(renders: int | None, samples: int | None, seed: int, pipeline: Path | None, quiet: bool):
@@ -553,9 +553,9 @@ def _toy_images(renders: int | None, samples: int | None, seed: int, pipeline: P
         rng = random.Random(seed)
         scenes = [sample_scene(held_out[i % len(held_out)], rng) for i in range(renders)]
         return render(scenes), [s.combo.caption for s in scenes], {"toy_renders": renders, "seed": seed}
-    from bench.backbone import Backbone
-    from bench.sampling import generate
-    from bench.suites import toy_dir
+    from bench.core.backbone import Backbone
+    from bench.harness.sampling import generate
+    from bench.toy.paths import toy_dir
 
     source = pipeline or toy_dir() / "pipeline"
     captions = [held_out[i % len(held_out)].caption for i in range(samples)]
@@ -568,7 +568,7 @@ def _toy_images(renders: int | None, samples: int | None, seed: int, pipeline: P
 
 def _save_images(out: Path, images, prompts: list[str]) -> None:
     """images as out/00000.png ... and out/prompts.txt, one prompt a line: re-scorable with --images/--prompts."""
-    from bench.toy.preferences import png_bytes
+    from bench.harness.toy_build.preferences import png_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
@@ -610,9 +610,9 @@ def eval_images(
     _quiet_libraries()
     import torch
 
-    from bench.progress import progress_bar
-    from bench.records import environment, now, write_json_atomic
-    from bench.stats import bootstrap_mean
+    from bench.core.progress import progress_bar
+    from bench.core.records import environment, now, write_json_atomic
+    from bench.core.stats import bootstrap_mean
     from metrics import SCORERS
     from metrics.build import ScorerOptions, build_scorers
 
@@ -641,7 +641,7 @@ def eval_images(
             _fail(f"--save-images {save_images}: exists and is not an empty directory")
     files = None
     if images is not None:
-        from bench.data import image_files
+        from bench.harness.data import image_files
 
         try:
             files = image_files(images)  # natural order: 2.png before 10.png
@@ -724,7 +724,7 @@ def list_weights(
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the listing here"),
 ) -> None:
     """List each scorer's weight files: where each was found (or "missing"), size and SHA256."""
-    from bench.records import write_json_atomic
+    from bench.core.records import write_json_atomic
     from metrics import SCORERS
     from metrics.base import MissingWeightsError, weight_record
 
@@ -780,8 +780,8 @@ def toy_build(
 ) -> None:
     """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
     _quiet_libraries()
-    from bench.cache import cache_dir
-    from bench.toy.build import build_toy
+    from bench.core.cache import cache_dir
+    from bench.harness.toy_build.build import build_toy
 
     if reuse_pipeline is not None and not (reuse_pipeline / "model_index.json").is_file():
         _fail(f"--reuse-pipeline {reuse_pipeline}: not a pipeline directory (no model_index.json)")
@@ -803,9 +803,9 @@ def toy_build_scorers(
     """Train the toy proxy scorers toy-clip and toy-pickscore and report their Spearman ρ with the oracle
     (deterministic; ~4 CPU-minutes: ~7 min with OMP_NUM_THREADS=1 on a busy 2-core machine)."""
     _quiet_libraries()
-    from bench.cache import cache_dir
-    from bench.suites import toy_dir
-    from bench.toy.scorers import build_toy_scorers
+    from bench.core.cache import cache_dir
+    from bench.harness.toy_build.scorers import build_toy_scorers
+    from bench.toy.paths import toy_dir
 
     target = out or cache_dir() / "toy" / "scorers"
     try:

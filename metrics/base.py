@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
+from metrics.weights import MissingWeightsError, WeightSpec, resolve, sha256_file
 
-if TYPE_CHECKING:
-    from metrics.weights import WeightSpec
+__all__ = ["SCORERS", "MissingWeightsError", "Scorer"]  # MissingWeightsError lives with the weight lookup
 
 SCORERS: Registry[type[Scorer]] = Registry("metric", entry_point_group="diffusion_align_bench.metrics")
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A scorer's weights are not available locally; the message says where to get them."""
 
 
 class Scorer(ABC):
@@ -41,8 +37,6 @@ class Scorer(ABC):
     @classmethod
     def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
         """Where `spec` is found locally (see `metrics.weights.resolve`), or MissingWeightsError."""
-        from metrics.weights import resolve
-
         return resolve(spec, explicit)
 
     @abstractmethod
@@ -70,8 +64,6 @@ _SHA256: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> digest; 
 
 
 def _sha256(file: Path) -> str:
-    from metrics.weights import sha256_file
-
     stat = file.stat()
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA256:

@@ -16,7 +16,7 @@ Backbones (`backbone=`):
   the tag's hub repo, or from `weights=`), or "ViT-B-32" with `weights=FILE` (a state dict, or
   OpenAI's TorchScript `ViT-B-32.pt`).
 
-The text side uses CLIP's BPE tokenizer (`bench.clip_bpe`, ids equal to OpenAI's and LAION's) for
+The text side uses CLIP's BPE tokenizer (`bench.core.clip_bpe`, ids equal to OpenAI's and LAION's) for
 transformers backbones and open_clip's tokenizer for open_clip ones, truncated to the context length.
 
 This module also holds what the CLIP-based scorers share (`ClipBackbone`, `ClipPreprocess`): the
@@ -151,7 +151,7 @@ class ClipBackbone:
         """A transformers `CLIPModel` directory (config.json + weights); tokenizer: CLIP's BPE."""
         from transformers import CLIPModel
 
-        from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+        from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
 
         path = Path(path)
         if not (path / "config.json").is_file():

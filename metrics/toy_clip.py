@@ -9,7 +9,7 @@ The model is an open_clip `CLIP` built from a custom model config (`ToyClipConfi
 open_clip's `model_configs/*.json` format): a ViT on the 32x32 toy images (patch 4, so 64 patches,
 width 64, 3 layers), a causal text transformer over CLIP's real BPE vocabulary (open_clip's
 `SimpleTokenizer`, 16 positions; toy captions are <= 14 tokens; EOT-pooled), embeddings of width 64.
-Training (contrastive on toy renders, then PickScore fine-tuning) is `bench.toy.scorers` (`bench toy
+Training (contrastive on toy renders, then PickScore fine-tuning) is `bench.harness.toy_build.scorers` (`bench toy
 build-scorers`). Scoring goes through the same `ClipBackbone` open_clip path as `clip` with an
 open_clip backbone. Images are preprocessed as CLIP does (`ClipPreprocess`, size 32, OpenAI
 mean/std); any other resolution is resized.
@@ -38,13 +38,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bench.toy.paths import TOY_DIR_ENV, toy_dirs
 from metrics.base import SCORERS, MissingWeightsError, Scorer
 from metrics.clip_score import ClipBackbone, ClipPreprocess, batched_features, clip_score
 from metrics.pickscore import pickscore
 from metrics.weights import WEIGHTS_ENV, WeightSpec
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "bench" / "toy" / "assets" / "scorers"
-TOY_DIR_ENV = "BENCH_TOY_DIR"
 TOKEN_KEY = "token_embedding.weight"  # open_clip CLIP
 METADATA_KEY = "toy_clip"  # JSON: config, open_clip_config, info
 _SOURCE = "shipped: bench/toy/assets/scorers (`bench toy build-scorers`)"
@@ -70,7 +69,7 @@ class ToyClipConfig:
 
     def open_clip_config(self) -> dict:
         """open_clip's model config (as in `open_clip/model_configs/ViT-B-32.json`)."""
-        from bench.clip_bpe import CLIP_VOCAB_SIZE
+        from bench.core.clip_bpe import CLIP_VOCAB_SIZE
 
         vision = dict(image_size=self.image_size, patch_size=self.patch_size, width=self.vision_width,
                       layers=self.vision_layers, head_width=self.vision_width // self.heads, mlp_ratio=self.mlp_ratio)
@@ -111,7 +110,7 @@ def save_toy_clip(model, cfg: ToyClipConfig, path: str | Path, used_token_ids: l
     # One metadata key: safetensors writes several in a random order, and the file's SHA256 should not vary.
     facts = {"config": dataclasses.asdict(cfg), "open_clip_config": cfg.open_clip_config(), "info": info or {}}
     metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True)}
-    from bench.records import atomic_output
+    from bench.core.records import atomic_output
 
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
@@ -162,9 +161,9 @@ class _ToyClipScorer(Scorer):
             explicit = Path(explicit)
             looked = [explicit / spec.filename if explicit.is_dir() else explicit]
         else:
-            weights_dir, toy_dir = os.environ.get(WEIGHTS_ENV), os.environ.get(TOY_DIR_ENV)
+            weights_dir = os.environ.get(WEIGHTS_ENV)
             looked = [Path(weights_dir) / spec.scorer / spec.filename, Path(weights_dir) / spec.filename] if weights_dir else []
-            looked += ([Path(toy_dir) / "scorers" / spec.filename] if toy_dir else []) + [SHIPPED_DIR / spec.filename]
+            looked += [d / "scorers" / spec.filename for d in toy_dirs()]
         for path in looked:
             if path.is_file():
                 return path

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from metrics.base import MissingWeightsError
-
 WEIGHTS_ENV = "BENCH_WEIGHTS_DIR"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A scorer's weights are not available locally; the message says where to get them."""
 
 
 class UnsafeWeightsError(ValueError):

@@ -46,10 +46,10 @@ def tiny_backbone(tiny_arch):
 @pytest.fixture(scope="session")
 def tiny_toy_dir(tmp_path_factory, tiny_arch):
     """A complete toy build (pipeline, preference parquet, build.json) at a tiny, seconds-long scale."""
-    from bench.config import EvalConfig
-    from bench.toy.build import ToyBuildConfig, build_toy
-    from bench.toy.preferences import PreferenceConfig
-    from bench.toy.pretrain import PretrainConfig
+    from bench.core.config import EvalConfig
+    from bench.harness.toy_build.build import ToyBuildConfig, build_toy
+    from bench.harness.toy_build.preferences import PreferenceConfig
+    from bench.harness.toy_build.pretrain import PretrainConfig
 
     out = tmp_path_factory.mktemp("tiny-toy")
     cfg = ToyBuildConfig(
@@ -69,8 +69,8 @@ def tiny_sdxl_backbone(tiny_arch):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from bench.backbone import Backbone
-    from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+    from bench.core.backbone import Backbone
+    from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
     from bench.toy.pipeline import build_components, sd_ddim_scheduler
 
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from bench.backbone import Backbone, BackboneLoadError, Conditioning
-from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+from bench.core.backbone import Backbone, BackboneLoadError, Conditioning
+from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
 from bench.toy.pipeline import build_components, sd_ddim_scheduler
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.budget import Budget, BudgetError, BudgetMeter, Usage
-from bench.registry import Registry, UnknownNameError
-from bench.stats import (
+from bench.core.budget import Budget, BudgetError, BudgetMeter, Usage
+from bench.core.registry import Registry, UnknownNameError
+from bench.core.stats import (
     bootstrap_mean,
     bootstrap_test,
     compare_methods,
@@ -200,12 +200,12 @@ def test_compare_methods_pairs_runs_by_seed_and_resamples_seeds_then_prompts():
 
 
 def test_run_statistics_is_what_a_run_record_stores():
-    """`bench run` stores `bench.evaluation.aggregate` and `compare_to_base`; a record read back, the report and the
+    """`bench run` stores `bench.harness.evaluation.aggregate` and `compare_to_base`; a record read back, the report and the
     leaderboard compute `run_statistics`: the same numbers, to the last bit."""
     from types import SimpleNamespace
 
-    from bench.config import EvalConfig
-    from bench.evaluation import EvalResult, aggregate, compare_to_base
+    from bench.core.config import EvalConfig
+    from bench.harness.evaluation import EvalResult, aggregate, compare_to_base
 
     gen = torch.Generator().manual_seed(0)
     prompts, seeds = [f"prompt {i // 4}" for i in range(32)], list(range(32))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import DataError, as_rgb, decode_images, encode_preferences, load_pickapic, png_bytes, preference_pairs
+from bench.harness.data import DataError, as_rgb, decode_images, encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.toy.world import all_combos, render_dataset
 
 
@@ -84,7 +84,7 @@ def test_directory_splits_are_matched_by_name_not_substring(pickapic_parquet, tm
 
 
 def test_natural_order_of_image_files():
-    from bench.data import natural_key
+    from bench.harness.data import natural_key
 
     names = ["10.png", "2.png", "1\u00b23.png", "02.png", "a.png", "1.png", "img_10.png", "img_9.png", "a", "a1"]
     assert sorted(names, key=natural_key) == ["1.png", "1\u00b23.png", "02.png", "2.png", "10.png", "a", "a1", "a.png",

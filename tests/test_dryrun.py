@@ -10,9 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench.budget import Budget
 from bench.cli import app
-from bench.dryrun import (
+from bench.core.budget import Budget
+from bench.core.real_configs import SD15, SDXL
+from bench.harness.dryrun import (
     DryRunError,
     activation_bytes,
     budget_plan,
@@ -23,9 +24,8 @@ from bench.dryrun import (
     optimizer_state_bytes,
     parameter_count,
 )
-from bench.real_configs import SD15, SDXL
-from bench.run import plan_run
-from bench.suites import get_suite
+from bench.harness.run import plan_run
+from bench.harness.suites import get_suite
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from bench.backbone import Backbone
+from bench.core.backbone import Backbone
 from bench.toy.pipeline import build_components, sd_ddim_scheduler
 from methods.alignment.inpo import inversion_levels, inverted_noise
 from methods.inversion.base import sampling_levels
@@ -16,7 +16,7 @@ from methods.inversion.ddim import DDIMInversion
 
 
 def _float64_eps_backbone(tiny_arch) -> Backbone:
-    from bench.clip_bpe import clip_bpe_tokenizer
+    from bench.core.clip_bpe import clip_bpe_tokenizer
 
     unet, vae, text, _ = build_components(tiny_arch, seed=0)
     for m in (unet, vae, text):
@@ -142,9 +142,9 @@ def test_inpo_refuses_a_stochastic_inverter_by_name():
 
 
 def test_inversion_benchmark_at_two_guidances_records_both_and_the_stored_state(tiny_arch, tmp_path):
-    from bench.figures import inversion_error_vs_nfe, inversion_time_per_image
-    from bench.invert import InvertConfig, run_inversion_benchmark
-    from bench.report import inversion_table, stored_state
+    from bench.harness.invert import InvertConfig, run_inversion_benchmark
+    from bench.results.figures import inversion_error_vs_nfe, inversion_time_per_image
+    from bench.results.report import inversion_table, stored_state
 
     backbone = _float64_eps_backbone(tiny_arch)
     images = torch.rand((2, 3, backbone.image_size, backbone.image_size), generator=torch.Generator().manual_seed(0))

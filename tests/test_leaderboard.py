@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.records import RecordError
+from bench.core.records import RecordError
 
 runner = CliRunner()
 
@@ -67,8 +67,8 @@ def _record(method, seed, scores, prompts=("p", "p", "q", "q"), budget=10.0):
 
 
 def test_pairs_table_pairs_shared_seeds_and_adjusts_over_the_table():
-    from bench.report import pairs_table
-    from bench.stats import compare_methods, holm
+    from bench.core.stats import compare_methods, holm
+    from bench.results.report import pairs_table
 
     records = [_record("base", None, (0, 0, 0, 0)),
                _record("dpo", 0, (2, 2, 1, 1)), _record("dpo", 1, (3, 3, 0, 0)),
@@ -109,7 +109,7 @@ def _base_table(rows):
 
 
 def test_statements_against_the_base_model_follow_the_intervals():
-    from bench.leaderboard import base_statements, verdict_vs_base
+    from bench.results.leaderboard import base_statements, verdict_vs_base
 
     assert (verdict_vs_base(0.01, 0.2), verdict_vs_base(-0.2, -0.01)) == ("raises", "lowers")
     assert verdict_vs_base(0.0, 0.2) == verdict_vs_base(-0.1, 0.1) == "no detectable difference"  # 0 in the CI
@@ -137,7 +137,7 @@ def _pairs(rows, higher=True):
 
 
 def test_statements_between_methods_need_a_holm_adjusted_p_below_005():
-    from bench.leaderboard import pair_statements
+    from bench.results.leaderboard import pair_statements
 
     rows = [("dpo", "inpo", -0.3, -0.4, -0.2, 0.01),   # inpo higher: named first, Δ inpo − dpo
             ("dpo", "kto", 0.2, 0.1, 0.3, 0.049),      # dpo higher
@@ -213,7 +213,7 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
 
 
 def test_rows_sort_by_budget_limit_whatever_the_unit():
-    from bench.report import comparison_table, display_table
+    from bench.results.report import comparison_table, display_table
 
     def record(method, limit, unit="gpu-h", scores=(1.0, 2.0, 3.0)):
         return {"suite": "s", "method": method, "seed": None if method == "base" else 0,
@@ -261,7 +261,7 @@ def test_leaderboard_without_records_touches_nothing_and_stray_json_is_passed_ov
 def test_the_readme_results_block_is_the_generated_summary(results, tmp_path):
     import shutil
 
-    from bench.leaderboard import README_END, README_START, readme_block
+    from bench.results.leaderboard import README_END, README_START, readme_block
 
     root = tmp_path / "project"
     shutil.copytree(results, root / "results")

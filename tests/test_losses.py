@@ -183,8 +183,8 @@ def test_backbone_targets_and_predictions_in_every_space(tiny_backbone):
 
 
 def test_describe_records_the_resolved_loss_space(tiny_backbone, tmp_path):
-    from bench.run import plan_run
-    from bench.suites import get_suite
+    from bench.harness.run import plan_run
+    from bench.harness.suites import get_suite
 
     dpo = METHODS.get("dpo")
     assert dpo().describe()["loss_space"] == "native"

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.backbone import Backbone
-from bench.budget import Budget
-from bench.config import TrainConfig
-from bench.data import encode_preferences, load_pickapic, preference_pairs
-from bench.search_space import Choice, FloatRange, IntRange, search_space
-from bench.trainer import Trainer
+from bench.core.backbone import Backbone
+from bench.core.budget import Budget
+from bench.core.config import TrainConfig
+from bench.core.search_space import Choice, FloatRange, IntRange, search_space
+from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
+from bench.harness.trainer import Trainer
 from methods.alignment import METHODS
 from methods.alignment.base import PairBatch
 from methods.alignment.dpo import dpo_loss
@@ -244,8 +244,8 @@ def test_method_flags():
 
 
 def test_dense_dpo_is_a_deprecated_alias_of_dpo_gamma_t(tmp_path):
-    from bench.run import plan_run
-    from bench.suites import get_suite
+    from bench.harness.run import plan_run
+    from bench.harness.suites import get_suite
 
     with pytest.warns(FutureWarning, match="'dense-dpo' is deprecated; use 'dpo-gamma-t'"):
         cls = METHODS.get("dense-dpo")
@@ -265,8 +265,8 @@ def test_a_labelled_method_runs_beside_itself_with_its_own_arguments(tmp_path):
     """`--methods dpo-gamma-t,uniform-t=dpo-gamma-t -a uniform-t.gamma=1`: the β-matched ablation. Both get the
     suite's settings for dpo-gamma-t (β, lr); only the label's own argument differs; the record says which
     method a label runs."""
-    from bench.run import RunSetupError, plan_run
-    from bench.suites import get_suite
+    from bench.harness.run import RunSetupError, plan_run
+    from bench.harness.suites import get_suite
 
     suite = get_suite("sd15-pickapic")
     plan = plan_run(suite, ["dpo-gamma-t", "uniform-t=dpo-gamma-t"], run_dir=tmp_path / "run", prompts=["a prompt"],
@@ -290,8 +290,8 @@ def test_records_of_dense_dpo_are_read_as_dpo_gamma_t(tmp_path):
     as dpo-gamma-t."""
     import json
 
-    from bench.records import SCHEMA_VERSION
-    from bench.report import load_records
+    from bench.core.records import SCHEMA_VERSION
+    from bench.results.report import load_records
 
     path = tmp_path / "dense-dpo-40000nfe-s0.json"
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "kind": "alignment-run", "method": "dense-dpo"}))

@@ -40,14 +40,14 @@ def base_model_mean() -> float:
     """The shipped base model's mean oracle score, sampled here: the first evaluation image of every test prompt.
 
     The toy suite evaluates 4 images per prompt with seeds 0..255 (image i of prompt j has seed 4j + i,
-    `bench.evaluation.evaluation_set`); this samples i = 0 of each prompt (64 images, ~7 s on one core)
+    `bench.harness.evaluation.evaluation_set`); this samples i = 0 of each prompt (64 images, ~7 s on one core)
     and scores it with this oracle, so the number always matches the oracle under test. Over all 256
     images the mean is 2.60; these 64 give 2.25.
     """
-    from bench.backbone import Backbone
-    from bench.evaluation import evaluation_set
-    from bench.sampling import generate
-    from bench.suites import get_suite, toy_dir
+    from bench.core.backbone import Backbone
+    from bench.harness.evaluation import evaluation_set
+    from bench.harness.sampling import generate
+    from bench.harness.suites import get_suite, toy_dir
 
     suite = get_suite("toy")
     assert list(suite.eval_prompts) == [c.caption for c in TEST_COMBOS]

@@ -8,10 +8,10 @@ import datasets
 import huggingface_hub
 import pytest
 
-from bench.data import DataError
-from bench.prompt_sets import HPSV2_STYLES, PROMPT_SETS, load_prompt_set
-from bench.protocols import hpsv2_benchmark
-from bench.registry import UnknownNameError
+from bench.core.registry import UnknownNameError
+from bench.harness.data import DataError
+from bench.harness.prompt_sets import HPSV2_STYLES, PROMPT_SETS, load_prompt_set
+from bench.results.protocols import hpsv2_benchmark
 
 # Rows as they appear in google-research/parti's PartiPrompts.tsv: bare numbers, inner quotes, a trailing
 # space, an empty Note.
@@ -182,7 +182,7 @@ def test_missing_files_and_columns_fail_clearly(tmp_path, hub_cache):
 
 
 def test_run_prompts_accept_a_set_name_and_record_where_they_came_from(tmp_path):
-    from bench.prompts import resolve_prompts
+    from bench.harness.prompts import resolve_prompts
 
     (tmp_path / "PartiPrompts.tsv").write_text(PARTI_TSV, encoding="utf-8")
     prompts, provenance = resolve_prompts(f"parti={tmp_path}")

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from bench.protocols import (
+from bench.core.stats import bootstrap_mean, paired_comparison
+from bench.results.protocols import (
     PICKSCORE_TIE_THRESHOLDS,
     hpsv2_benchmark,
     mean_with_ci,
@@ -15,7 +16,6 @@ from bench.protocols import (
     sweep_tie_threshold,
     win_rate,
 )
-from bench.stats import bootstrap_mean, paired_comparison
 
 
 def test_mean_with_ci_is_the_mean_over_prompts_of_the_mean_per_prompt():
@@ -84,7 +84,7 @@ def test_win_rate_counts_ties_half_and_follows_the_direction():
     # win, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4 = 0.625
     result = win_rate(scores, reference)
     assert result["mean"] == pytest.approx(0.625) and result["n"] == 4
-    # the same as the per-image win rate of bench.stats with one image per prompt
+    # the same as the per-image win rate of bench.core.stats with one image per prompt
     assert result == paired_comparison(torch.tensor(scores), torch.tensor(reference))[0]
     # lower is better: loss, tie, win, loss -> (0 + 0.5 + 1 + 0) / 4 = 0.375
     assert win_rate(scores, reference, higher_is_better=False)["mean"] == pytest.approx(0.375)

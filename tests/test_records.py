@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench.records import SCHEMA_VERSION, RecordError, read_record, upgrade_records, write_json_atomic
-from bench.stats import bootstrap_mean, paired_comparison
+from bench.core.records import SCHEMA_VERSION, RecordError, read_record, upgrade_records, write_json_atomic
+from bench.core.stats import bootstrap_mean, paired_comparison
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
@@ -39,9 +39,9 @@ def test_unknown_versions_missing_and_corrupt_records_are_named(tmp_path):
 def test_base_cache_key_follows_the_scorers_weights_not_their_paths(tiny_toy_dir, tmp_path, monkeypatch):
     """A cached base evaluation is reused only with the same scorers: other weights (SHA256), HPS version or CLIP
     backbone give another key; the same weights found at another path give the same key."""
-    from bench.backbone import Backbone
-    from bench.run import _base_cache_key, plan_run
-    from bench.suites import get_suite
+    from bench.core.backbone import Backbone
+    from bench.harness.run import _base_cache_key, plan_run
+    from bench.harness.suites import get_suite
     from metrics import SCORERS
 
     monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
@@ -62,7 +62,7 @@ def test_base_cache_key_follows_the_scorers_weights_not_their_paths(tiny_toy_dir
 
 
 def test_staged_directory_replaces_entries_together_or_not_at_all(tmp_path):
-    from bench.records import staged_directory
+    from bench.core.records import staged_directory
 
     out = tmp_path / "build"
     (out / "pipeline").mkdir(parents=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.clip_bpe import clip_bpe_tokenizer
+from bench.core.clip_bpe import clip_bpe_tokenizer
 from metrics.aesthetic import HEAD, AestheticHead, AestheticScorer
 from metrics.base import MissingWeightsError
 from metrics.clip_score import ClipPreprocess, ClipScorer, clip_score, projected
@@ -194,7 +194,7 @@ def test_missing_weights_name_file_repo_flag_and_variable(tmp_path, monkeypatch)
 
 
 def test_pickscore_loss_matches_its_definition():
-    from bench.toy.scorers import pickscore_loss
+    from bench.harness.toy_build.scorers import pickscore_loss
 
     text = F.normalize(torch.randn(3, 8), dim=-1)
     image_0, image_1 = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
@@ -212,7 +212,7 @@ def test_pickscore_loss_matches_its_definition():
 
 
 def test_proxy_report_statistics_by_hand():
-    from bench.toy.scorers import pair_accuracy, spearman, within_prompt_agreement
+    from bench.harness.toy_build.scorers import pair_accuracy, spearman, within_prompt_agreement
 
     assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([1.0, 3, 2, 4])) == pytest.approx(0.8)  # 1 − 6·2/60
     assert spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1.0)
@@ -225,8 +225,8 @@ def test_proxy_report_statistics_by_hand():
 
 
 def test_toy_scorer_training_runs_deterministically_on_a_tiny_config(tmp_path):
-    from bench.suites import SHIPPED_TOY_DIR
-    from bench.toy.scorers import ToyScorerConfig, build_toy_scorers, train_toy_clip
+    from bench.harness.toy_build.scorers import ToyScorerConfig, build_toy_scorers, train_toy_clip
+    from bench.toy.paths import SHIPPED_TOY_DIR
 
     tiny = ToyClipConfig(vision_width=16, vision_layers=1, text_width=16, text_layers=1, heads=2, embed_dim=16)
     cfg = ToyScorerConfig(clip=tiny, renders_per_combo=1, contrastive_steps=3, contrastive_batch=16,

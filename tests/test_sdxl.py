@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from bench.backbone import Backbone, BackboneLoadError
-from bench.budget import Budget
-from bench.config import TrainConfig
-from bench.data import encode_preferences, load_pickapic, preference_pairs
-from bench.trainer import Trainer
+from bench.core.backbone import Backbone, BackboneLoadError
+from bench.core.budget import Budget
+from bench.core.config import TrainConfig
+from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
+from bench.harness.trainer import Trainer
 from methods.alignment import METHODS
 from methods.inversion import SAMPLERS
 from methods.inversion.base import sampling_levels

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from bench.config import OverrideError, apply_overrides
-from bench.data import DataError
-from bench.prompts import PromptSource, load_prompts
-from bench.suites import SUITES, get_suite
+from bench.core.config import OverrideError, apply_overrides
+from bench.harness.data import DataError
+from bench.harness.prompts import PromptSource, load_prompts
+from bench.harness.suites import SUITES, get_suite
 from methods.alignment import METHODS
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from bench.data import PICKAPIC_COLUMNS, load_pickapic
-from bench.suites import SHIPPED_TOY_DIR
+from bench.harness.data import PICKAPIC_COLUMNS, load_pickapic
+from bench.toy.paths import SHIPPED_TOY_DIR
 
 
 def _digest(directory) -> dict[str, str]:
@@ -28,10 +28,10 @@ def test_tiny_build_layout_and_schema(tiny_toy_dir):
 
 
 def test_build_is_deterministic(tiny_toy_dir, tmp_path, tiny_arch):
-    from bench.config import EvalConfig
-    from bench.toy.build import ToyBuildConfig, build_toy
-    from bench.toy.preferences import PreferenceConfig
-    from bench.toy.pretrain import PretrainConfig
+    from bench.core.config import EvalConfig
+    from bench.harness.toy_build.build import ToyBuildConfig, build_toy
+    from bench.harness.toy_build.preferences import PreferenceConfig
+    from bench.harness.toy_build.pretrain import PretrainConfig
 
     cfg = ToyBuildConfig(
         arch=tiny_arch,

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from bench.backbone import Backbone
-from bench.budget import Budget
-from bench.config import TrainConfig
-from bench.data import encode_preferences, load_pickapic, preference_pairs
-from bench.trainer import Trainer
+from bench.core.backbone import Backbone
+from bench.core.budget import Budget
+from bench.core.config import TrainConfig
+from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
+from bench.harness.trainer import Trainer
 from methods.alignment import METHODS
 
 
@@ -101,7 +101,7 @@ def test_half_precision_base_trains_fp32_weights_and_evaluates_like_the_base(tin
     """A bf16 base (frozen reference in bf16, as Diffusion-DPO's train.py) trains a float32 policy under bf16
     autocast; the policy comes back in bf16 without the autocast wrapper, so an (almost) untrained policy
     samples exactly the base model's images: base and policies are evaluated with the same arithmetic."""
-    from bench.sampling import generate
+    from bench.harness.sampling import generate
 
     base = Backbone.from_pretrained(tiny_toy_dir / "pipeline", dtype=torch.bfloat16)
     data = encode_preferences(base, preference_pairs(load_pickapic(tiny_toy_dir / "prefs.parquet")))

@@ -11,14 +11,14 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from bench import tune as tune_module
-from bench.budget import Budget
 from bench.cli import app
-from bench.config import EvalConfig
-from bench.search_space import FloatRange
-from bench.suites import SUITES, get_suite
+from bench.core.budget import Budget
+from bench.core.config import EvalConfig
+from bench.core.search_space import FloatRange
+from bench.harness import tune as tune_module
+from bench.harness.suites import SUITES, get_suite
+from bench.harness.tune import plan_tune, trial_space, tune_method
 from bench.toy.world import split_combos
-from bench.tune import plan_tune, trial_space, tune_method
 
 runner = CliRunner()
 

@@ -79,12 +79,13 @@ class _Custom:
 
 
 def test_toy_scorer_resolution_order(tmp_path, monkeypatch):
-    from metrics.toy_clip import SHIPPED_DIR, TOY_DIR_ENV, ToyClipScorer
+    from bench.toy.paths import SHIPPED_TOY_DIR, TOY_DIR_ENV
+    from metrics.toy_clip import ToyClipScorer
 
     spec = ToyClipScorer.weight_specs()[0]
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     monkeypatch.delenv(TOY_DIR_ENV, raising=False)
-    assert ToyClipScorer.locate_weights(spec) == SHIPPED_DIR / "toy-clip.safetensors"  # 4. shipped
+    assert ToyClipScorer.locate_weights(spec) == SHIPPED_TOY_DIR / "scorers" / "toy-clip.safetensors"  # 4. shipped
     (tmp_path / "toy" / "scorers").mkdir(parents=True)
     (tmp_path / "toy" / "scorers" / "toy-clip.safetensors").write_bytes(b"t")
     monkeypatch.setenv(TOY_DIR_ENV, str(tmp_path / "toy"))

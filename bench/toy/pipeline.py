@@ -19,8 +19,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bench.backbone import Backbone
-from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+from bench.core.backbone import Backbone
+from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
 
 
 @dataclass(frozen=True)

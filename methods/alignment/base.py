@@ -6,7 +6,7 @@ frozen reference model, a typed config with its paper's defaults, and its worst-
 item (a pair for `pairs`, an image otherwise), which the budget meter uses to stop a run before it
 crosses its limit. `loss(batch, policy, reference, rng)` returns the loss and scalar logs.
 
-Every loss is a function of per-sample errors in one prediction space (`bench.backbone.SPACES`),
+Every loss is a function of per-sample errors in one prediction space (`bench.core.backbone.SPACES`),
 
     L = mean over (C, H, W) of (ŷ_θ(x_t, t, c) − y)²,     y = ε, v = a_t ε − s_t x0, or x0,
 
@@ -27,8 +27,8 @@ from typing import ClassVar
 
 import torch
 
-from bench.backbone import SPACES, Backbone, Conditioning
-from bench.registry import Registry
+from bench.core.backbone import SPACES, Backbone, Conditioning
+from bench.core.registry import Registry
 from methods.shards import sample_noise, sample_timesteps
 
 METHODS: Registry[type[AlignmentMethod]] = Registry("method", entry_point_group="diffusion_align_bench.methods")

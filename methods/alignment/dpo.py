@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.backbone import Backbone, Conditioning
-from bench.search_space import FloatRange
+from bench.core.backbone import Backbone, Conditioning
+from bench.core.search_space import FloatRange
 from methods.alignment.base import (
     AlignmentMethod,
     LossOutput,

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.backbone import Backbone
-from bench.search_space import FloatRange
+from bench.core.backbone import Backbone
+from bench.core.search_space import FloatRange
 from methods.alignment.base import METHODS, AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
 from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
 from methods.shards import sample_categorical

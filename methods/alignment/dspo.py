@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.backbone import Backbone
-from bench.search_space import FloatRange
+from bench.core.backbone import Backbone
+from bench.core.search_space import FloatRange
 from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
 from methods.alignment.dpo import dpo_loss
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.backbone import Backbone, Conditioning
+from bench.core.backbone import Backbone, Conditioning
 from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, register, sample_timesteps
 from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
 from methods.inversion.base import SAMPLERS

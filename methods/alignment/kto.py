@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.backbone import Backbone
+from bench.core.backbone import Backbone
 from methods.alignment.base import (
     AlignmentMethod,
     ImageBatch,

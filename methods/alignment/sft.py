@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.backbone import Backbone
+from bench.core.backbone import Backbone
 from methods.alignment.base import (
     AlignmentMethod,
     ImageBatch,

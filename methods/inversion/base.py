@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from bench.backbone import Backbone, Conditioning
-from bench.registry import Registry
+from bench.core.backbone import Backbone, Conditioning
+from bench.core.registry import Registry
 
 SAMPLERS: Registry[type[InversionSampler]] = Registry("sampler", entry_point_group="diffusion_align_bench.samplers")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.backbone import Backbone
+from bench.core.backbone import Backbone
 from methods.inversion.base import SAMPLERS, TwoStepSampler
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.backbone import Backbone, Conditioning
+from bench.core.backbone import Backbone, Conditioning
 from methods.inversion.base import (
     SAMPLERS,
     InversionSampler,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.backbone import Backbone, Conditioning
+from bench.core.backbone import Backbone, Conditioning
 from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, ddim_map, per_sample_levels, walk
 from methods.inversion.ddim import DDIMInversion
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.backbone import Backbone
-from bench.budget import Budget
-from bench.config import TrainConfig
-from bench.data import encode_preferences, load_pickapic, preference_pairs
-from bench.sampling import generate
-from bench.suites import SHIPPED_TOY_DIR
-from bench.trainer import Trainer
+from bench.core.backbone import Backbone
+from bench.core.budget import Budget
+from bench.core.config import TrainConfig
+from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
+from bench.harness.sampling import generate
+from bench.harness.trainer import Trainer
+from bench.toy.paths import SHIPPED_TOY_DIR
 from methods.alignment import METHODS
 
 

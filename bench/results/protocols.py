@@ -1,9 +1,9 @@
 """The papers' evaluation protocols, as named functions over per-image (or per-pair) scores.
 
-Scores come in evaluation order (`bench.evaluation`): with k images per prompt, image i belongs to
+Scores come in evaluation order (`bench.harness.evaluation`): with k images per prompt, image i belongs to
 prompt i // k, and a model and its reference are sampled with the same prompts and seeds, so image i
 of one is paired with image i of the other. Confidence intervals are percentile-bootstrap 95% CIs
-(`bench.stats.bootstrap_mean`) whose resampled unit is the prompt, because the k images of one prompt
+(`bench.core.stats.bootstrap_mean`) whose resampled unit is the prompt, because the k images of one prompt
 are not independent.
 
 - `mean_with_ci`: the mean score of a model over a prompt set; with k > 1 it is the ImageReward
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.stats import bootstrap_mean, paired_wins
+from bench.core.stats import bootstrap_mean, paired_wins
 
 HPSV2_CHUNKS = 10  # hpsv2/evaluation.py L148: 800 images per style in chunks of 80 -> 10 chunk means
 # eval_preference_predictor.py L150, as written there (np.linspace(0, 1, 11) differs: 0.30000000000000004)

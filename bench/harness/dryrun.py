@@ -2,15 +2,15 @@
 
 Every component of the suite's pipeline is built from its config on the meta device (shapes only: no
 memory, no weights, no hub): a local diffusers directory's config files, or, for the SD 1.5 and SDXL
-hub ids, the official configs in `bench.real_configs`. Inconsistent configs, launch shapes or
+hub ids, the official configs in `bench.core.real_configs`. Inconsistent configs, launch shapes or
 arguments raise `DryRunError` (a `RunSetupError`: one line, exit code 2 from the CLI).
 
-Step cost, from each method's own declaration (`bench.trainer.declared_step_cost`):
+Step cost, from each method's own declaration (`bench.harness.trainer.declared_step_cost`):
 
     nfe_step     = batch_size x grad_accum x processes x max_nfe_per_item      (worst case)
     samples_step = batch_size x grad_accum x processes x images per item        (a pair is 2)
 
-Budget -> steps as the budget meter stops (`used + step cost <= limit`, bench/budget.py), with s_nfe
+Budget -> steps as the budget meter stops (`used + step cost <= limit`, bench/core/budget.py), with s_nfe
 (`--seconds-per-nfe`) the device-seconds of one UNet evaluation of one latent at the recipe's
 resolution and precision (a backward counting as 2 NFE, as the meter counts):
 
@@ -56,11 +56,11 @@ from pathlib import Path
 
 import torch
 
-from bench.budget import Budget
-from bench.config import PIPELINE_DTYPES, TrainConfig
-from bench.real_configs import PIPELINE_CONFIGS, RECIPE_LAUNCH
-from bench.run import RunPlan, RunSetupError
-from bench.trainer import declared_step_cost
+from bench.core.budget import Budget
+from bench.core.config import PIPELINE_DTYPES, TrainConfig
+from bench.core.real_configs import PIPELINE_CONFIGS, RECIPE_LAUNCH
+from bench.harness.run import RunPlan, RunSetupError
+from bench.harness.trainer import declared_step_cost
 from methods.alignment import AlignmentMethod
 
 GiB = 2**30
@@ -260,7 +260,7 @@ class DryRunReport:
 
 def resolve_processes(suite: str, processes: int | None = None) -> int:
     """The devices the run is planned for: given, else the launcher's (`WORLD_SIZE`, set by accelerate launch and
-    torchrun), else the recipe's (`bench.real_configs.RECIPE_LAUNCH`), else 1."""
+    torchrun), else the recipe's (`bench.core.real_configs.RECIPE_LAUNCH`), else 1."""
     if processes is None and os.environ.get("WORLD_SIZE"):
         try:
             processes = int(os.environ["WORLD_SIZE"])

@@ -12,8 +12,8 @@ import copy
 
 import torch
 
-from bench.backbone import Backbone, Conditioning
-from bench.progress import progress_bar
+from bench.core.backbone import Backbone, Conditioning
+from bench.core.progress import progress_bar
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.progress import progress_bar
+from bench.core.progress import progress_bar
 from bench.toy.world import COLOURS, POSITIONS, SHAPES, SIZES, Combo, all_combos, render, render_dataset, sample_scene
 from metrics.clip_score import ClipPreprocess
 from metrics.toy_clip import ToyClipConfig, build_toy_clip, save_toy_clip, toy_tokenizer
@@ -162,7 +162,7 @@ class PreferenceTensors:
 
 def load_preferences(path: str | Path, image_size: int, max_pairs: int | None = None) -> PreferenceTensors:
     """Pick-a-Pic-schema pairs as tensors (ties kept: PickScore trains on them)."""
-    from bench.data import decode_images, load_pickapic
+    from bench.harness.data import decode_images, load_pickapic
 
     ds = load_pickapic(path)
     if max_pairs is not None:
@@ -302,10 +302,10 @@ def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: Pre
     eval_combos = split_combos().test
     sets = {}
     if pipeline is not None:
-        from bench.backbone import Backbone
-        from bench.config import EvalConfig
-        from bench.evaluation import evaluation_set
-        from bench.sampling import generate
+        from bench.core.backbone import Backbone
+        from bench.core.config import EvalConfig
+        from bench.harness.evaluation import evaluation_set
+        from bench.harness.sampling import generate
 
         eval_cfg = EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0)
         prompts, seeds = evaluation_set([c.caption for c in eval_combos], eval_cfg)
@@ -338,7 +338,7 @@ def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: Pre
 
 def _portable(path: str | Path) -> str:
     """`path` relative to the repository when inside it (shipped files carry no machine paths)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
@@ -349,8 +349,8 @@ def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: Toy
                       pipeline: str | Path | None = None, progress: bool = True) -> dict:
     """Train both toy scorers, write them and `scorers.json` to `out_dir` together at the end (a failed or killed
     build changes nothing there); returns the report. The inputs are read first, before minutes of training."""
-    from bench.backbone import Backbone
-    from bench.records import staged_directory
+    from bench.core.backbone import Backbone
+    from bench.core.records import staged_directory
 
     prefs = load_preferences(preference_data, cfg.clip.image_size, cfg.max_pairs)
     if pipeline is not None:
@@ -361,7 +361,7 @@ def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: Toy
 
 def _build_toy_scorers(out: Path, prefs: PreferenceTensors, preference_data: str | Path, cfg: ToyScorerConfig,
                        pipeline: str | Path | None, progress: bool) -> dict:
-    from bench.records import environment, now, write_json_atomic
+    from bench.core.records import environment, now, write_json_atomic
     from metrics.toy_clip import ToyClipScorer, ToyPickScoreScorer
 
     timings = {}

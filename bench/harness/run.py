@@ -22,17 +22,17 @@ from pathlib import Path
 
 import torch
 
-from bench.backbone import Backbone
-from bench.budget import Budget, Usage
-from bench.cache import cache_dir
-from bench.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
-from bench.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
-from bench.evaluation import EvalResult, aggregate, compare_to_base, evaluate
-from bench.processes import processes
-from bench.prompts import prompt_digest, resolve_prompts
-from bench.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
-from bench.suites import Suite
-from bench.trainer import Trainer, declared_step_cost
+from bench.core.backbone import Backbone
+from bench.core.budget import Budget, Usage
+from bench.core.cache import cache_dir
+from bench.core.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
+from bench.core.processes import processes
+from bench.core.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
+from bench.harness.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
+from bench.harness.evaluation import EvalResult, aggregate, compare_to_base, evaluate
+from bench.harness.prompts import prompt_digest, resolve_prompts
+from bench.harness.suites import Suite
+from bench.harness.trainer import Trainer, declared_step_cost
 from methods.alignment import METHODS, AlignmentMethod
 from metrics import SCORERS, Scorer
 from metrics.build import ScorerOptions, build_scorers
@@ -58,12 +58,12 @@ class RunPlan:
     preference_data: str = ""
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompts: list[str] = field(default_factory=list)  # the evaluation prompts, resolved
-    prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.prompts.resolve_prompts`)
+    prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.harness.prompts.resolve_prompts`)
     split: str = "test"  # which of the suite's prompt sets they are: "test" (reported) or "validation" (tuning)
     dtype: str = "fp32"  # the frozen pipeline's UNet and text encoders, and evaluation (PIPELINE_DTYPES)
     scorer_options: ScorerOptions = field(default_factory=ScorerOptions)  # weights paths, HPS version, CLIP backbone
     native_space: str | None = None  # the pipeline's prediction space ("eps", "v"); None until it is known
-    tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.tune`)
+    tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.harness.tune`)
     algorithms: dict[str, str] = field(default_factory=dict)  # label -> registered method, where they differ
 
     def config(self) -> dict:

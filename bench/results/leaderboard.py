@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.figures import (
+from bench.core.records import RecordError, write_json_atomic, write_text_atomic
+from bench.results.figures import (
     frontier,
     inversion_error_vs_nfe,
     inversion_time_per_image,
@@ -30,8 +31,7 @@ from bench.figures import (
     sample_grid,
     win_rates,
 )
-from bench.records import RecordError, write_json_atomic, write_text_atomic
-from bench.report import (
+from bench.results.report import (
     comparison_table,
     directions,
     display_pairs,
@@ -293,7 +293,7 @@ def verdict_vs_base(ci_low: float, ci_high: float) -> str:
 
 
 def base_statements(table: pd.DataFrame, metric: str, *, digits: int = 3) -> list[str]:
-    """One sentence per budget of a suite's comparison table (`bench.report.comparison_table`): which methods raise
+    """One sentence per budget of a suite's comparison table (`bench.results.report.comparison_table`): which methods raise
     or lower `metric` against the base model (the paired Δ's 95% CI excludes 0, given with it) and which show no
     detectable difference from the base model (the CI contains 0)."""
     if f"{metric}_delta" not in table:
@@ -334,7 +334,7 @@ def base_statements(table: pd.DataFrame, metric: str, *, digits: int = 3) -> lis
 
 
 def pair_statements(pairs: pd.DataFrame, metric: str, *, alpha: float = ALPHA, digits: int = 3) -> list[str]:
-    """Method-vs-method sentences from `bench.report.pairs_table`: per budget, each method ordered above the methods
+    """Method-vs-method sentences from `bench.results.report.pairs_table`: per budget, each method ordered above the methods
     it beats with a Holm-adjusted p < `alpha` (the better one named first, by the scorer's direction, with Δ =
     better − worse and its CI), then every other pair as "no detectable difference"."""
     rows = pairs[pairs["metric"] == metric]

@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel
 
-from bench.progress import progress_bar
+from bench.core.progress import progress_bar
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 For each method, K trials (Optuna, seeded TPE; Akiba et al. 2019) each train the method under the same
 budget with the values a trial asks for, from the method Config's declared search space
-(`bench.search_space`) plus the learning rate (`TrainConfig.lr`'s space, the same for every method), and
+(`bench.core.search_space`) plus the learning rate (`TrainConfig.lr`'s space, the same for every method), and
 evaluate it on the suite's **validation** prompts with the objective scorer (default: the suite's primary
 metric, the oracle on the toy). Every trial is an ordinary run directory (record, config, budget used).
 The best trial's configuration of each method is then retrained on several seeds and evaluated on the
@@ -26,12 +26,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.budget import Budget
-from bench.config import TrainConfig
-from bench.records import environment, now, read_record, write_json_atomic
-from bench.run import RunPlan, RunSetupError, execute, plan_run
-from bench.search_space import Space, search_space
-from bench.suites import Suite
+from bench.core.budget import Budget
+from bench.core.config import TrainConfig
+from bench.core.records import environment, now, read_record, write_json_atomic
+from bench.core.search_space import Space, search_space
+from bench.harness.run import RunPlan, RunSetupError, execute, plan_run
+from bench.harness.suites import Suite
 from methods.alignment import METHODS
 from metrics import SCORERS
 from metrics.build import ScorerOptions

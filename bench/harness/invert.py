@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from diffusers import DDIMInverseScheduler
 
-from bench.backbone import Backbone, Conditioning
-from bench.data import decode_images, image_files
-from bench.progress import progress_bar
+from bench.core.backbone import Backbone, Conditioning
+from bench.core.progress import progress_bar
+from bench.harness.data import decode_images, image_files
 from methods.inversion import SAMPLERS
 from methods.inversion.base import sampling_levels
 

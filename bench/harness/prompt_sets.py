@@ -38,8 +38,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from huggingface_hub import snapshot_download
 
-from bench.data import DataError
-from bench.registry import Registry
+from bench.core.registry import Registry
+from bench.harness.data import DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.search_space import FloatRange
+from bench.core.search_space import FloatRange
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # The frozen pipeline's storage and evaluation precision (`bench run --dtype`); the VAE is float32 always.

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import datasets
 import torch
 
-from bench.backbone import Backbone
-from bench.data import decode_images, png_bytes
-from bench.progress import progress_bar
-from bench.sampling import generate
+from bench.core.backbone import Backbone
+from bench.core.progress import progress_bar
+from bench.harness.data import decode_images, png_bytes
+from bench.harness.sampling import generate
 from bench.toy.oracle import oracle_reward
 
 

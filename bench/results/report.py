@@ -3,7 +3,7 @@
 One row per (suite, budget, method) by default; `group_by` chooses the grouping keys among
 `suite`, `budget` and `seed`. The runs (training seeds) that fall in one row must have been evaluated
 on the same images (prompts and seeds), and so must the suite's base model: each statistic is the mean
-over runs and images, its 95% CI from a bootstrap over runs, then prompts (`bench.stats`), and the win
+over runs and images, its 95% CI from a bootstrap over runs, then prompts (`bench.core.stats`), and the win
 rate and mean change against the base model are paired per image (a multi-seed win rate is the mean of
 the seeds' win rates).
 Budget columns give the mean use (NFE and training seconds). In markdown and LaTeX the best value of
@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.progress import progress_bar
-from bench.records import RecordError, read_record, write_text_atomic
-from bench.stats import compare_methods, holm, run_statistics
+from bench.core.progress import progress_bar
+from bench.core.records import RecordError, read_record, write_text_atomic
+from bench.core.stats import compare_methods, holm, run_statistics
 
 GROUP_KEYS = ("suite", "budget", "seed")
 
@@ -205,7 +205,7 @@ def pairs_table(records: list[dict], metrics: list[str] | None = None, resamples
 
     One row per (suite, budget, metric, method_a < method_b): the mean difference A − B with its 95% CI and
     two-sided bootstrap p-value, the paired win rate of A over B (ties half) with its CI, each from the clustered
-    bootstrap of `bench.stats.compare_methods` (shared seeds, then prompts), and `p_holm`, the Holm-adjusted
+    bootstrap of `bench.core.stats.compare_methods` (shared seeds, then prompts), and `p_holm`, the Holm-adjusted
     p-value over every row of the table. Records evaluated on other prompts or seeds are refused (RecordError).
     """
     _check_metrics(records, metrics)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 
-from bench.data import DataError
+from bench.harness.data import DataError
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def resolve_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | 
     """Resolve a prompt set to a list of strings and its provenance (for the run record).
 
     A str/Path is a text file (one prompt per line) if such a file exists, else a registered standard
-    set, `NAME` (read from the Hugging Face cache) or `NAME=PATH` (a local copy), see `bench.prompt_sets`.
+    set, `NAME` (read from the Hugging Face cache) or `NAME=PATH` (a local copy), see `bench.harness.prompt_sets`.
     """
     if isinstance(prompts, PromptSource):
         found = _from_dataset(prompts)
@@ -71,7 +71,7 @@ def resolve_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | 
             found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             provenance = {"file": str(path)}
         else:
-            from bench.prompt_sets import PROMPT_SETS, load_prompt_set
+            from bench.harness.prompt_sets import PROMPT_SETS, load_prompt_set
 
             if name not in PROMPT_SETS.names():
                 raise DataError(f"prompt file {path} does not exist (nor is {name!r} a prompt set: "

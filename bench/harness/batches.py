@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.data import EncodedPreferences
+from bench.harness.data import EncodedPreferences
 from methods.alignment.base import ImageBatch, PairBatch
 from methods.shards import current, sample_categorical
 

@@ -5,7 +5,7 @@ share the Backbone's encoders, schedule and NFE counter). The policy's weights a
 base's storage (a half-precision base keeps its frozen UNet in half, as Diffusion-DPO's `train.py` keeps
 its reference UNet in `weight_dtype`, so the policy starts from the half-rounded weights); the loss runs
 under `mixed_precision`'s autocast, reference forwards included, so policy and reference compute alike
-(`bench.run` requires `mixed_precision` to equal a half-precision base's dtype). The trained policy is
+(`bench.harness.run` requires `mixed_precision` to equal a half-precision base's dtype). The trained policy is
 returned in the base's dtype without the autocast wrapper, so the base model and every policy are
 evaluated with the same arithmetic (in half precision, as the papers' fp16 inference: an update smaller
 than half a unit in the last place of a weight does not survive). Per optimizer step: `grad_accum`
@@ -32,13 +32,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from bench.backbone import Backbone
-from bench.batches import BatchSampler
-from bench.budget import Budget, BudgetMeter, Usage
-from bench.config import TrainConfig
-from bench.data import EncodedPreferences
-from bench.progress import progress_bar
-from bench.records import atomic_output
+from bench.core.backbone import Backbone
+from bench.core.budget import Budget, BudgetMeter, Usage
+from bench.core.config import TrainConfig
+from bench.core.progress import progress_bar
+from bench.core.records import atomic_output
+from bench.harness.batches import BatchSampler
+from bench.harness.data import EncodedPreferences
 from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
 from methods.shards import sample_uniform, sharded
 

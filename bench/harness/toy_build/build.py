@@ -2,14 +2,14 @@
 
 Steps (deterministic given the seed, about 11 minutes on 2 CPU cores):
 1. render 40 scenes of each of the 216 captioned combos;
-2. pretrain the VAE, then UNet + text encoder (`bench.toy.pretrain`);
+2. pretrain the VAE, then UNet + text encoder (`bench.harness.toy_build.pretrain`);
 3. zero the token embeddings of every token the toy grammar never uses (they were never trained;
    the shipped file then compresses to a fraction of its size) and save the pipeline in float16,
    diffusers format, without tokenizer files (the tokenizer is rebuilt from open_clip's vocabulary);
 4. reload the saved pipeline (so all that follows uses exactly the shipped weights), sample
-   preference pairs for the training prompts and label them with the oracle (`bench.toy.preferences`);
+   preference pairs for the training prompts and label them with the oracle (`bench.harness.toy_build.preferences`);
 5. report the oracle score of the base model beside ground-truth renders on the evaluation prompts
-   (means with 95% CIs from the bootstrap over prompts of run records and the leaderboard, `bench.stats`).
+   (means with 95% CIs from the bootstrap over prompts of run records and the leaderboard, `bench.core.stats`).
 
 Output directory layout: `pipeline/`, `prefs.parquet`, `build.json` (config, timings, report).
 """
@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 
-from bench.backbone import Backbone
-from bench.clip_bpe import clip_bpe_tokenizer
-from bench.config import EvalConfig
-from bench.evaluation import evaluate
-from bench.records import environment, now, staged_directory, write_json_atomic
-from bench.stats import bootstrap_mean
+from bench.core.backbone import Backbone
+from bench.core.clip_bpe import clip_bpe_tokenizer
+from bench.core.config import EvalConfig
+from bench.core.records import environment, now, staged_directory, write_json_atomic
+from bench.core.stats import bootstrap_mean
+from bench.harness.evaluation import evaluate
+from bench.harness.toy_build.preferences import PreferenceConfig, generate_preferences
+from bench.harness.toy_build.pretrain import PretrainConfig, pretrain_denoiser, pretrain_vae
 from bench.toy.oracle import ORACLE_VERSION, oracle_terms
 from bench.toy.pipeline import ToyArchitecture, build_components
-from bench.toy.preferences import PreferenceConfig, generate_preferences
-from bench.toy.pretrain import PretrainConfig, pretrain_denoiser, pretrain_vae
 from bench.toy.world import all_combos, render, render_dataset, sample_scene, split_combos
 from metrics.oracle import OracleScorer
 
@@ -131,7 +131,7 @@ def _label_and_report(out: Path, cfg: ToyBuildConfig, progress: bool, timings: d
 
     agree = [(r0 > r1) == (l0 > l1) for r0, r1, l0, l1 in
              zip(prefs["reward_0"], prefs["reward_1"], prefs["label_0"], prefs["label_1"])]
-    # the CIs of run records and the leaderboard: a bootstrap over prompts (`bench.stats`), the evaluation's B and seed
+    # the CIs of run records and the leaderboard: a bootstrap over prompts (`bench.core.stats`), the evaluation's B and seed
     bootstrap = {"groups": base.prompts, "resamples": cfg.eval.bootstrap, "seed": cfg.eval.seed}
     report = {
         "base_model": {"oracle": bootstrap_mean(base.scores["oracle"], **bootstrap),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from bench.cache import cache_dir
+from bench.core.cache import cache_dir
 
 CLIP_VOCAB_SIZE = 49408
 _N_MERGES = 49152 - 256 - 2  # the line range open_clip keeps: merges[1 : 49152 - 256 - 2 + 1]

@@ -9,25 +9,19 @@ suite trains under the same budget.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.budget import Budget
-from bench.config import EvalConfig, TrainConfig
-from bench.prompts import PromptSource
-from bench.registry import Registry
-from bench.search_space import FloatRange, Space
+from bench.core.budget import Budget
+from bench.core.config import EvalConfig, TrainConfig
+from bench.core.registry import Registry
+from bench.core.search_space import FloatRange, Space
+from bench.harness.prompts import PromptSource
+from bench.toy.paths import toy_dir
 from bench.toy.world import split_combos
 
 SUITES: Registry = Registry("suite", entry_point_group="diffusion_align_bench.suites")
 
-SHIPPED_TOY_DIR = Path(__file__).resolve().parent / "toy" / "assets"
-
-
-def toy_dir() -> Path:
-    """The toy build in use: `$BENCH_TOY_DIR` (e.g. from `bench toy build --out DIR`), else the shipped one."""
-    return Path(os.environ.get("BENCH_TOY_DIR") or SHIPPED_TOY_DIR)
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,7 @@ class Suite:
     method_args: dict[str, dict] = field(default_factory=dict)  # method -> its config overrides
     train_args: dict[str, dict] = field(default_factory=dict)  # method -> TrainConfig overrides
     default_methods: tuple[str, ...] = ("dpo", "inpo", "kto")
-    dtype: str = "fp32"  # frozen UNet + text encoders and evaluation (bench.config.PIPELINE_DTYPES); VAE fp32
+    dtype: str = "fp32"  # frozen UNet + text encoders and evaluation (bench.core.config.PIPELINE_DTYPES); VAE fp32
     # `bench tune` ranges that replace the declared ones at this suite's scale: "train.FIELD" for every method,
     # "METHOD.FIELD" for one method's config.
     search: dict[str, Space] = field(default_factory=dict)

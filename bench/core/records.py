@@ -10,7 +10,7 @@ Schema versions (`read_record` migrates older ones in memory; `upgrade_records` 
 - 1: a single budget per run, no sample thumbnails;
 - 2: `config.budgets`, `samples`; its aggregates (`metrics`, `win_rate_vs_base`, `delta_vs_base`) may come from a
   bootstrap over images;
-- 3: the aggregates are those of `bench.stats.run_statistics`, the bootstrap over prompts (docs/statistics.md).
+- 3: the aggregates are those of `bench.core.stats.run_statistics`, the bootstrap over prompts (docs/statistics.md).
   A version-2 record's aggregates are recomputed from its per-image scores, and its comparison with the base model
   from the per-image scores of the base record beside it (`base.json`); the replaced numbers are kept under
   `previous_aggregates`.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bench.stats import run_statistics
+from bench.core.stats import run_statistics
 
 SCHEMA_VERSION = 3
 AGGREGATES = ("metrics", "win_rate_vs_base", "delta_vs_base")  # recomputed by version 3
@@ -45,7 +45,7 @@ class RecordError(ValueError):
 
 def git_commit() -> dict:
     """The commit of the checkout this package runs from, and whether it has local changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
@@ -181,7 +181,7 @@ def read_record(path: str | os.PathLike) -> dict:
 def upgrade_records(root: str | os.PathLike) -> list[Path]:
     """Rewrite every run record at or under `root` that has an older schema version as the current version, in
     place (each file atomically); returns the rewritten paths. Run manifests and other JSON files are left alone.
-    A one-off for committed results: `python -c "from bench.records import upgrade_records as u; u('results/runs')"`.
+    A one-off for committed results: `python -c "from bench.core.records import upgrade_records as u; u('results/runs')"`.
     """
     root = Path(root)
     paths = sorted(root.rglob("*.json")) if root.is_dir() else [root]
@@ -234,7 +234,7 @@ def _base_beside(record: dict, path: Path) -> dict:
 
 def _from_v2(record: dict, path: Path) -> dict:
     """Version 2 aggregates may come from a bootstrap over images: recompute them (and the comparison with the
-    base model) from the per-image scores with `bench.stats.run_statistics`, keeping the old ones."""
+    base model) from the per-image scores with `bench.core.stats.run_statistics`, keeping the old ones."""
     evaluation = record.get("evaluation") or {}
     if "scores" not in evaluation or "prompts" not in evaluation:
         return dict(record, schema_version=3)  # nothing to recompute from

@@ -29,9 +29,9 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
-from bench.backbone import Backbone, Conditioning
-from bench.cache import cache_dir
-from bench.records import atomic_output
+from bench.core.backbone import Backbone, Conditioning
+from bench.core.cache import cache_dir
+from bench.core.records import atomic_output
 
 log = logging.getLogger(__name__)
 

@@ -236,7 +236,7 @@ class Backbone:
     @staticmethod
     def _load_tokenizer(source: str, local: bool, subfolder: str, encoder) -> CLIPTokenizer:
         if local and not (Path(source) / subfolder).is_dir():
-            from bench.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+            from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
 
             if encoder.config.vocab_size != CLIP_VOCAB_SIZE:
                 raise BackboneLoadError(f"{source} has no {subfolder}/ and its text encoder is not CLIP-BPE sized")
@@ -316,7 +316,7 @@ class Backbone:
                 warnings.simplefilter("ignore", UserWarning)
                 config = DDIMScheduler.load_config(source, subfolder="scheduler", local_files_only=True)
         except (OSError, ValueError):
-            from bench.real_configs import PIPELINE_CONFIGS
+            from bench.core.real_configs import PIPELINE_CONFIGS
 
             config = PIPELINE_CONFIGS.get(source, {}).get("scheduler")
             if config is None:

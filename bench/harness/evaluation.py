@@ -1,11 +1,11 @@
 """Evaluation: fixed prompts x fixed seeds, identical for every method and the base model.
 
 Image i of the evaluation set is prompt `prompts[i // k]` with seed `eval.seed + i` (k images per
-prompt), sampled with DDIM (`bench.sampling`) and scored by every requested scorer. Under several
+prompt), sampled with DDIM (`bench.harness.sampling`) and scored by every requested scorer. Under several
 processes each samples and scores a contiguous share of the images and the scores are gathered in
 order (an image depends only on its prompt and seed, so the result does not depend on the number of
 processes). Aggregates are means with 95% CIs from a bootstrap over prompts; comparisons with the base
-model are paired over the same images (`bench.stats`).
+model are paired over the same images (`bench.core.stats`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from accelerate.utils import gather_object
 
-from bench.backbone import Backbone
-from bench.config import EvalConfig
-from bench.processes import processes
-from bench.sampling import generate
-from bench.stats import bootstrap_mean, paired_comparison
+from bench.core.backbone import Backbone
+from bench.core.config import EvalConfig
+from bench.core.processes import processes
+from bench.core.stats import bootstrap_mean, paired_comparison
+from bench.harness.sampling import generate
 from metrics.base import Scorer
 
 
@@ -74,7 +74,7 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
 
 
 def aggregate(result: EvalResult, cfg: EvalConfig) -> dict[str, dict]:
-    """Per metric: mean over images and its 95% CI, bootstrapping prompts (`bench.stats`)."""
+    """Per metric: mean over images and its 95% CI, bootstrapping prompts (`bench.core.stats`)."""
     return {name: bootstrap_mean(torch.tensor(values), groups=result.prompts, resamples=cfg.bootstrap, seed=cfg.seed)
             for name, values in result.scores.items()}
 
