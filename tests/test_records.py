@@ -164,3 +164,41 @@ def test_upgrade_rewrites_old_records_in_place_and_nothing_else(tmp_path):
     assert {p.name: p.read_bytes() for p in runs.iterdir() if p.name not in expected} == {
         name: data for name, data in before.items() if name not in expected}  # no temporary files, others untouched
     assert upgrade_records(tmp_path / "runs") == []  # already current
+
+
+def test_every_record_kind_is_built_and_read_through_one_module(tmp_path):
+    """`new_record` stamps kind, version, environment and time and refuses a record missing a required field;
+    `read_record` migrates a kind's unversioned files (the first `invert.json`s) and names a kind mismatch."""
+    from bench.core.records import ALIGNMENT_RUN, INVERT, KINDS, TUNING, RecordError, new_record, read_record
+
+    assert len(KINDS) == 6 and all(name == kind.name for name, kind in KINDS.items())
+    record = new_record(INVERT, config={"steps": 10}, records=[])
+    assert (record["kind"], record["schema_version"]) == ("invert", 1)
+    assert {"commit", "dirty"} <= set(record["environment"]["git"]) and record["created"].endswith("+00:00")
+    with pytest.raises(ValueError, match="a tuning record needs budget, methods, objective, trials"):
+        new_record(TUNING, suite="toy")
+
+    legacy = tmp_path / "invert.json"  # as `bench invert` wrote it before records had kinds
+    legacy.write_text(json.dumps({"config": {"steps": 10}, "records": [], "pipeline": "toy"}))
+    assert read_record(legacy, INVERT) == {"config": {"steps": 10}, "records": [], "pipeline": "toy",
+                                           "schema_version": 1, "kind": "invert"}
+    with pytest.raises(RecordError, match="kinded.json is a 'invert' record, not 'alignment-run'"):
+        read_record(_written(tmp_path / "kinded.json", record), ALIGNMENT_RUN)
+    future = _written(tmp_path / "future.json", {**record, "schema_version": 9})
+    with pytest.raises(RecordError, match="invert record .*future.json has schema version 9; this version reads \\[1\\]"):
+        read_record(future)
+
+
+def _written(path, payload):
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_run_manifest_and_dry_run_report_are_records(tmp_path):
+    from bench.core.records import RUN_MANIFEST, read_record
+    from bench.harness.dryrun import DryRunReport
+
+    old_manifest = _written(tmp_path / "run.json", {"schema_version": 2, "config": {"suite": "toy"}})
+    assert read_record(old_manifest, RUN_MANIFEST)["config"] == {"suite": "toy"}
+    report = DryRunReport("toy", "p", "built-in", "sd15", 1, (4, 8, 8), [], [], None, []).to_dict()
+    assert (report["kind"], report["schema_version"], report["suite"]) == ("dry-run", 1, "toy")

@@ -59,6 +59,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+from bench.core.real_configs import PIPELINE_CONFIGS
+
 log = logging.getLogger(__name__)
 
 
@@ -236,8 +239,6 @@ class Backbone:
     @staticmethod
     def _load_tokenizer(source: str, local: bool, subfolder: str, encoder) -> CLIPTokenizer:
         if local and not (Path(source) / subfolder).is_dir():
-            from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
-
             if encoder.config.vocab_size != CLIP_VOCAB_SIZE:
                 raise BackboneLoadError(f"{source} has no {subfolder}/ and its text encoder is not CLIP-BPE sized")
             return clip_bpe_tokenizer(encoder.config.max_position_embeddings)
@@ -316,8 +317,6 @@ class Backbone:
                 warnings.simplefilter("ignore", UserWarning)
                 config = DDIMScheduler.load_config(source, subfolder="scheduler", local_files_only=True)
         except (OSError, ValueError):
-            from bench.core.real_configs import PIPELINE_CONFIGS
-
             config = PIPELINE_CONFIGS.get(source, {}).get("scheduler")
             if config is None:
                 return None

@@ -40,10 +40,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _open_clip_bpe_path() -> Path:
-    try:
-        import open_clip.tokenizer
-    except ImportError as err:  # pragma: no cover - open_clip is a core dependency
-        raise RuntimeError("the CLIP BPE vocabulary comes from open_clip: pip install open_clip_torch") from err
+    import open_clip.tokenizer  # here, not at the top: open_clip and torchvision take seconds to import
+
     return Path(open_clip.tokenizer.default_bpe())
 
 

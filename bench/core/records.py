@@ -1,11 +1,24 @@
-"""Run records: one versioned JSON per run, written atomically.
+"""Records: every JSON the suite writes about a run, each of a named kind with its own schema version, written atomically.
 
-A record holds everything needed to rebuild any table or figure: the full configuration, the budget
+Kinds (`KINDS`; `new_record` builds one, `read_record` loads one and migrates older versions in memory):
+
+- `alignment-run` (version 3): one trained method (or the base model) evaluated, `bench run`; below.
+- `run-manifest` (version 3): `run.json`, the configuration a run directory was started with (`--resume` checks it).
+- `bench-eval` (version 1): per-image scores of a folder or toy samples, `bench eval --json`.
+- `invert` (version 1): the inversion benchmark, `bench invert` (`invert.json`; files without a version are
+  read as version 1).
+- `tuning` (version 1): a tuning sweep's trials and choices, `bench tune` (`tune.json`).
+- `dry-run` (version 1): the meta-device plan of a real-scale run, `bench run --dry-run --json`.
+
+Every kind carries `schema_version`, `kind`, `environment` (git commit, package versions, hardware) and
+`created`; `new_record` checks the fields its kind requires.
+
+An alignment-run record holds everything needed to rebuild any table or figure: the full configuration, the budget
 limit and what was used, the training history, per-image scores with their prompts and seeds,
 aggregates with bootstrap CIs, the paired comparison with the base model, and the environment
 (git commit, package versions, hardware).
 
-Schema versions (`read_record` migrates older ones in memory; `upgrade_records` rewrites them on disk):
+Its schema versions (`read_record` migrates older ones in memory; `upgrade_records` rewrites them on disk):
 
 - 1: a single budget per run, no sample thumbnails;
 - 2: `config.budgets`, `samples`; its aggregates (`metrics`, `win_rate_vs_base`, `delta_vs_base`) may come from a
@@ -24,7 +37,8 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -156,25 +170,40 @@ def _load_json(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RecordError(f"run record {path} does not exist") from None
+        raise RecordError(f"record {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RecordError(f"run record {path} is corrupt: {err}") from None
+        raise RecordError(f"record {path} is corrupt: {err}") from None
     if not isinstance(record, dict):
-        raise RecordError(f"run record {path} is not a JSON object")
+        raise RecordError(f"record {path} is not a JSON object")
     return record
 
 
-def read_record(path: str | os.PathLike) -> dict:
-    """A run record at the current schema version (older versions are migrated in memory, the file is untouched)."""
+def new_record(kind: RecordKind, **fields) -> dict:
+    """A record of `kind` at its current version: `fields` plus `schema_version`, `kind`, `environment` and
+    `created`. ValueError if a field the kind requires is missing."""
+    missing = sorted(set(kind.required) - set(fields))
+    if missing:
+        raise ValueError(f"a {kind.name} record needs {', '.join(missing)}")
+    return {"schema_version": kind.version, "kind": kind.name, **fields, "environment": environment(), "created": now()}
+
+
+def read_record(path: str | os.PathLike, kind: RecordKind | None = None) -> dict:
+    """The record at `path` at its kind's current schema version (older versions are migrated in memory, the file is
+    untouched). `kind` defaults to the one the file names (a file naming none is an alignment run, as version 1
+    wrote them); a file of another kind than the one asked for is a RecordError."""
     path = Path(path)
     record = _load_json(path)
+    found_kind = KINDS.get(record.get("kind", kind.name if kind else ALIGNMENT_RUN.name))
+    if found_kind is None or (kind is not None and found_kind is not kind):
+        raise RecordError(f"{path} is a {record.get('kind')!r} record, not {(kind or ALIGNMENT_RUN).name!r}")
+    kind = found_kind
     found = record.get("schema_version")
-    while found in MIGRATIONS:
-        record = MIGRATIONS[found](record, path)
+    while found in kind.migrations:
+        record = kind.migrations[found](record, path)
         found = record["schema_version"]
-    if found != SCHEMA_VERSION:
-        raise RecordError(f"run record {path} has schema version {found!r}; this version reads "
-                          f"{sorted([*MIGRATIONS, SCHEMA_VERSION])}")
+    if found != kind.version:
+        raise RecordError(f"{kind.name} record {path} has schema version {found!r}; this version reads "
+                          f"{sorted(v for v in [*kind.migrations, kind.version] if v is not None)}")
     return record
 
 
@@ -253,3 +282,31 @@ def _from_v2(record: dict, path: Path) -> dict:
 
 
 MIGRATIONS = {1: _from_v1, 2: _from_v2}  # schema version -> function(record, path) returning it one version newer
+
+
+def _versioned(kind: str, version: int) -> Callable[[dict, Path], dict]:
+    """The migration of a kind's files written before it had a version: they are its first version."""
+    return lambda record, path: {**record, "schema_version": version, "kind": kind}
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """A kind of record: its name (the `kind` field), current schema version, the fields a new one must have, and
+    the migrations from older versions (version -> function(record, path) returning it one version newer; the key
+    None migrates a file written before the kind had versions)."""
+
+    name: str
+    version: int
+    required: tuple[str, ...]
+    migrations: Mapping[int | None, Callable[[dict, Path], dict]] = field(default_factory=dict)
+
+
+ALIGNMENT_RUN = RecordKind("alignment-run", SCHEMA_VERSION,
+                           ("suite", "method", "seed", "config", "budget", "evaluation", "scorers", "metrics"), MIGRATIONS)
+RUN_MANIFEST = RecordKind("run-manifest", SCHEMA_VERSION, ("config",),  # older manifests: `plan_run` fills new keys
+                          {v: _versioned("run-manifest", SCHEMA_VERSION) for v in (None, 1, 2)})
+EVAL = RecordKind("bench-eval", 1, ("source", "prompts", "scores", "aggregates", "scorers"))
+INVERT = RecordKind("invert", 1, ("config", "records"), {None: _versioned("invert", 1)})
+TUNING = RecordKind("tuning", 1, ("suite", "budget", "trials", "objective", "methods"))
+DRY_RUN = RecordKind("dry-run", 1, ("suite", "pipeline", "methods"), {None: _versioned("dry-run", 1)})
+KINDS = {kind.name: kind for kind in (ALIGNMENT_RUN, RUN_MANIFEST, EVAL, INVERT, TUNING, DRY_RUN)}

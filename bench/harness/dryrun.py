@@ -55,10 +55,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from rich.table import Table
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench.core.budget import Budget
 from bench.core.config import PIPELINE_DTYPES, TrainConfig
 from bench.core.real_configs import PIPELINE_CONFIGS, RECIPE_LAUNCH
+from bench.core.records import DRY_RUN, new_record
 from bench.harness.run import RunPlan, RunSetupError
 from bench.harness.trainer import declared_step_cost
 from methods.alignment import AlignmentMethod
@@ -100,9 +104,6 @@ def component_configs(pipeline: str) -> tuple[dict[str, dict], str]:
 
 def build_on_meta(configs: dict[str, dict]) -> dict[str, torch.nn.Module]:
     """UNet, VAE and text encoder(s) built from their configs on the meta device (the classes Backbone loads)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     builders = {"unet": lambda c: UNet2DConditionModel.from_config(c),
                 "vae": lambda c: AutoencoderKL.from_config(c),
                 "text_encoder": lambda c: CLIPTextModel(CLIPTextConfig.from_dict(c)),
@@ -207,8 +208,6 @@ class _SavedBytes:
 def activation_bytes(unet_config: dict, text_width: int, text_tokens: int, pooled_width: int | None,
                      latent_shape: tuple[int, int, int], latents: int, dtype: torch.dtype, checkpointing: bool) -> int:
     """Bytes autograd holds after one training forward of `latents` latents (module docstring), traced on meta."""
-    from diffusers import UNet2DConditionModel
-
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
     torch.nn.Module.to(unet, dtype).train()
@@ -255,7 +254,8 @@ class DryRunReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"kind": "dry-run", **dataclasses.asdict(self)}
+        """The report as a `dry-run` record (`bench.core.records.DRY_RUN`)."""
+        return new_record(DRY_RUN, **dataclasses.asdict(self))
 
 
 def resolve_processes(suite: str, processes: int | None = None) -> int:
@@ -391,8 +391,6 @@ def _maybe(value, fmt: str) -> str:
 
 def report_tables(report: DryRunReport) -> list:
     """The report as rich tables: components, step cost and memory per process, budget."""
-    from rich.table import Table
-
     parts = Table(title=f"dry run {report.suite}: {report.pipeline} ({report.family}; {report.config_source}); latents "
                         f"{'x'.join(map(str, report.latent_shape))}; {report.processes} process(es)")
     for column in ("component", "class", "parameters", "trainable"):

@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 
 from bench.harness.data import DataError
+from bench.harness.prompt_sets import PROMPT_SETS, load_prompt_set
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,6 @@ def resolve_prompts(prompts: tuple[str, ...] | list[str] | PromptSource | str | 
             found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             provenance = {"file": str(path)}
         else:
-            from bench.harness.prompt_sets import PROMPT_SETS, load_prompt_set
-
             if name not in PROMPT_SETS.names():
                 raise DataError(f"prompt file {path} does not exist (nor is {name!r} a prompt set: "
                                 f"{', '.join(PROMPT_SETS.names())}; NAME or NAME=PATH)")

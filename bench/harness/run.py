@@ -27,7 +27,15 @@ from bench.core.budget import Budget, Usage
 from bench.core.cache import cache_dir
 from bench.core.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
 from bench.core.processes import processes
-from bench.core.records import SCHEMA_VERSION, RecordError, environment, now, read_record, write_json_atomic
+from bench.core.records import (
+    ALIGNMENT_RUN,
+    RUN_MANIFEST,
+    SCHEMA_VERSION,
+    RecordError,
+    new_record,
+    read_record,
+    write_json_atomic,
+)
 from bench.harness.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.harness.evaluation import EvalResult, aggregate, compare_to_base, evaluate
 from bench.harness.prompts import prompt_digest, resolve_prompts
@@ -204,7 +212,7 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
             raise RunSetupError(f"--resume: {plan.run_dir} holds no run (no run.json)")
         stored = {"dtype": "fp32", "scorer_options": ScorerOptions().recorded(),  # runs started before these existed
                   "eval_split": "test",
-                  **json.loads(manifest.read_text())["config"]}
+                  **read_record(manifest, RUN_MANIFEST)["config"]}
         if stored != json.loads(json.dumps(plan.config())):
             diff = sorted(k for k in plan.config() if stored.get(k) != json.loads(json.dumps(plan.config()))[k])
             raise RunSetupError(f"--resume: {plan.run_dir} was started with a different configuration ({', '.join(diff)})")
@@ -276,25 +284,22 @@ def prompt_splits(plan: RunPlan, train_prompts: list[str] | None) -> dict:
 def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training: dict | None, result: EvalResult,
             scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone, samples: dict,
             splits: dict | None = None) -> dict:
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "alignment-run",
-        "suite": plan.suite.name,
-        "method": method,
-        "seed": seed,
-        "config": plan.config(),
-        "splits": splits if splits is not None else prompt_splits(plan, None),
-        "tuning": plan.tuning.get(method),
-        "pipeline_weights": {part: backbone.fingerprint(part) for part in ("unet", "vae", "text")},
-        "budget": budget,
-        "training": training,
-        "evaluation": result.to_dict(),
-        "samples": samples,
-        "scorers": {name: s.describe() for name, s in scorers.items()},
-        "metrics": aggregate(result, plan.eval),
-        "environment": environment(),
-        "created": now(),
-    }
+    record = new_record(
+        ALIGNMENT_RUN,
+        suite=plan.suite.name,
+        method=method,
+        seed=seed,
+        config=plan.config(),
+        splits=splits if splits is not None else prompt_splits(plan, None),
+        tuning=plan.tuning.get(method),
+        pipeline_weights={part: backbone.fingerprint(part) for part in ("unet", "vae", "text")},
+        budget=budget,
+        training=training,
+        evaluation=result.to_dict(),
+        samples=samples,
+        scorers={name: s.describe() for name, s in scorers.items()},
+        metrics=aggregate(result, plan.eval),
+    )
     if base is not None:
         wins, deltas = compare_to_base(result, base, scorers, plan.eval)
         record["win_rate_vs_base"], record["delta_vs_base"] = wins, deltas
@@ -336,8 +341,8 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                         len(plan.prompts), plan.split)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resume and main:
-        write_json_atomic(plan.run_dir / "run.json", {"schema_version": SCHEMA_VERSION, "config": plan.config(),
-                                                      "created": now(), "processes": state.num_processes})
+        write_json_atomic(plan.run_dir / "run.json", new_record(RUN_MANIFEST, config=plan.config(),
+                                                                processes=state.num_processes))
     state.wait_for_everyone()
     base_path = plan.run_dir / "base.json"
     if plan.resume and base_path.exists():

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from transformers.optimization import Adafactor
 
 from bench.core.backbone import Backbone
 from bench.core.budget import Budget, BudgetMeter, Usage
@@ -64,8 +65,6 @@ def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str, 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, or Adafactor configured as Diffusion-DPO's SDXL recipe (fixed lr, no relative step)."""
     if cfg.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
         return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_threshold=1.0, scale_parameter=False,
                          relative_step=False)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)

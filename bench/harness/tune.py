@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.core.budget import Budget
 from bench.core.config import TrainConfig
-from bench.core.records import environment, now, read_record, write_json_atomic
+from bench.core.records import TUNING, new_record, read_record, write_json_atomic
 from bench.core.search_space import Space, search_space
 from bench.harness.run import RunPlan, RunSetupError, execute, plan_run
 from bench.harness.suites import Suite
@@ -37,8 +37,6 @@ from metrics import SCORERS
 from metrics.build import ScorerOptions
 
 log = logging.getLogger(__name__)
-
-TUNE_SCHEMA_VERSION = 1
 
 
 def trial_space(suite: Suite, method: str) -> dict[str, Space]:
@@ -213,12 +211,11 @@ def tuning_provenance(objective: str, summary: dict) -> dict:
 def tune(plan: TunePlan, *, final: bool = True) -> dict:
     """Tune every method, write `tune.json` (after each method, atomically), then retrain the best settings on
     the final seeds and budgets and evaluate them on the test prompts (`final/`)."""
-    out = {"schema_version": TUNE_SCHEMA_VERSION, "kind": "tuning", "suite": plan.suite.name,
-           "budget": str(plan.budget), "trials": plan.trials, "objective": plan.objective, "seed": plan.seed,
-           "split": "validation", "storage": plan.storage or "tune.db", "methods": {}}
+    out = {"suite": plan.suite.name, "budget": str(plan.budget), "trials": plan.trials, "objective": plan.objective,
+           "seed": plan.seed, "split": "validation", "storage": plan.storage or "tune.db", "methods": {}}
     for method in plan.methods:
         out["methods"][method] = tune_method(plan, method)
-        write_json_atomic(plan.run_dir / "tune.json", {**out, "environment": environment(), "created": now()})
+        write_json_atomic(plan.run_dir / "tune.json", new_record(TUNING, **out))
     if final:
         final_plan = plan_run(
             plan.suite, plan.methods, budgets=plan.final_budgets, seeds=plan.final_seeds,
@@ -228,8 +225,8 @@ def tune(plan: TunePlan, *, final: bool = True) -> dict:
             progress=plan.progress, scorer_options=plan.scorer_options)
         final_plan.tuning = {m: tuning_provenance(plan.objective, s) for m, s in out["methods"].items()}
         out["final_records"] = [str(p) for p in execute(final_plan)]
-        write_json_atomic(plan.run_dir / "tune.json", {**out, "environment": environment(), "created": now()})
-    return out
+        write_json_atomic(plan.run_dir / "tune.json", new_record(TUNING, **out))
+    return new_record(TUNING, **out)
 
 
 def suite_defaults(tune_json: dict) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core.records import RecordError, write_json_atomic, write_text_atomic
+from bench.core.records import INVERT, RecordError, read_record, write_json_atomic, write_text_atomic
 from bench.results.figures import (
     frontier,
     inversion_error_vs_nfe,
@@ -58,12 +58,10 @@ def _inversion_results(paths: list[Path], *, skip_bad: bool = False) -> list[tup
     out = []
     for path in files:
         try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            if skip_bad:
-                continue
-            raise RecordError(f"inversion result {path} is corrupt ({err}); pass --skip-bad to leave it out") from err
-        out.append((path, result))
+            out.append((path, read_record(path, INVERT)))
+        except RecordError as err:
+            if not skip_bad:
+                raise RecordError(f"{err}; pass --skip-bad to leave it out") from None
     return out
 
 

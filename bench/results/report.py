@@ -27,6 +27,7 @@ import torch
 from bench.core.progress import progress_bar
 from bench.core.records import RecordError, read_record, write_text_atomic
 from bench.core.stats import compare_methods, holm, run_statistics
+from methods.alignment import METHODS
 
 GROUP_KEYS = ("suite", "budget", "seed")
 
@@ -58,8 +59,6 @@ def _other_json(path: Path) -> bool:
 def current_method_name(name: str) -> str:
     """A method's current registered name: a record written under a since-renamed name (`dense-dpo`) groups with
     the new one (`dpo-gamma-t`); "base" and unknown names are kept."""
-    from methods.alignment import METHODS  # imported here: the registry (and its aliases) pulls in diffusers
-
     return METHODS.canonical(name)
 
 

@@ -26,6 +26,7 @@ Output: `toy-clip.safetensors`, `toy-pickscore.safetensors`, `scorers.json` (con
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -37,10 +38,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.core.backbone import Backbone
+from bench.core.config import EvalConfig
 from bench.core.progress import progress_bar
-from bench.toy.world import COLOURS, POSITIONS, SHAPES, SIZES, Combo, all_combos, render, render_dataset, sample_scene
+from bench.core.records import environment, now, staged_directory, write_json_atomic
+from bench.harness.data import decode_images, load_pickapic
+from bench.harness.evaluation import evaluation_set
+from bench.harness.sampling import generate
+from bench.toy.oracle import oracle_reward
+from bench.toy.world import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Combo,
+    all_combos,
+    render,
+    render_dataset,
+    sample_scene,
+    split_combos,
+)
 from metrics.clip_score import ClipPreprocess
-from metrics.toy_clip import ToyClipConfig, build_toy_clip, save_toy_clip, toy_tokenizer
+from metrics.toy_clip import ToyClipConfig, ToyClipScorer, ToyPickScoreScorer, build_toy_clip, save_toy_clip, toy_tokenizer
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps exp(logit_scale) at 100
 
@@ -162,8 +181,6 @@ class PreferenceTensors:
 
 def load_preferences(path: str | Path, image_size: int, max_pairs: int | None = None) -> PreferenceTensors:
     """Pick-a-Pic-schema pairs as tensors (ties kept: PickScore trains on them)."""
-    from bench.harness.data import decode_images, load_pickapic
-
     ds = load_pickapic(path)
     if max_pairs is not None:
         ds = ds.select(range(min(max_pairs, len(ds))))
@@ -198,8 +215,6 @@ def pickscore_loss(text: torch.Tensor, image_0: torch.Tensor, image_1: torch.Ten
 
 def finetune_toy_pickscore(model, prefs: PreferenceTensors, cfg: ToyScorerConfig, *, progress: bool = True):
     """Fine-tune (a copy of) `model` on `prefs` with PickScore's loss; returns (model, history)."""
-    import copy
-
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     model = copy.deepcopy(model).train().requires_grad_(True)
     preprocess = ClipPreprocess(size=cfg.clip.image_size)
@@ -296,17 +311,9 @@ def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: Pre
     """Spearman ρ of each scorer with the oracle on (a) base-model samples of the evaluation prompts
     (the toy suite's evaluation set: 64 held-out captions x 4 seeds, DDIM 20 steps, CFG 3) when a
     pipeline is given, (b) `n_renders` perturbed renders; and pair accuracy on held-out preference pairs."""
-    from bench.toy.oracle import oracle_reward
-    from bench.toy.world import split_combos
-
     eval_combos = split_combos().test
     sets = {}
     if pipeline is not None:
-        from bench.core.backbone import Backbone
-        from bench.core.config import EvalConfig
-        from bench.harness.evaluation import evaluation_set
-        from bench.harness.sampling import generate
-
         eval_cfg = EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0)
         prompts, seeds = evaluation_set([c.caption for c in eval_combos], eval_cfg)
         images = generate(Backbone.from_pretrained(pipeline), prompts, seeds, steps=eval_cfg.steps,
@@ -349,9 +356,6 @@ def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: Toy
                       pipeline: str | Path | None = None, progress: bool = True) -> dict:
     """Train both toy scorers, write them and `scorers.json` to `out_dir` together at the end (a failed or killed
     build changes nothing there); returns the report. The inputs are read first, before minutes of training."""
-    from bench.core.backbone import Backbone
-    from bench.core.records import staged_directory
-
     prefs = load_preferences(preference_data, cfg.clip.image_size, cfg.max_pairs)
     if pipeline is not None:
         Backbone.from_pretrained(pipeline)
@@ -361,9 +365,6 @@ def build_toy_scorers(out_dir: str | Path, preference_data: str | Path, cfg: Toy
 
 def _build_toy_scorers(out: Path, prefs: PreferenceTensors, preference_data: str | Path, cfg: ToyScorerConfig,
                        pipeline: str | Path | None, progress: bool) -> dict:
-    from bench.core.records import environment, now, write_json_atomic
-    from metrics.toy_clip import ToyClipScorer, ToyPickScoreScorer
-
     timings = {}
     t0 = time.perf_counter()
     clip_model, token_ids, clip_history = train_toy_clip(cfg, progress=progress)
