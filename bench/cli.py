@@ -1,7 +1,12 @@
 """The `bench` command line: a thin layer over the harness (no logic of its own).
 
-Errors a user can fix (unknown names, bad budgets or arguments, missing files or weights) print one
-line naming the problem and exit with code 2, before any work starts where they can be detected.
+Each command parses its options, calls the function that does the work, and prints. Errors a user can fix
+(unknown names, bad budgets or arguments, missing files or weights) print one line naming the problem and exit with
+code 2, before any work starts where they can be detected.
+
+The harness, the plugins and the results layer load diffusers, transformers and datasets (seconds), so each
+command imports what it calls in its body ("deferred" below): `bench --help` and a command's own `--help` do not
+wait for them.
 """
 
 from __future__ import annotations
@@ -12,12 +17,26 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from bench.core.budget import Budget
+from bench.core.config import TrainConfig, field_rows, parse_plugin_args, parse_plugin_configs
+from bench.core.processes import processes
+from bench.core.records import write_json_atomic
+from bench.core.registry import UnknownNameError
+from bench.core.search_space import search_space
+from bench.toy.paths import build_dir, toy_dir
+
+if TYPE_CHECKING:
+    from metrics.build import ScorerOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="diffusion-align-bench: compare diffusion alignment methods under one compute budget.")
@@ -28,7 +47,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _quiet_libraries() -> None:
-    import datasets
+    import datasets  # deferred: these take seconds to import, and only commands that load models use them
     import diffusers
     import transformers
 
@@ -46,11 +65,10 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bench.core.backbone import BackboneLoadError
+    from bench.core.backbone import BackboneLoadError  # deferred: the modules of these errors load diffusers
     from bench.core.budget import BudgetError
     from bench.core.config import OverrideError
     from bench.core.records import RecordError
-    from bench.core.registry import UnknownNameError
     from bench.harness.data import DataError
     from bench.harness.run import RunSetupError
     from metrics.base import MissingWeightsError
@@ -90,19 +108,39 @@ def _split(csv: str) -> list[str]:
 
 _WEIGHTS_HELP = "NAME=PATH: local weights (file or directory) for scorer NAME; repeatable"
 _PICKLE_HELP = "load checkpoints holding pickled Python objects (runs their code: trusted files only)"
-_CLIP_HELP = "backbone of `clip`: transformers id or directory, or open_clip NAME[:TAG] (default openai/clip-vit-large-patch14)"
-_HPS_HELP = "version of `hps`: v2.1 (default) or v2.0"
+_METRIC_ARG_HELP = ("METRIC.FIELD=VALUE setting of a scorer in the metrics, e.g. hps.version=v2.0 or "
+                    "clip.backbone=ViT-B-32:openai (fields: `bench list METRIC`); repeatable")
+_DEPRECATED_HELP = "deprecated alias of --metric-arg {}=VALUE (removed in the next release)"
 
 
-def _held_out_renders(images: int):
-    """(pixels (N, 3, H, W), prompts): ground-truth renders of the first N held-out toy captions, seed 0."""
-    from bench.toy.world import render_dataset, split_combos
+def _scorer_options(names: list[str], where: str, weights: list[str], allow_pickle: bool, metric_arg: list[str],
+                    **deprecated: str | None) -> ScorerOptions:
+    """`metrics.build.ScorerOptions` for the scorers `names` from `--weights`, `--allow-pickle` and `--metric-arg`.
+    The deprecated `--hps-version` and `--clip-backbone` (`metrics.build.DEPRECATED_OPTIONS`) become `--metric-arg`
+    items before the user's own, which win, with a one-line notice for each one given."""
+    from metrics import SCORERS  # deferred: the scorers load transformers and open_clip
+    from metrics.build import DEPRECATED_OPTIONS, ScorerOptions
 
-    held_out = split_combos().test
-    if not 1 <= images <= len(held_out):
-        raise ValueError(f"--images {images}: the toy world has {len(held_out)} held-out captions; "
-                         f"choose 1 to {len(held_out)}")
-    return render_dataset(held_out[:images], 1, seed=0)
+    SCORERS.check(names)
+    items = []
+    for key, value in deprecated.items():
+        if value is not None:
+            scorer, field_name = DEPRECATED_OPTIONS[key]
+            items.append(f"{scorer}.{field_name}={value}")
+            err_console.print(f"[yellow]deprecated:[/] --{key.replace('_', '-')} is replaced by --metric-arg "
+                              f"{items[-1]} and will be removed in the next release", highlight=False, soft_wrap=True)
+    configs = parse_plugin_configs([*items, *metric_arg], "--metric-arg", SCORERS, names, where=where)
+    return ScorerOptions(_parse_weights(weights), allow_pickle, configs)
+
+
+def _parse_weights(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            _fail(f"--weights {item!r}: expected NAME=PATH, e.g. pickscore=/models/PickScore_v1")
+        out[name.strip()] = Path(path.strip()).expanduser()
+    return out
 
 
 @app.command()
@@ -116,7 +154,8 @@ def run(
                                help="compute budget per method, e.g. 4e4nfe, 90s, 400steps; a comma-separated list "
                                     "runs every method at each (the efficiency frontier); default: the suite's"),
     seeds: str = typer.Option("0", help="comma-separated training seeds"),
-    method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim"),
+    method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim "
+                                         "(fields: `bench list METHOD`)"),
     train_arg: list[str] = typer.Option([], "--train-arg", "-t",
                                         help="[METHOD.]FIELD=VALUE training setting, e.g. batch_size=8 or dpo.lr=1e-5"),
     run_dir: Path = typer.Option(None, help="where records go (default: runs/<suite>-<time>)"),
@@ -133,9 +172,15 @@ def run(
                                    "sd15/sdxl fp16)"),
     weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
-    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_CLIP_HELP),
-    hps_version: str = typer.Option(None, "--hps-version", help=_HPS_HELP),
+    metric_arg: list[str] = typer.Option([], "--metric-arg", help=_METRIC_ARG_HELP),
+    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_DEPRECATED_HELP.format("clip.backbone")),
+    hps_version: str = typer.Option(None, "--hps-version", help=_DEPRECATED_HELP.format("hps.version")),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes for the run's independent trainings (methods x "
+                             "seeds x budgets), each with 1/N of the threads; a record equals --jobs 1's at the same "
+                             "threads per run"),
+    threads: int = typer.Option(None, "--threads", help="torch threads of this run (split among --jobs); default: "
+                                "torch's ($OMP_NUM_THREADS, else the cores)"),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="build the pipeline's shapes on the meta device (no weights) and report parameters, "
                                       "NFE per step, memory per process and the budget in steps and GPU-hours; "
@@ -146,13 +191,12 @@ def run(
 ) -> None:
     """Train each method under the same budget, evaluate against the base model, write run records."""
     _quiet_libraries()
-    from bench.core.budget import Budget
-    from bench.core.processes import processes
-    from bench.core.records import write_json_atomic
-    from bench.harness.run import execute, parse_method_args, plan_run, summary
+    from bench.harness.dryrun import dry_run as plan_dry_run  # deferred: loads diffusers
+    from bench.harness.dryrun import report_notes, report_tables
+    from bench.harness.run import execute, parse_method_specs, plan_run, summary
     from bench.harness.suites import get_suite
-    from bench.results.report import comparison_table, directions, display_table, write_tables
-    from metrics.build import ScorerOptions
+    from bench.results.tables import write_run_tables
+    from methods.alignment import METHODS
 
     try:
         the_suite = get_suite(suite)
@@ -164,18 +208,21 @@ def run(
             _fail("--resume needs --run-dir")
         target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         budgets = [Budget.parse(b) for b in _split(budget)] if budget else None
-        method_names = _split(methods) if methods else list(the_suite.default_methods)
-        plan = plan_run(the_suite, method_names, budgets=budgets, seeds=seed_list,
-                        method_args=parse_method_args(method_arg),
-                        train_args=parse_method_args(train_arg, "--train-arg", any_method=True), run_dir=target, resume=resume,
-                        progress=not quiet, pipeline=pipeline, preference_data=data,
+        algorithms = parse_method_specs(_split(methods) if methods else list(the_suite.default_methods))
+        configs = {label: METHODS.get(algorithm).Config for label, algorithm in algorithms.items()}
+        method_args = parse_plugin_args(method_arg, "--method-arg", configs, kind="method", where="--methods",
+                                        canonical=METHODS.canonical)
+        train_args = parse_plugin_args(train_arg, "--train-arg", dict.fromkeys(["*", *configs], TrainConfig),
+                                       kind="method", where="--methods", bare="*", canonical=METHODS.canonical)
+        scorer_options = _scorer_options(list(the_suite.metrics), f"the {suite} suite's metrics", weights, allow_pickle,
+                                         metric_arg, hps_version=hps_version, clip_backbone=clip_backbone)
+        resolved = [a if label == a else f"{label}={a}" for label, a in algorithms.items()]  # a deprecated name warns once
+        plan = plan_run(the_suite, resolved,
+                        budgets=budgets, seeds=seed_list, method_args=method_args, train_args=train_args,
+                        run_dir=target, resume=resume, progress=not quiet, pipeline=pipeline, preference_data=data,
                         prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts,
-                        dtype=dtype, scorer_options=ScorerOptions(_parse_weights(weights), hps_version, clip_backbone,
-                                                                  allow_pickle))
+                        dtype=dtype, scorer_options=scorer_options)
         if dry_run:
-            from bench.harness.dryrun import dry_run as plan_dry_run
-            from bench.harness.dryrun import report_notes, report_tables
-
             report = plan_dry_run(plan, seconds_per_nfe=seconds_per_nfe)
             for table in report_tables(report):
                 console.print(table)
@@ -194,19 +241,17 @@ def run(
             console.print(f"  {record['method']:>6}  {metric} {stat['mean']:.3f} "
                           f"[{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]  -> {path}", highlight=False)
 
-        paths = execute(plan, on_record=announce)
+        if threads is not None:
+            if threads < 1:
+                _fail(f"--threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        paths = execute(plan, on_record=announce, jobs=jobs)
     except _user_errors() as err:
         _fail(str(err))
-    from bench.core.records import read_record
-
     if not processes().is_main_process:  # under accelerate launch / torchrun, one process reports
         return
 
-    records = [read_record(p) for p in paths]
-    df = comparison_table(records, group_by=("suite", "budget", "seed"), metrics=[the_suite.primary_metric])
-    higher = directions(records)
-    write_tables(df, higher, plan.run_dir, caption=f"{suite}: {the_suite.primary_metric}")
-    _print_table(display_table(df, higher, "plain"),
+    _print_table(write_run_tables(paths, plan.run_dir, the_suite.primary_metric),
                  f"{suite}: {the_suite.primary_metric}, budget {', '.join(map(str, plan.budgets))} per method")
     if json_path is not None:
         write_json_atomic(json_path, summary(plan, paths))
@@ -235,9 +280,7 @@ def tune(
     """Tune every method with the same number of trials on validation prompts, then retrain the best settings on
     several seeds and report them on test prompts."""
     _quiet_libraries()
-    from bench.core.budget import Budget
-    from bench.core.records import write_json_atomic
-    from bench.harness.suites import get_suite
+    from bench.harness.suites import get_suite  # deferred: loads diffusers and optuna
     from bench.harness.tune import plan_tune, suite_defaults
     from bench.harness.tune import tune as run_tune
 
@@ -274,6 +317,8 @@ def tune(
 @app.command()
 def invert(
     samplers: str = typer.Option("ddim", help="comma-separated inversion samplers (see `bench list`)"),
+    sampler_arg: list[str] = typer.Option([], "--sampler-arg", help="SAMPLER.FIELD=VALUE setting of a sampler in "
+                                          "--samplers, e.g. bdia.gamma=0.5 (fields: `bench list SAMPLER`); repeatable"),
     steps: int = typer.Option(50, help="sampling steps (the same level path for every sampler)"),
     guidances: str = typer.Option("1", "--guidances", "--guidance", help="comma-separated classifier-free guidance "
                                   "scales, each used for inversion and reconstruction (e.g. 1,7.5)"),
@@ -289,40 +334,31 @@ def invert(
 ) -> None:
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
     _quiet_libraries()
-    from bench.core.backbone import Backbone
-    from bench.core.records import environment, now, write_json_atomic, write_text_atomic
-    from bench.harness.invert import InvertConfig, load_image_dir, run_inversion_benchmark
-    from bench.harness.suites import get_suite
-    from bench.results.figures import inversion_error_vs_nfe, inversion_time_per_image
-    from bench.results.report import inversion_table, three_significant
+    from bench.harness.invert import InvertConfig, invert_record, load_inputs  # deferred: loads diffusers
+    from bench.results.inversion import write_inversion
+    from bench.results.report import three_significant
+    from methods.inversion import SAMPLERS
 
     try:
         scales = tuple(float(w) for w in _split(guidances))
     except ValueError:
         _fail(f"--guidances {guidances!r}: expected comma-separated numbers")
     try:
-        cfg = InvertConfig(samplers=tuple(_split(samplers)), steps=steps, guidances=scales, dtype=dtype, repeats=repeats)
-        if images_dir is None:
-            pixels, prompts = _held_out_renders(images)
-        backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
-        if images_dir is not None:
-            pixels = load_image_dir(images_dir, backbone.image_size)
-            prompts = [prompt] * len(pixels)
+        names = tuple(_split(samplers))
+        cfg = InvertConfig(samplers=names, steps=steps, guidances=scales, dtype=dtype, repeats=repeats,
+                           sampler_configs=parse_plugin_configs(sampler_arg, "--sampler-arg", SAMPLERS, names,
+                                                                where="--samplers"))
+        backbone, pixels, prompts = load_inputs(pipeline, images_dir, prompt, images)
     except (ValueError, FileNotFoundError, *_user_errors()) as err:
         _fail(str(err))
-    result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=not quiet)
-    result.update(environment=environment(), created=now(), pipeline=backbone.source)
-    write_json_atomic(out / "invert.json", result)
+    record = invert_record(backbone, pixels, prompts, cfg, progress=not quiet)
+    table = write_inversion(record, out)
     if json_path is not None:
-        write_json_atomic(json_path, result)
-    df = inversion_table(result["records"])
-    write_text_atomic(out / "table.md", df.to_markdown(index=False, floatfmt=".3g") + "\n")
-    inversion_error_vs_nfe(result["records"], out / "error_vs_nfe.png")
-    inversion_time_per_image(result["records"], out / "time_per_image.png")
-    _print_table(three_significant(df), f"inversion: {len(pixels)} images, {steps} steps, guidance "
-                                        f"{', '.join(f'{w:g}' for w in scales)}, {dtype}; stored state per image in "
-                                        "latents (N = steps)")
-    ref = result["diffusers_reference"]
+        write_json_atomic(json_path, record)
+    _print_table(three_significant(table), f"inversion: {len(pixels)} images, {steps} steps, guidance "
+                                           f"{', '.join(f'{w:g}' for w in scales)}, {dtype}; stored state per image "
+                                           "in latents (N = steps)")
+    ref = record["diffusers_reference"]
     if ref:
         console.print(f"diffusers DDIMInverseScheduler: max |Δ latent| {ref['max_abs_latent_diff']:.2e}, "
                       f"ours/diffusers time {ref['speed_ratio_ours_over_diffusers']:.3f}", highlight=False)
@@ -341,36 +377,20 @@ def speed(
 ) -> None:
     """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians)."""
     _quiet_libraries()
-    from bench.core.backbone import Backbone
-    from bench.core.records import environment, now, write_json_atomic
-    from bench.harness.invert import InvertConfig, run_inversion_benchmark
-    from bench.harness.suites import get_suite
-    from bench.results.report import stored_state
+    from bench.harness.invert import InvertConfig, load_inputs, speed_record  # deferred: loads diffusers
+    from bench.results.inversion import speed_table
 
     try:
         names = _split(samplers)
-        cfg = InvertConfig(samplers=tuple(dict.fromkeys(["ddim", *names])), steps=steps, dtype=dtype, repeats=repeats)
-        pixels, prompts = _held_out_renders(images)
-        backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
+        cfg = InvertConfig(samplers=tuple(names), steps=steps, dtype=dtype, repeats=repeats)
+        backbone, pixels, prompts = load_inputs(pipeline, count=images)
     except (ValueError, *_user_errors()) as err:
         _fail(str(err))
-    result = run_inversion_benchmark(backbone, pixels, prompts, cfg, progress=False)
-    ddim = next(r for r in result["records"] if r["sampler"] == "ddim")
-    ddim_seconds = ddim["seconds_invert"] + ddim["seconds_reconstruct"]
-    table = Table(title=f"inversion speed: batch {images}, {steps} steps, guidance 1, {dtype}, median of {repeats}, "
-                        f"t_fwd {result['records'][0]['t_fwd'] * 1e3:.1f} ms")
-    for column in ("sampler", "s/image invert", "s/image reconstruct", "time vs ddim", "overhead vs floor",
-                   "stored latents/image"):
-        table.add_column(column)
-    for r in result["records"]:
-        if r["sampler"] not in names:
-            continue
-        r["time_vs_ddim"] = (r["seconds_invert"] + r["seconds_reconstruct"]) / ddim_seconds
-        table.add_row(r["sampler"], f"{r['seconds_invert'] / images:.4f}", f"{r['seconds_reconstruct'] / images:.4f}",
-                      f"{r['time_vs_ddim']:.3f}", f"{r['overhead_ratio']:.3f}", stored_state(r))
-    console.print(table)
+    record = speed_record(backbone, pixels, prompts, cfg)
+    _print_table(speed_table(record, names), f"inversion speed: batch {images}, {steps} steps, guidance 1, {dtype}, "
+                                             f"median of {repeats}, t_fwd {record['records'][0]['t_fwd'] * 1e3:.1f} ms")
     if json_path is not None:
-        write_json_atomic(json_path, {**result, "environment": environment(), "created": now()})
+        write_json_atomic(json_path, record)
 
 
 @app.command()
@@ -385,37 +405,24 @@ def report(
     pairs: bool = typer.Option(False, "--pairs", help="also write pairs.md/.csv/.tex: every two methods of one suite and "
                                "budget paired on their shared training seeds and the same images (Δ and win rate with "
                                "95% CIs, bootstrap p Holm-adjusted over the table) for the primary metric and --metrics"),
+    protocol: str = typer.Option(None, help="also write protocol.md/.csv: every run's --metrics (default: the primary "
+                                 "metric) as a paper reports it: imagereward (mean per prompt, then over prompts) or "
+                                 "kto-median-of-k (win rate of median images vs the base model; odd k)"),
 ) -> None:
     """Comparison tables from run records: one row per method, mean ± 95% CI, win rate and Δ vs base, budget used."""
-    from bench.results.report import (
-        comparison_table,
-        directions,
-        display_pairs,
-        display_table,
-        find_records,
-        load_records,
-        pairs_table,
-        write_pairs,
-        write_tables,
-    )
+    from bench.results.tables import FORMATS, write_report  # deferred: loads pandas and matplotlib
 
+    wanted = tuple(_split(formats))
+    if set(wanted) - set(FORMATS):
+        _fail(f"--format {formats!r}: choose from md, csv, tex")
     try:
-        records = [r for _, r in load_records(find_records(paths), skip_bad=skip_bad, progress=True)]
-        if not records:
-            _fail(f"no alignment run records in {', '.join(map(str, paths))}")
-        wanted = _split(formats)
-        if set(wanted) - {"md", "csv", "tex"}:
-            _fail(f"--format {formats!r}: choose from md, csv, tex")
-        df = comparison_table(records, tuple(_split(group_by)), _split(metrics) if metrics else None)
-        paired = pairs_table(records, _split(metrics) if metrics else None) if pairs else None
+        written, shown = write_report(paths, out, group_by=tuple(_split(group_by)), formats=wanted,
+                                      metrics=_split(metrics) if metrics else None, skip_bad=skip_bad, pairs=pairs,
+                                      protocol=protocol, progress=True)
     except (ValueError, KeyError, *_user_errors()) as err:
         _fail(str(err))
-    higher = directions(records)
-    written = write_tables(df, higher, out, formats=tuple(wanted), caption="comparison under equal compute budgets")
-    _print_table(display_table(df, higher, "plain"), f"{len(records)} run records")
-    if paired is not None:
-        written += write_pairs(paired, out, formats=tuple(wanted))
-        _print_table(display_pairs(paired, "plain"), "paired differences between methods (Holm-adjusted p)")
+    for title, table in shown:
+        _print_table(table, title)
     console.print("written: " + ", ".join(map(str, written)))
 
 
@@ -427,7 +434,7 @@ def figures(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
     """Paper figures: efficiency frontier, win rates, proxy vs oracle, inversion error and time, sample grids."""
-    from bench.results.leaderboard import build_figures
+    from bench.results.leaderboard import build_figures  # deferred: loads pandas and matplotlib
 
     if fmt not in ("png", "pdf"):
         _fail(f"--format {fmt!r}: choose png or pdf")
@@ -448,7 +455,7 @@ def leaderboard(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
 ) -> None:
     """Rebuild results/leaderboard.md, .csv, figures/ and index.html from the committed run records."""
-    from bench.results.leaderboard import build
+    from bench.results.leaderboard import build  # deferred: loads pandas and matplotlib
     from bench.results.leaderboard import check as check_leaderboard
 
     try:
@@ -467,113 +474,49 @@ def leaderboard(
 
 
 @app.command("list")
-def list_registry() -> None:
-    """List the registered alignment methods, inversion samplers, metrics and suites."""
-    from bench.harness.suites import SUITES
+def list_registry(
+    name: str = typer.Argument(None, help="a method, sampler or metric: list its settings (type, default, help)"),
+) -> None:
+    """List the registered alignment methods, inversion samplers, metrics and suites; with NAME, that plugin's
+    settings: every field of its Config with type, default and help (and, for a method, what `bench tune` searches)."""
+    from bench.harness.suites import SUITES  # deferred: the registries import their plugins (diffusers)
     from methods.alignment import METHODS
     from methods.inversion import SAMPLERS
     from metrics import SCORERS
 
-    for title, registry in (("methods", METHODS), ("samplers", SAMPLERS), ("metrics", SCORERS), ("suites", SUITES)):
-        table = Table(title=title, show_header=False, title_justify="left")
-        for name, obj in registry.items():
-            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip()
-            table.add_row(name, " ".join(doc.split("\n\n")[0].split()))
-        console.print(table)
+    def summary(obj) -> str:
+        doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip()
+        return " ".join(doc.split("\n\n")[0].split())
 
-
-def _parse_weights(items: list[str]) -> dict[str, Path]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            _fail(f"--weights {item!r}: expected NAME=PATH, e.g. pickscore=/models/PickScore_v1")
-        out[name.strip()] = Path(path.strip()).expanduser()
-    return out
-
-
-
-def _read_prompts(path: Path, n_images: int) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        _fail(f"--prompts {path}: {getattr(err, 'strerror', None) or err}")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) == 1:
-        return lines * n_images
-    if len(lines) != n_images:
-        _fail(f"--prompts {path}: {len(lines)} prompts for {n_images} images; give one per image (in natural "
-              "file-name order: 2.png before 10.png) or a single prompt for all")
-    return lines
-
-
-def _load_image(path: Path):
-    """(3, H, W) float RGB in [0, 1] at the file's own size (each scorer preprocesses as its model expects)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from bench.harness.data import as_rgb
-
-    with Image.open(path) as img:
-        array = np.asarray(as_rgb(img), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
-
-
-def _image_batches(files: list[Path] | None, images, prompts: list[str], batch_size: int):
-    """(indices, prompts, images (B, 3, H, W)) of equal-size images, `batch_size` files read at a time."""
-    import torch
-
-    for start in range(0, len(prompts), batch_size):
-        index = list(range(start, min(start + batch_size, len(prompts))))
-        if files is None:
-            yield index, [prompts[i] for i in index], images[index[0]:index[-1] + 1]
-            continue
-        loaded = {i: _load_image(files[i]) for i in index}
-        sizes = {}
-        for i, tensor in loaded.items():
-            sizes.setdefault(tuple(tensor.shape), []).append(i)
-        for group in sizes.values():
-            yield group, [prompts[i] for i in group], torch.stack([loaded[i] for i in group])
-
-
-TOY_SAMPLING = {"steps": 20, "guidance": 3.0}  # the toy suite's evaluation sampler (bench.core.config.EvalConfig defaults)
-
-
-def _toy_images(renders: int | None, samples: int | None, seed: int, pipeline: Path | None, quiet: bool):
-    """(images (N, 3, 32, 32), captions, source facts) for the held-out toy captions, cycled: ground-truth
-    renders (scene variables drawn with `seed`), or base-model samples of the toy pipeline (image i: seed + i)."""
-    import random
-
-    from bench.toy.world import render, sample_scene, split_combos
-
-    held_out = split_combos().test
-    if renders is not None:
-        rng = random.Random(seed)
-        scenes = [sample_scene(held_out[i % len(held_out)], rng) for i in range(renders)]
-        return render(scenes), [s.combo.caption for s in scenes], {"toy_renders": renders, "seed": seed}
-    from bench.core.backbone import Backbone
-    from bench.harness.sampling import generate
-    from bench.toy.paths import toy_dir
-
-    source = pipeline or toy_dir() / "pipeline"
-    captions = [held_out[i % len(held_out)].caption for i in range(samples)]
-    seeds = [seed + i for i in range(samples)]
-    images = generate(Backbone.from_pretrained(source), captions, seeds, progress=not quiet, desc="toy samples",
-                      **TOY_SAMPLING)
-    return images.clamp(0, 1), captions, {"toy_samples": samples, "pipeline": str(source), "seeds": seeds,
-                                          **TOY_SAMPLING}
-
-
-def _save_images(out: Path, images, prompts: list[str]) -> None:
-    """images as out/00000.png ... and out/prompts.txt, one prompt a line: re-scorable with --images/--prompts."""
-    from bench.harness.toy_build.preferences import png_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        (out / f"{i:05d}.png").write_bytes(png_bytes(image))
-    (out / "prompts.txt").write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+    if name is None:
+        for title, registry in (("methods", METHODS), ("samplers", SAMPLERS), ("metrics", SCORERS), ("suites", SUITES)):
+            table = Table(title=title, show_header=False, title_justify="left")
+            for entry, obj in registry.items():
+                table.add_row(entry, summary(obj))
+            console.print(table)
+        return
+    plugins = (("method", METHODS, "bench run --method-arg"), ("sampler", SAMPLERS, "bench invert --sampler-arg"),
+               ("metric", SCORERS, "bench run/eval --metric-arg"))
+    found = [(kind, registry, flag) for kind, registry, flag in plugins if name in registry]
+    if not found:
+        _fail(str(UnknownNameError("plugin", name, sorted(entry for _, registry, _ in plugins for entry in registry))))
+    for kind, registry, flag in found:
+        cls = registry.get(name)
+        lines = [f"[bold]{kind} {name}[/]: {escape(summary(cls))}"]
+        for row in field_rows(cls.Config):
+            search = f"  (bench tune searches {row['search']})" if row["search"] else ""
+            lines += [escape(f"  {row['field']}: {row['type']} = {row['default']}{search}"), f"      {escape(row['help'])}"]
+        if len(lines) == 1:
+            lines.append("  no settings")
+        else:
+            lines.append(f"set with: {flag} {name}.FIELD=VALUE")
+        if kind == "sampler":
+            lines.append(escape("as InPO's inverter: bench run --method-arg inpo.inversion_args=FIELD=VALUE[,FIELD=VALUE]"))
+        if kind == "method":
+            lr = search_space(TrainConfig)["lr"].describe()
+            lines.append(escape(f"bench tune also searches the learning rate over {lr} (--train-arg {name}.lr=VALUE "
+                                "sets it)"))
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -593,8 +536,9 @@ def eval_images(
                                      "scored images (DIR/00000.png ...) and DIR/prompts.txt, for --images/--prompts"),
     weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
-    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_CLIP_HELP),
-    hps_version: str = typer.Option(None, "--hps-version", help=_HPS_HELP),
+    metric_arg: list[str] = typer.Option([], "--metric-arg", help=_METRIC_ARG_HELP),
+    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_DEPRECATED_HELP.format("clip.backbone")),
+    hps_version: str = typer.Option(None, "--hps-version", help=_DEPRECATED_HELP.format("hps.version")),
     json_path: Path = typer.Option(None, "--json", callback=_output_file,
                                    help="write per-image scores and scorer descriptions (weight paths, SHA256) here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
@@ -608,112 +552,33 @@ def eval_images(
     stop the command with exit code 2 having written nothing.
     """
     _quiet_libraries()
-    import torch
-
-    from bench.core.progress import progress_bar
-    from bench.core.records import environment, now, write_json_atomic
-    from bench.core.stats import bootstrap_mean
-    from metrics import SCORERS
-    from metrics.build import ScorerOptions, build_scorers
+    from bench.harness.score_images import plan_eval, score_images  # deferred: loads diffusers and the scorers
 
     names = _split(metrics)
     if not names:
         _fail("--metrics: give at least one scorer")
     try:
-        SCORERS.check(names)
-    except _user_errors() as err:
-        _fail(str(err))
-    options = ScorerOptions(_parse_weights(weights), hps_version, clip_backbone, allow_pickle)
-    try:
-        options.check(names)
-    except ValueError as err:
-        _fail(str(err))
-    if batch_size < 1:
-        _fail(f"--batch-size must be >= 1, got {batch_size}")
-    if sum(x is not None for x in (images, toy_renders, toy_samples)) != 1:
-        _fail("give either --images DIR (with --prompts FILE), --toy-renders N or --toy-samples N")
-    if pipeline is not None and toy_samples is None:
-        _fail("--pipeline applies to --toy-samples")
-    if save_images is not None:
-        if images is not None:
-            _fail("--save-images applies to --toy-renders/--toy-samples (--images are files already)")
-        if save_images.exists() and (not save_images.is_dir() or any(save_images.iterdir())):
-            _fail(f"--save-images {save_images}: exists and is not an empty directory")
-    files = None
-    if images is not None:
-        from bench.harness.data import image_files
-
-        try:
-            files = image_files(images)  # natural order: 2.png before 10.png
-        except FileNotFoundError as err:
-            _fail(f"--images: {err}")
-        if prompts is None:
-            _fail("--images needs --prompts FILE (one prompt per image, or one for all)")
-        per_image = _read_prompts(prompts, len(files))
-    else:
-        count, flag = (toy_renders, "--toy-renders") if toy_renders is not None else (toy_samples, "--toy-samples")
-        if count < 1:
-            _fail(f"{flag} must be >= 1, got {count}")
-        if prompts is not None:
-            _fail(f"--prompts does not apply to {flag} (the held-out toy captions are the prompts)")
-        if pipeline is not None and not pipeline.is_dir():
-            _fail(f"--pipeline {pipeline}: not a directory")
-
-    try:  # every scorer first: missing weights stop here, before any image is made or read
-        scorers = build_scorers(names, options)
-    except (ValueError, *_user_errors()) as err:
-        _fail(str(err))
-
-    pixels, toy_source = None, {}
-    if files is None:
-        try:
-            pixels, per_image, toy_source = _toy_images(toy_renders, toy_samples, seed, pipeline, quiet)
-        except (ValueError, *_user_errors()) as err:
-            _fail(str(err))
-        if save_images is not None:
-            _save_images(save_images, pixels, per_image)
-            console.print(f"{len(per_image)} images and prompts.txt written to {save_images}")
-
-    n = len(per_image)
-    scores = {name: torch.full((n,), float("nan")) for name in names}
-    components: dict[str, dict[str, torch.Tensor]] = {}
-    batches = _image_batches(files, pixels, per_image, batch_size)
-    try:
-        for index, batch_prompts, batch_images in progress_bar(batches, enabled=not quiet, desc="scoring",
-                                                              total=None if files else -(-n // batch_size)):
-            for name, scorer in scorers.items():
-                scores[name][index] = scorer.score(batch_prompts, batch_images).float().cpu()
-                for term, values in scorer.components(batch_prompts, batch_images).items():
-                    components.setdefault(name, {}).setdefault(term, torch.full((n,), float("nan")))[index] = values.float()
+        options = _scorer_options(names, "--metrics", weights, allow_pickle, metric_arg, hps_version=hps_version,
+                                  clip_backbone=clip_backbone)
+        plan = plan_eval(names, options, images=images, prompts=prompts, toy_renders=toy_renders,
+                         toy_samples=toy_samples, pipeline=pipeline, seed=seed, batch_size=batch_size,
+                         save_images=save_images)
+        record = score_images(plan, progress=not quiet)
     except (ValueError, OSError, *_user_errors()) as err:
         _fail(str(err))
-
-    if files:
-        source = str(images)
-    elif toy_renders is not None:
-        source = f"{toy_renders} toy renders (held-out captions, seed {seed})"
-    else:
-        source = f"{toy_samples} toy-pipeline samples (held-out captions, seeds {seed}..{seed + toy_samples - 1})"
-    aggregates = {name: bootstrap_mean(values, groups=per_image) for name, values in scores.items()}  # CI over prompts
-    table = Table(title=f"{n} images from {source}")
+    n = len(record["prompts"])
+    if save_images is not None:
+        console.print(f"{n} images and prompts.txt written to {save_images}")
+    table = Table(title=f"{n} images from {plan.description}")
     for column in ("metric", "mean", "95% CI", "n", "better", "scale"):
         table.add_column(column)
-    for name, stat in aggregates.items():
+    for name, stat in record["aggregates"].items():
+        scorer = record["scorers"][name]
         table.add_row(name, f"{stat['mean']:.4g}", f"[{stat['ci_low']:.4g}, {stat['ci_high']:.4g}]", str(stat["n"]),
-                      "higher" if scorers[name].higher_is_better else "lower", scorers[name].scale)
+                      "higher" if scorer["higher_is_better"] else "lower", scorer["scale"])
     console.print(table)
     if json_path is not None:
-        payload = {
-            "kind": "bench-eval", "schema_version": 1, "created": now(), "environment": environment(),
-            "source": {"images": str(images) if files else None, "prompts": str(prompts) if prompts else None,
-                       "toy_renders": toy_renders, "toy_samples": toy_samples, **toy_source,
-                       "saved_images": str(save_images) if save_images else None},
-            "files": [p.name for p in files] if files else None, "prompts": per_image,
-            "scores": {name: values.tolist() for name, values in scores.items()},
-            "components": {name: {t: v.tolist() for t, v in terms.items()} for name, terms in components.items()},
-            "aggregates": aggregates, "scorers": {name: s.describe() for name, s in scorers.items()},
-        }
-        write_json_atomic(json_path, payload)
+        write_json_atomic(json_path, record)
         console.print(f"per-image scores written to {json_path}")
 
 
@@ -724,37 +589,15 @@ def list_weights(
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the listing here"),
 ) -> None:
     """List each scorer's weight files: where each was found (or "missing"), size and SHA256."""
-    from bench.core.records import write_json_atomic
-    from metrics import SCORERS
-    from metrics.base import MissingWeightsError, weight_record
+    from metrics import SCORERS  # deferred: the scorers load transformers and open_clip
+    from metrics.build import weight_rows
 
     try:
         names = _split(metrics) if metrics else SCORERS.names()
         SCORERS.check(names)
     except _user_errors() as err:
         _fail(str(err))
-    rows = []
-    for name in names:
-        cls = SCORERS.get(name)
-        for spec in cls.weight_specs():
-            row = {"metric": name, "file": spec.label, "repo": spec.repo, "description": spec.description,
-                   "path": None, "bytes": None, "sha256": None}
-            try:
-                path = cls.locate_weights(spec)
-            except MissingWeightsError:
-                rows.append(row)
-                continue
-            row["path"] = str(path)
-            if no_hash:
-                row["bytes"] = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
-                                else path.stat().st_size)
-            else:
-                record = weight_record(spec, path)
-                row.update(bytes=record["bytes"], sha256=record["sha256"], files=record.get("files"))
-            rows.append(row)
-        if not cls.weight_specs():
-            rows.append({"metric": name, "file": None, "repo": None, "description": "no weights", "path": None,
-                         "bytes": None, "sha256": None})
+    rows = weight_rows(names, hash_files=not no_hash)
     table = Table(title="scorer weights (explicit --weights NAME=PATH, then $BENCH_WEIGHTS_DIR, then the hub cache)")
     for column in ("metric", "file", "found at", "size", "sha256"):
         table.add_column(column, overflow="fold")
@@ -780,12 +623,11 @@ def toy_build(
 ) -> None:
     """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
     _quiet_libraries()
-    from bench.core.cache import cache_dir
-    from bench.harness.toy_build.build import build_toy
+    from bench.harness.toy_build.build import build_toy  # deferred: loads diffusers
 
     if reuse_pipeline is not None and not (reuse_pipeline / "model_index.json").is_file():
         _fail(f"--reuse-pipeline {reuse_pipeline}: not a pipeline directory (no model_index.json)")
-    target = out or cache_dir() / "toy"
+    target = out or build_dir()
     report = build_toy(target, progress=not quiet, reuse_pipeline=reuse_pipeline)
     console.print(json.dumps(report, indent=1))
     console.print(f"toy build written to {target}; use it with BENCH_TOY_DIR={target} bench run ...")
@@ -803,11 +645,9 @@ def toy_build_scorers(
     """Train the toy proxy scorers toy-clip and toy-pickscore and report their Spearman ρ with the oracle
     (deterministic; ~4 CPU-minutes: ~7 min with OMP_NUM_THREADS=1 on a busy 2-core machine)."""
     _quiet_libraries()
-    from bench.core.cache import cache_dir
-    from bench.harness.toy_build.scorers import build_toy_scorers
-    from bench.toy.paths import toy_dir
+    from bench.harness.toy_build.scorers import build_toy_scorers  # deferred: loads diffusers and open_clip
 
-    target = out or cache_dir() / "toy" / "scorers"
+    target = out or build_dir() / "scorers"
     try:
         report = build_toy_scorers(target, prefs or toy_dir() / "prefs.parquet", pipeline=pipeline or toy_dir() / "pipeline",
                                    progress=not quiet)
@@ -819,8 +659,6 @@ def toy_build_scorers(
 
 
 def main() -> None:
-    import torch
-
     # Denormal floats make CPU kernels 10-100x slower (seen here with lightly trained toy weights).
     torch.set_flush_denormal(True)
     try:

@@ -23,14 +23,15 @@ projection, e.g. "ViT-L-14:openai" (open_clip) or OpenAI's TorchScript `ViT-L-14
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics.base import SCORERS, Scorer
-from metrics.clip_score import backbone_specs, default_device, load_backbone, locate_clip_weights
+from metrics.base import SCORERS, BatchedScorerConfig, check_inputs, in_batches
+from metrics.clip_score import ClipBackboneScorer, backbone_specs, default_device, load_backbone
 from metrics.weights import WeightSpec, load_state_dict
 
 HEAD = WeightSpec("aesthetic", "camenduru/improved-aesthetic-predictor", "sac+logos+ava1-l14-linearMSE.pth",
@@ -60,50 +61,56 @@ class AestheticHead(nn.Module):
         return self.layers(F.normalize(embeddings.float(), dim=-1)).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class AestheticConfig(BatchedScorerConfig):
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={
+        "help": "CLIP ViT-L/14 image tower (768-d projection): transformers id or directory, or open_clip NAME[:TAG] "
+                "such as ViT-L-14:openai"})
+    batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
+
+    def __post_init__(self):
+        if not self.backbone:
+            raise ValueError("backbone must name a CLIP ViT-L/14")
+        super().__post_init__()
+
+
 @SCORERS.register("aesthetic")
-class AestheticScorer(Scorer):
+class AestheticScorer(ClipBackboneScorer):
     """LAION aesthetic predictor v2: linear MLP on normalised CLIP ViT-L/14 image embeddings (1-10)."""
 
     name = "aesthetic"
+    Config = AestheticConfig
     higher_is_better = True
     scale = "LAION aesthetic rating, 1-10 (typical images ~5-6); prompt ignored"
 
-    def __init__(self, *, weights: str | Path | None = None, allow_pickle: bool = False,
-                 backbone: str = DEFAULT_BACKBONE, clip_weights: str | Path | None = None, batch_size: int = 32,
-                 device: str | None = None):
+    def __init__(self, config: AestheticConfig | None = None, *, weights: str | Path | None = None,
+                 allow_pickle: bool = False, clip_weights: str | Path | None = None, device: str | None = None,
+                 **fields):
+        super().__init__(config, **fields)
         head_path = self.locate_weights(HEAD, weights)
         if clip_weights is None and weights is not None and (Path(weights) / "config.json").is_file():
             clip_weights = weights  # the head's directory also holds the CLIP model
         device = device or default_device()
-        self.backbone, backbone_files = load_backbone(backbone, scorer=self.name, weights=clip_weights,
+        self.backbone, backbone_files = load_backbone(self.config.backbone, scorer=self.name, weights=clip_weights,
                                                       allow_pickle=allow_pickle, locate=self.locate_weights,
                                                       device=device)
         self.head = AestheticHead()
         self.head.load_state_dict(load_state_dict(head_path, allow_pickle=allow_pickle))
         self.head.to(device).eval().requires_grad_(False)
         self.weight_files = [(HEAD, head_path), *backbone_files]
-        self.batch_size = batch_size
 
     @classmethod
     def weight_specs(cls) -> list[WeightSpec]:
         return [HEAD, *backbone_specs(DEFAULT_BACKBONE, cls.name)]
 
-    @classmethod
-    def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
-        return locate_clip_weights(spec, explicit)
-
     @torch.no_grad()
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
-        out = []
-        for start in range(0, images.shape[0], self.batch_size):
-            embeddings = self.backbone.image_features(images[start:start + self.batch_size])  # (B, 768)
-            if embeddings.shape[-1] != EMBED_DIM:
-                raise ValueError(f"aesthetic head needs {EMBED_DIM}-d CLIP ViT-L/14 embeddings, backbone "
-                                 f"{self.backbone.name} gives {embeddings.shape[-1]}")
-            out.append(self.head(embeddings).cpu())
-        return torch.cat(out)
+        check_inputs(prompts, images)
+        return in_batches(self.config.batch_size, self._head_scores, images)
 
-    def describe(self) -> dict:
-        return {**super().describe(), **self.backbone.describe()}
+    def _head_scores(self, images: torch.Tensor) -> torch.Tensor:
+        embeddings = self.backbone.image_features(images)  # (B, 768)
+        if embeddings.shape[-1] != EMBED_DIM:
+            raise ValueError(f"aesthetic head needs {EMBED_DIM}-d CLIP ViT-L/14 embeddings, backbone "
+                             f"{self.backbone.name} gives {embeddings.shape[-1]}")
+        return self.head(embeddings).cpu()

@@ -28,13 +28,23 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, MissingWeightsError, Scorer
+from metrics.base import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    SCORERS,
+    BatchedScorerConfig,
+    MissingWeightsError,
+    Scorer,
+    check_inputs,
+    default_device,
+    in_batches,
+)
 from metrics.weights import WeightSpec, load_state_dict
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"  # torchmetrics' default
@@ -302,48 +312,69 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in archive.namelist())
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def batched_features(backbone: ClipBackbone, prompts: list[str], images: torch.Tensor,
                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(image features, text features), each (N, D), computed `batch_size` at a time."""
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
-    image_parts, text_parts = [], []
-    for start in range(0, len(prompts), batch_size):
-        image_parts.append(backbone.image_features(images[start:start + batch_size]).cpu())
-        text_parts.append(backbone.text_features(prompts[start:start + batch_size]).cpu())
-    return torch.cat(image_parts), torch.cat(text_parts)
+    check_inputs(prompts, images)
+
+    def features(part_prompts: list[str], part_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return backbone.image_features(part_images).cpu(), backbone.text_features(part_prompts).cpu()
+
+    return in_batches(batch_size, features, prompts, images)
 
 
-@SCORERS.register("clip")
-class ClipScorer(Scorer):
-    """CLIP score: 100 * max(cos(image, text), 0) per image; backbone selectable (default ViT-L/14)."""
+class ClipBackboneScorer(Scorer):
+    """A scorer on a `ClipBackbone`, `self.backbone` (set by the subclass's `__init__`): its weights are looked up as
+    CLIP weights are (`locate_clip_weights`), its features computed `config.batch_size` images at a time, and its
+    description includes the backbone's."""
 
-    name = "clip"
-    higher_is_better = True
-    scale = "100 x max(cos(image, text), 0), in [0, 100]"
-
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
-                 allow_pickle: bool = False, batch_size: int = 32, device: str | None = None):
-        self.backbone, self.weight_files = load_backbone(
-            backbone, scorer=self.name, weights=weights, allow_pickle=allow_pickle, locate=self.locate_weights,
-            device=device or default_device())
-        self.batch_size = batch_size
-        self.scale = f"100 x max(cos(image, text), 0), in [0, 100], backbone {backbone}"
-
-    @classmethod
-    def weight_specs(cls) -> list[WeightSpec]:
-        return backbone_specs(DEFAULT_BACKBONE, cls.name)
+    backbone: ClipBackbone
 
     @classmethod
     def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
         return locate_clip_weights(spec, explicit)
 
-    def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
-        return clip_score(*batched_features(self.backbone, prompts, images, self.batch_size))
+    def features(self, prompts: list[str], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image features, text features), each (N, D) (`batched_features`)."""
+        return batched_features(self.backbone, prompts, images, self.config.batch_size)
 
     def describe(self) -> dict:
         return {**super().describe(), **self.backbone.describe()}
+
+
+@dataclass(frozen=True)
+class ClipScoreConfig(BatchedScorerConfig):
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={
+        "help": "CLIP model: transformers id or directory, or open_clip NAME[:TAG] such as ViT-B-32:openai "
+                "(default: torchmetrics' ViT-L/14)"})
+    batch_size: int = field(default=32, metadata={"help": "images (and prompts) per forward pass"})
+
+    def __post_init__(self):
+        if not self.backbone:
+            raise ValueError("backbone must name a CLIP model")
+        super().__post_init__()
+
+
+@SCORERS.register("clip")
+class ClipScorer(ClipBackboneScorer):
+    """CLIP score: 100 * max(cos(image, text), 0) per image; backbone selectable (default ViT-L/14)."""
+
+    name = "clip"
+    Config = ClipScoreConfig
+    higher_is_better = True
+    scale = "100 x max(cos(image, text), 0), in [0, 100]"
+
+    def __init__(self, config: ClipScoreConfig | None = None, *, weights: str | Path | None = None,
+                 allow_pickle: bool = False, device: str | None = None, **fields):
+        super().__init__(config, **fields)
+        self.backbone, self.weight_files = load_backbone(
+            self.config.backbone, scorer=self.name, weights=weights, allow_pickle=allow_pickle,
+            locate=self.locate_weights, device=device or default_device())
+        self.scale = f"100 x max(cos(image, text), 0), in [0, 100], backbone {self.config.backbone}"
+
+    @classmethod
+    def weight_specs(cls) -> list[WeightSpec]:
+        return backbone_specs(DEFAULT_BACKBONE, cls.name)
+
+    def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        return clip_score(*self.features(prompts, images))

@@ -29,6 +29,7 @@ slightly. `tests/refcheck` checks this module against the `hpsv2` package on the
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import open_clip
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, Scorer
+from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, BatchedScorerConfig, Scorer, check_inputs, default_device, in_batches
 from metrics.weights import WeightSpec, load_state_dict
 
 HPS_REPO = "xswu/HPSv2"
@@ -89,32 +90,43 @@ def load_hps_weights(model: open_clip.CLIP, state_dict: dict, source: str) -> No
         raise ValueError(f"{source} is not an HPS v2 open_clip state dict for this architecture: {err}") from err
 
 
+@dataclass(frozen=True)
+class HPSConfig(BatchedScorerConfig):
+    version: str = field(default="v2.1", metadata={
+        "help": "checkpoint: v2.1 (HPS_v2.1_compressed.pt) or v2.0 (HPS_v2_compressed.pt), both ViT-H-14"})
+    batch_size: int = field(default=16, metadata={"help": "images (and distinct prompts) per forward pass"})
+
+    def __post_init__(self):
+        if self.version not in HPS_FILES:
+            raise ValueError(f"unknown HPS version {self.version!r}; known: {', '.join(HPS_FILES)}")
+        super().__post_init__()
+
+
 @SCORERS.register("hps")
 class HPSScorer(Scorer):
     """HPS v2 / v2.1 as 100 x cosine; `version` picks the checkpoint (same ViT-H-14 architecture)."""
 
     name = "hps"
+    Config = HPSConfig
     higher_is_better = True
     scale: ClassVar[str] = "100 x cosine(image, prompt), the HPS v2 benchmark tables' unit (hpsv2.score() gives the cosine)"
 
-    def __init__(self, version: str = "v2.1", weights: str | os.PathLike | None = None, batch_size: int = 16,
-                 device: str | torch.device | None = None, allow_pickle: bool = False):
+    def __init__(self, config: HPSConfig | None = None, *, weights: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, allow_pickle: bool = False, **fields):
         """Args:
-            version: "v2.1" (HPS_v2.1_compressed.pt, default) or "v2.0" (HPS_v2_compressed.pt).
+            config: version and batch size (`HPSConfig`; None: v2.1, 16), or name its fields in `fields`.
             weights: the checkpoint file or a directory holding it; None looks in $BENCH_WEIGHTS_DIR, then the
                 Hugging Face cache (`metrics.weights.resolve`). Missing -> MissingWeightsError, here.
-            batch_size: images (and distinct prompts) per forward pass.
             device: default CUDA when available, else CPU (float32 either way).
             allow_pickle: load a checkpoint that `torch.load(weights_only=True)` refuses (trusted files only).
         """
-        if version not in HPS_FILES:
-            raise ValueError(f"unknown HPS version {version!r}; known: {', '.join(HPS_FILES)}")
-        spec = self.weight_specs(version)[0]
+        super().__init__(config, **fields)
+        spec = self.weight_specs(self.config.version)[0]
         path = self.locate_weights(spec, weights)  # before the 10 s model build
         model = build_hps_clip()
         load_hps_weights(model, load_state_dict(path, allow_pickle=allow_pickle), str(path))
         self.weight_files = [(spec, path)]
-        self._setup(model, version, batch_size, device)
+        self._setup(model, self.config.version, device)
 
     @classmethod
     def weight_specs(cls, version: str = "v2.1") -> list[WeightSpec]:
@@ -127,12 +139,13 @@ class HPSScorer(Scorer):
         """Random weights (seeded) on `model_cfg` (default ViT-H-14): the scoring path without any checkpoint."""
         torch.manual_seed(seed)
         scorer = cls.__new__(cls)
-        scorer._setup(build_hps_clip(model_cfg), "random", batch_size, device)
+        scorer.config = HPSConfig(batch_size=batch_size)
+        scorer._setup(build_hps_clip(model_cfg), "random", device)
         return scorer
 
-    def _setup(self, model: open_clip.CLIP, version: str, batch_size: int, device: str | torch.device | None) -> None:
-        self.version, self.batch_size = version, batch_size
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def _setup(self, model: open_clip.CLIP, version: str, device: str | torch.device | None) -> None:
+        self.version = version
+        self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval().requires_grad_(False)
         image_size = self.model.visual.image_size
         self.image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
@@ -144,22 +157,21 @@ class HPSScorer(Scorer):
     @torch.no_grad()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings, (P, D)."""
-        chunks = [self.model.encode_text(self.tokenizer(prompts[i:i + self.batch_size]).to(self.device), normalize=True)
-                  for i in range(0, len(prompts), self.batch_size)]
-        return torch.cat(chunks).float()
+        def encode(part: list[str]) -> torch.Tensor:
+            return self.model.encode_text(self.tokenizer(part).to(self.device), normalize=True)
+
+        return in_batches(self.config.batch_size, encode, prompts).float()
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings of (N, 3, H, W) images in [0, 1], (N, D)."""
-        chunks = []
-        for i in range(0, images.shape[0], self.batch_size):
-            pixels = hps_preprocess(images[i:i + self.batch_size].to(self.device), self.image_size)
-            chunks.append(self.model.encode_image(pixels, normalize=True))
-        return torch.cat(chunks).float()
+        def encode(part: torch.Tensor) -> torch.Tensor:
+            return self.model.encode_image(hps_preprocess(part.to(self.device), self.image_size), normalize=True)
+
+        return in_batches(self.config.batch_size, encode, images).float()
 
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
-            raise ValueError(f"expected {len(prompts)} RGB images (N, 3, H, W), got shape {tuple(images.shape)}")
+        check_inputs(prompts, images)
         row_of = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
         text = self.text_features(list(row_of))  # (P, D), one row per distinct prompt
         rows = torch.tensor([row_of[prompt] for prompt in prompts], device=text.device)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -48,7 +48,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, Scorer
+from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, BatchedScorerConfig, Scorer, check_inputs, default_device, in_batches
 from metrics.weights import WeightSpec, load_state_dict
 
 IMAGEREWARD_REPO = "THUDM/ImageReward"
@@ -250,25 +250,32 @@ def imagereward_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tenso
     return TF.normalize(pixels, OPENAI_MEAN, OPENAI_STD)
 
 
+@dataclass(frozen=True)
+class ImageRewardConfig(BatchedScorerConfig):
+    batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
+
+
 @SCORERS.register("imagereward")
 class ImageRewardScorer(Scorer):
     """ImageReward v1.0: standardised reward, about N(0, 1) over its training prompts' images."""
 
     name = "imagereward"
+    Config = ImageRewardConfig
     higher_is_better = True
     scale: ClassVar[str] = "ImageReward v1.0 reward, standardised: (r - 0.1672) / 1.0333 (about N(0, 1))"
 
-    def __init__(self, weights: str | os.PathLike | None = None, batch_size: int = 8,
-                 device: str | torch.device | None = None, allow_pickle: bool = False):
+    def __init__(self, config: ImageRewardConfig | None = None, *, weights: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, allow_pickle: bool = False, **fields):
         """Args:
+            config: the batch size (`ImageRewardConfig`; None: 8), or name its fields in `fields`.
             weights: `ImageReward.pt` or a directory holding it. `med_config.json` and bert-base-uncased's
                 `vocab.txt` are taken from that directory when there, else (as is `ImageReward.pt` when `weights`
                 is None) from $BENCH_WEIGHTS_DIR, then the Hugging Face cache. A missing file raises
                 MissingWeightsError here, naming where to get it, before anything is built.
-            batch_size: images per forward pass.
             device: default CUDA when available, else CPU.
             allow_pickle: load a checkpoint that `torch.load(weights_only=True)` refuses (trusted files only).
         """
+        super().__init__(config, **fields)
         checkpoint_spec, config_spec, vocab_spec = self.weight_specs()
         checkpoint = self.locate_weights(checkpoint_spec, weights)
         folder = None if weights is None else Path(weights) if Path(weights).is_dir() else Path(weights).parent
@@ -286,7 +293,7 @@ class ImageRewardScorer(Scorer):
         model = ImageRewardModel(arch)
         load_imagereward_weights(model, load_state_dict(checkpoint, allow_pickle=allow_pickle), str(checkpoint))
         self.weight_files = [(checkpoint_spec, checkpoint), (config_spec, med_config), (vocab_spec, vocab)]
-        self._setup(model, tokenizer, batch_size, device)
+        self._setup(model, tokenizer, device)
 
     @classmethod
     def weight_specs(cls) -> list[WeightSpec]:
@@ -302,13 +309,12 @@ class ImageRewardScorer(Scorer):
         """Random weights (seeded) on `arch`, with the tokenizer of `vocab_file`: the scoring path without weights."""
         torch.manual_seed(seed)
         scorer = cls.__new__(cls)
-        scorer._setup(ImageRewardModel(arch), blip_bert_tokenizer(vocab_file), batch_size, device)
+        scorer.config = ImageRewardConfig(batch_size=batch_size)
+        scorer._setup(ImageRewardModel(arch), blip_bert_tokenizer(vocab_file), device)
         return scorer
 
-    def _setup(self, model: ImageRewardModel, tokenizer: BertTokenizer, batch_size: int,
-               device: str | torch.device | None) -> None:
-        self.batch_size = batch_size
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def _setup(self, model: ImageRewardModel, tokenizer: BertTokenizer, device: str | torch.device | None) -> None:
+        self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
 
@@ -320,12 +326,10 @@ class ImageRewardScorer(Scorer):
 
     @torch.no_grad()
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
-            raise ValueError(f"expected {len(prompts)} RGB images (N, 3, H, W), got shape {tuple(images.shape)}")
-        rewards = []
-        for start in range(0, len(prompts), self.batch_size):
-            stop = start + self.batch_size
-            pixels = imagereward_preprocess(images[start:stop], self.model.arch.image_size).to(self.device)
-            input_ids, attention_mask = self.tokenize(prompts[start:stop])
-            rewards.append(self.model(pixels, input_ids.to(self.device), attention_mask.to(self.device)))
-        return torch.cat(rewards).float().cpu()
+        check_inputs(prompts, images)
+        return in_batches(self.config.batch_size, self._rewards, prompts, images).float().cpu()
+
+    def _rewards(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        pixels = imagereward_preprocess(images, self.model.arch.image_size).to(self.device)
+        input_ids, attention_mask = self.tokenize(prompts)
+        return self.model(pixels, input_ids.to(self.device), attention_mask.to(self.device))

@@ -9,15 +9,23 @@ description, so base evaluations and caches scored by another version are not re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from bench.toy.oracle import ORACLE_VERSION, TERMS, oracle_terms
 from metrics.base import SCORERS, Scorer
 
 
+@dataclass(frozen=True)
+class OracleConfig:
+    """The oracle has no settings: it is the toy world's definition of a good image."""
+
+
 @SCORERS.register("oracle")
 class OracleScorer(Scorer):
     name = "oracle"
+    Config = OracleConfig
     higher_is_better = True
     scale = f"toy-world oracle reward (version {ORACLE_VERSION}) in [0, 6]"
 

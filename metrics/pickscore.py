@@ -19,12 +19,13 @@ pads with another id, which does not reach the EOS-pooled embedding under CLIP's
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from metrics.base import SCORERS, MissingWeightsError, Scorer
-from metrics.clip_score import ClipBackbone, ClipPreprocess, batched_features, cosine, default_device, locate_clip_weights
+from metrics.base import SCORERS, BatchedScorerConfig, MissingWeightsError
+from metrics.clip_score import ClipBackbone, ClipBackboneScorer, ClipPreprocess, cosine, default_device
 from metrics.weights import WeightSpec
 
 MODEL = WeightSpec("pickscore", "yuvalkirstain/PickScore_v1", None,
@@ -39,16 +40,23 @@ def pickscore(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return logit_scale.exp() * cosine(image_features, text_features)
 
 
+@dataclass(frozen=True)
+class PickScoreConfig(BatchedScorerConfig):
+    batch_size: int = field(default=16, metadata={"help": "images (and prompts) per forward pass"})
+
+
 @SCORERS.register("pickscore")
-class PickScoreScorer(Scorer):
+class PickScoreScorer(ClipBackboneScorer):
     """PickScore v1: exp(logit_scale) * cos(image, text) of a CLIP-H fine-tuned on Pick-a-Pic (~20-23)."""
 
     name = "pickscore"
+    Config = PickScoreConfig
     higher_is_better = True
     scale = "exp(logit_scale) x cos(image, text), logit_scale.exp() ~ 100; real images ~20-23"
 
-    def __init__(self, *, weights: str | Path | None = None, batch_size: int = 16,
-                 device: str | None = None):
+    def __init__(self, config: PickScoreConfig | None = None, *, weights: str | Path | None = None,
+                 device: str | None = None, **fields):
+        super().__init__(config, **fields)
         model_dir = self.locate_weights(MODEL, weights)
         self.weight_files = [(MODEL, model_dir)]
         preprocess = ClipPreprocess(size=224)  # the laion processor's values
@@ -63,20 +71,13 @@ class PickScoreScorer(Scorer):
         self.backbone = ClipBackbone.from_transformers_dir(model_dir, scorer=self.name, preprocess=preprocess,
                                                            name=MODEL.repo, device=device or default_device())
         self.backbone.context_length = min(self.backbone.context_length, TEXT_TOKENS)
-        self.batch_size = batch_size
 
     @classmethod
     def weight_specs(cls) -> list[WeightSpec]:
         return [MODEL, PROCESSOR]
 
-    @classmethod
-    def locate_weights(cls, spec: WeightSpec, explicit: str | Path | None = None) -> Path:
-        return locate_clip_weights(spec, explicit)
-
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
-        image_features, text_features = batched_features(self.backbone, prompts, images, self.batch_size)
-        return pickscore(image_features, text_features, self.backbone.logit_scale.cpu())
+        return pickscore(*self.features(prompts, images), self.backbone.logit_scale.cpu())
 
     def describe(self) -> dict:
-        return {**super().describe(), **self.backbone.describe(),
-                "logit_scale_exp": float(self.backbone.logit_scale.exp())}
+        return {**super().describe(), "logit_scale_exp": float(self.backbone.logit_scale.exp())}

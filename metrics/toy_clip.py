@@ -39,8 +39,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bench.toy.paths import TOY_DIR_ENV, toy_dirs
-from metrics.base import SCORERS, MissingWeightsError, Scorer
-from metrics.clip_score import ClipBackbone, ClipPreprocess, batched_features, clip_score
+from metrics.base import SCORERS, BatchedScorerConfig, MissingWeightsError
+from metrics.clip_score import ClipBackbone, ClipBackboneScorer, ClipPreprocess, clip_score
 from metrics.pickscore import pickscore
 from metrics.weights import WEIGHTS_ENV, WeightSpec
 
@@ -137,17 +137,25 @@ def load_toy_clip(path: str | Path):
     return model.eval(), cfg, facts["info"]
 
 
-class _ToyClipScorer(Scorer):
+@dataclass(frozen=True)
+class ToyScorerConfig(BatchedScorerConfig):
+    """The settings of toy-clip and toy-pickscore."""
+
+    batch_size: int = dataclasses.field(default=256, metadata={"help": "images (and prompts) per forward pass"})
+
+
+class _ToyClipScorer(ClipBackboneScorer):
     filename: ClassVar[str]
+    Config = ToyScorerConfig
     higher_is_better = True
 
-    def __init__(self, *, weights: str | Path | None = None, batch_size: int = 256):
+    def __init__(self, config: ToyScorerConfig | None = None, *, weights: str | Path | None = None, **fields):
+        super().__init__(config, **fields)
         spec = self.weight_specs()[0]
         path = self.locate_weights(spec, weights)
-        model, self.config, self.info = load_toy_clip(path)
-        self.backbone = toy_backbone(model, self.config, self.name)
+        model, self.architecture, self.info = load_toy_clip(path)
+        self.backbone = toy_backbone(model, self.architecture, self.name)
         self.weight_files = [(spec, path)]
-        self.batch_size = batch_size
 
     @classmethod
     def weight_specs(cls) -> list[WeightSpec]:
@@ -172,12 +180,8 @@ class _ToyClipScorer(Scorer):
             f"with `bench toy build-scorers --out DIR`, then pass --weights {spec.scorer}=DIR, or set {WEIGHTS_ENV}=DIR "
             f"(DIR/{spec.scorer}/{spec.filename} or DIR/{spec.filename}) or {TOY_DIR_ENV} (DIR/scorers/{spec.filename}).")
 
-    def features(self, prompts: list[str], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return batched_features(self.backbone, prompts, images, self.batch_size)
-
     def describe(self) -> dict:
-        return {**super().describe(), **self.backbone.describe(), "config": dataclasses.asdict(self.config),
-                "training": self.info}
+        return {**super().describe(), "config": dataclasses.asdict(self.architecture), "training": self.info}
 
 
 @SCORERS.register("toy-clip")
@@ -200,8 +204,8 @@ class ToyPickScoreScorer(_ToyClipScorer):
     filename = "toy-pickscore.safetensors"
     scale = "exp(logit_scale) x cos(image, text) of the toy PickScore"
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, config: ToyScorerConfig | None = None, **kwargs):
+        super().__init__(config, **kwargs)
         self.scale = f"{type(self).scale}; exp(logit_scale) = {float(self.backbone.logit_scale.exp()):.2f}"
 
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:

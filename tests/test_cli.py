@@ -31,13 +31,16 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
     (["run", "--method-arg", "dpo.betta=3"], "has no field 'betta'"),
     (["run", "--method-arg", "kto.beta=2", "--methods", "dpo"], "not in --methods"),
     (["run", "--seeds", "a,b"], "--seeds"),
+    (["run", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["run", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["run", "--resume"], "--resume needs --run-dir"),
     (["run", "--methods", "dpo", "--budget", "100nfe"], "smaller than one dpo step (128 nfe"),
     (["run", "--dtype", "fp64"], "--dtype 'fp64': expected one of fp32, fp16, bf16"),
     (["run", "--pipeline", "./nope"], "pipeline directory './nope' does not exist"),
     (["run", "--json", "."], "--json .: is a directory; give a file path"),
-    (["run", "--hps-version", "v2.0"], "--hps-version applies to the `hps` metric, which is not in --metrics (the toy "
-                                       "suite's metrics)"),
+    (["run", "--metric-arg", "hps.version=v2.0"], "--metric-arg hps.version=v2.0: metric 'hps' is not in the toy "
+                                                  "suite's metrics (oracle, toy-pickscore, toy-clip)"),
+    (["run", "--hps-version", "v2.0"], "--metric-arg hps.version=v2.0: metric 'hps' is not in the toy suite's metrics"),
     (["run", "--weights", "clip=/x"], "--weights clip=...: 'clip' is not in --metrics (oracle, toy-pickscore, toy-clip)"),
     (["report", ".", "--out", "/dev/null"], "--out /dev/null: exists and is not a directory"),
     (["leaderboard", "--results", "."], "no run records or inversion results under runs; is . the results directory?"),
@@ -79,8 +82,10 @@ def test_run_writes_records_summary_and_resumes(in_tmp):
     assert again.exit_code == 0, again.output
     assert json.loads((in_tmp / "out" / "dpo-300nfe-s0.json").read_text())["created"] == record["created"]  # not redone
 
-    manifest = json.loads((in_tmp / "out" / "run.json").read_text())  # a run started before --dtype and scorer options
-    older = {**manifest, "config": {k: v for k, v in manifest["config"].items() if k not in ("dtype", "scorer_options")}}
+    manifest = json.loads((in_tmp / "out" / "run.json").read_text())
+    assert manifest["config"]["scorer_configs"]["toy-clip"] == {"batch_size": 256}
+    before = ("dtype", "scorer_options", "scorer_configs")  # a run started before --dtype and scorer options
+    older = {**manifest, "config": {k: v for k, v in manifest["config"].items() if k not in before}}
     (in_tmp / "out" / "run.json").write_text(json.dumps(older))
     assert runner.invoke(app, ["run", "--methods", "dpo,kto", "--budget", "300nfe", "--run-dir", "out", "--resume",
                                "-q"]).exit_code == 0

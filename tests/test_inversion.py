@@ -12,7 +12,7 @@ from bench.core.backbone import Backbone
 from bench.toy.pipeline import build_components, sd_ddim_scheduler
 from methods.alignment.inpo import inversion_levels, inverted_noise
 from methods.inversion.base import sampling_levels
-from methods.inversion.ddim import DDIMInversion
+from methods.inversion.ddim import DDIMConfig, DDIMInversion
 
 
 def _float64_eps_backbone(tiny_arch) -> Backbone:
@@ -84,7 +84,7 @@ def test_inpo_faithful_inversion_with_zero_model_hand_value(tiny_arch):
     t = torch.tensor([150])
     levels = inversion_levels(t, 1000, 10, "faithful")
     backbone.nfe.reset()
-    x_tau = DDIMInversion(eval_at="source").invert(backbone, x0, cond, levels).latents
+    x_tau = DDIMInversion(DDIMConfig(eval_at="source")).invert(backbone, x0, cond, levels).latents
     assert backbone.nfe.forward == 3
     assert x_tau.flatten()[0].item() == pytest.approx(0.867631, abs=1e-6)
     eps_hat = inverted_noise(x_tau, x0, backbone.alpha_bar(t))
@@ -99,8 +99,8 @@ def test_stochastic_inversion_needs_rng_and_adds_scaled_noise(tiny_arch):
     x0 = torch.zeros((64, *backbone.latent_shape), dtype=torch.float64)
     levels = torch.tensor([1, 101])
     with pytest.raises(ValueError, match="rng"):
-        DDIMInversion(noise_scale=0.1).invert(backbone, x0, cond, levels)
-    out = DDIMInversion(noise_scale=0.1).invert(backbone, x0, cond, levels, rng=torch.Generator().manual_seed(0))
+        DDIMInversion(DDIMConfig(noise_scale=0.1)).invert(backbone, x0, cond, levels)
+    out = DDIMInversion(DDIMConfig(noise_scale=0.1)).invert(backbone, x0, cond, levels, rng=torch.Generator().manual_seed(0))
     lo, hi = backbone.alpha_bar(1), backbone.alpha_bar(101)
     sigma = ((1 - lo) / (1 - hi) * (1 - hi / lo)).sqrt().item()
     assert out.latents.std().item() == pytest.approx(0.1 * sigma, rel=0.05)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.core.records import RecordError
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 runner = CliRunner()
 
@@ -281,3 +284,42 @@ def test_the_readme_results_block_is_the_generated_summary(results, tmp_path):
     readme.write_text(text.replace(block.splitlines()[-1], "every method raises the oracle"))
     check = runner.invoke(app, ["leaderboard", "--check", "--results", str(root / "results")])
     assert check.exit_code != 0 and "generated results block differs" in " ".join(check.output.split())
+
+
+def test_a_labelled_run_is_described_by_how_it_differs_from_its_method():
+    """The β-matched ablation's row says what it is: the labelled run's method and the settings that differ from
+    that method's own row (and every method setting when the method has no row)."""
+    from bench.results.leaderboard import variant_statements
+
+    def record(method, entry):
+        return {"method": method, "config": {"methods": {method: entry}}}
+
+    tuned = {"config": {"beta": 24.08, "gamma": 0.845}, "train": {"lr": 1.4e-5, "batch_size": 16}}
+    ablated = {"algorithm": "dpo-gamma-t", "config": {"beta": 24.08, "gamma": 1.0}, "train": {"lr": 1.4e-5, "batch_size": 16}}
+    both = [record("dpo-gamma-t", tuned), record("uniform-t", ablated), record("base", None)]
+    assert variant_statements(both) == [
+        "uniform-t runs dpo-gamma-t with gamma = 1 (dpo-gamma-t: 0.845); dpo-gamma-t's row uses the same settings "
+        "otherwise."]
+    assert variant_statements([record("uniform-t", ablated)]) == ["uniform-t runs dpo-gamma-t with beta = 24.1, gamma = 1."]
+    assert variant_statements([record("dpo-gamma-t", tuned)]) == []
+
+
+def test_report_by_a_papers_protocol(tmp_path):
+    """`bench report --protocol imagereward` gives each run's mean of per-prompt means with a CI over prompts (equal k:
+    the mean over images); kto-median-of-k refuses an even k with a one-line error (exit 2)."""
+    import pandas as pd
+
+    runner = CliRunner()
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy-tuned"), "--protocol", "imagereward",
+                                 "--out", str(out), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "protocol-imagereward-oracle.csv")
+    dpo = json.loads((RESULTS / "runs" / "toy-tuned" / "dpo-40000nfe-s0.json").read_text())
+    row = table[(table["method"] == "dpo") & (table["seed"] == 0)].iloc[0]
+    scores = dpo["evaluation"]["scores"]["oracle"]
+    assert row["oracle_imagereward"] == pytest.approx(sum(scores) / len(scores), rel=1e-5)
+    assert row["ci_low"] < row["oracle_imagereward"] < row["ci_high"] and row["prompts"] == 64
+    even = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy-tuned"), "--protocol", "kto-median-of-k",
+                               "--out", str(tmp_path / "k")])
+    assert even.exit_code == 2 and "needs an odd number of images per prompt" in even.output

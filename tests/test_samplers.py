@@ -9,17 +9,16 @@ import torch
 from diffusers import DDIMScheduler
 from test_inversion import _float64_eps_backbone
 
-from methods.alignment.inpo import inversion_levels
 from methods.inversion import SAMPLERS
 from methods.inversion.base import InversionState, per_sample_levels, sampling_levels
-from methods.inversion.bdia import BDIA
+from methods.inversion.bdia import BDIA, BDIAConfig
 from methods.inversion.belm import OBELM
 from methods.inversion.ddim import DDIMInversion
-from methods.inversion.ddpm_ef import EditFriendlyDDPM
-from methods.inversion.edict import EDICT
+from methods.inversion.ddpm_ef import EditFriendlyDDPM, EditFriendlyDDPMConfig
+from methods.inversion.edict import EDICT, EDICTConfig
 from methods.inversion.npi import NegativePromptInversion
-from methods.inversion.null_text import NullTextInversion
-from methods.inversion.renoise import ReNoise
+from methods.inversion.null_text import NullTextConfig, NullTextInversion
+from methods.inversion.renoise import ReNoise, ReNoiseConfig
 
 EPS64 = torch.finfo(torch.float64).eps
 PROMPT = "a small red circle on the left, black background"
@@ -77,7 +76,7 @@ def test_ddim_exact_and_edict_equals_ddim_when_eps_depends_only_on_t(backbone, m
     x0 = _latents(backbone)
     ddim, error = _round_trip(DDIMInversion(), backbone, x0, cond, 50)
     assert error < 1e-26
-    edict = EDICT(0.93).invert(backbone, x0, cond, sampling_levels(backbone, 50))
+    edict = EDICT(EDICTConfig(p=0.93)).invert(backbone, x0, cond, sampling_levels(backbone, 50))
     assert torch.allclose(edict.latents, edict.extra["y"], atol=1e-12, rtol=0)  # x ≡ y
     assert torch.allclose(edict.latents, ddim.latents, atol=1e-12, rtol=0)
     assert (ddim.latents - x0).abs().max().item() > 0.5
@@ -89,14 +88,14 @@ def test_ddim_exact_and_edict_equals_ddim_when_eps_depends_only_on_t(backbone, m
 def test_edict_round_trip_exact_and_error_bounded_by_p_amplification(backbone):
     cond = backbone.encode_prompts([PROMPT])
     x0 = _latents(backbone)
-    sampler = EDICT(0.93)
+    sampler = EDICT(EDICTConfig(p=0.93))
     state = sampler.invert(backbone, x0, cond, sampling_levels(backbone, 50))
     x, y = sampler.reconstruct_pair(backbone, state, cond)
     assert _mse(x, x0) <= 1e-10 and _mse(y, x0) <= 1e-10  # E1, both chains
     assert _mse(state.latents, state.extra["y"]) > 1e-4  # the chains really are two
-    assert _round_trip(EDICT(1.0), backbone, x0, cond, 10)[1] < 1e-26  # E2
+    assert _round_trip(EDICT(EDICTConfig(p=1.0)), backbone, x0, cond, 10)[1] < 1e-26  # E2
 
-    loose = EDICT(0.8)  # E3: rounding grows like p^(−2N) in the chains' difference
+    loose = EDICT(EDICTConfig(p=0.8))  # E3: rounding grows like p^(−2N) in the chains' difference
     state = loose.invert(backbone, x0, cond, sampling_levels(backbone, 50))
     error = _mse(loose.reconstruct_pair(backbone, state, cond)[1], x0) ** 0.5
     assert error <= EPS64 * 0.8 ** -100
@@ -125,9 +124,9 @@ def test_edict_sampling_follows_the_official_leapfrog_order(backbone, monkeypatc
         x = p * x + (1 - p) * y
         y = p * y + (1 - p) * x
     cond = backbone.encode_prompts([PROMPT])
-    ours_x, ours_y = EDICT(p).reconstruct_pair(backbone, state, cond)
+    ours_x, ours_y = EDICT(EDICTConfig(p=p)).reconstruct_pair(backbone, state, cond)
     assert torch.allclose(ours_x, x, atol=1e-13, rtol=0) and torch.allclose(ours_y, y, atol=1e-13, rtol=0)
-    no_leapfrog = EDICT(p, leapfrog=False).reconstruct_pair(backbone, state, cond)[0]
+    no_leapfrog = EDICT(EDICTConfig(p=p, leapfrog=False)).reconstruct_pair(backbone, state, cond)[0]
     assert (no_leapfrog - x).abs().max().item() > 1e-3
 
 
@@ -138,17 +137,17 @@ def test_bdia_gamma_zero_samples_as_ddim(backbone):
     cond = backbone.encode_prompts([PROMPT])
     state = InversionState(_latents(backbone), per_sample_levels(sampling_levels(backbone, 10), 1))
     ddim = DDIMInversion().reconstruct(backbone, state, cond)
-    assert torch.allclose(BDIA(gamma=0.0).reconstruct(backbone, state, cond), ddim, atol=1e-12, rtol=0)
+    assert torch.allclose(BDIA(BDIAConfig(gamma=0.0)).reconstruct(backbone, state, cond), ddim, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("gamma", [0.9, 0.96, 1.0])
 def test_bdia_pair_round_trip_is_exact_but_not_from_one_latent(backbone, gamma):
     cond = backbone.encode_prompts([PROMPT])
     x0 = _latents(backbone)
-    state, error = _round_trip(BDIA(gamma), backbone, x0, cond, 50)
+    state, error = _round_trip(BDIA(BDIAConfig(gamma=gamma)), backbone, x0, cond, 50)
     assert error <= 1e-10
     state.extra.pop("previous")  # B3: restart from z_N alone (a DDIM first step)
-    assert _mse(BDIA(gamma).reconstruct(backbone, state, cond), x0) > 1e-2
+    assert _mse(BDIA(BDIAConfig(gamma=gamma)).reconstruct(backbone, state, cond), x0) > 1e-2
 
 
 def test_bdia_first_inversion_step_includes_eps(backbone):
@@ -184,25 +183,6 @@ def test_belm_round_trip_within_its_amplification_bound(backbone):
     assert error ** 0.5 <= 10 * EPS64 * amplification
 
 
-# ----------------------------------------------------------------------------------------------- per-sample paths
-
-
-@pytest.mark.parametrize("name", ["edict", "bdia", "belm", "ddpm-ef"])
-def test_exact_samplers_on_per_sample_paths_match_single_runs(backbone, name):
-    """InPO's exact paths: each pair inverted to its own t (t = 1: a single step), padded by repeats."""
-    t = torch.tensor([450, 150, 1])
-    levels = inversion_levels(t, 1000, 10, "exact")  # (K+1, 3)
-    cond = backbone.encode_prompts([PROMPT, "a blue square", ""])
-    x0 = _latents(backbone, 3)
-    sampler = SAMPLERS.get(name)()
-    state = sampler.invert(backbone, x0, cond, levels, rng=torch.Generator().manual_seed(0))
-    assert _mse(sampler.reconstruct(backbone, state, cond), x0) < 1e-24
-    if name != "ddpm-ef":  # its noise draws depend on the batch
-        alone = sampler.invert(backbone, x0[:1], cond[:1], levels[:, :1])
-        assert torch.allclose(state.latents[:1], alone.latents, atol=1e-12, rtol=0)
-    assert (state.latents[0] - x0[0]).abs().max().item() > 0.1
-
-
 # ----------------------------------------------------------------------------------------------- approximate inverters
 
 
@@ -210,7 +190,7 @@ def test_null_text_without_optimisation_is_ddim_with_cfg_and_optimising_helps(ba
     cond = backbone.encode_prompts([PROMPT])
     x0 = _latents(backbone)
     levels = sampling_levels(backbone, 3)
-    plain = NullTextInversion(inner_steps=0)
+    plain = NullTextInversion(NullTextConfig(inner_steps=0))
     state = plain.invert(backbone, x0, cond, levels, guidance=7.5)
     ddim = DDIMInversion().invert(backbone, x0, cond, levels)
     assert torch.equal(state.latents, ddim.latents)
@@ -218,7 +198,7 @@ def test_null_text_without_optimisation_is_ddim_with_cfg_and_optimising_helps(ba
                        DDIMInversion().reconstruct(backbone, ddim, cond, guidance=7.5))
     errors = []
     for inner_steps in (0, 1, 3):
-        sampler = NullTextInversion(inner_steps)
+        sampler = NullTextInversion(NullTextConfig(inner_steps=inner_steps))
         backbone.nfe.reset()
         state = sampler.invert(backbone, x0, cond, levels, guidance=7.5)
         # every optimisation step backpropagates through the (frozen) UNet to the embedding: charged 2F per latent
@@ -239,7 +219,7 @@ def test_null_text_optimises_float32_embeddings_on_a_half_precision_unet(backbon
     levels = sampling_levels(half, 3)
     errors = []
     for inner_steps in (0, 3):
-        sampler = NullTextInversion(inner_steps)
+        sampler = NullTextInversion(NullTextConfig(inner_steps=inner_steps))
         state = sampler.invert(half, x0, cond, levels, guidance=7.5)
         assert state.extra["uncond_embeds"].dtype == torch.float32 and state.latents.dtype == torch.float32
         errors.append(_mse(sampler.reconstruct(half, state, cond, guidance=7.5), x0))
@@ -262,8 +242,8 @@ def test_renoise_zero_iterations_is_ddim_and_error_shrinks_with_iterations(backb
     x0 = _latents(backbone)
     levels = sampling_levels(backbone, 5)
     ddim = DDIMInversion().invert(backbone, x0, cond, levels)
-    assert torch.equal(ReNoise(iterations=0).invert(backbone, x0, cond, levels).latents, ddim.latents)
-    errors = [_round_trip(ReNoise(k), backbone, x0, cond, 5)[1] for k in (0, 1, 2, 4)]
+    assert torch.equal(ReNoise(ReNoiseConfig(iterations=0)).invert(backbone, x0, cond, levels).latents, ddim.latents)
+    errors = [_round_trip(ReNoise(ReNoiseConfig(iterations=k)), backbone, x0, cond, 5)[1] for k in (0, 1, 2, 4)]
     assert errors[0] == pytest.approx(_mse(DDIMInversion().reconstruct(backbone, ddim, cond), x0), rel=1e-12)
     assert errors[0] > errors[1] > errors[2] > errors[3]
     assert errors[3] < 0.1 * errors[0]
@@ -279,7 +259,7 @@ def test_ddpm_ef_reproduces_x0_from_independent_noisy_latents(backbone):
     maps = state.extra["noise_maps"]  # (N, B, C, h, w)
     assert maps.shape == (20, *x0.shape) and 0.5 < maps.std().item() < 5
     backbone.nfe.reset()
-    chunked = EditFriendlyDDPM(max_batch=16).invert(backbone, x0, cond, sampling_levels(backbone, 20),
+    chunked = EditFriendlyDDPM(EditFriendlyDDPMConfig(max_batch=16)).invert(backbone, x0, cond, sampling_levels(backbone, 20),
                                                    rng=torch.Generator().manual_seed(0))
     assert backbone.nfe.calls == 3  # 40 latents, 16 per call
     assert torch.allclose(chunked.extra["noise_maps"], maps, atol=1e-9, rtol=0)
@@ -317,19 +297,18 @@ def test_nfe_per_direction_and_cfg_doubles_forwards_not_calls(backbone, name, in
 ])
 def test_stored_state_is_counted_from_the_state_in_latents(backbone, name, fixed, grows):
     """Latent + second latent (BDIA/O-BELM `previous`, EDICT `y`), + one noise map per step (DDPM-EF),
-    + one null embedding per step (null-text, L·D numbers each, also at w = 1), per image."""
+    + one null embedding per step (null-text, L·D numbers each, also at w = 1), per image (that this matches what
+    the state holds: test_contracts.py)."""
     cond = backbone.encode_prompts([PROMPT] * 2)
     x0 = _latents(backbone, batch=2)
     per_step = {"ddpm-ef": 1.0, "null-text": backbone.null_conditioning(1).embeds[0].numel() / x0[0].numel()}
     for steps, guidance in ((3, 1.0), (6, 3.0)):
-        sampler = SAMPLERS.get(name)(inner_steps=2) if name == "null-text" else SAMPLERS.get(name)()
+        sampler = NullTextInversion(NullTextConfig(inner_steps=2)) if name == "null-text" else SAMPLERS.get(name)()
         state = sampler.invert(backbone, x0, cond, sampling_levels(backbone, steps), guidance=guidance,
                                rng=torch.Generator().manual_seed(0))
         size = state.stored_size()
         assert (size.fixed, size.per_step, size.steps) == (fixed, per_step.get(name, 0.0), steps)
-        assert size.total == fixed + per_step.get(name, 0.0) * steps
-        held = sum(t.numel() for t in (state.latents, *state.extra.values())) / x0.numel()  # independent count
-        assert size.total == pytest.approx(held) and (size.per_step > 0) == grows
+        assert size.total == fixed + per_step.get(name, 0.0) * steps and (size.per_step > 0) == grows
 
 
 def test_stored_size_checks_the_layout_of_the_state(backbone):
@@ -343,23 +322,16 @@ def test_stored_size_checks_the_layout_of_the_state(backbone):
         InversionState(x0, levels, per_step=("maps",)).stored_size()
 
 
-def test_every_sampler_declares_exactness_and_stochasticity():
-    for name in SAMPLERS:
-        sampler = SAMPLERS.get(name)
-        assert isinstance(sampler.exact, bool) and isinstance(sampler.stochastic, bool), name
-        assert sampler.stochastic == (name == "ddpm-ef")  # its inverted latent is x0 noised with fresh noise
-
-
 def test_invalid_parameters_are_rejected_by_name(backbone):
     cond = backbone.encode_prompts([PROMPT])
     x0 = _latents(backbone)
     levels = sampling_levels(backbone, 4)
     for make, message in [
-        (lambda: EDICT(p=0.0), r"p \(mixing weight\)"), (lambda: EDICT(p=1.5), r"p \(mixing weight\)"),
-        (lambda: BDIA(gamma=-0.1), "gamma must be >= 0"), (lambda: ReNoise(iterations=-1), "iterations"),
-        (lambda: ReNoise(average=0), "average must"), (lambda: NullTextInversion(inner_steps=-1), "inner_steps"),
-        (lambda: EditFriendlyDDPM(max_batch=0), "max_batch"),
-        (lambda: BDIA(gamma=0.0).invert(backbone, x0, cond, levels), "gamma must be > 0"),
+        (lambda: EDICTConfig(p=0.0), r"p \(mixing weight\)"), (lambda: EDICTConfig(p=1.5), r"p \(mixing weight\)"),
+        (lambda: BDIAConfig(gamma=-0.1), "gamma must be >= 0"), (lambda: ReNoiseConfig(iterations=-1), "iterations"),
+        (lambda: ReNoiseConfig(average=0), "average must"), (lambda: NullTextConfig(inner_steps=-1), "inner_steps"),
+        (lambda: NullTextConfig(lr=0), "lr must be > 0"), (lambda: EditFriendlyDDPMConfig(max_batch=0), "max_batch"),
+        (lambda: BDIA(BDIAConfig(gamma=0.0)).invert(backbone, x0, cond, levels), "gamma must be > 0"),
         (lambda: EditFriendlyDDPM().invert(backbone, x0, cond, levels), "needs an rng"),
         (lambda: BDIA().invert(backbone, x0, cond, levels[:1]), "K >= 1"),
         (lambda: EDICT().invert(backbone, x0, cond, levels.flip(0)), "non-decreasing"),
@@ -369,4 +341,6 @@ def test_invalid_parameters_are_rejected_by_name(backbone):
     ]:
         with pytest.raises(ValueError, match=message):
             make()
-    assert 0.92 <= BDIA().gamma <= 1.0 and EDICT().p == 0.93 and ReNoise().iterations == 1
+    assert 0.92 <= BDIA().config.gamma <= 1.0 and EDICT().config.p == 0.93 and ReNoise().config.iterations == 1
+    with pytest.raises(TypeError, match=r"edict takes its Config \(EDICTConfig\)"):
+        EDICT(0.93)  # a setting goes in the Config

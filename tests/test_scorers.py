@@ -286,15 +286,38 @@ def test_eval_missing_weights_exits_2_and_writes_nothing(in_tmp):
     (["--metrics", "oracle", "--toy-renders", "2", "--json", "."], "--json .: is a directory; give a file path"),
     (["--metrics", "oracle", "--toy-renders", "2", "--pipeline", "."], "--pipeline applies to --toy-samples"),
     (["--metrics", "oracle", "--toy-samples", "2", "--pipeline", "nope"], "--pipeline nope: not a directory"),
-    (["--metrics", "oracle", "--toy-renders", "2", "--hps-version", "v2.0"], "--hps-version applies to the `hps` metric"),
-    (["--metrics", "hps", "--toy-renders", "2", "--hps-version", "v3"], "unknown HPS version 'v3'; known: v2.0, v2.1"),
-    (["--metrics", "hps", "--toy-renders", "2", "--hps-version", "v2.0"], "HPS_v2_compressed.pt"),
+    (["--metrics", "oracle", "--toy-renders", "2", "--metric-arg", "hps.version=v2.0"],
+     "--metric-arg hps.version=v2.0: metric 'hps' is not in --metrics (oracle)"),
+    (["--metrics", "hps", "--toy-renders", "2", "--metric-arg", "hps.version=v3"],
+     "--metric-arg hps: unknown HPS version 'v3'; known: v2.0, v2.1"),
+    (["--metrics", "hps", "--toy-renders", "2", "--metric-arg", "hps.version=v2.0"], "HPS_v2_compressed.pt"),
+    (["--metrics", "hps", "--toy-renders", "2", "--hps-version", "v2.0"], "HPS_v2_compressed.pt"),  # deprecated alias
 ])
 def test_eval_bad_input_exits_2(in_tmp, args, message):
     result = runner.invoke(app, ["eval", *args])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert list(in_tmp.iterdir()) == []
+
+
+def test_eval_clip_backbone_by_metric_arg_and_by_its_deprecated_flag(in_tmp, tiny_clip_dir):
+    """`--metric-arg clip.backbone=DIR` reaches the scorer and the record; `--clip-backbone DIR` does the same,
+    saying what replaces it."""
+    outputs = {}
+    for name, option in (("metric-arg", ["--metric-arg", f"clip.backbone={tiny_clip_dir}"]),
+                         ("deprecated", ["--clip-backbone", str(tiny_clip_dir)])):
+        result = runner.invoke(app, ["eval", "--metrics", "clip", "--toy-renders", "3", *option, "--json", f"{name}.json",
+                                     "-q"])
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.output
+        record = json.loads((in_tmp / f"{name}.json").read_text())
+        assert record["scorer_configs"]["clip"] == {"backbone": str(tiny_clip_dir), "batch_size": 32}
+        assert record["scorers"]["clip"]["backbone"] == str(tiny_clip_dir)
+    assert "deprecated" not in outputs["metric-arg"]
+    assert (f"deprecated: --clip-backbone is replaced by --metric-arg clip.backbone={tiny_clip_dir}"
+            in " ".join(outputs["deprecated"].split()))
+    scores = [json.loads((in_tmp / f"{name}.json").read_text())["scores"]["clip"] for name in outputs]
+    assert scores[0] == scores[1]
 
 
 def test_eval_toy_renders_and_an_image_folder(in_tmp):

@@ -56,20 +56,17 @@ def sdxl_data(tiny_sdxl_backbone, tiny_toy_dir):
                                                                    max_pairs=8))
 
 
-@pytest.mark.parametrize("method", METHODS.names())
-def test_every_method_trains_a_step_on_sdxl(tiny_sdxl_backbone, sdxl_data, method):
-    before = {k: v.clone() for k, v in tiny_sdxl_backbone.unet.state_dict().items()}
+# Before the first update the policy is the reference, so every implicit reward is 0 and the loss is known by hand:
+# −log σ(0) = log 2 for the DPO family, KTO's 1 − σ(0) = ½, DSPO's squared error (0 − ½)² = ¼. (That every method
+# trains a step on SD and SDXL shapes is a registry contract, tests/test_contracts.py.)
+LOSS_AT_INIT = {"dpo": math.log(2), "dpo-gamma-t": math.log(2), "inpo": math.log(2), "kto": 0.5, "dspo": 0.25}
+
+
+@pytest.mark.parametrize("method", sorted(LOSS_AT_INIT))
+def test_first_loss_on_sdxl_is_the_zero_reward_value(tiny_sdxl_backbone, sdxl_data, method):
     trainer = Trainer(METHODS.get(method)(), tiny_sdxl_backbone, sdxl_data, TrainConfig(lr=1e-3, batch_size=2),
                       Budget.parse("1steps"), progress=False)
-    result = trainer.fit()
-    assert result.steps == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))
-    # before the first update the policy is the reference: every implicit reward is 0
-    at_init = {"dpo": math.log(2), "dpo-gamma-t": math.log(2), "inpo": math.log(2), "mapo": None, "kto": 0.5,
-               "dspo": 0.25, "sft": None}[method]
-    if at_init is not None:
-        assert result.history[0]["loss"] == pytest.approx(at_init, abs=1e-6)
-    moved = [not torch.equal(before[k], v) for k, v in result.policy.unet.state_dict().items()]
-    assert any(moved)
+    assert trainer.fit().history[0]["loss"] == pytest.approx(LOSS_AT_INIT[method], abs=1e-6)
 
 
 def test_every_exact_sampler_round_trips_on_sdxl(tiny_sdxl_backbone):

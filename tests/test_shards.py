@@ -1,4 +1,5 @@
-"""Shard-aware draws: the rows two simulated processes draw, put back together, are the one-process draws."""
+"""Shard-aware draws: the rows two simulated processes draw, put back together, are the one-process draws
+(every method's draws and loss over shards: test_contracts.py)."""
 
 from __future__ import annotations
 
@@ -51,43 +52,3 @@ def test_bad_shards_and_blocks_are_refused():
         pass
     with stacked(2), pytest.raises(ValueError, match="3 rows do not split into 2 stacked blocks"):
         sample_uniform(3, torch.Generator())
-
-
-@pytest.mark.parametrize("name", ["sft", "dpo", "kto", "inpo", "dspo", "dpo-gamma-t", "mapo"])
-def test_every_method_draws_the_same_for_a_batch_and_for_its_shards(tiny_backbone, name):
-    """The generator ends in the same state after a whole batch and after either shard (so the next step's
-    draws agree), and the shards' losses average to the batch's (except KTO, whose reference point z0
-    is a global mean that needs the process group)."""
-    import copy
-
-    from methods.alignment import METHODS
-    from methods.alignment.base import ImageBatch, PairBatch
-
-    method = METHODS.get(name)()
-    policy_unet = copy.deepcopy(tiny_backbone.unet)
-    with torch.no_grad():
-        for p in policy_unet.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    policy = tiny_backbone.with_unet(policy_unet)
-    g = torch.Generator().manual_seed(0)
-    shape = (4, *tiny_backbone.latent_shape)
-    cond = tiny_backbone.encode_prompts([f"a small red circle {i}" for i in range(4)])
-    if method.data_kind == "pairs":
-        whole = PairBatch(torch.randn(shape, generator=g), torch.randn(shape, generator=g), cond)
-        shard = [PairBatch(whole.winner[r * 2:r * 2 + 2], whole.loser[r * 2:r * 2 + 2], cond[torch.arange(r * 2, r * 2 + 2)])
-                 for r in range(2)]
-    else:
-        whole = ImageBatch(torch.randn(shape, generator=g), cond, torch.tensor([True, False, True, True]))
-        shard = [ImageBatch(whole.latents[r * 2:r * 2 + 2], cond[torch.arange(r * 2, r * 2 + 2)],
-                            whole.desirable[r * 2:r * 2 + 2]) for r in range(2)]
-    rng = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        loss = method.loss(whole, policy, tiny_backbone, rng).loss.item()
-    losses = []
-    for r in range(2):
-        rng_r = torch.Generator().manual_seed(1)
-        with sharded(r, 2), torch.no_grad():
-            losses.append(method.loss(shard[r], policy, tiny_backbone, rng_r).loss.item())
-        assert torch.equal(rng_r.get_state(), rng.get_state()), f"shard {r} consumed the generator differently"
-    if name != "kto":
-        assert sum(losses) / 2 == pytest.approx(loss, rel=1e-5, abs=1e-7)

@@ -1,14 +1,19 @@
-"""Typed, validated configuration of training and evaluation, and `key=value` overrides.
+"""Typed, validated configuration of training and evaluation, and `key=value` overrides of any config.
 
-Each field's `metadata["help"]` documents it; `apply_overrides` turns CLI strings such as
-`lr=3e-5` or `inversion=bdia` into a new validated dataclass, coercing by the field's type.
+Each field's `metadata["help"]` documents it (`bench list NAME` prints it, `field_rows`); `apply_overrides`
+turns CLI strings such as `lr=3e-5` or `inversion=bdia` into a new validated dataclass, coercing by the
+field's type. Every plugin (method, inversion sampler, scorer) has such a Config, and its options reach it
+through one parser, `parse_plugin_args`: `--method-arg`, `--sampler-arg` and `--metric-arg NAME.FIELD=VALUE`
+fail alike, in one line, on an unknown plugin or field (naming the nearest one) or a value of the wrong type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -76,7 +81,12 @@ class EvalConfig:
 
 
 class OverrideError(ValueError):
-    """A `key=value` override that names no field or whose value does not parse."""
+    """An override that names no plugin or field, or whose value does not parse or validate (a one-line message)."""
+
+
+def _nearest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _coerce(value, kind, name: str):
@@ -99,24 +109,95 @@ def _coerce(value, kind, name: str):
                 return typ(float(value)) if typ is int and float(value).is_integer() else typ(value)
             except ValueError:
                 raise OverrideError(f"{name}: expected {label}, got {value!r}") from None
+    if kind is dict or typing.get_origin(kind) is dict:  # "a=1,b=2": the settings of a nested plugin
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not key.strip() for key, sep, _ in pairs):
+            raise OverrideError(f"{name}: expected FIELD=VALUE[,FIELD=VALUE...], got {value!r}")
+        return {key.strip(): raw.strip() for key, _, raw in pairs}
     return value
 
 
-def apply_overrides(config, overrides: dict):
+def _field_type(config_cls: type, key: str):
+    """The type of field `key` of dataclass `config_cls`; OverrideError, naming the nearest field, if it has none."""
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    if key not in names:
+        raise OverrideError(f"{config_cls.__name__} has no field {key!r}{_nearest(key, names)} "
+                            f"(fields: {', '.join(names) or 'none'})")
+    return typing.get_type_hints(config_cls)[key]
+
+
+def apply_overrides(config, overrides: Mapping[str, object]):
     """A copy of dataclass `config` with overrides (strings coerced to the fields' types), validated."""
     if not overrides:
         return config
-    hints = typing.get_type_hints(type(config))
-    names = {f.name for f in dataclasses.fields(config)}
-    values = {}
-    for key, raw in overrides.items():
-        if key not in names:
-            raise OverrideError(f"{type(config).__name__} has no field {key!r}; fields: {', '.join(sorted(names))}")
-        values[key] = _coerce(raw, hints[key], key)
+    values = {key: _coerce(raw, _field_type(type(config), key), key) for key, raw in overrides.items()}
     try:
         return dataclasses.replace(config, **values)
     except ValueError as err:
         raise OverrideError(str(err)) from None
+
+
+def parse_plugin_args(items: Iterable[str], option: str, configs: Mapping[str, type], *, kind: str, where: str,
+                      bare: str | None = None, canonical: Callable[[str], str] | None = None) -> dict[str, dict]:
+    """`NAME.FIELD=VALUE` items -> {NAME: {FIELD: value}}, each value coerced to the type of its field in
+    `configs[NAME]` (the Config class of every plugin the command uses), so nothing runs on a typo.
+
+    The one parser of `--method-arg`, `--train-arg`, `--sampler-arg` and `--metric-arg`, and so of one set of
+    one-line OverrideErrors: an item not of the form NAME.FIELD=VALUE; a NAME not in `configs` (`where` says
+    where they come from, e.g. "--samplers") or a FIELD not in its Config, each with the nearest known name; a
+    VALUE that is not of the field's type. Values are checked against the Config's own rules (`__post_init__`)
+    when they are applied (`apply_overrides`). NAME is everything before the last dot (labels may hold dots);
+    with `bare`, an item without NAME is for `bare` (`--train-arg lr=1e-5`: every method). `canonical` maps a
+    deprecated name to its current one.
+    """
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        name, dot, field_name = key.rpartition(".")
+        if not dot and bare is not None:
+            name = bare
+        if not sep or not field_name or not name:
+            form = f"[{kind.upper()}.]FIELD=VALUE" if bare is not None else f"{kind.upper()}.FIELD=VALUE"
+            raise OverrideError(f"{option} {item!r}: expected {form}")
+        name = canonical(name) if canonical and name not in configs else name
+        if name not in configs:
+            known = ", ".join(n for n in configs if n != bare) or "none"
+            raise OverrideError(f"{option} {item}: {kind} {name!r} is not in {where} ({known}){_nearest(name, configs)}")
+        try:
+            field_type = _field_type(configs[name], field_name)
+        except OverrideError as err:
+            raise OverrideError(f"{option} {item}: {err}") from None
+        label = field_name if name == bare else f"{name}.{field_name}"
+        out.setdefault(name, {})[field_name] = _coerce(value, field_type, f"{option} {label}")
+    return out
+
+
+def parse_plugin_configs(items: Iterable[str], option: str, registry, names: Iterable[str], *,
+                         where: str) -> dict[str, object]:
+    """The Config of every plugin in `names` (registered in `registry`: samplers, scorers), its defaults with the
+    `NAME.FIELD=VALUE` items applied (`parse_plugin_args`, then the Config's validation: OverrideError)."""
+    classes = {name: registry.get(name).Config for name in names}
+    given = parse_plugin_args(items, option, classes, kind=registry.kind, where=where)
+    configs = {}
+    for name, config_cls in classes.items():
+        try:
+            configs[name] = apply_overrides(config_cls(), given.get(name, {}))
+        except OverrideError as err:
+            raise OverrideError(f"{option} {name}: {err}") from None
+    return configs
+
+
+def field_rows(config_cls: type) -> list[dict]:
+    """Each field of dataclass `config_cls`: name, type, default, help and declared search range ("" if none),
+    for `bench list NAME`."""
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        search = f.metadata.get("search")
+        rows.append({"field": f.name, "type": f.type if isinstance(f.type, str) else f.type.__name__,
+                     "default": repr(default), "help": f.metadata.get("help", ""),
+                     "search": search.describe() if search is not None else ""})
+    return rows
 
 
 def as_dict(config) -> dict:

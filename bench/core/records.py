@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from bench.core.locks import process_alive
 from bench.core.stats import run_statistics
 
 SCHEMA_VERSION = 3
@@ -105,16 +106,6 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
     """A fresh directory inside `out` (same filesystem) to build into. When the block succeeds each of its entries
@@ -124,7 +115,7 @@ def staged_directory(out: str | os.PathLike) -> Iterator[Path]:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".staging-*"):
         pid = stale.name.removeprefix(".staging-")
-        if stale.is_dir() and pid.isdecimal() and not _running(int(pid)):
+        if stale.is_dir() and pid.isdecimal() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     stage = out / f".staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)

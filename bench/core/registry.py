@@ -1,10 +1,12 @@
 """One small registry type for alignment methods, inversion samplers, scorers and suites.
 
 Registration is by decorator (`@METHODS.register("dpo")`) or by a third-party package through an
-entry point group (e.g. `[project.entry-points."diffusion_align_bench.methods"]`). A typo gets the
-nearest known name, as lm-evaluation-harness's registry does. A renamed entry keeps its old name as a
-deprecated alias (`alias(old, new)`): it still resolves, with a FutureWarning naming the new name, but
-is not listed, and `canonical` maps it silently (for reading records written under the old name).
+entry point group (e.g. `[project.entry-points."diffusion_align_bench.methods"]`). A plugin package's
+`__init__` calls `discover`, which imports every module in its folder, so a plugin file is registered by
+being there: there is no import list to forget. A typo gets the nearest known name, as
+lm-evaluation-harness's registry does. A renamed entry keeps its old name as a deprecated alias
+(`alias(old, new)`): it still resolves, with a FutureWarning naming the new name, but is not listed, and
+`canonical` maps it silently (for reading records written under the old name).
 
 This module sits at the bottom of the import graph (it imports nothing of the project), so that
 `methods/` and `metrics/` can use it without knowing the harness.
@@ -13,8 +15,11 @@ This module sits at the bottom of the import graph (it imports nothing of the pr
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
+import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -43,6 +48,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._aliases: dict[str, tuple[str, str]] = {}  # deprecated name -> (current name, why it changed)
         self._entry_points_loaded = entry_point_group is None
+        self.plugin_modules: list[str] = []  # the modules `discover` imported, each expected to register something
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -54,6 +60,23 @@ class Registry(Generic[T]):
             return obj
 
         return decorator
+
+    def discover(self, package: str, skip: Collection[str] = ()) -> None:
+        """Import every module of `package`'s folder (a subpackage counts as one) except those named in `skip`,
+        so that their decorators register them; call it from the package's `__init__` with `__name__`.
+
+        `skip` names the folder's modules that are not plugins (the contract in `base.py`, helpers), which
+        register nothing; every other module is a plugin and is listed in `plugin_modules` (the tests check
+        that each one registered something). A name in `skip` that is not in the folder is an error, so the
+        list cannot go stale.
+        """
+        found = [info.name for info in pkgutil.iter_modules(sys.modules[package].__path__)]  # sorted by name
+        if stale := sorted(set(skip) - set(found)):
+            raise ValueError(f"discover({package!r}): skip names {stale}, which are not modules of the package")
+        for name in found:
+            if name not in skip:
+                importlib.import_module(f"{package}.{name}")
+                self.plugin_modules.append(f"{package}.{name}")
 
     def alias(self, old: str, new: str, *, note: str = "") -> None:
         """Keep `old` working as a deprecated name of the registered `new` (a FutureWarning on use); `note`

@@ -18,17 +18,23 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class FloatRange:
+class _Range:
+    """[low, high], searched uniformly or, with `log`, log-uniformly (then low > 0)."""
+
     low: float
     high: float
     log: bool = False
 
     def __post_init__(self):
+        kind = type(self).__name__
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
-            raise ValueError(f"FloatRange needs finite low < high, got [{self.low}, {self.high}]")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log-scale FloatRange needs low > 0, got {self.low}")
+            raise ValueError(f"{kind} needs finite low < high, got [{self.low}, {self.high}]")
+        if self.log and not self.low > 0:
+            raise ValueError(f"a log-scale {kind} needs low > 0, got {self.low}")
 
+
+@dataclass(frozen=True)
+class FloatRange(_Range):
     def suggest(self, trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
@@ -37,16 +43,9 @@ class FloatRange:
 
 
 @dataclass(frozen=True)
-class IntRange:
+class IntRange(_Range):
     low: int
     high: int
-    log: bool = False
-
-    def __post_init__(self):
-        if not self.low < self.high:
-            raise ValueError(f"IntRange needs low < high, got [{self.low}, {self.high}]")
-        if self.log and self.low < 1:
-            raise ValueError(f"a log-scale IntRange needs low >= 1, got {self.low}")
 
     def suggest(self, trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log)

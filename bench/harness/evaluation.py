@@ -6,11 +6,16 @@ processes each samples and scores a contiguous share of the images and the score
 order (an image depends only on its prompt and seed, so the result does not depend on the number of
 processes). Aggregates are means with 95% CIs from a bootstrap over prompts; comparisons with the base
 model are paired over the same images (`bench.core.stats`).
+
+`bench eval` scores images it did not sample (a folder, toy renders) with the same `score_batches` and
+`aggregate`, so its numbers are computed as a run record's are.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,18 +64,33 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
     nfe_before, t0 = backbone.nfe.total, time.perf_counter()
     images = generate(backbone, local_prompts, local_seeds, steps=cfg.steps, guidance=cfg.guidance,
                       batch_size=cfg.batch_size, progress=progress and state.is_main_process, desc=desc)
-    local = {"scores": {}, "components": {}, "nfe": backbone.nfe.total - nfe_before}
-    for name, scorer in scorers.items():
-        local["scores"][name] = scorer.score(local_prompts, images).tolist()
-        terms = scorer.components(local_prompts, images)
-        if terms:
-            local["components"][name] = {k: v.tolist() for k, v in terms.items()}
+    local_scores, local_components = score_batches(scorers, [(range(len(local_prompts)), local_prompts, images)],
+                                                   len(local_prompts))
+    local = {"scores": local_scores, "components": local_components, "nfe": backbone.nfe.total - nfe_before}
     shares = gather_object([local]) if state.num_processes > 1 else [local]
     scores = {name: [v for s in shares for v in s["scores"][name]] for name in scorers}
     components = {name: {k: [v for s in shares for v in s["components"][name][k]] for k in terms}
                   for name, terms in shares[0]["components"].items()}
     result = EvalResult(per_image, seeds, scores, components, time.perf_counter() - t0, sum(s["nfe"] for s in shares))
     return result, images
+
+
+def score_batches(scorers: dict[str, Scorer], batches: Iterable[tuple[Sequence[int], list[str], torch.Tensor]],
+                  n: int) -> tuple[dict[str, list[float]], dict[str, dict[str, list[float]]]]:
+    """Every scorer on N images given in batches of (image indices, prompts, images (B, 3, H, W)), in any order:
+    (metric -> N per-image scores, metric -> term -> N per-image values for scorers with diagnostic terms), in
+    image order. An image no batch covers keeps NaN."""
+    scores = {name: [math.nan] * n for name in scorers}
+    components: dict[str, dict[str, list[float]]] = {}
+    for index, prompts, images in batches:
+        for name, scorer in scorers.items():
+            for i, value in zip(index, scorer.score(prompts, images).tolist()):
+                scores[name][i] = value
+            for term, values in scorer.components(prompts, images).items():
+                column = components.setdefault(name, {}).setdefault(term, [math.nan] * n)
+                for i, value in zip(index, values.tolist()):
+                    column[i] = value
+    return scores, components
 
 
 def aggregate(result: EvalResult, cfg: EvalConfig) -> dict[str, dict]:

@@ -15,6 +15,13 @@ same run, so the compute floor is 1.0. Samplers that batch more latents into one
 against it all the same. At guidance 1 a DDIM loop run by diffusers' own `DDIMInverseScheduler` on
 the same pipeline is reported beside ours: the largest latent difference and the speed ratio.
 
+Each sampler runs with its Config (`bench invert --sampler-arg NAME.FIELD=VALUE`; default: the paper's
+settings), and the result's `config.sampler_configs` records every field of each.
+
+`invert_record` wraps the result as an `invert` record (`bench.core.records.INVERT`, the `invert.json` that
+`bench.results.inversion` writes with its table and figures); `speed_record` adds each sampler's time relative
+to DDIM for `bench speed`.
+
 Guidance 1 alone hides differences: null-text
 and NPI are DDIM there, and DDIM inversion's error grows with the guidance (p2p #27); the committed
 record is made at both 1 and 7.5, prompt-to-prompt's scale (`bench invert --guidances 1,7.5`).
@@ -24,15 +31,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from diffusers import DDIMInverseScheduler
 
 from bench.core.backbone import Backbone, Conditioning
+from bench.core.config import as_dict
 from bench.core.progress import progress_bar
+from bench.core.records import INVERT, new_record
 from bench.harness.data import decode_images, image_files
+from bench.harness.suites import get_suite
+from bench.toy.world import held_out_combos, render_dataset, split_combos
 from methods.inversion import SAMPLERS
 from methods.inversion.base import sampling_levels
 
@@ -48,6 +59,7 @@ class InvertConfig:
     seed: int = 0  # for samplers that draw noise (ddpm-ef)
     repeats: int = 1  # timed runs per sampler; the median is reported
     timing_repeats: int = 5  # timed UNet invocations for t_fwd
+    sampler_configs: dict[str, object] = field(default_factory=dict)  # sampler -> its Config (absent: the defaults)
 
     def __post_init__(self):
         if self.steps < 2:
@@ -63,15 +75,46 @@ class InvertConfig:
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         SAMPLERS.check(list(self.samplers))
+        for name, config in self.sampler_configs.items():
+            if name not in self.samplers:
+                raise ValueError(f"a Config for sampler {name!r}, which is not in --samplers ({', '.join(self.samplers)})")
+            if not isinstance(config, SAMPLERS.get(name).Config):
+                raise TypeError(f"sampler {name} takes its Config ({SAMPLERS.get(name).Config.__name__}), got {config!r}")
         for name in self.samplers:
             limit = SAMPLERS.get(name).max_steps
             if limit is not None and self.steps > limit:
                 raise ValueError(f"{name} is defined for at most {limit} steps, got --steps {self.steps}")
 
+    def sampler(self, name: str):
+        """Sampler `name` built with its Config."""
+        return SAMPLERS.get(name)(self.sampler_configs.get(name))
+
 
 def load_image_dir(path: Path, size: int) -> torch.Tensor:
     """Every .png/.jpg/.jpeg/.webp in `path` (natural name order), resized and centre-cropped: (N, 3, size, size)."""
     return decode_images([p.read_bytes() for p in image_files(path)], size)
+
+
+def held_out_images(count: int) -> tuple[torch.Tensor, list[str]]:
+    """(images (count, 3, 32, 32), captions): the first `count` held-out toy captions rendered once each (seed 0),
+    what `bench invert` and `bench speed` invert by default; ValueError unless 1 <= count <= 64 (distinct captions)."""
+    available = len(split_combos().test)
+    if not 1 <= count <= available:
+        raise ValueError(f"--images {count}: the toy world has {available} held-out captions; choose 1 to {available}")
+    return render_dataset(held_out_combos(count), 1, seed=0)
+
+
+def load_inputs(pipeline: str | None = None, images_dir: Path | None = None, prompt: str = "",
+                count: int = 8) -> tuple[Backbone, torch.Tensor, list[str]]:
+    """(backbone, images (N, 3, H, W), prompts) to invert: the pipeline `pipeline` (default: the toy suite's) and
+    every image of `images_dir` at its size, each with `prompt`; without `images_dir`, `held_out_images(count)`,
+    checked before the pipeline loads."""
+    toy = held_out_images(count) if images_dir is None else None
+    backbone = Backbone.from_pretrained(pipeline or get_suite("toy").pipeline)
+    if toy is not None:
+        return backbone, *toy
+    images = load_image_dir(images_dir, backbone.image_size)
+    return backbone, images, [prompt] * len(images)
 
 
 def _time_call(fn, repeats: int) -> float:
@@ -139,7 +182,7 @@ def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: l
                 backbone.eps(x0, t, cond, guidance)
         t_fwd = _forward_time(backbone, x0, cond, guidance, cfg.timing_repeats)
         for name in progress_bar(cfg.samplers, enabled=progress, desc=f"samplers at guidance {guidance:g}"):
-            records.append(_sampler_record(backbone, SAMPLERS.get(name)(), x0, reference_pixels, cond, levels,
+            records.append(_sampler_record(backbone, cfg.sampler(name), x0, reference_pixels, cond, levels,
                                            guidance, t_fwd, cfg))
     reference = None
     if 1.0 in cfg.guidances:
@@ -150,9 +193,31 @@ def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: l
         reference = {"implementation": "diffusers.DDIMInverseScheduler", "max_abs_latent_diff":
                      (ours - theirs).abs().max().item(), "seconds_ours": ours_seconds, "seconds_diffusers": theirs_seconds,
                      "speed_ratio_ours_over_diffusers": ours_seconds / theirs_seconds}
-    return {"config": {"samplers": list(cfg.samplers), "steps": cfg.steps, "guidances": list(cfg.guidances),
+    return {"config": {"samplers": list(cfg.samplers),
+                       "sampler_configs": {name: as_dict(cfg.sampler(name).config) for name in cfg.samplers},
+                       "steps": cfg.steps, "guidances": list(cfg.guidances),
                        "dtype": cfg.dtype, "images": n, "prompts": prompts},
             "records": records, "diffusers_reference": reference}
+
+
+def invert_record(backbone: Backbone, images: torch.Tensor, prompts: list[str], cfg: InvertConfig, *,
+                  progress: bool = True) -> dict:
+    """`run_inversion_benchmark` as an `invert` record (`bench.core.records.INVERT`, `invert.json`) that names the
+    pipeline."""
+    result = run_inversion_benchmark(backbone, images, prompts, cfg, progress=progress)
+    return new_record(INVERT, **result, pipeline=backbone.source)
+
+
+def speed_record(backbone: Backbone, images: torch.Tensor, prompts: list[str], cfg: InvertConfig) -> dict:
+    """`bench speed`: the `invert_record` of `cfg` with DDIM run first as the reference (added when not among its
+    samplers), every sampler's record with `time_vs_ddim`: its seconds to invert and reconstruct over DDIM's."""
+    cfg = replace(cfg, samplers=tuple(dict.fromkeys(("ddim", *cfg.samplers))))
+    record = invert_record(backbone, images, prompts, cfg, progress=False)
+    ddim = next(r for r in record["records"] if r["sampler"] == "ddim")
+    for r in record["records"]:
+        r["time_vs_ddim"] = (r["seconds_invert"] + r["seconds_reconstruct"]) / (
+            ddim["seconds_invert"] + ddim["seconds_reconstruct"])
+    return record
 
 
 def _sampler_record(backbone: Backbone, sampler, x0: torch.Tensor, reference_pixels: torch.Tensor, cond: Conditioning,

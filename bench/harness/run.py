@@ -11,12 +11,16 @@ killed run from its checkpoint.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
+import os
 import re
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +30,9 @@ from bench.core.backbone import Backbone
 from bench.core.budget import Budget, Usage
 from bench.core.cache import cache_dir
 from bench.core.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
+from bench.core.locks import LOCK_ENV, DirectoryHeldError, describe_holder, hold_directory, lock_holder
 from bench.core.processes import processes
+from bench.core.progress import progress_bar
 from bench.core.records import (
     ALIGNMENT_RUN,
     RUN_MANIFEST,
@@ -43,7 +49,7 @@ from bench.harness.suites import Suite
 from bench.harness.trainer import Trainer, declared_step_cost
 from methods.alignment import METHODS, AlignmentMethod
 from metrics import SCORERS, Scorer
-from metrics.build import ScorerOptions, build_scorers
+from metrics.build import ScorerOptions, build_scorers, recorded_before_configs
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ class RunPlan:
     prompt_source: dict = field(default_factory=dict)  # where they came from (`bench.harness.prompts.resolve_prompts`)
     split: str = "test"  # which of the suite's prompt sets they are: "test" (reported) or "validation" (tuning)
     dtype: str = "fp32"  # the frozen pipeline's UNet and text encoders, and evaluation (PIPELINE_DTYPES)
-    scorer_options: ScorerOptions = field(default_factory=ScorerOptions)  # weights paths, HPS version, CLIP backbone
+    scorer_options: ScorerOptions = field(default_factory=ScorerOptions)  # scorer Configs, weights paths, pickles
     native_space: str | None = None  # the pipeline's prediction space ("eps", "v"); None until it is known
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.harness.tune`)
     algorithms: dict[str, str] = field(default_factory=dict)  # label -> registered method, where they differ
@@ -88,6 +94,7 @@ class RunPlan:
             "eval_prompts": self.prompts,
             "metrics": list(self.suite.metrics),
             "scorer_options": self.scorer_options.recorded(),
+            "scorer_configs": self.scorer_options.recorded_configs(list(self.suite.metrics)),
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
@@ -95,20 +102,6 @@ class RunPlan:
                                "config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
         }
-
-
-def parse_method_args(items: list[str], option: str = "--method-arg", any_method: bool = False) -> dict[str, dict]:
-    """["inpo.inversion=bdia", "dpo.beta=2000"] -> {"inpo": {"inversion": "bdia"}, "dpo": {"beta": "2000"}};
-    with `any_method`, a bare FIELD=VALUE applies to every method (key "*")."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.rpartition(".") if "." in key else ("*" if any_method else "", "", key)
-        if not sep or not name or (not dot and not any_method) or not method:
-            raise RunSetupError(f"{option} {item!r}: expected METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim"
-                                + (" (or FIELD=VALUE for every method)" if any_method else ""))
-        out.setdefault(method.strip(), {})[name.strip()] = value.strip()
-    return out
 
 
 LABEL = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -207,18 +200,36 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
                    algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline))  # records "native" resolved
     manifest = plan.run_dir / "run.json"
+    holder = lock_holder(plan.run_dir)
+    if holder is not None and holder.get("token") != os.environ.get(LOCK_ENV):
+        raise RunSetupError(f"run directory {describe_holder(plan.run_dir, holder)}")
     if resume:
         if not manifest.exists():
             raise RunSetupError(f"--resume: {plan.run_dir} holds no run (no run.json)")
-        stored = {"dtype": "fp32", "scorer_options": ScorerOptions().recorded(),  # runs started before these existed
-                  "eval_split": "test",
-                  **read_record(manifest, RUN_MANIFEST)["config"]}
+        stored = _fields_added_since({"dtype": "fp32", "eval_split": "test",  # runs started before these existed
+                                      **recorded_before_configs(read_record(manifest, RUN_MANIFEST)["config"])}, plan)
         if stored != json.loads(json.dumps(plan.config())):
             diff = sorted(k for k in plan.config() if stored.get(k) != json.loads(json.dumps(plan.config()))[k])
             raise RunSetupError(f"--resume: {plan.run_dir} was started with a different configuration ({', '.join(diff)})")
     elif plan.run_dir.exists() and any(plan.run_dir.iterdir()):
         raise RunSetupError(f"run directory {plan.run_dir} is not empty; pass --resume to continue it or choose another")
     return plan
+
+
+def _fields_added_since(stored: dict, plan: RunPlan) -> dict:
+    """`stored` (a run's recorded configuration) with the method Config fields added since it was recorded, which the
+    run therefore used at their defaults, filled in where this plan has them at their defaults too (as described):
+    such a run resumes, and one asked to resume with another value for the new field does not."""
+    described = json.loads(json.dumps(plan.config()["methods"]))
+    for name, method in plan.methods.items():
+        recorded = stored.get("methods", {}).get(name, {}).get("config")
+        if recorded is None:
+            continue
+        defaults = type(method.config)()
+        for f in dataclasses.fields(method.config):
+            if f.name not in recorded and getattr(method.config, f.name) == getattr(defaults, f.name):
+                recorded[f.name] = described[name]["config"][f.name]
+    return stored
 
 
 def _scorer_identity(described: dict) -> dict:
@@ -310,37 +321,80 @@ def record_name(method: str, budget: Budget, seed: int) -> str:
     return f"{method}-{budget}-s{seed}"
 
 
-def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
+def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int = 1) -> list[Path]:
     """Run the plan; returns the record paths in order (base first, then per budget, seed and method).
     `on_record(path, record)` is called as each record lands. Under several processes (accelerate
-    launch / torchrun) all of them train and evaluate; the main process alone writes files."""
+    launch / torchrun) all of them train and evaluate; the main process alone writes files, and holds the run
+    directory (`bench.core.locks`) while it does: a second run into it stops with a RunSetupError naming the
+    holder. `jobs` > 1 trains the plan's independent runs (methods × seeds × budgets) in that many worker
+    processes (`_execute_parallel`), each with its share of the threads; every record is the one `jobs=1` writes
+    at the same thread count per run."""
+    if jobs < 1:
+        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
     state = processes()
-    main = state.is_main_process
+    if jobs > 1 and state.num_processes > 1:
+        raise RunSetupError("--jobs runs independent runs in worker processes; it cannot be combined with a "
+                            "multi-process launch (accelerate launch / torchrun), which splits each run instead")
+    try:
+        with hold_directory(plan.run_dir) if state.is_main_process else contextlib.nullcontext() as token:
+            if jobs > 1:
+                return _execute_parallel(plan, jobs, token, on_record)
+            return _execute_held(plan, on_record=on_record, trainer_callbacks=trainer_callbacks)
+    except DirectoryHeldError as err:
+        raise RunSetupError(f"run directory {err}") from None
+
+
+@dataclass
+class _Session:
+    """What every run of a plan shares within one process: scorers, the pipeline, the preference data (encoded
+    on first use) and the base model's evaluation."""
+
+    plan: RunPlan
+    scorers: dict[str, Scorer]
+    backbone: Backbone
+    pairs: object
+    splits: dict
+    base_eval: EvalResult
+    data: object = None
+
+    def runs(self) -> list[tuple[Budget, int, str, Path]]:
+        """(budget, seed, method, record path) in plan order."""
+        return [(budget, seed, name, self.plan.run_dir / f"{record_name(name, budget, seed)}.json")
+                for budget, seed, name in itertools.product(self.plan.budgets, self.plan.seeds, self.plan.methods)]
+
+
+def _lander(on_record):
+    """`land(path, record)`: the main process writes the record atomically and reports it; all processes wait."""
+    state = processes()
 
     def land(path: Path, record: dict) -> None:
-        if main:
+        if state.is_main_process:
             write_json_atomic(path, record)
             if on_record:
                 on_record(path, record)
         state.wait_for_everyone()
 
-    # Everything that can fail on the user's input (scorer weights, pipeline, preference data) is loaded
-    # before anything is written or evaluated.
+    return land
+
+
+def _open_session(plan: RunPlan, land) -> tuple[_Session, Path]:
+    """Load everything that can fail on the user's input (scorer weights, pipeline, preference data) before anything
+    is written; write run.json (unless resuming) and the base model's record; returns the session and base.json."""
+    state = processes()
     scorers = build_scorers(list(plan.suite.metrics), plan.scorer_options)
     backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
     if plan.native_space != backbone.native_space:  # unreadable before loading (e.g. a hub id not cached yet)
         plan = dataclasses.replace(plan, native_space=backbone.native_space)
-    runs = [(budget, seed, name, method, plan.run_dir / f"{record_name(name, budget, seed)}.json")
-            for budget, seed, (name, method) in itertools.product(plan.budgets, plan.seeds, plan.methods.items())]
-    pairs, splits = None, prompt_splits(plan, None)
-    if not all(plan.resume and path.exists() for *_, path in runs):
-        pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split), plan.suite.max_pairs)
-        splits = prompt_splits(plan, list(dict.fromkeys(pairs.captions)))
-        if splits["overlap_with_train"]:
-            log.warning("%d of the %d %s prompts also occur in the preference data", splits["overlap_with_train"],
-                        len(plan.prompts), plan.split)
+    session = _Session(plan, scorers, backbone, None, prompt_splits(plan, None), None)
+    if not all(plan.resume and path.exists() for *_, path in session.runs()):
+        session.pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split),
+                                         plan.suite.max_pairs)
+        session.splits = prompt_splits(plan, list(dict.fromkeys(session.pairs.captions)))
+        if session.splits["overlap_with_train"]:
+            log.warning("%d of the %d %s prompts also occur in the preference data",
+                        session.splits["overlap_with_train"], len(plan.prompts), plan.split)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    if not plan.resume and main:
+    if not plan.resume and state.is_main_process:
         write_json_atomic(plan.run_dir / "run.json", new_record(RUN_MANIFEST, config=plan.config(),
                                                                 processes=state.num_processes))
     state.wait_for_everyone()
@@ -352,37 +406,113 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Pa
                 raise RunSetupError(f"--resume: the {name} scorer differs from the one that scored {base_path} (other "
                                     "weights, version or backbone); start a new --run-dir")
     else:
-        base = {**base_record(backbone, plan, scorers), "splits": splits}
+        base = {**base_record(backbone, plan, scorers), "splits": session.splits}
     land(base_path, base)
-    paths = [base_path]
-    base_eval = EvalResult.from_dict(base["evaluation"])
+    session.base_eval = EvalResult.from_dict(base["evaluation"])
+    return session, base_path
 
-    data = None
-    for budget, seed, name, method, path in runs:
-        if plan.resume and path.exists():
-            paths.append(path)
-            if on_record and main:
-                on_record(path, read_record(path))
-            continue
-        if data is None:
-            data = encode_preferences(backbone, pairs)
-        ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
-        backbone.nfe.reset()
-        trainer = Trainer(method, backbone, data, plan.train_configs[name], budget, seed=seed, checkpoint_path=ckpt,
-                          progress=plan.progress, callbacks=trainer_callbacks)
-        result = trainer.fit()
-        evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, scorers, progress=plan.progress,
-                                      desc=f"eval {name}")
-        training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
-                    "history": result.history, "processes": state.num_processes, "device": str(state.device),
-                    "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
-        record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit, result.usage), training,
-                         evaluation, scorers, base_eval, backbone, sample_thumbnails(images, plan), splits)
-        land(path, record)
-        if main:
-            ckpt.unlink(missing_ok=True)
+
+def _train_and_record(session: _Session, budget: Budget, seed: int, name: str, path: Path, land,
+                      callbacks=None) -> None:
+    """Train one method at one budget and seed (from its checkpoint if there is one), evaluate it on the plan's
+    prompts, compare it with the base model, and land its record."""
+    plan, backbone, state = session.plan, session.backbone, processes()
+    if session.data is None:
+        session.data = encode_preferences(backbone, session.pairs)
+    ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
+    backbone.nfe.reset()
+    trainer = Trainer(plan.methods[name], backbone, session.data, plan.train_configs[name], budget, seed=seed,
+                      checkpoint_path=ckpt, progress=plan.progress, callbacks=callbacks)
+    result = trainer.fit()
+    evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, session.scorers, progress=plan.progress,
+                                  desc=f"eval {name}")
+    data = session.data
+    training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
+                "history": result.history, "processes": state.num_processes, "device": str(state.device),
+                "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
+    record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit, result.usage), training,
+                     evaluation, session.scorers, session.base_eval, backbone, sample_thumbnails(images, plan),
+                     session.splits)
+    land(path, record)
+    if state.is_main_process:
+        ckpt.unlink(missing_ok=True)
+
+
+def _execute_held(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
+    land = _lander(on_record)
+    session, base_path = _open_session(plan, land)
+    paths = [base_path]
+    for budget, seed, name, path in session.runs():
+        if not (plan.resume and path.exists()):
+            _train_and_record(session, budget, seed, name, path, land, trainer_callbacks)
+        elif on_record and processes().is_main_process:
+            on_record(path, read_record(path))
         paths.append(path)
     return paths
+
+
+_WORKER: dict = {}  # in a worker process of `_execute_parallel`: its session and the progress queue
+
+
+def _worker_start(plan: RunPlan, token: str, threads: int, queue) -> None:
+    os.environ[LOCK_ENV] = token  # a worker of the run that holds the directory
+    torch.set_num_threads(threads)
+    _WORKER["session"] = _open_session(dataclasses.replace(plan, resume=True, progress=False), _lander(None))[0]
+    _WORKER["queue"] = queue
+
+
+def _worker_run(budget: Budget, seed: int, name: str, path: str) -> str:
+    session, queue = _WORKER["session"], _WORKER["queue"]
+    label = f"{name} {budget} s{seed}"
+    queue.put((os.getpid(), label, budget.limit, 0.0))
+
+    def report(step: int, logs: dict) -> None:
+        queue.put((os.getpid(), label, budget.limit, logs.get(budget.unit, step)))
+
+    _train_and_record(session, budget, seed, name, Path(path), _lander(None), [report])
+    return path
+
+
+def _execute_parallel(plan: RunPlan, jobs: int, token: str, on_record) -> list[Path]:
+    """The base model and run.json first, here; then each run not yet recorded goes to one of `jobs` spawned worker
+    processes (largest budget first, so the pool ends together), each with 1/jobs of this process's threads and its
+    own copy of the pipeline, scorers and encoded data. Workers write their records atomically; a killed parallel
+    run resumes like any other. One progress bar per worker shows its run."""
+    land = _lander(on_record)
+    session, base_path = _open_session(plan, land)
+    runs = session.runs()
+    for *_, path in runs:
+        if plan.resume and path.exists() and on_record:
+            on_record(path, read_record(path))
+    pending = sorted((r for r in runs if not (plan.resume and r[3].exists())), key=lambda r: -r[0].limit)
+    threads = max(1, torch.get_num_threads() // jobs)
+    with multiprocessing.Manager() as manager:
+        queue = manager.Queue()
+        bars, labels = {}, {}  # worker pid -> its progress bar, the run it shows
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                                 initargs=(dataclasses.replace(plan, resume=True), token, threads, queue)) as pool:
+            futures = {pool.submit(_worker_run, budget, seed, name, str(path)): path
+                       for budget, seed, name, path in pending}
+            waiting = set(futures)
+            while waiting:
+                done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                while not queue.empty():
+                    pid, label, total, used = queue.get()
+                    bar = bars.setdefault(pid, progress_bar(total=total, enabled=plan.progress, position=len(bars),
+                                                            leave=False))
+                    if labels.get(pid) != label:
+                        labels[pid] = label
+                        bar.reset(total=total)
+                        bar.set_description(label)
+                    bar.n = min(used, total)
+                    bar.refresh()
+                for future in done:
+                    path = Path(future.result())  # a worker's exception surfaces here
+                    if on_record:
+                        on_record(path, read_record(path))
+        for bar in bars.values():
+            bar.close()
+    return [base_path] + [path for *_, path in runs]
 
 
 def summary(plan: RunPlan, paths: list[Path]) -> dict:

@@ -106,6 +106,21 @@ def get_suite(name: str) -> Suite:
 _PICKAPIC = "yuvalkirstain/pickapic_v2"
 _REAL_METRICS = ("pickscore", "hps", "imagereward", "clip", "aesthetic")
 _DPO_BUDGET = Budget("nfe", 2000 * 2048 * 8)  # Diffusion-DPO's run: 2000 steps x 2048 pairs x 8F per pair
+# Diffusion-DPO's launchers (sd15.sh, sdxl.sh): 2048 pairs per step (16 processes x 1 pair x 128 accumulation),
+# lr 1e-8 x 2048 (`--scale_lr`), weight decay 1e-2, prompt dropout 0.2, fp16 (and clip 1, TrainConfig's default)
+_DPO_TRAIN = dict(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, prompt_dropout=0.2,
+                  mixed_precision="fp16", checkpoint_every=100)
+_KTO_TRAIN = {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000}  # KTO paper App. A.1
+
+
+def pickapic_suite(**recipe) -> Suite:
+    """A suite on Pick-a-Pic v2 at real scale: its training pairs, its unique test and validation captions, the
+    real scorers, Diffusion-DPO's compute and fp16 frozen weights (`train.py`'s weight_dtype for the frozen
+    reference UNet and text encoder); `recipe` gives the other Suite fields."""
+    return Suite(preference_data=_PICKAPIC,
+                 eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
+                 validation_prompts=PromptSource(_PICKAPIC, split="validation_unique", column="caption"),
+                 metrics=_REAL_METRICS, budget=_DPO_BUDGET, dtype="fp16", **recipe)
 
 
 @SUITES.register("sd15-pickapic")
@@ -120,23 +135,15 @@ def sd15_pickapic_suite() -> Suite:
     here batch 2 per process: 8 images per step on 4 processes, 32 on the launch's 16); InPO's SD 1.5
     example (β 2000, 1024 pairs per step, lr 1e-8 x 1024); DSPO README (β 0.001).
     """
-    return Suite(
+    return pickapic_suite(
         name="sd15-pickapic",
         description="SD 1.5 + Pick-a-Pic v2, Diffusion-DPO's recipe (GPUs and the weights required)",
         pipeline="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        preference_data=_PICKAPIC,
-        eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
-        validation_prompts=PromptSource(_PICKAPIC, split="validation_unique", column="caption"),
-        metrics=_REAL_METRICS,
-        budget=_DPO_BUDGET,
-        train=TrainConfig(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, warmup_steps=500,
-                          prompt_dropout=0.2, mixed_precision="fp16", checkpoint_every=100),
+        train=TrainConfig(**_DPO_TRAIN, warmup_steps=500),
         eval=EvalConfig(images_per_prompt=1, steps=50, guidance=7.5, batch_size=16),
         method_args={"dpo": {"beta": 2000.0}, "dpo-gamma-t": {"beta": 2000.0}, "inpo": {"beta": 2000.0},
                      "kto": {"beta": 5000.0}, "dspo": {"beta": 0.001}},
-        train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000},
-                    "inpo": {"lr": 1.024e-5, "grad_accum": 64, "warmup_steps": 200}},
-        dtype="fp16",  # train.py's weight_dtype for the frozen reference UNet and text encoder
+        train_args={"kto": dict(_KTO_TRAIN), "inpo": {"lr": 1.024e-5, "grad_accum": 64, "warmup_steps": 200}},
     )
 
 
@@ -149,21 +156,12 @@ def sdxl_pickapic_suite() -> Suite:
     by `train.py` for SDXL); the launcher also swaps in the `madebyollin/sdxl-vae-fp16-fix` VAE, which a
     local pipeline directory can include. InPO's SDXL example uses β = 5000 too.
     """
-    return Suite(
+    return pickapic_suite(
         name="sdxl-pickapic",
         description="SDXL + Pick-a-Pic v2, Diffusion-DPO's SDXL recipe (GPUs and the weights required)",
         pipeline="stabilityai/stable-diffusion-xl-base-1.0",
-        preference_data=_PICKAPIC,
-        eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
-        validation_prompts=PromptSource(_PICKAPIC, split="validation_unique", column="caption"),
-        metrics=_REAL_METRICS,
-        budget=_DPO_BUDGET,
-        train=TrainConfig(lr=2.048e-5, batch_size=1, grad_accum=128, weight_decay=1e-2, warmup_steps=200,
-                          prompt_dropout=0.2, mixed_precision="fp16", checkpoint_every=100, optimizer="adafactor",
-                          gradient_checkpointing=True),
+        train=TrainConfig(**_DPO_TRAIN, warmup_steps=200, optimizer="adafactor", gradient_checkpointing=True),
         eval=EvalConfig(images_per_prompt=1, steps=50, guidance=5.0, batch_size=8),
-        method_args={"dpo": {"beta": 5000.0}, "dpo-gamma-t": {"beta": 5000.0}, "inpo": {"beta": 5000.0},
-                     "kto": {"beta": 5000.0}, "dspo": {"beta": 5000.0}},
-        train_args={"kto": {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000}},
-        dtype="fp16",
+        method_args={name: {"beta": 5000.0} for name in ("dpo", "dpo-gamma-t", "inpo", "kto", "dspo")},
+        train_args={"kto": dict(_KTO_TRAIN)},
     )

@@ -168,7 +168,10 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
                    "have and the same prompts and sampling seeds; 95% CIs and p from a bootstrap over shared seeds, "
                    "then prompts; bold: Holm-adjusted p < 0.05.", "", display_pairs(pairs, "md").to_markdown(index=False),
                    ""]
-        statements.append((suite, result_statements(table, pairs, primary, higher)))
+        variants = variant_statements(suite_records)
+        if variants:
+            md += [f"### Suite `{suite}`, labelled runs", "", *[f"- {v}" for v in variants], ""]
+        statements.append((suite, result_statements(table, pairs, primary, higher, variants=variants)))
     for path, result in inversions:
         title = f"inversion: {path.parent.name}, {result['config']['steps']} steps, {result['config']['dtype']}"
         shown = three_significant(inversion_table(result["records"]))
@@ -365,12 +368,50 @@ def pair_statements(pairs: pd.DataFrame, metric: str, *, alpha: float = ALPHA, d
     return out
 
 
+def _setting_differences(ours: dict, theirs: dict | None, algorithm: str) -> list[str]:
+    """"FIELD = VALUE (ALGORITHM: VALUE)" for every method or training setting in which a labelled run differs from
+    its method's own row (`theirs`; None when that method has no row: then every method setting, "FIELD = VALUE")."""
+    def shown(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    out = []
+    for part in ("config", "train"):
+        mine, other = ours.get(part, {}), (theirs or {}).get(part, {})
+        for key in sorted(mine):
+            if theirs is None and part == "config":
+                out.append(f"{key} = {shown(mine[key])}")
+            elif theirs is not None and mine[key] != other.get(key):
+                out.append(f"{key} = {shown(mine[key])} ({algorithm}: {shown(other.get(key))})")
+    return out
+
+
+def variant_statements(records: list[dict]) -> list[str]:
+    """One line per labelled method (`bench run --methods LABEL=METHOD`): which method it runs and which settings
+    differ from that method's own row, e.g. the β-matched ablation "uniform-t runs dpo-gamma-t with gamma = 1"."""
+    settings = {}  # method or label -> (algorithm, its recorded settings)
+    for record in records:
+        entry = record.get("config", {}).get("methods", {}).get(record["method"])
+        if entry is not None:
+            settings.setdefault(record["method"], (entry.get("algorithm", record["method"]), entry))
+    lines = []
+    for label, (algorithm, entry) in sorted(settings.items()):
+        if algorithm == label:
+            continue
+        own = settings.get(algorithm, (None, None))[1]
+        differences = _setting_differences(entry, own, algorithm)
+        against = f"; {algorithm}'s row uses the same settings otherwise" if own is not None else ""
+        lines.append(f"{label} runs {algorithm} with {', '.join(differences) or 'its settings'}{against}.")
+    return lines
+
+
 def result_statements(table: pd.DataFrame, pairs: pd.DataFrame, primary: str, higher_is_better: dict[str, bool], *,
-                      alpha: float = ALPHA, digits: int = 3) -> list[str]:
-    """Markdown lines for one suite: every metric against the base model (`base_statements`), then the primary
-    metric between methods (`pair_statements`, Holm-adjusted over every row of `pairs`)."""
+                      alpha: float = ALPHA, digits: int = 3, variants: list[str] = ()) -> list[str]:
+    """Markdown lines for one suite: what each labelled method is (`variant_statements`), every metric against the
+    base model (`base_statements`), then the primary metric between methods (`pair_statements`, Holm-adjusted over
+    every row of `pairs`)."""
     metrics = sorted(metric_names(table), key=lambda m: m != primary)  # the primary metric first
-    lines = ["### Against the base model", ""]
+    lines = ["### Labelled runs", "", *[f"- {v}" for v in variants], ""] if variants else []
+    lines += ["### Against the base model", ""]
     for metric in metrics:
         sentences = base_statements(table, metric, digits=digits)
         if not sentences:

@@ -27,6 +27,7 @@ import torch
 from bench.core.progress import progress_bar
 from bench.core.records import RecordError, read_record, write_text_atomic
 from bench.core.stats import compare_methods, holm, run_statistics
+from bench.results import protocols
 from methods.alignment import METHODS
 
 GROUP_KEYS = ("suite", "budget", "seed")
@@ -269,6 +270,53 @@ def display_pairs(df: pd.DataFrame, fmt: str = "md", digits: int = 3, alpha: flo
     return out
 
 
+def images_per_prompt(record: dict) -> int:
+    """k, when the record's images come in contiguous runs of k per prompt (as `evaluation_set` orders them)."""
+    prompts = record["evaluation"]["prompts"]
+    k = len(prompts) // max(1, len(dict.fromkeys(prompts)))
+    if k * len(dict.fromkeys(prompts)) != len(prompts) or any(prompts[i] != prompts[i - i % k] for i in range(len(prompts))):
+        raise RecordError(f"{_describe(record)}: its images are not k per prompt in order; no paper protocol applies")
+    return k
+
+
+PROTOCOLS = {
+    "imagereward": "mean per prompt, then over prompts, 95% CI over prompts (Xu et al. 2023, Table 1)",
+    "kto-median-of-k": "win rate against the base model of each prompt's median image score, k images per prompt, "
+                       "k odd (Diffusion-KTO, Li et al. 2024, Tables 1, 4, 5: median of 5)",
+}
+
+
+def protocol_table(records: list[dict], protocol: str, metric: str, *, resamples: int = 2000) -> pd.DataFrame:
+    """One row per run (suite, method, budget, training seed): `metric` reported by a paper's protocol
+    (`PROTOCOLS`, computed by `bench.results.protocols` from the per-image scores)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    _check_metrics(records, [metric])
+    bases = _one_base_per_suite(records)
+    rows = []
+    for r in sorted(records, key=lambda r: (r["suite"], r["method"] != "base", r["method"], _budget_label(r), r["seed"] or 0)):
+        k, scores = images_per_prompt(r), r["evaluation"]["scores"][metric]
+        if protocol == "kto-median-of-k" and k % 2 == 0:
+            raise ValueError(f"--protocol {protocol} needs an odd number of images per prompt (the median is one "
+                             f"image's score); {_describe(r)} has {k}: evaluate with images_per_prompt=5")
+        if protocol == "imagereward":
+            stat = protocols.mean_with_ci(scores, images_per_prompt=k, resamples=resamples)
+        elif r["method"] == "base":
+            continue
+        else:
+            if r["suite"] not in bases:
+                raise RecordError(f"{_describe(r)}: --protocol {protocol} compares with the base model, whose record "
+                                  "is not among these")
+            base = bases[r["suite"]]
+            _check_same_images(r, base)
+            stat = protocols.win_rate(scores, base["evaluation"]["scores"][metric], images_per_prompt=k, median_of=k,
+                                      higher_is_better=_higher(r, metric), resamples=resamples)
+        rows.append({"suite": r["suite"], "method": r["method"], "budget": _budget_label(r), "seed": r["seed"],
+                     "images_per_prompt": k, f"{metric}_{protocol}": stat["mean"], "ci_low": stat["ci_low"],
+                     "ci_high": stat["ci_high"], "prompts": stat["n"]})
+    return pd.DataFrame(rows)
+
+
 def metric_names(df: pd.DataFrame) -> list[str]:
     """The metrics of a `comparison_table`, in column order."""
     return [c[: -len("_ci_low")] for c in df.columns if c.endswith("_ci_low") and not c.endswith(("_win_ci_low",
@@ -381,3 +429,13 @@ def write_pairs(df: pd.DataFrame, out_dir: Path, *, stem: str = "pairs", formats
     """`pairs_table`'s table as `stem`.md, .csv and .tex."""
     return _write(df, display_pairs, out_dir, stem, formats,
                   caption or "paired differences between methods (Holm-adjusted p over the table)")
+
+
+def write_protocol(df: pd.DataFrame, out_dir: Path, *, stem: str, formats: tuple[str, ...] = ("md", "csv")) -> list[Path]:
+    """A `protocol_table` as markdown (three significant digits) and CSV (full precision)."""
+    written = []
+    if "md" in formats:
+        written.append(write_text_atomic(out_dir / f"{stem}.md", three_significant(df).to_markdown(index=False) + "\n"))
+    if "csv" in formats:
+        written.append(write_text_atomic(out_dir / f"{stem}.csv", df.to_csv(index=False, float_format="%.6g")))
+    return written

@@ -218,3 +218,10 @@ def render_dataset(combos: list[Combo], per_combo: int, seed: int) -> tuple[torc
     rng = random.Random(seed)
     scenes = [sample_scene(c, rng) for c in combos for _ in range(per_combo)]
     return render(scenes), [s.combo.caption for s in scenes]
+
+
+def held_out_combos(count: int) -> list[Combo]:
+    """The first `count` held-out (test) combos in order, cycled past the last one: the toy images `bench eval`,
+    `bench invert` and `bench speed` make (`render_dataset(held_out_combos(n), 1, seed)` renders each once)."""
+    held_out = split_combos().test
+    return [held_out[i % len(held_out)] for i in range(count)]

@@ -1,6 +1,8 @@
-"""Alignment methods, one file each, registered by name in `METHODS`."""
+"""Alignment methods, one file each, registered by name in `METHODS`: every module here but `base` is imported
+(`Registry.discover`), so a new method file is registered by being in this folder."""
 
-from methods.alignment import dpo, dpo_gamma_t, dspo, inpo, kto, mapo, sft  # noqa: F401  (registration)
 from methods.alignment.base import METHODS, AlignmentMethod, ImageBatch, LossOutput, PairBatch
+
+METHODS.discover(__name__, skip=("base",))
 
 __all__ = ["METHODS", "AlignmentMethod", "ImageBatch", "LossOutput", "PairBatch"]

@@ -29,6 +29,7 @@ import torch
 
 from bench.core.backbone import SPACES, Backbone, Conditioning
 from bench.core.registry import Registry
+from methods.checks import require
 from methods.shards import sample_noise, sample_timesteps
 
 METHODS: Registry[type[AlignmentMethod]] = Registry("method", entry_point_group="diffusion_align_bench.methods")
@@ -48,8 +49,7 @@ class MethodConfig:
                 "'eps', 'v' or 'x0'"})
 
     def __post_init__(self):
-        if self.loss_space not in LOSS_SPACES:
-            raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {self.loss_space!r}")
+        require(self.loss_space in LOSS_SPACES, "loss_space", f"one of {LOSS_SPACES}", self.loss_space)
 
 
 def resolve_loss_space(loss_space: str, native_space: str) -> str:
@@ -118,28 +118,39 @@ class AlignmentMethod(ABC):
 
 
 @dataclass
-class NoisedPairs:
-    """A pair batch stacked as [winners; losers] and noised with one (t, ε) per pair."""
+class NoisyLatents:
+    """Latents at noise levels t, and what a model's prediction there is regressed on, in the loss space."""
 
-    x0: torch.Tensor  # (2B, C, h, w)
-    x_t: torch.Tensor  # (2B, C, h, w)
-    t: torch.Tensor  # (2B,)
-    noise: torch.Tensor  # (2B, C, h, w)
-    cond: Conditioning  # (2B,)
+    x_t: torch.Tensor  # (N, C, h, w)
+    t: torch.Tensor  # (N,)
+    cond: Conditioning  # (N,)
+    target: torch.Tensor  # (N, C, h, w) y in `space`: ε, v = a_t ε − s_t x0, or x0 (`Backbone.target`)
+    space: str
 
-    def target(self, backbone: Backbone, space: str) -> torch.Tensor:
-        """The regression target in `space` of every latent, (2B, C, h, w)."""
-        return backbone.target(self.x0, self.noise, self.t, space)
+    def error(self, backbone: Backbone, cond: Conditioning | None = None) -> torch.Tensor:
+        """Per-sample error of `backbone` against the target (`prediction_mse`), (N,); `cond` replaces the
+        latents' own conditioning."""
+        return prediction_mse(backbone, self.x_t, self.t, self.cond if cond is None else cond, self.target, self.space)
 
 
-def noise_pairs(backbone: Backbone, batch: PairBatch, rng: torch.Generator,
-                t: torch.Tensor | None = None) -> NoisedPairs:
-    """Stack winners and losers and noise them with one (t, ε) shared within each pair, as Diffusion-DPO
-    does (`train.py` L1044, L1054-1055). `t` (B,) defaults to t ~ U{0..T−1}; ε is drawn after t."""
+def noise_images(backbone: Backbone, batch: ImageBatch, space: str, rng: torch.Generator) -> NoisyLatents:
+    """Noise every image with its own t ~ U{0..T−1} and ε (drawn after t)."""
+    t = sample_timesteps(backbone, len(batch), rng)  # (B,)
+    noise = sample_noise(batch.latents, rng)  # (B, C, h, w)
+    x_t = backbone.add_noise(batch.latents, noise, t)
+    return NoisyLatents(x_t, t, batch.cond, backbone.target(batch.latents, noise, t, space), space)
+
+
+def noise_pairs(backbone: Backbone, batch: PairBatch, space: str, rng: torch.Generator,
+                t: torch.Tensor | None = None) -> NoisyLatents:
+    """Stack winners and losers as [winners; losers] (2B, ...) and noise them with one (t, ε) shared within each
+    pair, as Diffusion-DPO does (`train.py` L1044, L1054-1055). `t` (B,) defaults to t ~ U{0..T−1}; ε is drawn
+    after t."""
     t = (sample_timesteps(backbone, len(batch), rng) if t is None else t).repeat(2)
     noise = sample_noise(batch.winner, rng).repeat(2, 1, 1, 1)
     x0 = torch.cat([batch.winner, batch.loser])
-    return NoisedPairs(x0, backbone.add_noise(x0, noise, t), t, noise, Conditioning.cat([batch.cond, batch.cond]))
+    cond = Conditioning.cat([batch.cond, batch.cond])
+    return NoisyLatents(backbone.add_noise(x0, noise, t), t, cond, backbone.target(x0, noise, t, space), space)
 
 
 def prediction_mse(backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, target: torch.Tensor,

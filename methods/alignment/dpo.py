@@ -26,17 +26,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.core.backbone import Backbone, Conditioning
+from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import (
-    AlignmentMethod,
-    LossOutput,
-    MethodConfig,
-    PairBatch,
-    noise_pairs,
-    prediction_mse,
-    register,
-)
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, NoisyLatents, PairBatch, noise_pairs, register
+from methods.checks import require
 
 # DPO-family β search range, log-uniform over 3.3 decades: the papers' 2000 (SD 1.5) and 5000 (SDXL;
 # KTO App. A.1 and InPO's SDXL example too), the KTO repo's 1000 and diffusers' 2500 (= 5000 here) in the
@@ -54,8 +47,7 @@ class DPOConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        require(self.beta > 0, "beta", "> 0", self.beta)
 
 
 def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -65,15 +57,14 @@ def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor
     return -F.logsigmoid(z).mean(), z
 
 
-def pair_preference_loss(policy: Backbone, reference: Backbone, x_t: torch.Tensor, t: torch.Tensor,
-                         cond: Conditioning, target: torch.Tensor, beta: float, space: str) -> LossOutput:
-    """DPO loss on noised pairs stacked as [winners; losers]: x_t and the `space` target (2B, C, h, w), t (2B,).
+def pair_preference_loss(policy: Backbone, reference: Backbone, pairs: NoisyLatents, beta: float) -> LossOutput:
+    """DPO loss on noisy pairs stacked as [winners; losers]: x_t and the target (2B, C, h, w), t (2B,).
 
     Shared by DPO, DPO-γ-t (x_t from forward noising) and InPO (x_t from inversion).
     """
-    policy_err = prediction_mse(policy, x_t, t, cond, target, space)  # (2B,)
+    policy_err = pairs.error(policy)  # (2B,)
     with torch.no_grad():
-        ref_err = prediction_mse(reference, x_t, t, cond, target, space)
+        ref_err = pairs.error(reference)
     policy_w, policy_l = policy_err.chunk(2)
     ref_w, ref_l = ref_err.chunk(2)
     loss, z = dpo_loss(policy_w, policy_l, ref_w, ref_l, beta)
@@ -93,10 +84,8 @@ class DPO(AlignmentMethod):
     Config = DPOConfig
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
-        space = self.loss_space(policy)
-        noised = noise_pairs(policy, batch, rng)
-        return pair_preference_loss(policy, reference, noised.x_t, noised.t, noised.cond, noised.target(policy, space),
-                                    self.config.beta, space)
+        pairs = noise_pairs(policy, batch, self.loss_space(policy), rng)
+        return pair_preference_loss(policy, reference, pairs, self.config.beta)
 
     def max_nfe_per_item(self) -> int:
         return 8

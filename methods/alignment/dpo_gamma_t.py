@@ -35,6 +35,7 @@ from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
 from methods.alignment.base import METHODS, AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
 from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
+from methods.checks import require
 from methods.shards import sample_categorical
 
 # γ search range: the paper's 0.9 (its single- and multi-prompt setting; no grid published) inside; 1.0 is DPO
@@ -53,12 +54,9 @@ class DPOGammaTConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if self.sampling_steps < 1:
-            raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
+        require(self.beta > 0, "beta", "> 0", self.beta)
+        require(0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
+        require(self.sampling_steps >= 1, "sampling_steps", ">= 1", self.sampling_steps)
 
 
 def step_probabilities(num_steps: int, gamma: float) -> torch.Tensor:
@@ -84,11 +82,9 @@ class DPOGammaT(AlignmentMethod):
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
         cfg = self.config
-        space = self.loss_space(policy)
         t = sample_discounted_timesteps(policy, len(batch), cfg.sampling_steps, cfg.gamma, rng)  # (B,)
-        noised = noise_pairs(policy, batch, rng, t)
-        out = pair_preference_loss(policy, reference, noised.x_t, noised.t, noised.cond, noised.target(policy, space),
-                                   cfg.beta, space)
+        pairs = noise_pairs(policy, batch, self.loss_space(policy), rng, t)
+        out = pair_preference_loss(policy, reference, pairs, cfg.beta)
         out.logs["mean_t"] = t.float().mean().item()
         return out
 

@@ -36,6 +36,7 @@ from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
 from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
 from methods.alignment.dpo import dpo_loss
+from methods.checks import require
 
 FORMS = ("auto", "sd15", "sdxl")
 DEFAULT_BETA = {"sd15": 0.001, "sdxl": 5000.0}  # launchers/sd15.sh, launchers/sdxl.sh
@@ -58,10 +59,8 @@ class DSPOConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.beta is not None and not self.beta > 0:
-            raise ValueError(f"beta must be > 0 (or None for the form's default), got {self.beta}")
-        if self.form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        require(self.beta is None or self.beta > 0, "beta", "> 0 (or None for the form's default)", self.beta)
+        require(self.form in FORMS, "form", f"one of {FORMS}", self.form)
 
 
 def dspo_loss(policy_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, beta: float,
@@ -97,12 +96,11 @@ class DSPO(AlignmentMethod):
         return "sdxl" if policy.family == "sdxl" else "sd15"
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
-        space = self.loss_space(policy)
-        noised = noise_pairs(policy, batch, rng)
-        target = noised.target(policy, space).float()  # (2B, C, h, w)
-        policy_pred = policy.prediction(noised.x_t, noised.t, noised.cond, space).float()  # (2B, C, h, w)
+        pairs = noise_pairs(policy, batch, self.loss_space(policy), rng)
+        target = pairs.target.float()  # (2B, C, h, w)
+        policy_pred = policy.prediction(pairs.x_t, pairs.t, pairs.cond, pairs.space).float()  # (2B, C, h, w)
         with torch.no_grad():
-            ref_pred = reference.prediction(noised.x_t, noised.t, noised.cond, space).float()
+            ref_pred = reference.prediction(pairs.x_t, pairs.t, pairs.cond, pairs.space).float()
         form = self.form_for(policy)
         beta = self.config.beta if self.config.beta is not None else DEFAULT_BETA[form]
         loss, z = dspo_loss(policy_pred, ref_pred, target, beta, form)

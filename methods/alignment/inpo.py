@@ -21,9 +21,16 @@ Two modes:
   τ = (largest grid point < t) + 100, not at t, while ᾱ_t is used above.
 - `exact` (the default with any other inverter): the same grid but the last step ends exactly at t,
   no noise injected, ε evaluated at the step's target level; any registered deterministic inverter can
-  be used (`inversion=<sampler>`, with its default parameters), so with an exact inverter (bdia, belm,
-  edict) the latent really is at level t. A stochastic inverter is refused: ddpm-ef's last latent is
-  fresh noise, which would make InPO Diffusion-DPO with unshared noise.
+  be used (`inversion=<sampler>`), so with an exact inverter (bdia, belm, edict) the latent really is at
+  level t. A stochastic inverter is refused: ddpm-ef's last latent is fresh noise, which would make InPO
+  Diffusion-DPO with unshared noise.
+
+The inverter's own settings are part of InPO's config, `inversion_args` (its sampler's Config fields,
+`bench list SAMPLER`; default: that sampler's defaults): `--method-arg inpo.inversion=bdia --method-arg
+inpo.inversion_args=gamma=0.5`. They belong to the method rather than to a run-wide `--sampler-arg`: two
+labels of InPO in one run (an ablation) can invert differently, and suites, `bench tune` and `--resume`
+carry them with the rest of the method's config. Records store them resolved: every field of the
+inverter's Config (in faithful mode, the official DDIM settings).
 
 Defaults: β = 2000 (official SD 1.5 example; SDXL uses 5000), 10 grid steps, noise 0.1.
 Cost per pair: 8F as DPO, plus the inverter's no-grad forwards: one per image per inversion step with
@@ -37,10 +44,20 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
-from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, register, sample_timesteps
+from bench.core.config import OverrideError, apply_overrides, as_dict
+from methods.alignment.base import (
+    AlignmentMethod,
+    LossOutput,
+    MethodConfig,
+    NoisyLatents,
+    PairBatch,
+    register,
+    sample_timesteps,
+)
 from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
+from methods.checks import require
 from methods.inversion.base import SAMPLERS
-from methods.inversion.ddim import DDIMInversion
+from methods.inversion.ddim import DDIMConfig
 from methods.shards import stacked
 
 MODES = ("faithful", "exact")
@@ -57,27 +74,40 @@ class InPOConfig(MethodConfig):
     grid_steps: int = field(default=10, metadata={"help": "inverse-scheduler steps over [0, T) (official: 10)"})
     inversion_noise: float = field(default=0.1, metadata={"help": "σ multiplier injected per step (faithful mode)"})
     inversion: str = field(default="ddim", metadata={"help": "registered inverter (exact mode)"})
+    inversion_args: dict = field(default_factory=dict, metadata={
+        "help": "the inverter's settings, FIELD=VALUE[,FIELD=VALUE] of its Config (`bench list SAMPLER`), e.g. "
+                "gamma=0.5 for bdia (exact mode; default: the sampler's defaults)"})
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.mode and self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.grid_steps < 1:
-            raise ValueError(f"grid_steps must be >= 1, got {self.grid_steps}")
-        if self.inversion_noise < 0:
-            raise ValueError(f"inversion_noise must be >= 0, got {self.inversion_noise}")
+        require(self.beta > 0, "beta", "> 0", self.beta)
+        require(not self.mode or self.mode in MODES, "mode", f"one of {MODES}", self.mode)
+        require(self.grid_steps >= 1, "grid_steps", ">= 1", self.grid_steps)
+        require(self.inversion_noise >= 0, "inversion_noise", ">= 0", self.inversion_noise)
         if self.resolved_mode == "faithful" and self.inversion != "ddim":
             raise ValueError("mode=faithful reproduces the official DDIM inversion; use mode=exact with other inverters")
         if SAMPLERS.get(self.inversion).stochastic:  # unknown names fail here too, before training
             usable = ", ".join(name for name in SAMPLERS if not SAMPLERS.get(name).stochastic)
             raise ValueError(f"inversion={self.inversion}: InPO needs a deterministic inverter; {self.inversion}'s "
                              f"inverted latent is fresh noise, which makes InPO DPO with unshared noise (use {usable})")
+        if self.resolved_mode == "faithful" and self.inversion_args:
+            raise ValueError("inversion_args configures the inverter of mode=exact; mode=faithful runs the official "
+                             "DDIM inversion (eval_at=source, noise_scale=inversion_noise)")
+        self.inverter_config()  # an unknown field or a bad value fails here, before training
 
     @property
     def resolved_mode(self) -> str:
         return self.mode or ("faithful" if self.inversion == "ddim" else "exact")
+
+    def inverter_config(self):
+        """The inverter's Config: the official DDIM settings in faithful mode, else the sampler's defaults with
+        `inversion_args` applied (OverrideError, a ValueError, names an unknown field or a bad value)."""
+        if self.resolved_mode == "faithful":
+            return DDIMConfig(eval_at="source", noise_scale=self.inversion_noise)
+        try:
+            return apply_overrides(SAMPLERS.get(self.inversion).Config(), self.inversion_args)
+        except OverrideError as err:
+            raise OverrideError(f"inversion_args of {self.inversion}: {err}") from None
 
 
 def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int, mode: str) -> torch.Tensor:
@@ -113,10 +143,8 @@ class InPO(AlignmentMethod):
 
     def __init__(self, config=None):
         super().__init__(config)
-        if self.config.resolved_mode == "faithful":
-            self.inverter = DDIMInversion(eval_at="source", noise_scale=self.config.inversion_noise)
-        else:
-            self.inverter = SAMPLERS.get(self.config.inversion)()  # the sampler's defaults (e.g. BDIA γ = 0.96)
+        name = "ddim" if self.config.resolved_mode == "faithful" else self.config.inversion
+        self.inverter = SAMPLERS.get(name)(self.config.inverter_config())
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
         t = sample_timesteps(policy, len(batch), rng).repeat(2)  # (2B,) shared within each pair
@@ -128,7 +156,7 @@ class InPO(AlignmentMethod):
         eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
         space = self.loss_space(policy)
         target = policy.target(x0, eps_hat, t, space)  # ε̂, or a_t ε̂ − s_t x0 in v-space
-        out = pair_preference_loss(policy, reference, x_t, t, cond, target, self.config.beta, space)
+        out = pair_preference_loss(policy, reference, NoisyLatents(x_t, t, cond, target, space), self.config.beta)
         out.logs["inversion_steps"] = float((levels[1:] != levels[:-1]).sum(0).float().mean())
         return out
 
@@ -136,4 +164,6 @@ class InPO(AlignmentMethod):
         return 8 + 2 * self.config.grid_steps * self.inverter.inversion_calls_per_step
 
     def describe(self, native_space: str | None = None) -> dict:
-        return {**super().describe(native_space), "mode": self.config.resolved_mode}
+        """The config with `mode` resolved and `inversion_args` as every field of the inverter's Config."""
+        return {**super().describe(native_space), "mode": self.config.resolved_mode,
+                "inversion_args": as_dict(self.inverter.config)}

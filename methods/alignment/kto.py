@@ -27,17 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.core.backbone import Backbone
-from methods.alignment.base import (
-    AlignmentMethod,
-    ImageBatch,
-    LossOutput,
-    MethodConfig,
-    prediction_mse,
-    register,
-    sample_noise,
-    sample_timesteps,
-)
+from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, MethodConfig, noise_images, register
 from methods.alignment.dpo import BETA_SEARCH
+from methods.checks import require
 from methods.shards import global_mean
 
 REFERENCE_POINTS = ("batch", "mismatched")
@@ -53,12 +45,10 @@ class KTOConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0 < self.desirable_fraction < 1:
-            raise ValueError(f"desirable_fraction must be in (0, 1), got {self.desirable_fraction}")
-        if self.reference_point not in REFERENCE_POINTS:
-            raise ValueError(f"reference_point must be one of {REFERENCE_POINTS}, got {self.reference_point!r}")
+        require(self.beta > 0, "beta", "> 0", self.beta)
+        require(0 < self.desirable_fraction < 1, "desirable_fraction", "in (0, 1)", self.desirable_fraction)
+        require(self.reference_point in REFERENCE_POINTS, "reference_point", f"one of {REFERENCE_POINTS}",
+                self.reference_point)
 
 
 def kto_loss(policy_err: torch.Tensor, ref_err: torch.Tensor, desirable: torch.Tensor, beta: float,
@@ -78,19 +68,14 @@ class KTO(AlignmentMethod):
     Config = KTOConfig
 
     def loss(self, batch: ImageBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
-        space = self.loss_space(policy)
-        t = sample_timesteps(policy, len(batch), rng)
-        noise = sample_noise(batch.latents, rng)
-        x_t = policy.add_noise(batch.latents, noise, t)
-        target = policy.target(batch.latents, noise, t, space)
-        policy_err = prediction_mse(policy, x_t, t, batch.cond, target, space)
+        images = noise_images(policy, batch, self.loss_space(policy), rng)
+        policy_err = images.error(policy)  # (B,)
         with torch.no_grad():
-            ref_err = prediction_mse(reference, x_t, t, batch.cond, target, space)
+            ref_err = images.error(reference)
             point = None
             if self.config.reference_point == "mismatched":
                 rolled = batch.cond.map(lambda e: torch.roll(e, 1, dims=0))
-                point = (prediction_mse(reference, x_t, t, rolled, target, space)
-                         - prediction_mse(policy, x_t, t, rolled, target, space)).mean()
+                point = (images.error(reference, rolled) - images.error(policy, rolled)).mean()
         loss, z0 = kto_loss(policy_err, ref_err, batch.desirable, self.config.beta, point)
         return LossOutput(loss, {"loss": loss.item(), "z0": z0.item(), "policy_mse": policy_err.mean().item(),
                                  "ref_mse": ref_err.mean().item(),

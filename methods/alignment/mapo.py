@@ -28,15 +28,8 @@ import torch.nn.functional as F
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import (
-    AlignmentMethod,
-    LossOutput,
-    MethodConfig,
-    PairBatch,
-    noise_pairs,
-    prediction_mse,
-    register,
-)
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
+from methods.checks import require
 
 # Search ranges, log-uniform (the repo publishes no grid, only the defaults β 0.1, γ 0.5 in `args.py`):
 # β weighs the margin term against the winners' MSE, from almost SFT (0.01) to margin-dominated (2);
@@ -55,10 +48,8 @@ class MaPOConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not self.gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        require(self.beta > 0, "beta", "> 0", self.beta)
+        require(self.gamma > 0, "gamma", "> 0", self.gamma)
 
 
 def mapo_loss(winner_err: torch.Tensor, loser_err: torch.Tensor, beta: float, gamma: float,
@@ -86,9 +77,7 @@ class MaPO(AlignmentMethod):
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone | None,
              rng: torch.Generator) -> LossOutput:
-        space = self.loss_space(policy)
-        noised = noise_pairs(policy, batch, rng)
-        err = prediction_mse(policy, noised.x_t, noised.t, noised.cond, noised.target(policy, space), space)  # (2B,)
+        err = noise_pairs(policy, batch, self.loss_space(policy), rng).error(policy)  # (2B,)
         winner_err, loser_err = err.chunk(2)  # (B,) each
         loss, margin = mapo_loss(winner_err, loser_err, self.config.beta, self.config.gamma,
                                  policy.num_train_timesteps)

@@ -17,16 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.backbone import Backbone
-from methods.alignment.base import (
-    AlignmentMethod,
-    ImageBatch,
-    LossOutput,
-    MethodConfig,
-    prediction_mse,
-    register,
-    sample_noise,
-    sample_timesteps,
-)
+from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, MethodConfig, noise_images, register
 
 
 @dataclass
@@ -43,12 +34,7 @@ class SFT(AlignmentMethod):
 
     def loss(self, batch: ImageBatch, policy: Backbone, reference: Backbone | None,
              rng: torch.Generator) -> LossOutput:
-        space = self.loss_space(policy)
-        t = sample_timesteps(policy, len(batch), rng)
-        noise = sample_noise(batch.latents, rng)
-        x_t = policy.add_noise(batch.latents, noise, t)
-        err = prediction_mse(policy, x_t, t, batch.cond, policy.target(batch.latents, noise, t, space), space)
-        loss = err.mean()
+        loss = noise_images(policy, batch, self.loss_space(policy), rng).error(policy).mean()
         return LossOutput(loss, {"loss": loss.item()})
 
     def max_nfe_per_item(self) -> int:

@@ -75,10 +75,23 @@ class InversionState:
 
 
 class InversionSampler(ABC):
+    """A sampler's settings are its `Config`, a frozen dataclass beside it whose fields carry their help text
+    (`bench list NAME`) and the paper's defaults, validated on construction. `cls()` uses the defaults and
+    `cls(config)` anything else, so every caller (`bench invert --sampler-arg NAME.FIELD=VALUE`, InPO's
+    `inversion_args`) configures every sampler the same way."""
+
     name: ClassVar[str]
-    exact: ClassVar[bool]  # reconstruct(invert(x)) == x up to floating point
-    stochastic: ClassVar[bool]  # invert draws noise from `rng`: the inverted latent is not a function of x0 alone
+    Config: ClassVar[type]
+    # What a sampler is, declared where it holds (the tests measure it): exact, reconstruct(invert(x)) == x up to
+    # floating point; stochastic, invert draws noise from `rng`, so the inverted latent is not a function of x0 alone.
+    exact: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
     max_steps: ClassVar[int | None] = None  # the most sampling steps the method is defined for (None: any)
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{self.name} takes its Config ({self.Config.__name__}), got {self.config!r}")
 
     @property
     def inversion_calls_per_step(self) -> int:
@@ -94,6 +107,11 @@ class InversionSampler(ABC):
     def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
                     guidance: float = 1.0) -> torch.Tensor:
         """Walk the state back down its path; returns latents at levels[0]."""
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The Config of a sampler that has no settings."""
 
 
 def per_sample_levels(levels: torch.Tensor, batch: int) -> torch.Tensor:
@@ -166,6 +184,9 @@ def sampling_levels(backbone: Backbone, steps: int) -> torch.Tensor:
     return torch.cat([torch.tensor([-1]), backbone.timesteps(steps).flip(0)])
 
 
+StepCoefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (c_hi, c_mid, c_ε), each float64 (n,)
+
+
 class TwoStepSampler(InversionSampler):
     """An exact two-step sampler (BDIA, O-BELM): from the latents z_hi, z_mid at levels hi > mid,
 
@@ -183,8 +204,7 @@ class TwoStepSampler(InversionSampler):
     exact = True
 
     @abstractmethod
-    def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor,
-                     hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:
         """(c_hi, c_mid, c_ε), each float64 (n,), of the sampling step to level lo from hi > mid > lo."""
 
     def _latent_coefficients(self, backbone: Backbone, lo, mid, hi, like: torch.Tensor) -> list[torch.Tensor]:

@@ -18,31 +18,38 @@ Cost: one model call per step (N in inversion, N − 1 in reconstruction from th
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
-from methods.inversion.base import SAMPLERS, InversionState, TwoStepSampler, ddim_coefficients
+from methods.checks import require
+from methods.inversion.base import SAMPLERS, InversionState, StepCoefficients, TwoStepSampler, ddim_coefficients
+
+
+@dataclass(frozen=True)
+class BDIAConfig:
+    gamma: float = field(default=0.96, metadata={
+        "help": "γ, weight of the backward integration; 0 is DDIM (not invertible), rounding errors grow by 1/γ per "
+                "inversion step (editing README: 0.92-1.0)"})
+
+    def __post_init__(self):
+        require(self.gamma >= 0, "gamma", ">= 0 (0 is DDIM)", self.gamma)
 
 
 @SAMPLERS.register("bdia")
 class BDIA(TwoStepSampler):
     name = "bdia"
-    stochastic = False
+    Config = BDIAConfig
 
-    def __init__(self, gamma: float = 0.96):
-        if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0 (0 is DDIM), got {gamma}")
-        self.gamma = gamma
-
-    def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor,
-                     hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:
+        gamma = self.config.gamma
         down_z, down_eps = ddim_coefficients(backbone, mid, lo)  # Φ_{i→i−1}
         up_z, up_eps = ddim_coefficients(backbone, mid, hi)  # Φ_{i→i+1}
-        gamma = torch.full_like(down_z, self.gamma)
-        return gamma, down_z - self.gamma * up_z, down_eps - self.gamma * up_eps
+        return torch.full_like(down_z, gamma), down_z - gamma * up_z, down_eps - gamma * up_eps
 
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
-        if self.gamma == 0:
+        if self.config.gamma == 0:
             raise ValueError("gamma must be > 0 to invert: BDIA with gamma = 0 is DDIM, which has no exact inverse")
         return super().invert(backbone, x0, cond, levels, guidance, rng)

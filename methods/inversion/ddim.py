@@ -17,9 +17,12 @@ Cost: one model call per step and direction (two UNet evaluations per latent und
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
+from methods.checks import require
 from methods.inversion.base import (
     SAMPLERS,
     InversionSampler,
@@ -35,36 +38,48 @@ from methods.shards import sample_noise
 EVAL_AT = ("target", "source")
 
 
+@dataclass(frozen=True)
+class DDIMConfig:
+    eval_at: str = field(default="target", metadata={
+        "help": "level τ at which ε is evaluated in an inversion step: 'target' (diffusers >= 0.21, prompt-to-prompt) "
+                "or 'source' (diffusers 0.20, InPO's official code)"})
+    noise_scale: float = field(default=0.0, metadata={
+        "help": "multiple of the DDPM posterior σ added as fresh noise after each inversion step (InPO: 0.1); "
+                "> 0 makes the inversion stochastic"})
+
+    def __post_init__(self):
+        require(self.eval_at in EVAL_AT, "eval_at", f"one of {EVAL_AT}", self.eval_at)
+        require(self.noise_scale >= 0, "noise_scale", ">= 0", self.noise_scale)
+
+
 @SAMPLERS.register("ddim")
 class DDIMInversion(InversionSampler):
     name = "ddim"
-    exact = False
-    stochastic = False  # at its default noise_scale = 0 (InPO's faithful mode adds 0.1σ noise on purpose)
+    Config = DDIMConfig
 
-    def __init__(self, eval_at: str = "target", noise_scale: float = 0.0):
-        if eval_at not in EVAL_AT:
-            raise ValueError(f"eval_at must be one of {EVAL_AT}, got {eval_at!r}")
-        if noise_scale < 0:
-            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-        self.eval_at, self.noise_scale = eval_at, noise_scale
+    def __init__(self, config: DDIMConfig | None = None):
+        super().__init__(config)
+        # The class is not stochastic (its default noise_scale is 0); an instance with noise_scale > 0 is, and `bench
+        # invert` records the instance's (InPO's faithful mode adds 0.1σ noise on purpose).
+        self.stochastic = self.config.noise_scale > 0
 
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
         levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
-        if self.noise_scale > 0 and rng is None:
+        if self.stochastic and rng is None:
             raise ValueError("stochastic DDIM inversion (noise_scale > 0) needs an rng")
         z = x0.clone()
         # one draw per step of the grid, made whether or not a local sample moves there, for the whole
         # (global) batch: the noise a sample gets does not depend on its batch or shard
-        noise = [sample_noise(z, rng) for _ in range(len(levels) - 1)] if self.noise_scale > 0 else None
+        noise = [sample_noise(z, rng) for _ in range(len(levels) - 1)] if self.stochastic else None
         for i, active, src, dst in walk(levels):
             zs = z[active]
-            tau = dst if self.eval_at == "target" else src
+            tau = dst if self.config.eval_at == "target" else src
             new = ddim_map(backbone, zs, backbone.eps(zs, tau, cond[active], guidance), src, dst)
             if noise is not None:
                 scale = as_latent_scale(ddpm_variance(backbone, dst, src).sqrt(), new)
-                new = new + self.noise_scale * scale * noise[i][active]
+                new = new + self.config.noise_scale * scale * noise[i][active]
             z[active] = new
         return InversionState(z, levels)
 

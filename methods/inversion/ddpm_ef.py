@@ -19,9 +19,12 @@ stored for reconstruction: the last latent and N noise maps, 1 + N latents per i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
+from methods.checks import require
 from methods.inversion.base import (
     SAMPLERS,
     InversionSampler,
@@ -44,16 +47,21 @@ def ddpm_posterior(backbone: Backbone, x: torch.Tensor, eps: torch.Tensor, src: 
     return mean, as_latent_scale(var.sqrt(), x)
 
 
+@dataclass(frozen=True)
+class EditFriendlyDDPMConfig:
+    max_batch: int | None = field(default=None, metadata={
+        "help": "latents per model call in inversion (its N steps are independent); None: all in one call"})
+
+    def __post_init__(self):
+        require(self.max_batch is None or self.max_batch >= 1, "max_batch", ">= 1 or None", self.max_batch)
+
+
 @SAMPLERS.register("ddpm-ef")
 class EditFriendlyDDPM(InversionSampler):
     name = "ddpm-ef"
+    Config = EditFriendlyDDPMConfig
     exact = True
     stochastic = True  # the inverted latent x_N = a_N x0 + s_N ε̃ is drawn with fresh noise
-
-    def __init__(self, max_batch: int | None = None):
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
-        self.max_batch = max_batch
 
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
@@ -71,7 +79,7 @@ class EditFriendlyDDPM(InversionSampler):
         step, row = moves.nonzero(as_tuple=True)  # (n,) every (step, sample) that moves
         src, dst = levels[step + 1, row], levels[step, row]
         x_src = xs[step + 1, row]  # (n, C, h, w)
-        chunk = self.max_batch or max(len(row), 1)  # latents per model call
+        chunk = self.config.max_batch or max(len(row), 1)  # latents per model call
         eps = torch.empty_like(x_src)
         for start in range(0, len(row), chunk):
             part = slice(start, start + chunk)

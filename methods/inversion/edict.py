@@ -22,9 +22,12 @@ branches (the official code always evaluates both, also at w = 1, which we skip)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
+from methods.checks import require
 from methods.inversion.base import (
     SAMPLERS,
     InversionSampler,
@@ -43,16 +46,23 @@ def _roles(x: torch.Tensor, y: torch.Tensor, swap: torch.Tensor) -> tuple[torch.
     return torch.where(swap, y, x), torch.where(swap, x, y)
 
 
+@dataclass(frozen=True)
+class EDICTConfig:
+    p: float = field(default=0.93, metadata={
+        "help": "mixing weight p in (0, 1] (official EDICT_editing and diffusers: 0.93); rounding errors grow by "
+                "about 1/p² per inversion step"})
+    leapfrog: bool = field(default=True, metadata={
+        "help": "swap the roles of the chains x and y on every other step (official leapfrog_steps=True)"})
+
+    def __post_init__(self):
+        require(0 < self.p <= 1, "p (mixing weight)", "in (0, 1]", self.p)
+
+
 @SAMPLERS.register("edict")
 class EDICT(InversionSampler):
     name = "edict"
+    Config = EDICTConfig
     exact = True
-    stochastic = False
-
-    def __init__(self, p: float = 0.93, leapfrog: bool = True):
-        if not 0 < p <= 1:
-            raise ValueError(f"p (mixing weight) must be in (0, 1], got {p}")
-        self.p, self.leapfrog = p, leapfrog
 
     @property
     def inversion_calls_per_step(self) -> int:
@@ -60,14 +70,14 @@ class EDICT(InversionSampler):
 
     def _swaps(self, levels: torch.Tensor) -> torch.Tensor:
         """(K, B) bool: steps whose coupling updates y first (odd sampling-step index, with leapfrog)."""
-        return (steps_above(levels) % 2 == 1) & self.leapfrog
+        return (steps_above(levels) % 2 == 1) & self.config.leapfrog
 
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
         levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
         swaps = self._swaps(levels)
-        p = self.p
+        p = self.config.p
         x, y = x0.clone(), x0.clone()  # (B, C, h, w) each
         for i, active, src, dst in walk(levels):
             c = cond[active]
@@ -84,7 +94,7 @@ class EDICT(InversionSampler):
     def reconstruct_pair(self, backbone: Backbone, state: InversionState, cond: Conditioning,
                          guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Both chains at levels[0]; without `extra["y"]` the chains start equal (sampling from noise)."""
-        levels, p = state.levels, self.p
+        levels, p = state.levels, self.config.p
         swaps = self._swaps(levels)
         x, y = state.latents.clone(), state.extra.get("y", state.latents).clone()
         for i, active, src, dst in walk(levels, down=True):

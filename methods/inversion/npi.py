@@ -17,25 +17,21 @@ from __future__ import annotations
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
-from methods.inversion.base import SAMPLERS, InversionSampler, InversionState
+from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, NoSettings
 from methods.inversion.ddim import DDIMInversion
 
 
 @SAMPLERS.register("npi")
 class NegativePromptInversion(InversionSampler):
     name = "npi"
-    exact = False
-    stochastic = False
-
-    def __init__(self):
-        self.ddim = DDIMInversion()
+    Config = NoSettings  # it is DDIM inversion and conditional DDIM sampling
 
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
         """DDIM inversion at w = 1 whatever `guidance` (the guidance of the later reconstruction)."""
-        return self.ddim.invert(backbone, x0, cond, levels, guidance=1.0)
+        return DDIMInversion().invert(backbone, x0, cond, levels, guidance=1.0)
 
     def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
                     guidance: float = 1.0) -> torch.Tensor:
         """CFG with ∅ = c, which is conditional DDIM at w = 1 for every `guidance`."""
-        return self.ddim.reconstruct(backbone, state, cond, guidance=1.0)
+        return DDIMInversion().reconstruct(backbone, state, cond, guidance=1.0)

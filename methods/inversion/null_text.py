@@ -4,7 +4,7 @@
 1. Pivots z*_0 = x0, ..., z*_K: DDIM inversion with the prompt at w = 1 (`ddim.py`).
 2. From z̄_K = z*_K down, for sampling step i = 0, 1, ... (level t to t'), starting from the previous
    step's embedding (the empty prompt's at i = 0), take up to `inner_steps` Adam steps
-   (lr 1e-2 (1 − i/100)) on the unconditional embedding ∅_i, minimising
+   (lr 1e-2 (1 − i/100); `NullTextConfig` holds these settings) on the unconditional embedding ∅_i, minimising
 
        ‖Φ_{t→t'}(z̄_t, ε̂_w(z̄_t, t, c, ∅_i)) − z*_{t'}‖²  (mean),   ε̂_w = ε_∅ + w (ε_c − ε_∅),
 
@@ -22,9 +22,12 @@ step, also at w = 1 where they are all the empty prompt's (SD 1.5: 77·768 / (4�
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
+from methods.checks import require
 from methods.inversion.base import (
     SAMPLERS,
     InversionSampler,
@@ -36,22 +39,31 @@ from methods.inversion.base import (
 )
 from methods.inversion.ddim import DDIMInversion
 
-LR, LR_DECAY = 1e-2, 100  # lr 1e-2 (1 − i/100)
-EARLY_STOP, EARLY_STOP_SLOPE = 1e-5, 2e-5  # stop once loss < 1e-5 + i·2e-5
+LR_DECAY = 100  # lr (1 − i/100): p2p's schedule, which reaches 0 at sampling step 100
+
+
+@dataclass(frozen=True)
+class NullTextConfig:
+    inner_steps: int = field(default=10, metadata={
+        "help": "most Adam steps on each sampling step's unconditional embedding (p2p: num_inner_steps=10); 0 is DDIM "
+                "inversion followed by CFG sampling"})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate at sampling step 0, then lr (1 − i/100) (p2p: 1e-2)"})
+    early_stop: float = field(default=1e-5, metadata={
+        "help": "a step's optimisation stops once its loss is below early_stop + i · early_stop_slope (p2p: 1e-5)"})
+    early_stop_slope: float = field(default=2e-5, metadata={"help": "growth of that bound per sampling step i (p2p: 2e-5)"})
+
+    def __post_init__(self):
+        require(self.inner_steps >= 0, "inner_steps", ">= 0", self.inner_steps)
+        require(self.lr > 0, "lr", "> 0", self.lr)
+        if not (self.early_stop >= 0 and self.early_stop_slope >= 0):
+            raise ValueError(f"early_stop and early_stop_slope must be >= 0, got {self.early_stop}, {self.early_stop_slope}")
 
 
 @SAMPLERS.register("null-text")
 class NullTextInversion(InversionSampler):
-    max_steps = LR_DECAY  # the lr schedule 1e-2 (1 − i/100) reaches 0 at step 100
+    max_steps = LR_DECAY  # the lr schedule lr (1 − i/100) reaches 0 at step 100
     name = "null-text"
-    exact = False
-    stochastic = False
-
-    def __init__(self, inner_steps: int = 10):
-        if inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
-        self.inner_steps = inner_steps
-        self.ddim = DDIMInversion()
+    Config = NullTextConfig
 
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
@@ -59,15 +71,15 @@ class NullTextInversion(InversionSampler):
         levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
         from_top = steps_above(levels)  # (K, B) the step index i of p2p
         if from_top.max() >= LR_DECAY:
-            raise ValueError(f"null-text inversion's lr schedule 1e-2 (1 − i/100) allows at most {LR_DECAY} steps")
-        pivots = [x0]  # z*_0 ... z*_K, each (B, C, h, w)
+            raise ValueError(f"null-text inversion's lr schedule lr (1 − i/100) allows at most {LR_DECAY} steps")
+        pivots, ddim = [x0], DDIMInversion()  # z*_0 ... z*_K, each (B, C, h, w)
         for i in range(len(levels) - 1):
-            pivots.append(self.ddim.invert(backbone, pivots[-1], cond, levels[i:i + 2]).latents)
+            pivots.append(ddim.invert(backbone, pivots[-1], cond, levels[i:i + 2]).latents)
         null = backbone.null_conditioning(x0.shape[0])
         embeds = null.embeds.to(backbone.latent_dtype, copy=True)  # (B, L, D) each sample's ∅, optimised in >= fp32
         per_step = embeds.expand(len(levels) - 1, *embeds.shape).clone()  # (K, B, L, D) ∅ of every step
         state = InversionState(pivots[-1], levels, {"uncond_embeds": per_step}, per_step=("uncond_embeds",))
-        if self.inner_steps == 0 or guidance == 1.0:  # nothing to optimise: ε̂_w = ε_c at w = 1
+        if self.config.inner_steps == 0 or guidance == 1.0:  # nothing to optimise: ε̂_w = ε_c at w = 1
             return state
         z = pivots[-1].clone()  # z̄
         for i, active, src, dst in walk(levels, down=True):
@@ -85,12 +97,13 @@ class NullTextInversion(InversionSampler):
                   guidance: float) -> Conditioning:
         """Adam on each sample's ∅ (n, L, D) from `start` until its loss is below the early-stop bound."""
         params = [e.clone().requires_grad_(True) for e in start.embeds]  # n × (L, D)
-        optim = torch.optim.Adam([{"params": [p], "lr": LR * (1 - i / LR_DECAY)} for p, i in
+        config = self.config
+        optim = torch.optim.Adam([{"params": [p], "lr": config.lr * (1 - i / LR_DECAY)} for p, i in
                                   zip(params, from_top.tolist())])
-        bound = EARLY_STOP + from_top.double() * EARLY_STOP_SLOPE  # (n,)
+        bound = config.early_stop + from_top.double() * config.early_stop_slope  # (n,)
         todo = torch.arange(len(params))
         with torch.enable_grad():
-            for _ in range(self.inner_steps):
+            for _ in range(config.inner_steps):
                 trial = Conditioning(torch.stack(params), start.added)[todo]
                 eps_u = backbone.eps(z[todo], src[todo], trial)  # ε_∅: the UNet's conditional branch given ∅
                 eps = eps_u + guidance * (eps_c[todo] - eps_u)

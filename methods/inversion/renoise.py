@@ -17,29 +17,35 @@ iteration contracts. Cost: (K + 1) model calls per inversion step, one per recon
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
+from methods.checks import require
 from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, ddim_map, per_sample_levels, walk
 from methods.inversion.ddim import DDIMInversion
+
+
+@dataclass(frozen=True)
+class ReNoiseConfig:
+    iterations: int = field(default=1, metadata={
+        "help": "fixed-point iterations K per inversion step (the reference's SD 1.5 example: 1); 0 is DDIM inversion"})
+    average: int = field(default=2, metadata={"help": "how many of the last noise estimates ε^(m) are averaged"})
+
+    def __post_init__(self):
+        require(self.iterations >= 0, "iterations (K)", ">= 0", self.iterations)
+        require(self.average >= 1, "average", ">= 1", self.average)
 
 
 @SAMPLERS.register("renoise")
 class ReNoise(InversionSampler):
     name = "renoise"
-    exact = False
-    stochastic = False
-
-    def __init__(self, iterations: int = 1, average: int = 2):
-        if iterations < 0:
-            raise ValueError(f"iterations (K) must be >= 0, got {iterations}")
-        if average < 1:
-            raise ValueError(f"average must be >= 1, got {average}")
-        self.iterations, self.average = iterations, average  # K = 1 as the reference's SD 1.5 example
+    Config = ReNoiseConfig
 
     @property
     def inversion_calls_per_step(self) -> int:
-        return self.iterations + 1
+        return self.config.iterations + 1
 
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
@@ -49,9 +55,9 @@ class ReNoise(InversionSampler):
         for _, active, src, dst in walk(levels):
             start, c = z[active], cond[active]
             noises = [backbone.eps(start, dst, c, guidance)]  # ε^(0): the DDIM inversion step
-            for _ in range(self.iterations):
+            for _ in range(self.config.iterations):
                 noises.append(backbone.eps(ddim_map(backbone, start, noises[-1], src, dst), dst, c, guidance))
-            z[active] = ddim_map(backbone, start, torch.stack(noises[-self.average:]).mean(0), src, dst)
+            z[active] = ddim_map(backbone, start, torch.stack(noises[-self.config.average:]).mean(0), src, dst)
         return InversionState(z, levels)
 
     def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,

@@ -1,0 +1,72 @@
+"""`execute(plan, jobs=N)`: the independent runs of a plan in N worker processes give the records one process
+gives at the same threads per run, and a killed parallel run resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.core.budget import Budget
+from bench.harness.run import RunSetupError, execute, plan_run
+from bench.harness.suites import get_suite
+
+COMPARED = ("metrics", "win_rate_vs_base", "delta_vs_base", "evaluation", "budget")
+
+
+@pytest.fixture()
+def toy(tiny_toy_dir, monkeypatch):
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))  # the spawned workers inherit it
+
+
+def _plan(run_dir, resume=False):
+    return plan_run(get_suite("toy"), ["dpo", "kto"], budgets=[Budget.parse("300nfe")], seeds=[0, 1],
+                    run_dir=run_dir, resume=resume, progress=False)
+
+
+def _records(run_dir) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*.json")) if p.name != "run.json"}
+
+
+def test_two_workers_write_the_records_one_process_writes(toy, tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of 2 workers gets from 2 threads
+    torch.set_flush_denormal(False)  # as in a fresh process (conftest flushes them; a spawned worker does not)
+    try:
+        serial = execute(_plan(tmp_path / "serial"))
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the share is 1 thread per worker on any machine
+    seen = []
+    parallel = execute(_plan(tmp_path / "parallel"), jobs=2, on_record=lambda path, record: seen.append(path.name))
+    assert [p.name for p in parallel] == [p.name for p in serial] == [
+        "base.json", "dpo-300nfe-s0.json", "kto-300nfe-s0.json", "dpo-300nfe-s1.json", "kto-300nfe-s1.json"]
+    assert sorted(seen) == sorted(p.name for p in parallel)
+    one, two = _records(tmp_path / "serial"), _records(tmp_path / "parallel")
+    def counted(part):  # seconds differ between runs; everything counted or computed does not
+        if isinstance(part, dict):
+            return {k: counted(v) for k, v in part.items() if "seconds" not in k}
+        return part
+
+
+    for name in one:
+        for key in COMPARED:
+            if key in one[name]:
+                assert json.dumps(counted(one[name][key]), sort_keys=True) == \
+                       json.dumps(counted(two[name][key]), sort_keys=True), (name, key)
+    assert not list((tmp_path / "parallel").glob("*.ckpt")) and not (tmp_path / "parallel" / ".lock").exists()
+
+
+def test_a_parallel_run_resumes_and_refuses_bad_jobs(toy, tmp_path):
+    run_dir = tmp_path / "run"
+    execute(_plan(run_dir), jobs=2)
+    finished = _records(run_dir)
+    (run_dir / "kto-300nfe-s1.json").unlink()  # as if killed before its last record landed
+    execute(_plan(run_dir, resume=True), jobs=2)
+    again = _records(run_dir)
+    assert again["kto-300nfe-s1.json"]["metrics"] == finished["kto-300nfe-s1.json"]["metrics"]
+    assert again["dpo-300nfe-s0.json"]["created"] == finished["dpo-300nfe-s0.json"]["created"]  # not redone
+    with pytest.raises(RunSetupError, match="--jobs must be >= 1"):
+        execute(_plan(tmp_path / "other"), jobs=0)
