@@ -202,3 +202,30 @@ def test_run_manifest_and_dry_run_report_are_records(tmp_path):
     assert read_record(old_manifest, RUN_MANIFEST)["config"] == {"suite": "toy"}
     report = DryRunReport("toy", "p", "built-in", "sd15", 1, (4, 8, 8), [], [], None, []).to_dict()
     assert (report["kind"], report["schema_version"], report["suite"]) == ("dry-run", 1, "toy")
+
+
+def test_the_toy_suites_base_evaluation_is_shipped_with_the_build(monkeypatch, tmp_path):
+    """A first `bench run` on the toy suite (empty cache) takes the base model's evaluation from the shipped toy build
+    (`bench/toy/assets/base/`, keyed like the cache) instead of sampling 256 images again."""
+    from bench.core.backbone import Backbone
+    from bench.harness import run as run_module
+    from bench.harness.suites import get_suite
+    from bench.toy.paths import SHIPPED_TOY_DIR
+    from metrics.build import build_scorers
+
+    monkeypatch.delenv("BENCH_TOY_DIR", raising=False)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "empty-cache"))
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the base model was evaluated again")
+
+    monkeypatch.setattr(run_module, "evaluate", no_sampling)
+    suite = get_suite("toy")
+    plan = run_module.plan_run(suite, ["dpo"], run_dir=tmp_path / "run", progress=False)
+    scorers = build_scorers(list(suite.metrics), plan.scorer_options)
+    backbone = Backbone.from_pretrained(plan.pipeline)
+    record = run_module.base_record(backbone, plan, scorers)
+    shipped = read_record(SHIPPED_TOY_DIR / "base" / f"{run_module._base_cache_key(backbone, plan, scorers)}.json")
+    assert record["evaluation"]["scores"] == shipped["evaluation"]["scores"]
+    assert len(shipped["evaluation"]["scores"]["oracle"]) == 256
+    assert record["config"] == plan.config() and not (tmp_path / "empty-cache" / "base").exists()

@@ -47,6 +47,7 @@ from bench.harness.evaluation import EvalResult, aggregate, compare_to_base, eva
 from bench.harness.prompts import prompt_digest, resolve_prompts
 from bench.harness.suites import Suite
 from bench.harness.trainer import Trainer, declared_step_cost
+from bench.toy.paths import toy_dirs
 from methods.alignment import METHODS, AlignmentMethod
 from metrics import SCORERS, Scorer
 from metrics.build import ScorerOptions, build_scorers, recorded_before_configs
@@ -264,11 +265,16 @@ def sample_thumbnails(images: torch.Tensor, plan: RunPlan, size: int = 128) -> d
 
 def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> dict:
     """The base model's record, from the cache when this pipeline, prompts, evaluation config and scorers (their
-    weights' SHA256s, HPS version, CLIP backbone) were seen before."""
-    cached = cache_dir() / "base" / f"{_base_cache_key(backbone, plan, scorers)}.json"
-    if cached.exists():
+    weights' SHA256s, HPS version, CLIP backbone) were seen before, here or where the toy build ships them
+    (`<toy dir>/base/`: the toy suite's test and validation evaluations, so a first run does not recompute what
+    never changes between runs)."""
+    key = f"{_base_cache_key(backbone, plan, scorers)}.json"
+    cached = cache_dir() / "base" / key
+    for found in (cached, *(d / "base" / key for d in toy_dirs())):
+        if not found.exists():
+            continue
         try:
-            stored = read_record(cached)
+            stored = read_record(found)
         except RecordError as err:
             log.warning("ignoring unreadable base cache: %s", err)
         else:
