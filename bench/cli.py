@@ -11,6 +11,7 @@ wait for them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -143,6 +144,20 @@ def _parse_weights(items: list[str]) -> dict[str, Path]:
     return out
 
 
+def _launcher_args(items: list[str]) -> dict:
+    """["timeout_min=240", "slurm_partition=gpu"] -> {"timeout_min": 240, "slurm_partition": "gpu"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--launcher-arg {item!r}: expected KEY=VALUE, e.g. timeout_min=240")
+        for cast in (int, float, str):
+            with contextlib.suppress(ValueError):
+                out[key.strip()] = cast(value.strip())
+                break
+    return out
+
+
 @app.command()
 def run(
     methods: str = typer.Option(None, "--methods", "-m", help="comma-separated method names (see `bench list`), or "
@@ -181,6 +196,10 @@ def run(
                              "threads per run"),
     threads: int = typer.Option(None, "--threads", help="torch threads of this run (split among --jobs); default: "
                                 "torch's ($OMP_NUM_THREADS, else the cores)"),
+    launcher: str = typer.Option("local", help="where the runs execute: local (this machine, --jobs workers), slurm "
+                                 "(one Slurm job per run through submitit, into a shared --run-dir) or submitit-local"),
+    launcher_arg: list[str] = typer.Option([], "--launcher-arg", help="KEY=VALUE for submitit's executor, e.g. "
+                                           "slurm_partition=gpu, gpus_per_node=1, timeout_min=240; repeatable"),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="build the pipeline's shapes on the meta device (no weights) and report parameters, "
                                       "NFE per step, memory per process and the budget in steps and GPU-hours; "
@@ -245,7 +264,8 @@ def run(
             if threads < 1:
                 _fail(f"--threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
-        paths = execute(plan, on_record=announce, jobs=jobs)
+        paths = execute(plan, on_record=announce, jobs=jobs, launcher=launcher,
+                        launcher_args=_launcher_args(launcher_arg))
     except _user_errors() as err:
         _fail(str(err))
     if not processes().is_main_process:  # under accelerate launch / torchrun, one process reports

@@ -70,3 +70,18 @@ def test_a_parallel_run_resumes_and_refuses_bad_jobs(toy, tmp_path):
     assert again["dpo-300nfe-s0.json"]["created"] == finished["dpo-300nfe-s0.json"]["created"]  # not redone
     with pytest.raises(RunSetupError, match="--jobs must be >= 1"):
         execute(_plan(tmp_path / "other"), jobs=0)
+
+
+def test_a_grid_runs_through_the_submitit_launcher(toy, tmp_path):
+    """The cluster path, offline: each run a submitit job (here a local process), writing into the shared run
+    directory, its log in RUN_DIR/jobs/."""
+    pytest.importorskip("submitit")  # the test extra installs it
+    plan = plan_run(get_suite("toy"), ["dpo"], budgets=[Budget.parse("300nfe")], seeds=[0, 1],
+                    run_dir=tmp_path / "grid", progress=False)
+    paths = execute(plan, launcher="submitit-local", launcher_args={"timeout_min": 10})
+    assert [p.name for p in paths] == ["base.json", "dpo-300nfe-s0.json", "dpo-300nfe-s1.json"]
+    records = _records(tmp_path / "grid")
+    assert records["dpo-300nfe-s1.json"]["budget"]["used"] > 0 and records["dpo-300nfe-s1.json"]["seed"] == 1
+    assert list((tmp_path / "grid" / "jobs").glob("*_log.out"))  # submitit's per-job logs
+    with pytest.raises(RunSetupError, match="--launcher 'pbs': expected one of local, slurm, submitit-local"):
+        execute(plan, launcher="pbs")

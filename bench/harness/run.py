@@ -327,22 +327,32 @@ def record_name(method: str, budget: Budget, seed: int) -> str:
     return f"{method}-{budget}-s{seed}"
 
 
-def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int = 1) -> list[Path]:
+LAUNCHERS = ("local", "slurm", "submitit-local")  # where the runs of --jobs / a cluster grid execute
+
+
+def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int = 1, launcher: str = "local",
+            launcher_args: dict | None = None) -> list[Path]:
     """Run the plan; returns the record paths in order (base first, then per budget, seed and method).
     `on_record(path, record)` is called as each record lands. Under several processes (accelerate
     launch / torchrun) all of them train and evaluate; the main process alone writes files, and holds the run
     directory (`bench.core.locks`) while it does: a second run into it stops with a RunSetupError naming the
     holder. `jobs` > 1 trains the plan's independent runs (methods × seeds × budgets) in that many worker
     processes (`_execute_parallel`), each with its share of the threads; every record is the one `jobs=1` writes
-    at the same thread count per run."""
+    at the same thread count per run. `launcher` "slurm" submits each run as a Slurm job through submitit
+    (`launcher_args`: submitit's parameters, e.g. slurm_partition, gpus_per_node, timeout_min), all writing to
+    this (shared) run directory; "submitit-local" runs the same path as local processes."""
     if jobs < 1:
         raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
+    if launcher not in LAUNCHERS:
+        raise RunSetupError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
     state = processes()
     if jobs > 1 and state.num_processes > 1:
         raise RunSetupError("--jobs runs independent runs in worker processes; it cannot be combined with a "
                             "multi-process launch (accelerate launch / torchrun), which splits each run instead")
     try:
         with hold_directory(plan.run_dir) if state.is_main_process else contextlib.nullcontext() as token:
+            if launcher != "local":
+                return _execute_submitit(plan, launcher, launcher_args or {}, token, on_record)
             if jobs > 1:
                 return _execute_parallel(plan, jobs, token, on_record)
             return _execute_held(plan, on_record=on_record, trainer_callbacks=trainer_callbacks)
@@ -470,13 +480,49 @@ def _worker_start(plan: RunPlan, token: str, threads: int, queue) -> None:
 def _worker_run(budget: Budget, seed: int, name: str, path: str) -> str:
     session, queue = _WORKER["session"], _WORKER["queue"]
     label = f"{name} {budget} s{seed}"
-    queue.put((os.getpid(), label, budget.limit, 0.0))
 
     def report(step: int, logs: dict) -> None:
         queue.put((os.getpid(), label, budget.limit, logs.get(budget.unit, step)))
 
-    _train_and_record(session, budget, seed, name, Path(path), _lander(None), [report])
+    if queue is not None:
+        report(0, {budget.unit: 0.0})
+    _train_and_record(session, budget, seed, name, Path(path), _lander(None), [report] if queue is not None else None)
     return path
+
+
+def _cluster_job(plan: RunPlan, token: str, budget: Budget, seed: int, name: str, path: str) -> str:
+    """One run as a submitit job (a Slurm job, or a local process): a worker of its own."""
+    _worker_start(plan, token, torch.get_num_threads(), None)
+    return _worker_run(budget, seed, name, path)
+
+
+def _execute_submitit(plan: RunPlan, launcher: str, launcher_args: dict, token: str, on_record) -> list[Path]:
+    """The base model and run.json here, then one submitit job per run not yet recorded, with the job logs in
+    `RUN_DIR/jobs/`; a job's failure is raised here with its log's path. The run directory must be on a file
+    system the jobs share."""
+    try:
+        import submitit  # optional: pip install 'diffusion-align-bench[cluster]'
+    except ImportError:
+        raise RunSetupError(f"--launcher {launcher} needs submitit: pip install 'diffusion-align-bench[cluster]'") from None
+    land = _lander(on_record)
+    session, base_path = _open_session(plan, land)
+    runs = session.runs()
+    executor = submitit.AutoExecutor(folder=plan.run_dir / "jobs", cluster="slurm" if launcher == "slurm" else "local")
+    try:
+        executor.update_parameters(name=f"bench-{plan.suite.name}", **launcher_args)
+    except (TypeError, ValueError) as err:
+        raise RunSetupError(f"--launcher-arg: {err}") from None
+    worker_plan = dataclasses.replace(plan, resume=True, progress=False)
+    submitted = [executor.submit(_cluster_job, worker_plan, token, budget, seed, name, str(path))
+                 for budget, seed, name, path in runs if not (plan.resume and path.exists())]
+    for *_, path in runs:
+        if plan.resume and path.exists() and on_record:
+            on_record(path, read_record(path))
+    for job in submitted:
+        path = Path(job.result())  # waits; a failed job raises with its log
+        if on_record:
+            on_record(path, read_record(path))
+    return [base_path] + [path for *_, path in runs]
 
 
 def _execute_parallel(plan: RunPlan, jobs: int, token: str, on_record) -> list[Path]:
