@@ -67,3 +67,27 @@ def test_inversion_round_trip_8_images_50_steps(benchmark, toy, name):
         return sampler.reconstruct(backbone, state, cond)
 
     benchmark.pedantic(round_trip, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="grid")
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_three_method_run_in_jobs(benchmark, tmp_path, jobs):
+    """`bench run --methods dpo,inpo,kto` on the toy suite at 1e4 NFE (a quarter of the default budget) with 2 threads
+    in all, in one process or in two workers of one thread: compare the two medians within one run (the ratio is
+    the speed-up of --jobs 2 on this machine)."""
+    from bench.harness.run import execute, plan_run
+    from bench.harness.suites import get_suite
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    runs = iter(range(100))
+
+    def one_run():
+        plan = plan_run(get_suite("toy"), ["dpo", "inpo", "kto"], budgets=[Budget.parse("1e4nfe")],
+                        run_dir=tmp_path / f"run-{next(runs)}", progress=False)
+        return execute(plan, jobs=jobs)
+
+    try:
+        benchmark.pedantic(one_run, rounds=2, warmup_rounds=0)
+    finally:
+        torch.set_num_threads(threads)
