@@ -323,3 +323,74 @@ def test_report_by_a_papers_protocol(tmp_path):
     even = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy-tuned"), "--protocol", "kto-median-of-k",
                                "--out", str(tmp_path / "k")])
     assert even.exit_code == 2 and "needs an odd number of images per prompt" in even.output
+
+
+def _page_data(html: str) -> dict:
+    """The JSON document `index.html` embeds (everything its script shows)."""
+    opening = '<script type="application/json" id="page-data">'
+    start = html.index(opening) + len(opening)
+    return json.loads(html[start:html.index("</script>", start)])
+
+
+def test_the_page_embeds_its_numbers_and_reaches_nothing_outside(results):
+    """index.html carries every row, method-vs-method pair, record and image it shows as one JSON document, with the
+    statistics of `comparison_table` and `pairs_table` (the script computes none), and loads nothing from a network."""
+    import re
+
+    from bench.results.page import ci_sign
+    from bench.results.report import find_records, load_records, pairs_table
+
+    assert runner.invoke(app, ["leaderboard", "--results", str(results)]).exit_code == 0
+    html = (results / "index.html").read_text()
+    data = _page_data(html)
+    assert sorted((r["budget"], r["method"]) for r in data["rows"]) == [
+        ("-", "base"), ("2steps", "dpo"), ("2steps", "sft"), ("3steps", "dpo"), ("3steps", "sft")]
+    assert {r["kind"] for r in data["rows"] if r["method"] != "base"} == {"offline"}
+    for row in data["rows"]:
+        for path in row["runs"]:
+            assert (results / path).is_file() and data["runs"][path]["path"] == path  # the detail view's link
+    dpo = next(r for r in data["rows"] if r["id"] == "toy/3steps/dpo")
+    cell = dpo["m"]["oracle"]
+    assert cell["lo"] <= cell["mean"] <= cell["hi"] and cell["sig"] == ci_sign(cell["dlo"], cell["dhi"])
+    run = data["runs"][dpo["runs"][0]]
+    assert run["curve"] and run["budget"]["unit"] == "steps" and run["settings"]
+    base = data["runs"][next(r for r in data["rows"] if r["method"] == "base")["runs"][0]]
+    assert [s["i"] for s in run["samples"]] == [s["i"] for s in base["samples"]] and run["samples"][0]["png"]
+    assert [s["prompt"] for s in run["samples"]] == [s["prompt"] for s in base["samples"]]
+
+    records = [r for _, r in load_records(find_records([results / "runs"]))]
+    suite = data["suites"][0]
+    metrics = [m["name"] for m in suite["metrics"]]
+    assert metrics[0] == suite["primary"] == "oracle"
+    assert set(suite["pairs"]["2steps"]) == set(metrics)  # Δ vs a chosen method, on every metric
+    primary = pairs_table(records).iloc[0]  # the leaderboard's: Holm over the suite's primary comparisons
+    pair = suite["pairs"][primary["budget"]]["oracle"][primary["method_a"]][primary["method_b"]]
+    assert pair["d"] == pytest.approx(primary["delta"], rel=1e-5)
+    assert pair["p_holm"] == pytest.approx(primary["p_holm"], rel=1e-5)
+    other = pairs_table(records, metrics=["toy-clip"]).iloc[-1]
+    assert "p_holm" not in suite["pairs"][other["budget"]]["toy-clip"][other["method_a"]][other["method_b"]]
+    assert [i["name"] for i in data["inversions"]] == ["invert-toy"] and len(data["inversions"][0]["points"]) >= 2
+
+    assert not re.search(r"""(?:src|href|action|xlink:href)\s*=\s*["']?\s*(?:[a-z]+:)?//""", html, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(?:[a-z]+:)?//|@import|<link\b|<script[^>]*\bsrc\s*=""", html, re.I)
+    assert "fetch(" not in html and "XMLHttpRequest" not in html
+
+
+def test_method_kind_model_family_and_training_curve(monkeypatch):
+    from bench.results.page import markdown_html, method_kind, model_family, training_curve
+    from methods.alignment import METHODS
+
+    assert method_kind("dpo") == method_kind("not-a-method") == "offline"  # no declared kind: offline
+    monkeypatch.setattr(METHODS.get("kto"), "kind", "online", raising=False)
+    assert method_kind("kto") == "online"
+    assert model_family("stabilityai/stable-diffusion-xl-base-1.0") == "SDXL"
+    assert model_family("stable-diffusion-v1-5/stable-diffusion-v1-5") == "SD 1.x"
+    assert model_family("/work/main/bench/toy/assets/pipeline") == "toy"
+    assert model_family("/models/my-net/pipeline") == "my-net"
+
+    curve = training_curve([{"step": s, "loss": 1.0 / s} for s in range(1, 1001)], points=50)
+    assert len(curve) == 50 and curve[0] == [1, 1.0] and curve[-1] == [1000, 0.001]
+    assert training_curve([{"step": 1, "lr": 0.1}]) == []  # no loss logged
+
+    assert markdown_html("# T\n\n- a **b** `c`\n- *d*\n\ntext") == (
+        "<h2>T</h2>\n<ul><li>a <strong>b</strong> <code>c</code></li><li><em>d</em></li></ul>\n<p>text</p>")

@@ -4,7 +4,8 @@
 `results/runs/` and writes `leaderboard.md` (per suite the comparison table and the paired comparisons
 between methods), `leaderboard.csv`, `figures/*.png`, `summary.md` (the results in words, generated from
 those numbers by `result_statements`: wording that follows the intervals), a self-contained
-`index.html` (sortable table, figures embedded, no network) and `leaderboard.json`, a manifest of
+`index.html` (`bench.results.page`: charts, filters, significance marked, every row down to its records and samples; no
+network) and `leaderboard.json`, a manifest of
 the SHA256 of every record it used and every file it wrote. All outputs are pure functions of the
 records (sorted inputs, fixed number formats, figures without dates), so `check(results)` rebuilds
 into a temporary directory and names every record added, removed or changed since the manifest,
@@ -14,8 +15,6 @@ deletes those).
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from bench.results.figures import (
     sample_grid,
     win_rates,
 )
+from bench.results.page import PROXIES, ci_sign, page_data, page_html
 from bench.results.report import (
     comparison_table,
     directions,
@@ -46,7 +46,6 @@ from bench.results.report import (
 from metrics.weights import sha256_file
 
 MANIFEST = "leaderboard.json"
-PROXIES = ("toy-pickscore", "toy-clip")  # proxy scorers plotted against the oracle where both were recorded
 SUMMARY = "summary.md"
 ALPHA = 0.05  # a Holm-adjusted p below this orders two methods
 
@@ -96,47 +95,6 @@ def build_figures(paths: list[Path], out: Path, fmt: str = "png", *, skip_bad: b
     return figures_for(records, inversions, Path(out), fmt)
 
 
-def _html(sections: list[tuple[str, pd.DataFrame]], figures: list[Path], n_records: int) -> str:
-    tables = []
-    for title, df in sections:
-        head = "".join(f"<th onclick=\"sortTable(this)\">{html.escape(str(c))}</th>" for c in df.columns)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                       for row in df.itertuples(index=False))
-        tables.append(f"<h2>{html.escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    images = "".join(
-        f"<figure><img alt=\"{html.escape(p.stem)}\" src=\"data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}\">"
-        f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in figures)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>diffusion-align-bench leaderboard</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; font-size: 13px; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; }}
-th {{ cursor: pointer; background: #f3f3f3; }}
-figure {{ display: inline-block; margin: 0 1em 1em 0; }} img {{ max-width: 520px; }}
-</style></head><body>
-<h1>diffusion-align-bench leaderboard</h1>
-<p>Rebuilt by <code>bench leaderboard</code> from {n_records} run records. Every method of a suite trained under the
-same compute budget; 95% confidence intervals from a bootstrap over training seeds, then prompts; win rates and
-changes are paired with the base model on the same prompts and sampling seeds. Click a column header to sort.</p>
-{"".join(tables)}
-<h2>Figures</h2>
-{images}
-<script>
-function sortTable(th) {{
-  const table = th.closest("table"), body = table.tBodies[0], col = Array.from(th.parentNode.children).indexOf(th);
-  const asc = th.dataset.asc !== "true"; th.dataset.asc = asc;
-  const key = cell => {{ const v = parseFloat(cell.textContent.replace("**", "")); return isNaN(v) ? cell.textContent : v; }};
-  Array.from(body.rows).sort((a, b) => {{
-    const x = key(a.cells[col]), y = key(b.cells[col]);
-    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
-  }}).forEach(row => body.appendChild(row));
-}}
-</script>
-</body></html>
-"""
-
-
 def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, progress: bool = False) -> dict:
     """Write every leaderboard output for the records under `results/runs` into `out` (default `results`)."""
     results, out = Path(results), Path(out or results)
@@ -148,22 +106,20 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     if not records and not inversions:  # e.g. the wrong --results: nothing is overwritten or deleted
         raise RecordError(f"no run records or inversion results under {runs}; is {results} the results directory?")
     figures_dir = out / "figures"
-    sections, md = [], ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
+    md = ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
                         "`results/runs/`. 95% CIs from a bootstrap over training seeds, then prompts; win rate and Δ "
                         "paired with the base model on the same prompts and sampling seeds.", ""]
-    tables, statements = [], []
+    tables, all_pairs, statements, inversion_tables = {}, {}, [], []
     for suite in sorted({r["suite"] for r in records}):
         suite_records = [r for r in records if r["suite"] == suite]
         table = comparison_table(suite_records)
         pairs = pairs_table(suite_records)  # the suite's primary metric; Holm over the suite's comparisons
-        tables.append(table)
+        tables[suite], all_pairs[suite] = table, pairs
         higher = directions(suite_records)
         primary = suite_records[0]["config"]["metrics"][0]
-        sections.append((f"suite: {suite}", display_table(table, higher, "plain")))
         md += [f"## Suite `{suite}`", "", display_table(table, higher, "md").to_markdown(index=False), ""]
         if len(pairs):
             title = f"paired comparisons between methods: {primary} (Holm-adjusted over {len(pairs)} comparisons)"
-            sections.append((f"suite: {suite}, {title}", display_pairs(pairs, "plain")))
             md += [f"### Suite `{suite}`, {title}", "", "Δ and win rate of A against B on the training seeds both "
                    "have and the same prompts and sampling seeds; 95% CIs and p from a bootstrap over shared seeds, "
                    "then prompts; bold: Holm-adjusted p < 0.05.", "", display_pairs(pairs, "md").to_markdown(index=False),
@@ -175,17 +131,20 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     for path, result in inversions:
         title = f"inversion: {path.parent.name}, {result['config']['steps']} steps, {result['config']['dtype']}"
         shown = three_significant(inversion_table(result["records"]))
-        sections.append((title, shown))
+        inversion_tables.append((title, shown))
         md += [f"## {title}", "", shown.to_markdown(index=False), ""]
     written = figures_for(records, inversions, figures_dir)
     for stale in _figure_files(figures_dir) - set(written):  # e.g. of a suite whose records were removed
         stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "leaderboard.md", "\n".join(md))
-    csv = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    csv = pd.concat(tables.values(), ignore_index=True) if tables else pd.DataFrame()
     write_text_atomic(out / "leaderboard.csv", csv.to_csv(index=False, float_format="%.6g"))
-    write_text_atomic(out / "index.html", _html(sections, sorted(written), len(records)))
     summary = summary_markdown(statements)
+    data = page_data(loaded, inversions, results=results, tables=tables, pairs=all_pairs)
+    write_text_atomic(out / "index.html", page_html(data, summary=summary, inversion_tables=inversion_tables,
+                                                    figures=[p.relative_to(out).as_posix() for p in sorted(written)],
+                                                    n_records=len(records)))
     write_text_atomic(out / SUMMARY, summary)
     readme = results.resolve().parent / "README.md"
     if out.resolve() == results.resolve() and readme_block(readme) is not None:
@@ -286,11 +245,7 @@ def _seeds(count) -> str:
 def verdict_vs_base(ci_low: float, ci_high: float) -> str:
     """'raises' when the 95% CI of Δ vs the base model lies above 0, 'lowers' when below, else
     'no detectable difference' (a CI that touches 0 contains it)."""
-    if ci_low > 0:
-        return "raises"
-    if ci_high < 0:
-        return "lowers"
-    return "no detectable difference"
+    return {1: "raises", -1: "lowers", 0: "no detectable difference"}[ci_sign(ci_low, ci_high)]
 
 
 def base_statements(table: pd.DataFrame, metric: str, *, digits: int = 3) -> list[str]:
