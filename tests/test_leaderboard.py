@@ -380,7 +380,7 @@ def test_method_kind_model_family_and_training_curve(monkeypatch):
     from bench.results.page import markdown_html, method_kind, model_family, training_curve
     from methods.alignment import METHODS
 
-    assert method_kind("dpo") == method_kind("not-a-method") == "offline"  # no declared kind: offline
+    assert method_kind("dpo") == method_kind("not-a-method") == "offline"  # the default kind; an unknown method
     monkeypatch.setattr(METHODS.get("kto"), "kind", "online", raising=False)
     assert method_kind("kto") == "online"
     assert model_family("stabilityai/stable-diffusion-xl-base-1.0") == "SDXL"

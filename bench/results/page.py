@@ -65,13 +65,13 @@ def ci_sign(low: float, high: float) -> int:
 
 
 def method_kind(algorithm: str) -> str:
-    """How a method uses data ("offline", "online" or "inference-time"): its registered class's `kind`, else
-    "offline" (every alignment method so far trains on a fixed preference set)."""
+    """How a method uses data ("offline", "online" or "inference-time"): its registered class's `kind`
+    (`AlignmentMethod.kind`); "offline" for a method not registered in this installation."""
     try:
         method = METHODS.get(METHODS.canonical(algorithm))
     except KeyError:  # not registered here (e.g. a plugin of another installation)
         return "offline"
-    return getattr(method, "kind", "offline")
+    return method.kind
 
 
 def model_family(pipeline: str) -> str:

@@ -88,6 +88,8 @@ class AlignmentMethod(ABC):
     data_kind: ClassVar[str]
     needs_reference: ClassVar[bool]
     Config: ClassVar[type]
+    kind: ClassVar[str] = "offline"  # how it uses data: "offline" (a fixed dataset), "online" (its own rollouts) or
+    # "inference-time" (compute spent per evaluated image); the leaderboard page filters on it
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
