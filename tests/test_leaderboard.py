@@ -316,7 +316,7 @@ def test_report_by_a_papers_protocol(tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "protocol-imagereward-oracle.csv")
     dpo = json.loads((RESULTS / "runs" / "toy-tuned" / "dpo-40000nfe-s0.json").read_text())
-    row = table[(table["method"] == "dpo") & (table["seed"] == 0)].iloc[0]
+    row = table[(table["method"] == "dpo") & (table["seed"] == 0) & (table["budget"] == "40000nfe")].iloc[0]
     scores = dpo["evaluation"]["scores"]["oracle"]
     assert row["oracle_imagereward"] == pytest.approx(sum(scores) / len(scores), rel=1e-5)
     assert row["ci_low"] < row["oracle_imagereward"] < row["ci_high"] and row["prompts"] == 64
