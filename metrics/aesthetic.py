@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics.base import SCORERS, BatchedScorerConfig, check_inputs, in_batches
-from metrics.clip_score import ClipBackboneScorer, backbone_specs, default_device, load_backbone
+from metrics.base import SCORERS, check_inputs, in_batches
+from metrics.clip_score import ClipBackboneConfig, ClipBackboneScorer, backbone_specs, default_device, load_backbone
 from metrics.weights import WeightSpec, load_state_dict
 
 HEAD = WeightSpec("aesthetic", "camenduru/improved-aesthetic-predictor", "sac+logos+ava1-l14-linearMSE.pth",
@@ -62,16 +62,11 @@ class AestheticHead(nn.Module):
 
 
 @dataclass(frozen=True)
-class AestheticConfig(BatchedScorerConfig):
+class AestheticConfig(ClipBackboneConfig):
     backbone: str = field(default=DEFAULT_BACKBONE, metadata={
         "help": "CLIP ViT-L/14 image tower (768-d projection): transformers id or directory, or open_clip NAME[:TAG] "
                 "such as ViT-L-14:openai"})
     batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
-
-    def __post_init__(self):
-        if not self.backbone:
-            raise ValueError("backbone must name a CLIP ViT-L/14")
-        super().__post_init__()
 
 
 @SCORERS.register("aesthetic")

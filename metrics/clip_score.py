@@ -342,17 +342,24 @@ class ClipBackboneScorer(Scorer):
         return {**super().describe(), **self.backbone.describe()}
 
 
-@dataclass(frozen=True)
-class ClipScoreConfig(BatchedScorerConfig):
-    backbone: str = field(default=DEFAULT_BACKBONE, metadata={
-        "help": "CLIP model: transformers id or directory, or open_clip NAME[:TAG] such as ViT-B-32:openai "
-                "(default: torchmetrics' ViT-L/14)"})
-    batch_size: int = field(default=32, metadata={"help": "images (and prompts) per forward pass"})
+class ClipBackboneConfig(BatchedScorerConfig):
+    """Base of the Config of a scorer on a CLIP backbone (`ClipBackboneScorer`): the subclass declares `backbone` and
+    `batch_size` with its own defaults and help text; this checks both."""
+
+    backbone: str  # as `batch_size`: the subclass's declaration makes the field
 
     def __post_init__(self):
         if not self.backbone:
             raise ValueError("backbone must name a CLIP model")
         super().__post_init__()
+
+
+@dataclass(frozen=True)
+class ClipScoreConfig(ClipBackboneConfig):
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={
+        "help": "CLIP model: transformers id or directory, or open_clip NAME[:TAG] such as ViT-B-32:openai "
+                "(default: torchmetrics' ViT-L/14)"})
+    batch_size: int = field(default=32, metadata={"help": "images (and prompts) per forward pass"})
 
 
 @SCORERS.register("clip")

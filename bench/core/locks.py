@@ -53,6 +53,13 @@ def lock_holder(directory: str | os.PathLike) -> dict | None:
     return holder
 
 
+def foreign_holder(directory: str | os.PathLike) -> dict | None:
+    """The live holder of `directory`'s lock (`lock_holder`) unless it is the run this process works for (its token
+    in `$BENCH_RUN_LOCK`)."""
+    holder = lock_holder(directory)
+    return None if holder is None or holder.get("token") == os.environ.get(LOCK_ENV) else holder
+
+
 def describe_holder(directory: str | os.PathLike, holder: dict) -> str:
     return (f"{directory} is held by process {holder['pid']} on {holder['host']} (since {holder.get('started', '?')}); "
             f"wait for it, or stop it (if it is gone, delete {Path(directory) / LOCK_NAME})")
@@ -65,12 +72,11 @@ def hold_directory(directory: str | os.PathLike) -> Iterator[str]:
     created = [d for d in (directory, *directory.parents) if not d.exists()]  # removed again if left empty
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    holder = lock_holder(directory)
-    if holder is not None and holder.get("token") == os.environ.get(LOCK_ENV):
+    if (holder := foreign_holder(directory)) is not None:
+        raise DirectoryHeldError(describe_holder(directory, holder))
+    if (holder := lock_holder(directory)) is not None:
         yield holder["token"]  # a worker of the holder
         return
-    if holder is not None:
-        raise DirectoryHeldError(describe_holder(directory, holder))
     path.unlink(missing_ok=True)  # a dead holder's lock: taken over
     token = secrets.token_hex(8)
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "token": token,

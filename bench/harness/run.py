@@ -30,7 +30,7 @@ from bench.core.backbone import Backbone
 from bench.core.budget import Budget, Usage
 from bench.core.cache import cache_dir
 from bench.core.config import PIPELINE_DTYPES, EvalConfig, OverrideError, TrainConfig, apply_overrides, as_dict
-from bench.core.locks import LOCK_ENV, DirectoryHeldError, describe_holder, hold_directory, lock_holder
+from bench.core.locks import LOCK_ENV, DirectoryHeldError, describe_holder, foreign_holder, hold_directory
 from bench.core.processes import processes
 from bench.core.progress import progress_bar
 from bench.core.records import (
@@ -201,8 +201,7 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
                    algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline))  # records "native" resolved
     manifest = plan.run_dir / "run.json"
-    holder = lock_holder(plan.run_dir)
-    if holder is not None and holder.get("token") != os.environ.get(LOCK_ENV):
+    if (holder := foreign_holder(plan.run_dir)) is not None:
         raise RunSetupError(f"run directory {describe_holder(plan.run_dir, holder)}")
     if resume:
         if not manifest.exists():
@@ -378,14 +377,26 @@ class _Session:
         return [(budget, seed, name, self.plan.run_dir / f"{record_name(name, budget, seed)}.json")
                 for budget, seed, name in itertools.product(self.plan.budgets, self.plan.seeds, self.plan.methods)]
 
+    def pending(self, on_record=None) -> list[tuple[Budget, int, str, Path]]:
+        """The runs without a record yet; those a resumed run already finished are reported to `on_record`."""
+        out = []
+        for run in self.runs():
+            if not (self.plan.resume and run[3].exists()):
+                out.append(run)
+            elif on_record:
+                on_record(run[3], read_record(run[3]))
+        return out
+
 
 def _lander(on_record):
-    """`land(path, record)`: the main process writes the record atomically and reports it; all processes wait."""
+    """`land(path, record)`: the main process writes the record atomically (unless `write=False`: it is on disk
+    already) and reports it; all processes wait."""
     state = processes()
 
-    def land(path: Path, record: dict) -> None:
+    def land(path: Path, record: dict, write: bool = True) -> None:
         if state.is_main_process:
-            write_json_atomic(path, record)
+            if write:
+                write_json_atomic(path, record)
             if on_record:
                 on_record(path, record)
         state.wait_for_everyone()
@@ -421,9 +432,10 @@ def _open_session(plan: RunPlan, land) -> tuple[_Session, Path]:
             if _scorer_identity(base["scorers"].get(name, {})) != _scorer_identity(scorer.describe()):
                 raise RunSetupError(f"--resume: the {name} scorer differs from the one that scored {base_path} (other "
                                     "weights, version or backbone); start a new --run-dir")
+        land(base_path, base, write=False)
     else:
         base = {**base_record(backbone, plan, scorers), "splits": session.splits}
-    land(base_path, base)
+        land(base_path, base)
     session.base_eval = EvalResult.from_dict(base["evaluation"])
     return session, base_path
 
@@ -457,14 +469,9 @@ def _train_and_record(session: _Session, budget: Budget, seed: int, name: str, p
 def _execute_held(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
     land = _lander(on_record)
     session, base_path = _open_session(plan, land)
-    paths = [base_path]
-    for budget, seed, name, path in session.runs():
-        if not (plan.resume and path.exists()):
-            _train_and_record(session, budget, seed, name, path, land, trainer_callbacks)
-        elif on_record and processes().is_main_process:
-            on_record(path, read_record(path))
-        paths.append(path)
-    return paths
+    for budget, seed, name, path in session.pending(on_record if processes().is_main_process else None):
+        _train_and_record(session, budget, seed, name, path, land, trainer_callbacks)
+    return [base_path] + [path for *_, path in session.runs()]
 
 
 _WORKER: dict = {}  # in a worker process of `_execute_parallel`: its session and the progress queue
@@ -514,10 +521,7 @@ def _execute_submitit(plan: RunPlan, launcher: str, launcher_args: dict, token: 
         raise RunSetupError(f"--launcher-arg: {err}") from None
     worker_plan = dataclasses.replace(plan, resume=True, progress=False)
     submitted = [executor.submit(_cluster_job, worker_plan, token, budget, seed, name, str(path))
-                 for budget, seed, name, path in runs if not (plan.resume and path.exists())]
-    for *_, path in runs:
-        if plan.resume and path.exists() and on_record:
-            on_record(path, read_record(path))
+                 for budget, seed, name, path in session.pending(on_record)]
     for job in submitted:
         path = Path(job.result())  # waits; a failed job raises with its log
         if on_record:
@@ -533,10 +537,7 @@ def _execute_parallel(plan: RunPlan, jobs: int, token: str, on_record) -> list[P
     land = _lander(on_record)
     session, base_path = _open_session(plan, land)
     runs = session.runs()
-    for *_, path in runs:
-        if plan.resume and path.exists() and on_record:
-            on_record(path, read_record(path))
-    pending = sorted((r for r in runs if not (plan.resume and r[3].exists())), key=lambda r: -r[0].limit)
+    pending = sorted(session.pending(on_record), key=lambda r: -r[0].limit)
     threads = max(1, torch.get_num_threads() // jobs)
     with multiprocessing.Manager() as manager:
         queue = manager.Queue()
