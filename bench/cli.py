@@ -11,14 +11,12 @@ wait for them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Annotated
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -28,16 +26,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.core.budget import Budget
-from bench.core.config import TrainConfig, field_rows, parse_plugin_args, parse_plugin_configs
+from bench.core.config import parse_plugin_configs, split_list
 from bench.core.processes import processes
 from bench.core.records import write_json_atomic
-from bench.core.registry import UnknownNameError
-from bench.core.search_space import search_space
 from bench.toy.paths import build_dir, toy_dir
-
-if TYPE_CHECKING:
-    from metrics.build import ScorerOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="diffusion-align-bench: compare diffusion alignment methods under one compute budget.")
@@ -66,26 +58,23 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bench.core.backbone import BackboneLoadError  # deferred: the modules of these errors load diffusers
-    from bench.core.budget import BudgetError
-    from bench.core.config import OverrideError
-    from bench.core.records import RecordError
-    from bench.harness.data import DataError
-    from bench.harness.run import RunSetupError
-    from metrics.base import MissingWeightsError
-    from metrics.weights import UnsafeWeightsError
+    from bench.harness.requests import USER_ERRORS  # deferred: the modules of these errors load diffusers
 
-    return (BackboneLoadError, BudgetError, OverrideError, DataError, RecordError, UnknownNameError, RunSetupError,
-            MissingWeightsError, UnsafeWeightsError)
+    return USER_ERRORS
 
 
 def _print_table(df, title: str) -> None:
     table = Table(title=title)
     for column in df.columns:
-        table.add_column(str(column))
+        table.add_column(str(column), overflow="fold")
     for row in df.itertuples(index=False):
-        table.add_row(*map(str, row))
+        table.add_row(*(escape(str(cell)) for cell in row))
     console.print(table)
+
+
+def _deprecated(notices: list[str]) -> None:
+    for notice in notices:
+        err_console.print(f"[yellow]deprecated:[/] {notice}", highlight=False, soft_wrap=True)
 
 
 def _output_file(ctx: typer.Context, param: typer.CallbackParam, path: Path | None) -> Path | None:
@@ -103,59 +92,19 @@ def _output_dir(ctx: typer.Context, param: typer.CallbackParam, path: Path | Non
     return path
 
 
-def _split(csv: str) -> list[str]:
-    return [item.strip() for item in csv.split(",") if item.strip()]
-
-
-_WEIGHTS_HELP = "NAME=PATH: local weights (file or directory) for scorer NAME; repeatable"
-_PICKLE_HELP = "load checkpoints holding pickled Python objects (runs their code: trusted files only)"
-_METRIC_ARG_HELP = ("METRIC.FIELD=VALUE setting of a scorer in the metrics, e.g. hps.version=v2.0 or "
-                    "clip.backbone=ViT-B-32:openai (fields: `bench list METRIC`); repeatable")
+# Options several commands share.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="skip missing or corrupt records instead of failing")]
+Weights = Annotated[list[str], typer.Option("--weights", help="NAME=PATH: local weights (file or directory) for "
+                                            "scorer NAME; repeatable")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="load checkpoints holding pickled Python objects "
+                                           "(runs their code: trusted files only)")]
+MetricArg = Annotated[list[str], typer.Option("--metric-arg", help="METRIC.FIELD=VALUE setting of a scorer in the "
+                                              "metrics, e.g. hps.version=v2.0 or clip.backbone=ViT-B-32:openai "
+                                              "(fields: `bench list METRIC`); repeatable")]
 _DEPRECATED_HELP = "deprecated alias of --metric-arg {}=VALUE (removed in the next release)"
-
-
-def _scorer_options(names: list[str], where: str, weights: list[str], allow_pickle: bool, metric_arg: list[str],
-                    **deprecated: str | None) -> ScorerOptions:
-    """`metrics.build.ScorerOptions` for the scorers `names` from `--weights`, `--allow-pickle` and `--metric-arg`.
-    The deprecated `--hps-version` and `--clip-backbone` (`metrics.build.DEPRECATED_OPTIONS`) become `--metric-arg`
-    items before the user's own, which win, with a one-line notice for each one given."""
-    from metrics import SCORERS  # deferred: the scorers load transformers and open_clip
-    from metrics.build import DEPRECATED_OPTIONS, ScorerOptions
-
-    SCORERS.check(names)
-    items = []
-    for key, value in deprecated.items():
-        if value is not None:
-            scorer, field_name = DEPRECATED_OPTIONS[key]
-            items.append(f"{scorer}.{field_name}={value}")
-            err_console.print(f"[yellow]deprecated:[/] --{key.replace('_', '-')} is replaced by --metric-arg "
-                              f"{items[-1]} and will be removed in the next release", highlight=False, soft_wrap=True)
-    configs = parse_plugin_configs([*items, *metric_arg], "--metric-arg", SCORERS, names, where=where)
-    return ScorerOptions(_parse_weights(weights), allow_pickle, configs)
-
-
-def _parse_weights(items: list[str]) -> dict[str, Path]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            _fail(f"--weights {item!r}: expected NAME=PATH, e.g. pickscore=/models/PickScore_v1")
-        out[name.strip()] = Path(path.strip()).expanduser()
-    return out
-
-
-def _launcher_args(items: list[str]) -> dict:
-    """["timeout_min=240", "slurm_partition=gpu"] -> {"timeout_min": 240, "slurm_partition": "gpu"}."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            _fail(f"--launcher-arg {item!r}: expected KEY=VALUE, e.g. timeout_min=240")
-        for cast in (int, float, str):
-            with contextlib.suppress(ValueError):
-                out[key.strip()] = cast(value.strip())
-                break
-    return out
+ClipBackbone = Annotated[str, typer.Option("--clip-backbone", help=_DEPRECATED_HELP.format("clip.backbone"))]
+HpsVersion = Annotated[str, typer.Option("--hps-version", help=_DEPRECATED_HELP.format("hps.version"))]
 
 
 @app.command()
@@ -185,12 +134,12 @@ def run(
                                    "and every policy: fp32, fp16 or bf16 (the VAE and trained weights stay fp32; fp16/bf16 "
                                    "need the same --train-arg mixed_precision); default: the suite's (toy fp32, "
                                    "sd15/sdxl fp16)"),
-    weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
-    metric_arg: list[str] = typer.Option([], "--metric-arg", help=_METRIC_ARG_HELP),
-    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_DEPRECATED_HELP.format("clip.backbone")),
-    hps_version: str = typer.Option(None, "--hps-version", help=_DEPRECATED_HELP.format("hps.version")),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    weights: Weights = [],
+    allow_pickle: AllowPickle = False,
+    metric_arg: MetricArg = [],
+    clip_backbone: ClipBackbone = None,
+    hps_version: HpsVersion = None,
+    quiet: Quiet = False,
     jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes for the run's independent trainings (methods x "
                              "seeds x budgets), each with 1/N of the threads; a record equals --jobs 1's at the same "
                              "threads per run"),
@@ -212,35 +161,18 @@ def run(
     _quiet_libraries()
     from bench.harness.dryrun import dry_run as plan_dry_run  # deferred: loads diffusers
     from bench.harness.dryrun import report_notes, report_tables
-    from bench.harness.run import execute, parse_method_specs, plan_run, summary
-    from bench.harness.suites import get_suite
+    from bench.harness.requests import ScorerArgs, parse_key_values, run_request, set_threads
+    from bench.harness.run import execute, summary
     from bench.results.tables import write_run_tables
-    from methods.alignment import METHODS
 
     try:
-        the_suite = get_suite(suite)
-        try:
-            seed_list = [int(s) for s in _split(seeds)]
-        except ValueError:
-            _fail(f"--seeds {seeds!r}: expected comma-separated integers")
-        if run_dir is None and resume:
-            _fail("--resume needs --run-dir")
-        target = run_dir or Path("runs") / f"{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        budgets = [Budget.parse(b) for b in _split(budget)] if budget else None
-        algorithms = parse_method_specs(_split(methods) if methods else list(the_suite.default_methods))
-        configs = {label: METHODS.get(algorithm).Config for label, algorithm in algorithms.items()}
-        method_args = parse_plugin_args(method_arg, "--method-arg", configs, kind="method", where="--methods",
-                                        canonical=METHODS.canonical)
-        train_args = parse_plugin_args(train_arg, "--train-arg", dict.fromkeys(["*", *configs], TrainConfig),
-                                       kind="method", where="--methods", bare="*", canonical=METHODS.canonical)
-        scorer_options = _scorer_options(list(the_suite.metrics), f"the {suite} suite's metrics", weights, allow_pickle,
-                                         metric_arg, hps_version=hps_version, clip_backbone=clip_backbone)
-        resolved = [a if label == a else f"{label}={a}" for label, a in algorithms.items()]  # a deprecated name warns once
-        plan = plan_run(the_suite, resolved,
-                        budgets=budgets, seeds=seed_list, method_args=method_args, train_args=train_args,
-                        run_dir=target, resume=resume, progress=not quiet, pipeline=pipeline, preference_data=data,
-                        prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts,
-                        dtype=dtype, scorer_options=scorer_options)
+        scorers = ScorerArgs(tuple(weights), allow_pickle, tuple(metric_arg),
+                             (("hps_version", hps_version), ("clip_backbone", clip_backbone)))
+        request = run_request(suite, methods=methods, budgets=budget, seeds=seeds, method_args=method_arg,
+                              train_args=train_arg, scorers=scorers, run_dir=run_dir, resume=resume, progress=not quiet,
+                              pipeline=pipeline, data=data, prompts=prompts, dtype=dtype, dry_run=dry_run)
+        _deprecated(request.notices)
+        plan, the_suite = request.plan, request.suite
         if dry_run:
             report = plan_dry_run(plan, seconds_per_nfe=seconds_per_nfe)
             for table in report_tables(report):
@@ -255,22 +187,17 @@ def run(
                           f"{', '.join(map(str, plan.budgets))} per method; records in {plan.run_dir}", highlight=False)
 
         def announce(path: Path, record: dict) -> None:
-            metric = the_suite.primary_metric
-            stat = record["metrics"][metric]
-            console.print(f"  {record['method']:>6}  {metric} {stat['mean']:.3f} "
+            stat = record["metrics"][the_suite.primary_metric]
+            console.print(f"  {record['method']:>6}  {the_suite.primary_metric} {stat['mean']:.3f} "
                           f"[{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]  -> {path}", highlight=False)
 
-        if threads is not None:
-            if threads < 1:
-                _fail(f"--threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
+        set_threads(threads)
         paths = execute(plan, on_record=announce, jobs=jobs, launcher=launcher,
-                        launcher_args=_launcher_args(launcher_arg))
+                        launcher_args=parse_key_values(launcher_arg, "--launcher-arg", "timeout_min=240"))
     except _user_errors() as err:
         _fail(str(err))
     if not processes().is_main_process:  # under accelerate launch / torchrun, one process reports
         return
-
     _print_table(write_run_tables(paths, plan.run_dir, the_suite.primary_metric),
                  f"{suite}: {the_suite.primary_metric}, budget {', '.join(map(str, plan.budgets))} per method")
     if json_path is not None:
@@ -295,28 +222,19 @@ def tune(
     no_final: bool = typer.Option(False, "--no-final", help="tune only; no retraining on the test prompts"),
     export: Path = typer.Option(None, "--export", callback=_output_file,
                                 help="also write the chosen settings as a suite's tuned.json (the toy ships one)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    quiet: Quiet = False,
 ) -> None:
     """Tune every method with the same number of trials on validation prompts, then retrain the best settings on
     several seeds and report them on test prompts."""
     _quiet_libraries()
-    from bench.harness.suites import get_suite  # deferred: loads diffusers and optuna
-    from bench.harness.tune import plan_tune, suite_defaults
+    from bench.harness.requests import tune_request  # deferred: loads diffusers and optuna
+    from bench.harness.tune import suite_defaults
     from bench.harness.tune import tune as run_tune
 
     try:
-        the_suite = get_suite(suite)
-        if run_dir is None and resume:
-            _fail("--resume needs --run-dir")
-        try:
-            seeds = [int(s) for s in _split(final_seeds)]
-        except ValueError:
-            _fail(f"--final-seeds {final_seeds!r}: expected comma-separated integers")
-        plan = plan_tune(the_suite, _split(methods) if methods else list(the_suite.default_methods), trials=trials,
-                         budget=Budget.parse(budget) if budget else None, objective=objective,
-                         run_dir=run_dir or Path("runs") / f"tune-{suite}-{datetime.now().strftime('%Y%m%d-%H%M%S')}",
-                         seed=seed, storage=storage, resume=resume, progress=not quiet, final_seeds=seeds,
-                         final_budgets=[Budget.parse(b) for b in _split(final_budgets)] if final_budgets else None)
+        plan = tune_request(suite, methods=methods, trials=trials, budget=budget, objective=objective, seed=seed,
+                            storage=storage, run_dir=run_dir, resume=resume, progress=not quiet,
+                            final_seeds=final_seeds, final_budgets=final_budgets).plan
         console.print(f"tuning {', '.join(plan.methods)} on {suite}: {trials} trials each at {plan.budget}, objective "
                       f"{plan.objective} on the validation prompts; study in {plan.storage_url}", highlight=False)
         result = run_tune(plan, final=not no_final)
@@ -350,7 +268,7 @@ def invert(
     out: Path = typer.Option(Path("runs/invert"), callback=_output_dir, help="where the JSON, table and figures go"),
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the records here"),
     repeats: int = typer.Option(1, help="timed runs per sampler (median reported)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    quiet: Quiet = False,
 ) -> None:
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
     _quiet_libraries()
@@ -360,11 +278,11 @@ def invert(
     from methods.inversion import SAMPLERS
 
     try:
-        scales = tuple(float(w) for w in _split(guidances))
+        scales = tuple(float(w) for w in split_list(guidances))
     except ValueError:
         _fail(f"--guidances {guidances!r}: expected comma-separated numbers")
     try:
-        names = tuple(_split(samplers))
+        names = tuple(split_list(samplers))
         cfg = InvertConfig(samplers=names, steps=steps, guidances=scales, dtype=dtype, repeats=repeats,
                            sampler_configs=parse_plugin_configs(sampler_arg, "--sampler-arg", SAMPLERS, names,
                                                                 where="--samplers"))
@@ -401,7 +319,7 @@ def speed(
     from bench.results.inversion import speed_table
 
     try:
-        names = _split(samplers)
+        names = split_list(samplers)
         cfg = InvertConfig(samplers=tuple(names), steps=steps, dtype=dtype, repeats=repeats)
         backbone, pixels, prompts = load_inputs(pipeline, count=images)
     except (ValueError, *_user_errors()) as err:
@@ -421,7 +339,7 @@ def report(
     metrics: str = typer.Option(None, help="comma-separated metrics (default: all recorded)"),
     formats: str = typer.Option("md,csv,tex", "--format", help="any of md, csv, tex"),
     out: Path = typer.Option(Path("report"), callback=_output_dir, help="where table.md/.csv/.tex go"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+    skip_bad: SkipBad = False,
     pairs: bool = typer.Option(False, "--pairs", help="also write pairs.md/.csv/.tex: every two methods of one suite and "
                                "budget paired on their shared training seeds and the same images (Δ and win rate with "
                                "95% CIs, bootstrap p Holm-adjusted over the table) for the primary metric and --metrics"),
@@ -432,12 +350,12 @@ def report(
     """Comparison tables from run records: one row per method, mean ± 95% CI, win rate and Δ vs base, budget used."""
     from bench.results.tables import FORMATS, write_report  # deferred: loads pandas and matplotlib
 
-    wanted = tuple(_split(formats))
+    wanted = tuple(split_list(formats))
     if set(wanted) - set(FORMATS):
         _fail(f"--format {formats!r}: choose from md, csv, tex")
     try:
-        written, shown = write_report(paths, out, group_by=tuple(_split(group_by)), formats=wanted,
-                                      metrics=_split(metrics) if metrics else None, skip_bad=skip_bad, pairs=pairs,
+        written, shown = write_report(paths, out, group_by=tuple(split_list(group_by)), formats=wanted,
+                                      metrics=split_list(metrics) if metrics else None, skip_bad=skip_bad, pairs=pairs,
                                       protocol=protocol, progress=True)
     except (ValueError, KeyError, *_user_errors()) as err:
         _fail(str(err))
@@ -451,7 +369,7 @@ def figures(
     paths: list[Path] = typer.Argument(..., help="run records, `bench invert` results or directories of them"),
     out: Path = typer.Option(Path("figures"), callback=_output_dir, help="output directory"),
     fmt: str = typer.Option("png", "--format", help="png or pdf"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+    skip_bad: SkipBad = False,
 ) -> None:
     """Paper figures: efficiency frontier, win rates, proxy vs oracle, inversion error and time, sample grids."""
     from bench.results.leaderboard import build_figures  # deferred: loads pandas and matplotlib
@@ -472,7 +390,7 @@ def leaderboard(
     results: Path = typer.Option(Path("results"), callback=_output_dir,
                                  help="the results directory (records under results/runs/)"),
     check: bool = typer.Option(False, "--check", help="fail, naming what differs, if the committed leaderboard is stale"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip missing or corrupt records instead of failing"),
+    skip_bad: SkipBad = False,
 ) -> None:
     """Rebuild results/leaderboard.md, .csv, figures/ and index.html from the committed run records."""
     from bench.results.leaderboard import build  # deferred: loads pandas and matplotlib
@@ -499,44 +417,21 @@ def list_registry(
 ) -> None:
     """List the registered alignment methods, inversion samplers, metrics and suites; with NAME, that plugin's
     settings: every field of its Config with type, default and help (and, for a method, what `bench tune` searches)."""
-    from bench.harness.suites import SUITES  # deferred: the registries import their plugins (diffusers)
-    from methods.alignment import METHODS
-    from methods.inversion import SAMPLERS
-    from metrics import SCORERS
-
-    def summary(obj) -> str:
-        doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip()
-        return " ".join(doc.split("\n\n")[0].split())
+    from bench.harness.catalog import catalog, plugin_settings  # deferred: the registries import their plugins
 
     if name is None:
-        for title, registry in (("methods", METHODS), ("samplers", SAMPLERS), ("metrics", SCORERS), ("suites", SUITES)):
+        for title, entries in catalog().items():
             table = Table(title=title, show_header=False, title_justify="left")
-            for entry, obj in registry.items():
-                table.add_row(entry, summary(obj))
+            for entry in entries:
+                table.add_row(*entry)
             console.print(table)
         return
-    plugins = (("method", METHODS, "bench run --method-arg"), ("sampler", SAMPLERS, "bench invert --sampler-arg"),
-               ("metric", SCORERS, "bench run/eval --metric-arg"))
-    found = [(kind, registry, flag) for kind, registry, flag in plugins if name in registry]
-    if not found:
-        _fail(str(UnknownNameError("plugin", name, sorted(entry for _, registry, _ in plugins for entry in registry))))
-    for kind, registry, flag in found:
-        cls = registry.get(name)
-        lines = [f"[bold]{kind} {name}[/]: {escape(summary(cls))}"]
-        for row in field_rows(cls.Config):
-            search = f"  (bench tune searches {row['search']})" if row["search"] else ""
-            lines += [escape(f"  {row['field']}: {row['type']} = {row['default']}{search}"), f"      {escape(row['help'])}"]
-        if len(lines) == 1:
-            lines.append("  no settings")
-        else:
-            lines.append(f"set with: {flag} {name}.FIELD=VALUE")
-        if kind == "sampler":
-            lines.append(escape("as InPO's inverter: bench run --method-arg inpo.inversion_args=FIELD=VALUE[,FIELD=VALUE]"))
-        if kind == "method":
-            lr = search_space(TrainConfig)["lr"].describe()
-            lines.append(escape(f"bench tune also searches the learning rate over {lr} (--train-arg {name}.lr=VALUE "
-                                "sets it)"))
-        console.print("\n".join(lines), highlight=False, soft_wrap=True)
+    try:
+        blocks = plugin_settings(name)
+    except _user_errors() as err:
+        _fail(str(err))
+    for title, *lines in blocks:
+        console.print("\n".join([f"[bold]{escape(title)}[/]", *map(escape, lines)]), highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -554,17 +449,17 @@ def eval_images(
     pipeline: Path = typer.Option(None, "--pipeline", help="pipeline for --toy-samples (default: the toy build's)"),
     save_images: Path = typer.Option(None, "--save-images", help="with --toy-renders/--toy-samples: also write the "
                                      "scored images (DIR/00000.png ...) and DIR/prompts.txt, for --images/--prompts"),
-    weights: list[str] = typer.Option([], "--weights", help=_WEIGHTS_HELP),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_PICKLE_HELP),
-    metric_arg: list[str] = typer.Option([], "--metric-arg", help=_METRIC_ARG_HELP),
-    clip_backbone: str = typer.Option(None, "--clip-backbone", help=_DEPRECATED_HELP.format("clip.backbone")),
-    hps_version: str = typer.Option(None, "--hps-version", help=_DEPRECATED_HELP.format("hps.version")),
+    weights: Weights = [],
+    allow_pickle: AllowPickle = False,
+    metric_arg: MetricArg = [],
+    clip_backbone: ClipBackbone = None,
+    hps_version: HpsVersion = None,
     json_path: Path = typer.Option(None, "--json", callback=_output_file,
                                    help="write per-image scores and scorer descriptions (weight paths, SHA256) here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
     seed: int = typer.Option(0, help="toy renders: seed of the scenes' unnamed variables (position jitter, y, radius); "
                              "toy samples: sample i uses seed + i"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: Quiet = False,
 ) -> None:
     """Score images with each metric: mean, 95% bootstrap CI and n per metric; per-image scores to --json.
 
@@ -572,14 +467,18 @@ def eval_images(
     stop the command with exit code 2 having written nothing.
     """
     _quiet_libraries()
-    from bench.harness.score_images import plan_eval, score_images  # deferred: loads diffusers and the scorers
+    from bench.harness.requests import ScorerArgs  # deferred: loads diffusers and the scorers
+    from bench.harness.score_images import plan_eval, score_images
+    from bench.results.tables import eval_table
 
-    names = _split(metrics)
+    names = split_list(metrics)
     if not names:
         _fail("--metrics: give at least one scorer")
     try:
-        options = _scorer_options(names, "--metrics", weights, allow_pickle, metric_arg, hps_version=hps_version,
-                                  clip_backbone=clip_backbone)
+        scorers = ScorerArgs(tuple(weights), allow_pickle, tuple(metric_arg),
+                             (("hps_version", hps_version), ("clip_backbone", clip_backbone)))
+        options, notices = scorers.options(names, "--metrics")
+        _deprecated(notices)
         plan = plan_eval(names, options, images=images, prompts=prompts, toy_renders=toy_renders,
                          toy_samples=toy_samples, pipeline=pipeline, seed=seed, batch_size=batch_size,
                          save_images=save_images)
@@ -589,14 +488,7 @@ def eval_images(
     n = len(record["prompts"])
     if save_images is not None:
         console.print(f"{n} images and prompts.txt written to {save_images}")
-    table = Table(title=f"{n} images from {plan.description}")
-    for column in ("metric", "mean", "95% CI", "n", "better", "scale"):
-        table.add_column(column)
-    for name, stat in record["aggregates"].items():
-        scorer = record["scorers"][name]
-        table.add_row(name, f"{stat['mean']:.4g}", f"[{stat['ci_low']:.4g}, {stat['ci_high']:.4g}]", str(stat["n"]),
-                      "higher" if scorer["higher_is_better"] else "lower", scorer["scale"])
-    console.print(table)
+    _print_table(eval_table(record), f"{n} images from {plan.description}")
     if json_path is not None:
         write_json_atomic(json_path, record)
         console.print(f"per-image scores written to {json_path}")
@@ -609,26 +501,18 @@ def list_weights(
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the listing here"),
 ) -> None:
     """List each scorer's weight files: where each was found (or "missing"), size and SHA256."""
-    from metrics import SCORERS  # deferred: the scorers load transformers and open_clip
+    from bench.results.tables import weights_table  # deferred: the scorers load transformers and open_clip
+    from metrics import SCORERS
     from metrics.build import weight_rows
 
     try:
-        names = _split(metrics) if metrics else SCORERS.names()
+        names = split_list(metrics) if metrics else SCORERS.names()
         SCORERS.check(names)
     except _user_errors() as err:
         _fail(str(err))
     rows = weight_rows(names, hash_files=not no_hash)
-    table = Table(title="scorer weights (explicit --weights NAME=PATH, then $BENCH_WEIGHTS_DIR, then the hub cache)")
-    for column in ("metric", "file", "found at", "size", "sha256"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        if row["file"] is None:
-            table.add_row(row["metric"], "(none needed)", "", "", "")
-            continue
-        size = "" if row["bytes"] is None else f"{row['bytes'] / 2**20:.1f} MiB"
-        label = row["file"] if row["file"].endswith("(model directory)") else f"{row['file']}\n[dim]{row['repo']}[/]"
-        table.add_row(row["metric"], label, row["path"] or "[red]missing[/]", size, row["sha256"] or "")
-    console.print(table)
+    _print_table(weights_table(rows), "scorer weights (explicit --weights NAME=PATH, then $BENCH_WEIGHTS_DIR, then the "
+                 "hub cache)")
     if json_path is not None:
         write_json_atomic(json_path, {"weights": rows})
 
@@ -639,7 +523,7 @@ def toy_build(
     reuse_pipeline: Path = typer.Option(None, "--reuse-pipeline",
                                         help="an earlier build's pipeline/ directory: skip pretraining, make only the "
                                              "preference data and the report anew (~2 min)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    quiet: Quiet = False,
 ) -> None:
     """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
     _quiet_libraries()
@@ -660,7 +544,7 @@ def toy_build_scorers(
                                   "bench/toy/assets/scorers/)"),
     prefs: Path = typer.Option(None, help="preference pairs for toy-pickscore (default: the toy build's prefs.parquet)"),
     pipeline: Path = typer.Option(None, help="pipeline whose samples the report scores (default: the toy build's)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    quiet: Quiet = False,
 ) -> None:
     """Train the toy proxy scorers toy-clip and toy-pickscore and report their Spearman ρ with the oracle
     (deterministic; ~4 CPU-minutes: ~7 min with OMP_NUM_THREADS=1 on a busy 2-core machine)."""

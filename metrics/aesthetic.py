@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics.base import SCORERS, check_inputs, in_batches
+from metrics.base import check_inputs, in_batches
 from metrics.clip_score import ClipBackboneConfig, ClipBackboneScorer, backbone_specs, default_device, load_backbone
 from metrics.weights import WeightSpec, load_state_dict
 
@@ -69,14 +69,9 @@ class AestheticConfig(ClipBackboneConfig):
     batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
 
 
-@SCORERS.register("aesthetic")
-class AestheticScorer(ClipBackboneScorer):
+class AestheticScorer(ClipBackboneScorer, name="aesthetic", config=AestheticConfig, higher_is_better=True,
+                      scale="LAION aesthetic rating, 1-10 (typical images ~5-6); prompt ignored"):
     """LAION aesthetic predictor v2: linear MLP on normalised CLIP ViT-L/14 image embeddings (1-10)."""
-
-    name = "aesthetic"
-    Config = AestheticConfig
-    higher_is_better = True
-    scale = "LAION aesthetic rating, 1-10 (typical images ~5-6); prompt ignored"
 
     def __init__(self, config: AestheticConfig | None = None, *, weights: str | Path | None = None,
                  allow_pickle: bool = False, clip_weights: str | Path | None = None, device: str | None = None,

@@ -30,12 +30,25 @@ SCORERS: Registry[type[Scorer]] = Registry("metric", entry_point_group="diffusio
 
 
 class Scorer(ABC):
+    """A scorer declares its name, Config, direction and scale as class keywords, which set the class attributes
+    below; a class given `name` is registered in `SCORERS`:
+
+        class OracleScorer(Scorer, name="oracle", config=OracleConfig, higher_is_better=True,
+                           scale="toy-world oracle reward in [0, 6]"):
+
+    A subclass without `name` (a shared base such as `ClipBackboneScorer`) is not registered, and its subclasses
+    inherit what it sets; an unknown keyword is a TypeError."""
+
     name: ClassVar[str]
     Config: ClassVar[type]
     higher_is_better: ClassVar[bool]
     scale: ClassVar[str]  # what the numbers mean, e.g. "oracle reward in [0, 6]" or "100 x cosine"
     # The weight files this instance loaded, (spec, local path); filled by scorers that load weights.
     weight_files: list[tuple[WeightSpec, Path]] = []
+
+    def __init_subclass__(cls, **keywords):
+        super().__init_subclass__()
+        SCORERS.declare(cls, keywords, ("name", "Config", "higher_is_better", "scale"))
 
     def __init__(self, config=None, **fields):
         """`self.config`: `config` (None: the defaults) with the fields named in `fields` replaced, validated by the

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.core.config import OverrideError, parse_plugin_configs
 from metrics.base import SCORERS, MissingWeightsError, Scorer, weight_record
 
 # Options from before scorers had Configs (`--hps-version`, `--clip-backbone`; run.json's `scorer_options`
@@ -37,6 +39,21 @@ class ScorerOptions:
     allow_pickle: bool = False  # load checkpoints that `torch.load(weights_only=True)` refuses
     configs: dict[str, object] = field(default_factory=dict)  # scorer name -> its Config (absent: the defaults)
 
+    @classmethod
+    def from_args(cls, names: list[str], *, where: str, weights: Iterable[str] = (), allow_pickle: bool = False,
+                  metric_args: Iterable[str] = ()) -> ScorerOptions:
+        """The options of the scorers `names` from the command line's `--weights NAME=PATH` and `--metric-arg
+        NAME.FIELD=VALUE` items (OverrideError, naming the item, on a bad one); `where` says where `names` come
+        from (e.g. "--metrics")."""
+        SCORERS.check(names)
+        paths = {}
+        for item in weights:
+            name, sep, path = (part.strip() for part in item.partition("="))
+            if not sep or not name or not path:
+                raise OverrideError(f"--weights {item!r}: expected NAME=PATH, e.g. pickscore=/models/PickScore_v1")
+            paths[name] = Path(path).expanduser()
+        return cls(paths, allow_pickle, parse_plugin_configs(metric_args, "--metric-arg", SCORERS, names, where=where))
+
     def check(self, names: list[str]) -> None:
         """ValueError for an option aimed at a scorer that is not in `names`, or a Config of another scorer."""
         for option, given in (("--weights {}=...", self.weights), ("--metric-arg {}.FIELD=...", self.configs)):
@@ -59,6 +76,19 @@ class ScorerOptions:
     def recorded_configs(self, names: list[str]) -> dict:
         """Every field of each scorer's Config, for run configurations."""
         return {name: dataclasses.asdict(self.config(name)) for name in names}
+
+
+def deprecated_metric_args(given: dict[str, str | None]) -> tuple[list[str], list[str]]:
+    """The `--metric-arg` items that the deprecated flags given stand for ({"hps_version": "v2.0"} ->
+    ["hps.version=v2.0"]; None: not given), and a one-line notice for each."""
+    items, notices = [], []
+    for key, value in given.items():
+        if value is not None:
+            scorer, field_name = DEPRECATED_OPTIONS[key]
+            items.append(f"{scorer}.{field_name}={value}")
+            notices.append(f"--{key.replace('_', '-')} is replaced by --metric-arg {items[-1]} and will be removed in "
+                           "the next release")
+    return items, notices
 
 
 def recorded_before_configs(config: dict) -> dict:

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from metrics.base import (
     OPENAI_MEAN,
     OPENAI_STD,
-    SCORERS,
     BatchedScorerConfig,
     MissingWeightsError,
     Scorer,
@@ -362,14 +361,9 @@ class ClipScoreConfig(ClipBackboneConfig):
     batch_size: int = field(default=32, metadata={"help": "images (and prompts) per forward pass"})
 
 
-@SCORERS.register("clip")
-class ClipScorer(ClipBackboneScorer):
+class ClipScorer(ClipBackboneScorer, name="clip", config=ClipScoreConfig, higher_is_better=True,
+                 scale="100 x max(cos(image, text), 0), in [0, 100]"):
     """CLIP score: 100 * max(cos(image, text), 0) per image; backbone selectable (default ViT-L/14)."""
-
-    name = "clip"
-    Config = ClipScoreConfig
-    higher_is_better = True
-    scale = "100 x max(cos(image, text), 0), in [0, 100]"
 
     def __init__(self, config: ClipScoreConfig | None = None, *, weights: str | Path | None = None,
                  allow_pickle: bool = False, device: str | None = None, **fields):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import open_clip
 import torch
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, BatchedScorerConfig, Scorer, check_inputs, default_device, in_batches
+from metrics.base import OPENAI_MEAN, OPENAI_STD, BatchedScorerConfig, Scorer, check_inputs, default_device, in_batches
 from metrics.weights import WeightSpec, load_state_dict
 
 HPS_REPO = "xswu/HPSv2"
@@ -102,14 +101,9 @@ class HPSConfig(BatchedScorerConfig):
         super().__post_init__()
 
 
-@SCORERS.register("hps")
-class HPSScorer(Scorer):
+class HPSScorer(Scorer, name="hps", config=HPSConfig, higher_is_better=True,
+                scale="100 x cosine(image, prompt), the HPS v2 benchmark tables' unit (hpsv2.score() gives the cosine)"):
     """HPS v2 / v2.1 as 100 x cosine; `version` picks the checkpoint (same ViT-H-14 architecture)."""
-
-    name = "hps"
-    Config = HPSConfig
-    higher_is_better = True
-    scale: ClassVar[str] = "100 x cosine(image, prompt), the HPS v2 benchmark tables' unit (hpsv2.score() gives the cosine)"
 
     def __init__(self, config: HPSConfig | None = None, *, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, allow_pickle: bool = False, **fields):

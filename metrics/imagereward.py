@@ -40,7 +40,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -48,7 +47,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from metrics.base import OPENAI_MEAN, OPENAI_STD, SCORERS, BatchedScorerConfig, Scorer, check_inputs, default_device, in_batches
+from metrics.base import OPENAI_MEAN, OPENAI_STD, BatchedScorerConfig, Scorer, check_inputs, default_device, in_batches
 from metrics.weights import WeightSpec, load_state_dict
 
 IMAGEREWARD_REPO = "THUDM/ImageReward"
@@ -255,14 +254,9 @@ class ImageRewardConfig(BatchedScorerConfig):
     batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
 
 
-@SCORERS.register("imagereward")
-class ImageRewardScorer(Scorer):
+class ImageRewardScorer(Scorer, name="imagereward", config=ImageRewardConfig, higher_is_better=True,
+                        scale="ImageReward v1.0 reward, standardised: (r - 0.1672) / 1.0333 (about N(0, 1))"):
     """ImageReward v1.0: standardised reward, about N(0, 1) over its training prompts' images."""
-
-    name = "imagereward"
-    Config = ImageRewardConfig
-    higher_is_better = True
-    scale: ClassVar[str] = "ImageReward v1.0 reward, standardised: (r - 0.1672) / 1.0333 (about N(0, 1))"
 
     def __init__(self, config: ImageRewardConfig | None = None, *, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, allow_pickle: bool = False, **fields):

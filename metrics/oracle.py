@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.toy.oracle import ORACLE_VERSION, TERMS, oracle_terms
-from metrics.base import SCORERS, Scorer
+from metrics.base import Scorer
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,8 @@ class OracleConfig:
     """The oracle has no settings: it is the toy world's definition of a good image."""
 
 
-@SCORERS.register("oracle")
-class OracleScorer(Scorer):
-    name = "oracle"
-    Config = OracleConfig
-    higher_is_better = True
-    scale = f"toy-world oracle reward (version {ORACLE_VERSION}) in [0, 6]"
-
+class OracleScorer(Scorer, name="oracle", config=OracleConfig, higher_is_better=True,
+                   scale=f"toy-world oracle reward (version {ORACLE_VERSION}) in [0, 6]"):
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         return oracle_terms(prompts, images)["reward"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from metrics.base import SCORERS, BatchedScorerConfig, MissingWeightsError
+from metrics.base import BatchedScorerConfig, MissingWeightsError
 from metrics.clip_score import ClipBackbone, ClipBackboneScorer, ClipPreprocess, cosine, default_device
 from metrics.weights import WeightSpec
 
@@ -45,14 +45,9 @@ class PickScoreConfig(BatchedScorerConfig):
     batch_size: int = field(default=16, metadata={"help": "images (and prompts) per forward pass"})
 
 
-@SCORERS.register("pickscore")
-class PickScoreScorer(ClipBackboneScorer):
+class PickScoreScorer(ClipBackboneScorer, name="pickscore", config=PickScoreConfig, higher_is_better=True,
+                      scale="exp(logit_scale) x cos(image, text), logit_scale.exp() ~ 100; real images ~20-23"):
     """PickScore v1: exp(logit_scale) * cos(image, text) of a CLIP-H fine-tuned on Pick-a-Pic (~20-23)."""
-
-    name = "pickscore"
-    Config = PickScoreConfig
-    higher_is_better = True
-    scale = "exp(logit_scale) x cos(image, text), logit_scale.exp() ~ 100; real images ~20-23"
 
     def __init__(self, config: PickScoreConfig | None = None, *, weights: str | Path | None = None,
                  device: str | None = None, **fields):

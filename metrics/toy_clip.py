@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bench.toy.paths import TOY_DIR_ENV, toy_dirs
-from metrics.base import SCORERS, BatchedScorerConfig, MissingWeightsError
+from metrics.base import BatchedScorerConfig, MissingWeightsError
 from metrics.clip_score import ClipBackbone, ClipBackboneScorer, ClipPreprocess, clip_score
 from metrics.pickscore import pickscore
 from metrics.weights import WEIGHTS_ENV, WeightSpec
@@ -144,10 +144,8 @@ class ToyScorerConfig(BatchedScorerConfig):
     batch_size: int = dataclasses.field(default=256, metadata={"help": "images (and prompts) per forward pass"})
 
 
-class _ToyClipScorer(ClipBackboneScorer):
+class _ToyClipScorer(ClipBackboneScorer, config=ToyScorerConfig, higher_is_better=True):
     filename: ClassVar[str]
-    Config = ToyScorerConfig
-    higher_is_better = True
 
     def __init__(self, config: ToyScorerConfig | None = None, *, weights: str | Path | None = None, **fields):
         super().__init__(config, **fields)
@@ -184,25 +182,21 @@ class _ToyClipScorer(ClipBackboneScorer):
         return {**super().describe(), "config": dataclasses.asdict(self.architecture), "training": self.info}
 
 
-@SCORERS.register("toy-clip")
-class ToyClipScorer(_ToyClipScorer):
+class ToyClipScorer(_ToyClipScorer, name="toy-clip",
+                    scale="100 x max(cos(image, text), 0) of the toy CLIP, in [0, 100]"):
     """A tiny CLIP trained contrastively on toy renders: 100 * max(cos, 0), the toy world's CLIP score."""
 
-    name = "toy-clip"
     filename = "toy-clip.safetensors"
-    scale = "100 x max(cos(image, text), 0) of the toy CLIP, in [0, 100]"
 
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         return clip_score(*self.features(prompts, images))
 
 
-@SCORERS.register("toy-pickscore")
-class ToyPickScoreScorer(_ToyClipScorer):
+class ToyPickScoreScorer(_ToyClipScorer, name="toy-pickscore",
+                         scale="exp(logit_scale) x cos(image, text) of the toy PickScore"):
     """The toy CLIP fine-tuned on the toy preference pairs with PickScore's loss: exp(logit_scale) * cos."""
 
-    name = "toy-pickscore"
     filename = "toy-pickscore.safetensors"
-    scale = "exp(logit_scale) x cos(image, text) of the toy PickScore"
 
     def __init__(self, config: ToyScorerConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)

@@ -3,6 +3,8 @@ file dropped into its folder is discovered (`Registry.discover`) and from then o
 list to extend. Facts that only hold for one plugin (hand-computed values) stay in that plugin's tests.
 
 - discovery: every plugin module registers something; a new module in a package is picked up.
+- declaration: a plugin class's keywords (`name=`, `config=`, ...) set its attributes and register it; a class
+  without `name=` is an unregistered base; unknown keywords, a bad data kind and a taken name are refused.
 - methods: shard invariance of the random draws and the loss; each step's measured NFE is the declared worst
   case the budget plans with; one training step on the tiny SD and SDXL shapes gives a finite loss and moves
   the policy.
@@ -28,12 +30,15 @@ from bench.core.registry import Registry
 from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
 from bench.harness.trainer import Trainer, declared_step_cost
 from methods.alignment import METHODS
-from methods.alignment.base import ImageBatch, PairBatch
+from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
+from methods.alignment.dpo import DPOConfig
 from methods.alignment.inpo import inversion_levels
 from methods.inversion import SAMPLERS
-from methods.inversion.base import sampling_levels
+from methods.inversion.base import InversionSampler, NoSettings, TwoStepSampler, sampling_levels
 from methods.shards import sharded
-from metrics import SCORERS, MissingWeightsError
+from metrics import SCORERS, MissingWeightsError, Scorer
+from metrics.clip_score import ClipBackboneScorer
+from metrics.oracle import OracleConfig
 from metrics.weights import WEIGHTS_ENV
 
 PROMPT = "a small red circle on the left, black background"
@@ -44,7 +49,7 @@ PROMPT = "a small red circle on the left, black background"
 
 def modules_registering_nothing(registry: Registry) -> list[str]:
     """The modules `discover` imported as plugins that define no registered object (a helper that belongs in
-    `skip`, or a plugin whose decorator is missing)."""
+    `skip`, or a plugin class without `name=`)."""
     registered = {getattr(obj, "__module__", None) for _, obj in registry.items()}
     return [module for module in registry.plugin_modules if module not in registered]
 
@@ -102,6 +107,93 @@ def test_discovery_registers_a_module_dropped_into_the_folder(plugin_folder):
 
     with pytest.raises(ValueError, match=r"skip names \['nope'\], which are not modules of the package"):
         Registry("thing").discover("dropin_plugins", skip=("helpers", "nope"))
+
+
+# ----------------------------------------------------------------------------------------------- declaration
+
+# Keywords that make a complete declaration for each base, name aside.
+DECLARATIONS = [
+    (AlignmentMethod, METHODS, {"data_kind": "pairs", "needs_reference": True, "config": DPOConfig}),
+    (InversionSampler, SAMPLERS, {"config": NoSettings}),
+    (Scorer, SCORERS, {"config": OracleConfig, "higher_is_better": True, "scale": "a throwaway scale"}),
+]
+
+
+@pytest.fixture()
+def scratch_registries(monkeypatch):
+    """The registries with their entries copied, so the throwaway plugins below leave the shipped set as it was."""
+    for registry in (METHODS, SAMPLERS, SCORERS):
+        monkeypatch.setattr(registry, "_items", dict(registry._items))
+
+
+def test_a_class_given_a_name_is_registered_with_the_attributes_its_keywords_set(scratch_registries):
+    class Method(AlignmentMethod, name="throwaway-method", data_kind="binary", needs_reference=False, config=DPOConfig,
+                 kind="online"):
+        """A throwaway method."""
+
+    class Sampler(InversionSampler, name="throwaway-sampler", config=NoSettings, exact=True, stochastic=True,
+                  max_steps=7):
+        pass
+
+    class Metric(Scorer, name="throwaway-metric", config=OracleConfig, higher_is_better=False,
+                 scale="a throwaway scale, lower is better"):
+        pass
+
+    assert METHODS.get("throwaway-method") is Method and Method.__doc__ == "A throwaway method."
+    assert (Method.name, Method.data_kind, Method.needs_reference, Method.Config, Method.kind) == (
+        "throwaway-method", "binary", False, DPOConfig, "online")
+    assert SAMPLERS.get("throwaway-sampler") is Sampler
+    assert (Sampler.name, Sampler.Config, Sampler.exact, Sampler.stochastic, Sampler.max_steps) == (
+        "throwaway-sampler", NoSettings, True, True, 7)
+    assert SCORERS.get("throwaway-metric") is Metric
+    assert (Metric.name, Metric.Config, Metric.higher_is_better, Metric.scale) == (
+        "throwaway-metric", OracleConfig, False, "a throwaway scale, lower is better")
+
+
+def test_a_class_without_a_name_is_an_unregistered_base_its_subclasses_inherit_from(scratch_registries):
+    before = METHODS.names()
+
+    class PairMethod(AlignmentMethod, data_kind="pairs", needs_reference=True):
+        pass
+
+    class Method(PairMethod, name="throwaway-pair-method", config=DPOConfig):
+        pass
+
+    assert METHODS.names() == sorted([*before, "throwaway-pair-method"])
+    assert (Method.data_kind, Method.needs_reference, Method.kind) == ("pairs", True, "offline")
+    # The shipped intermediate bases: not registered, their keywords inherited (TwoStepSampler's exact=True).
+    assert TwoStepSampler not in dict(SAMPLERS.items()).values() and SAMPLERS.get("bdia").exact
+    assert ClipBackboneScorer not in dict(SCORERS.items()).values()
+    assert SCORERS.get("toy-clip").higher_is_better and SCORERS.get("toy-clip").Config is SCORERS.get("toy-pickscore").Config
+
+
+@pytest.mark.parametrize(("base", "registry", "keywords"), DECLARATIONS, ids=lambda x: getattr(x, "__name__", None))
+def test_an_unknown_class_keyword_is_a_type_error_naming_it(scratch_registries, base, registry, keywords):
+    before = registry.names()
+    with pytest.raises(TypeError, match=r"Typo: unknown class keyword 'higher_is_beter'; a \w+ class takes name, "):
+        class Typo(base, name="throwaway-typo", higher_is_beter=True, **keywords):
+            pass
+    assert registry.names() == before
+
+
+def test_a_method_of_an_unknown_data_kind_is_refused(scratch_registries):
+    with pytest.raises(ValueError, match=r"Method.data_kind must be one of \('pairs', 'binary', 'images'\)"):
+        class Method(AlignmentMethod, name="throwaway-method", data_kind="pair", needs_reference=True, config=DPOConfig):
+            pass
+    with pytest.raises(ValueError, match="Kindless.data_kind must be one of"):  # a name with no data kind at all
+        class Kindless(AlignmentMethod, name="throwaway-method", needs_reference=True, config=DPOConfig):
+            pass
+    assert "throwaway-method" not in METHODS
+
+
+@pytest.mark.parametrize(("base", "registry", "keywords"), DECLARATIONS, ids=lambda x: getattr(x, "__name__", None))
+def test_a_taken_name_is_refused(scratch_registries, base, registry, keywords):
+    taken = registry.names()[0]
+    shipped = registry.get(taken)
+    with pytest.raises(ValueError, match=f"{registry.kind} '{taken}' is already registered to"):
+        class Again(base, name=taken, **keywords):
+            pass
+    assert registry.get(taken) is shipped
 
 
 # ----------------------------------------------------------------------------------------------- methods

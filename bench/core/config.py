@@ -80,6 +80,11 @@ class EvalConfig:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
 
 
+def split_list(text: str | None) -> list[str]:
+    """"a, b,,c" -> ["a", "b", "c"] (a comma-separated option); None -> []."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
 class OverrideError(ValueError):
     """An override that names no plugin or field, or whose value does not parse or validate (a one-line message)."""
 

@@ -1,7 +1,9 @@
 """One small registry type for alignment methods, inversion samplers, scorers and suites.
 
-Registration is by decorator (`@METHODS.register("dpo")`) or by a third-party package through an
-entry point group (e.g. `[project.entry-points."diffusion_align_bench.methods"]`). A plugin package's
+A plugin class registers by naming itself in its class keywords (`class DPO(AlignmentMethod, name="dpo", ...)`,
+which its base's `__init_subclass__` hands to `declare`); any other object by decorator (`@SUITES.register("toy")`);
+a third-party package through an entry point group (e.g. `[project.entry-points."diffusion_align_bench.methods"]`).
+A plugin package's
 `__init__` calls `discover`, which imports every module in its folder, so a plugin file is registered by
 being there: there is no import list to forget. A typo gets the nearest known name, as
 lm-evaluation-harness's registry does. A renamed entry keeps its old name as a deprecated alias
@@ -40,7 +42,7 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    """Name -> object, with decorator registration, entry points and "did you mean" on a typo."""
+    """Name -> object, with class-keyword or decorator registration, entry points and "did you mean" on a typo."""
 
     def __init__(self, kind: str, entry_point_group: str | None = None):
         self.kind = kind
@@ -61,9 +63,27 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def declare(self, cls: type, keywords: dict[str, object], attributes: Collection[str],
+                check: Callable[[type], None] | None = None) -> None:
+        """Apply a plugin class's class keywords, for its base's `__init_subclass__` (`class DPO(AlignmentMethod,
+        name="dpo", config=DPOConfig)`): each keyword sets the class attribute of `attributes` it names in lower case
+        (`config=` sets `Config`), and any other keyword is a TypeError naming it. A class given `name` is then
+        checked by `check` and registered under it; one without (an intermediate base) is not, and its subclasses
+        inherit what it set."""
+        by_keyword = {attribute.lower(): attribute for attribute in attributes}
+        if unknown := [keyword for keyword in keywords if keyword not in by_keyword]:
+            raise TypeError(f"{cls.__qualname__}: unknown class keyword {unknown[0]!r}; a {self.kind} class takes "
+                            f"{', '.join(by_keyword)}")
+        for keyword, value in keywords.items():
+            setattr(cls, by_keyword[keyword], value)
+        if "name" in keywords:
+            if check is not None:
+                check(cls)
+            self.register(keywords["name"])(cls)
+
     def discover(self, package: str, skip: Collection[str] = ()) -> None:
         """Import every module of `package`'s folder (a subpackage counts as one) except those named in `skip`,
-        so that their decorators register them; call it from the package's `__init__` with `__name__`.
+        so that their classes register; call it from the package's `__init__` with `__name__`.
 
         `skip` names the folder's modules that are not plugins (the contract in `base.py`, helpers), which
         register nothing; every other module is a plugin and is listed in `plugin_modules` (the tests check

@@ -66,3 +66,27 @@ def write_report(paths: list[Path], out: Path, *, group_by: tuple[str, ...] = ("
         written += write_protocol(protocol_rows, out, stem=f"protocol-{protocol}-{metric}", formats=formats)
         shown.append((f"{metric} by the {protocol} protocol: {PROTOCOLS[protocol]}", three_significant(protocol_rows)))
     return written, shown
+
+
+def eval_table(record: dict) -> pd.DataFrame:
+    """A `bench eval` record's aggregates: one row per metric with mean, 95% CI, n, direction and scale."""
+    rows = []
+    for name, stat in record["aggregates"].items():
+        scorer = record["scorers"][name]
+        rows.append({"metric": name, "mean": f"{stat['mean']:.4g}", "95% CI": f"[{stat['ci_low']:.4g}, {stat['ci_high']:.4g}]",
+                     "n": stat["n"], "better": "higher" if scorer["higher_is_better"] else "lower", "scale": scorer["scale"]})
+    return pd.DataFrame(rows)
+
+
+def weights_table(rows: list[dict]) -> pd.DataFrame:
+    """`metrics.build.weight_rows` for the terminal: metric, file (and its hub repo), where it was found ("missing"),
+    size and SHA256."""
+    out = []
+    for row in rows:
+        if row["file"] is None:
+            out.append({"metric": row["metric"], "file": "(none needed)", "found at": "", "size": "", "sha256": ""})
+            continue
+        label = row["file"] if row["file"].endswith("(model directory)") else f"{row['file']}\n{row['repo']}"
+        out.append({"metric": row["metric"], "file": label, "found at": row["path"] or "missing",
+                    "size": "" if row["bytes"] is None else f"{row['bytes'] / 2**20:.1f} MiB", "sha256": row["sha256"] or ""})
+    return pd.DataFrame(out)

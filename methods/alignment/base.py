@@ -52,6 +52,11 @@ class MethodConfig:
         require(self.loss_space in LOSS_SPACES, "loss_space", f"one of {LOSS_SPACES}", self.loss_space)
 
 
+def _check_data_kind(cls: type[AlignmentMethod]) -> None:
+    if getattr(cls, "data_kind", None) not in DATA_KINDS:
+        raise ValueError(f"{cls.__name__}.data_kind must be one of {DATA_KINDS}")
+
+
 def resolve_loss_space(loss_space: str, native_space: str) -> str:
     """A config's `loss_space` with "native" replaced by the backbone's `native_space`."""
     return native_space if loss_space == NATIVE else loss_space
@@ -84,12 +89,24 @@ class LossOutput:
 
 
 class AlignmentMethod(ABC):
+    """A method declares its name, data kind, need of the reference model, Config and (if not "offline") `kind` as
+    class keywords, which set the class attributes below; a class given `name` is registered in `METHODS`:
+
+        class DPO(AlignmentMethod, name="dpo", data_kind="pairs", needs_reference=True, config=DPOConfig):
+
+    A subclass without `name` (a base several methods share) is not registered, and its subclasses inherit what it
+    sets; an unknown keyword is a TypeError."""
+
     name: ClassVar[str]
     data_kind: ClassVar[str]
     needs_reference: ClassVar[bool]
     Config: ClassVar[type]
     kind: ClassVar[str] = "offline"  # how it uses data: "offline" (a fixed dataset), "online" (its own rollouts) or
     # "inference-time" (compute spent per evaluated image); the leaderboard page filters on it
+
+    def __init_subclass__(cls, **keywords):
+        super().__init_subclass__()
+        METHODS.declare(cls, keywords, ("name", "data_kind", "needs_reference", "Config", "kind"), check=_check_data_kind)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -162,9 +179,3 @@ def prediction_mse(backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, cond:
     prediction = backbone.prediction(x_t, t.to(backbone.device), cond, space)
     return ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
-
-def register(cls: type[AlignmentMethod]) -> type[AlignmentMethod]:
-    """Class decorator: register a method under its `name`."""
-    if cls.data_kind not in DATA_KINDS:
-        raise ValueError(f"{cls.__name__}.data_kind must be one of {DATA_KINDS}")
-    return METHODS.register(cls.name)(cls)

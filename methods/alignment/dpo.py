@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, NoisyLatents, PairBatch, noise_pairs, register
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, NoisyLatents, PairBatch, noise_pairs
 from methods.checks import require
 
 # DPO-family β search range, log-uniform over 3.3 decades: the papers' 2000 (SD 1.5) and 5000 (SDXL;
@@ -76,13 +76,7 @@ def pair_preference_loss(policy: Backbone, reference: Backbone, pairs: NoisyLate
     })
 
 
-@register
-class DPO(AlignmentMethod):
-    name = "dpo"
-    data_kind = "pairs"
-    needs_reference = True
-    Config = DPOConfig
-
+class DPO(AlignmentMethod, name="dpo", data_kind="pairs", needs_reference=True, config=DPOConfig):
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
         pairs = noise_pairs(policy, batch, self.loss_space(policy), rng)
         return pair_preference_loss(policy, reference, pairs, self.config.beta)

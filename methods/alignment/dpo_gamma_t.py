@@ -33,7 +33,7 @@ import torch
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import METHODS, AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
+from methods.alignment.base import METHODS, AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs
 from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
 from methods.checks import require
 from methods.shards import sample_categorical
@@ -73,13 +73,7 @@ def sample_discounted_timesteps(backbone: Backbone, n: int, num_steps: int, gamm
     return timesteps[index]
 
 
-@register
-class DPOGammaT(AlignmentMethod):
-    name = "dpo-gamma-t"
-    data_kind = "pairs"
-    needs_reference = True
-    Config = DPOGammaTConfig
-
+class DPOGammaT(AlignmentMethod, name="dpo-gamma-t", data_kind="pairs", needs_reference=True, config=DPOGammaTConfig):
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
         cfg = self.config
         t = sample_discounted_timesteps(policy, len(batch), cfg.sampling_steps, cfg.gamma, rng)  # (B,)

@@ -34,7 +34,7 @@ import torch
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs
 from methods.alignment.dpo import dpo_loss
 from methods.checks import require
 
@@ -82,13 +82,7 @@ def dspo_loss(policy_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.T
     return loss, z
 
 
-@register
-class DSPO(AlignmentMethod):
-    name = "dspo"
-    data_kind = "pairs"
-    needs_reference = True
-    Config = DSPOConfig
-
+class DSPO(AlignmentMethod, name="dspo", data_kind="pairs", needs_reference=True, config=DSPOConfig):
     def form_for(self, policy: Backbone) -> str:
         """The loss form used with this policy ("sd15" or "sdxl")."""
         if self.config.form != "auto":

@@ -51,7 +51,6 @@ from methods.alignment.base import (
     MethodConfig,
     NoisyLatents,
     PairBatch,
-    register,
     sample_timesteps,
 )
 from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
@@ -134,13 +133,7 @@ def inverted_noise(x_t: torch.Tensor, x0: torch.Tensor, abar_t: torch.Tensor) ->
     return ((x_t.double() - abar.sqrt() * x0.double()) / (1 - abar).sqrt()).to(x_t.dtype)
 
 
-@register
-class InPO(AlignmentMethod):
-    name = "inpo"
-    data_kind = "pairs"
-    needs_reference = True
-    Config = InPOConfig
-
+class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True, config=InPOConfig):
     def __init__(self, config=None):
         super().__init__(config)
         name = "ddim" if self.config.resolved_mode == "faithful" else self.config.inversion

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.core.backbone import Backbone
-from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, MethodConfig, noise_images, register
+from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, MethodConfig, noise_images
 from methods.alignment.dpo import BETA_SEARCH
 from methods.checks import require
 from methods.shards import global_mean
@@ -60,13 +60,7 @@ def kto_loss(policy_err: torch.Tensor, ref_err: torch.Tensor, desirable: torch.T
     return (1 - torch.sigmoid(sign * beta * (g - z0))).mean(), z0
 
 
-@register
-class KTO(AlignmentMethod):
-    name = "kto"
-    data_kind = "binary"
-    needs_reference = True
-    Config = KTOConfig
-
+class KTO(AlignmentMethod, name="kto", data_kind="binary", needs_reference=True, config=KTOConfig):
     def loss(self, batch: ImageBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
         images = noise_images(policy, batch, self.loss_space(policy), rng)
         policy_err = images.error(policy)  # (B,)

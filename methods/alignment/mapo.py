@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs, register
+from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs
 from methods.checks import require
 
 # Search ranges, log-uniform (the repo publishes no grid, only the defaults β 0.1, γ 0.5 in `args.py`):
@@ -68,13 +68,7 @@ def mapo_loss(winner_err: torch.Tensor, loser_err: torch.Tensor, beta: float, ga
     return loss.to(winner_err.dtype), margin
 
 
-@register
-class MaPO(AlignmentMethod):
-    name = "mapo"
-    data_kind = "pairs"
-    needs_reference = False
-    Config = MaPOConfig
-
+class MaPO(AlignmentMethod, name="mapo", data_kind="pairs", needs_reference=False, config=MaPOConfig):
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone | None,
              rng: torch.Generator) -> LossOutput:
         err = noise_pairs(policy, batch, self.loss_space(policy), rng).error(policy)  # (2B,)

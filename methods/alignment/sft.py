@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.backbone import Backbone
-from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, MethodConfig, noise_images, register
+from methods.alignment.base import AlignmentMethod, ImageBatch, LossOutput, MethodConfig, noise_images
 
 
 @dataclass
@@ -25,13 +25,7 @@ class SFTConfig(MethodConfig):
     """No hyper-parameters of its own (no search space either: the tuner's learning rate is SFT's only knob)."""
 
 
-@register
-class SFT(AlignmentMethod):
-    name = "sft"
-    data_kind = "images"
-    needs_reference = False
-    Config = SFTConfig
-
+class SFT(AlignmentMethod, name="sft", data_kind="images", needs_reference=False, config=SFTConfig):
     def loss(self, batch: ImageBatch, policy: Backbone, reference: Backbone | None,
              rng: torch.Generator) -> LossOutput:
         loss = noise_images(policy, batch, self.loss_space(policy), rng).error(policy).mean()

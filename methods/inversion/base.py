@@ -78,7 +78,15 @@ class InversionSampler(ABC):
     """A sampler's settings are its `Config`, a frozen dataclass beside it whose fields carry their help text
     (`bench list NAME`) and the paper's defaults, validated on construction. `cls()` uses the defaults and
     `cls(config)` anything else, so every caller (`bench invert --sampler-arg NAME.FIELD=VALUE`, InPO's
-    `inversion_args`) configures every sampler the same way."""
+    `inversion_args`) configures every sampler the same way.
+
+    A sampler declares its name, Config and what it is (`exact`, `stochastic`, `max_steps`; the defaults below) as
+    class keywords, which set those class attributes; a class given `name` is registered in `SAMPLERS`:
+
+        class EDICT(InversionSampler, name="edict", config=EDICTConfig, exact=True):
+
+    A subclass without `name` (a shared base such as `TwoStepSampler`) is not registered, and its subclasses inherit
+    what it sets; an unknown keyword is a TypeError."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -87,6 +95,10 @@ class InversionSampler(ABC):
     exact: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
     max_steps: ClassVar[int | None] = None  # the most sampling steps the method is defined for (None: any)
+
+    def __init_subclass__(cls, **keywords):
+        super().__init_subclass__()
+        SAMPLERS.declare(cls, keywords, ("name", "Config", "exact", "stochastic", "max_steps"))
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -187,7 +199,7 @@ def sampling_levels(backbone: Backbone, steps: int) -> torch.Tensor:
 StepCoefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (c_hi, c_mid, c_ε), each float64 (n,)
 
 
-class TwoStepSampler(InversionSampler):
+class TwoStepSampler(InversionSampler, exact=True):
     """An exact two-step sampler (BDIA, O-BELM): from the latents z_hi, z_mid at levels hi > mid,
 
         sampling   z_lo = c_hi z_hi + c_mid z_mid + c_ε ε̂(z_mid, mid)
@@ -200,8 +212,6 @@ class TwoStepSampler(InversionSampler):
     Without `previous` (sampling from z_K alone) the first sampling step is DDIM, which is not exact.
     A path of a single step is one DDIM step whose pair holds x0 itself.
     """
-
-    exact = True
 
     @abstractmethod
     def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:

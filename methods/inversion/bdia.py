@@ -24,7 +24,7 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from methods.checks import require
-from methods.inversion.base import SAMPLERS, InversionState, StepCoefficients, TwoStepSampler, ddim_coefficients
+from methods.inversion.base import InversionState, StepCoefficients, TwoStepSampler, ddim_coefficients
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,7 @@ class BDIAConfig:
         require(self.gamma >= 0, "gamma", ">= 0 (0 is DDIM)", self.gamma)
 
 
-@SAMPLERS.register("bdia")
-class BDIA(TwoStepSampler):
-    name = "bdia"
-    Config = BDIAConfig
-
+class BDIA(TwoStepSampler, name="bdia", config=BDIAConfig):
     def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:
         gamma = self.config.gamma
         down_z, down_eps = ddim_coefficients(backbone, mid, lo)  # Φ_{i→i−1}

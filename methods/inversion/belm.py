@@ -24,14 +24,10 @@ from __future__ import annotations
 import torch
 
 from bench.core.backbone import Backbone
-from methods.inversion.base import SAMPLERS, NoSettings, StepCoefficients, TwoStepSampler
+from methods.inversion.base import NoSettings, StepCoefficients, TwoStepSampler
 
 
-@SAMPLERS.register("belm")
-class OBELM(TwoStepSampler):
-    name = "belm"
-    Config = NoSettings  # its coefficients follow from the level path alone
-
+class OBELM(TwoStepSampler, name="belm", config=NoSettings):  # its coefficients follow from the level path alone
     def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:
         abar_lo, abar_mid, abar_hi = (backbone.alpha_bar(level) for level in (lo, mid, hi))
         sigma_lo, sigma_mid, sigma_hi = (((1 - abar) / abar).sqrt() for abar in (abar_lo, abar_mid, abar_hi))  # s/a

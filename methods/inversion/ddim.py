@@ -24,7 +24,6 @@ import torch
 from bench.core.backbone import Backbone, Conditioning
 from methods.checks import require
 from methods.inversion.base import (
-    SAMPLERS,
     InversionSampler,
     InversionState,
     as_latent_scale,
@@ -52,11 +51,7 @@ class DDIMConfig:
         require(self.noise_scale >= 0, "noise_scale", ">= 0", self.noise_scale)
 
 
-@SAMPLERS.register("ddim")
-class DDIMInversion(InversionSampler):
-    name = "ddim"
-    Config = DDIMConfig
-
+class DDIMInversion(InversionSampler, name="ddim", config=DDIMConfig):
     def __init__(self, config: DDIMConfig | None = None):
         super().__init__(config)
         # The class is not stochastic (its default noise_scale is 0); an instance with noise_scale > 0 is, and `bench

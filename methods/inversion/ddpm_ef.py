@@ -26,7 +26,6 @@ import torch
 from bench.core.backbone import Backbone, Conditioning
 from methods.checks import require
 from methods.inversion.base import (
-    SAMPLERS,
     InversionSampler,
     InversionState,
     as_latent_scale,
@@ -56,13 +55,8 @@ class EditFriendlyDDPMConfig:
         require(self.max_batch is None or self.max_batch >= 1, "max_batch", ">= 1 or None", self.max_batch)
 
 
-@SAMPLERS.register("ddpm-ef")
-class EditFriendlyDDPM(InversionSampler):
-    name = "ddpm-ef"
-    Config = EditFriendlyDDPMConfig
-    exact = True
-    stochastic = True  # the inverted latent x_N = a_N x0 + s_N ε̃ is drawn with fresh noise
-
+class EditFriendlyDDPM(InversionSampler, name="ddpm-ef", config=EditFriendlyDDPMConfig, exact=True,
+                       stochastic=True):  # stochastic: the inverted latent x_N = a_N x0 + s_N ε̃ is drawn with fresh noise
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:

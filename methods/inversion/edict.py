@@ -29,7 +29,6 @@ import torch
 from bench.core.backbone import Backbone, Conditioning
 from methods.checks import require
 from methods.inversion.base import (
-    SAMPLERS,
     InversionSampler,
     InversionState,
     as_latent_scale,
@@ -58,12 +57,7 @@ class EDICTConfig:
         require(0 < self.p <= 1, "p (mixing weight)", "in (0, 1]", self.p)
 
 
-@SAMPLERS.register("edict")
-class EDICT(InversionSampler):
-    name = "edict"
-    Config = EDICTConfig
-    exact = True
-
+class EDICT(InversionSampler, name="edict", config=EDICTConfig, exact=True):
     @property
     def inversion_calls_per_step(self) -> int:
         return 2

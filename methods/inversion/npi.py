@@ -17,15 +17,11 @@ from __future__ import annotations
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
-from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, NoSettings
+from methods.inversion.base import InversionSampler, InversionState, NoSettings
 from methods.inversion.ddim import DDIMInversion
 
 
-@SAMPLERS.register("npi")
-class NegativePromptInversion(InversionSampler):
-    name = "npi"
-    Config = NoSettings  # it is DDIM inversion and conditional DDIM sampling
-
+class NegativePromptInversion(InversionSampler, name="npi", config=NoSettings):  # DDIM inversion, conditional DDIM sampling
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
         """DDIM inversion at w = 1 whatever `guidance` (the guidance of the later reconstruction)."""

@@ -29,7 +29,6 @@ import torch
 from bench.core.backbone import Backbone, Conditioning
 from methods.checks import require
 from methods.inversion.base import (
-    SAMPLERS,
     InversionSampler,
     InversionState,
     ddim_map,
@@ -59,12 +58,8 @@ class NullTextConfig:
             raise ValueError(f"early_stop and early_stop_slope must be >= 0, got {self.early_stop}, {self.early_stop_slope}")
 
 
-@SAMPLERS.register("null-text")
-class NullTextInversion(InversionSampler):
-    max_steps = LR_DECAY  # the lr schedule lr (1 − i/100) reaches 0 at step 100
-    name = "null-text"
-    Config = NullTextConfig
-
+class NullTextInversion(InversionSampler, name="null-text", config=NullTextConfig,
+                        max_steps=LR_DECAY):  # the lr schedule lr (1 − i/100) reaches 0 at step 100
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 7.5, rng: torch.Generator | None = None) -> InversionState:

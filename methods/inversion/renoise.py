@@ -23,7 +23,7 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from methods.checks import require
-from methods.inversion.base import SAMPLERS, InversionSampler, InversionState, ddim_map, per_sample_levels, walk
+from methods.inversion.base import InversionSampler, InversionState, ddim_map, per_sample_levels, walk
 from methods.inversion.ddim import DDIMInversion
 
 
@@ -38,11 +38,7 @@ class ReNoiseConfig:
         require(self.average >= 1, "average", ">= 1", self.average)
 
 
-@SAMPLERS.register("renoise")
-class ReNoise(InversionSampler):
-    name = "renoise"
-    Config = ReNoiseConfig
-
+class ReNoise(InversionSampler, name="renoise", config=ReNoiseConfig):
     @property
     def inversion_calls_per_step(self) -> int:
         return self.config.iterations + 1
