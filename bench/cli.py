@@ -118,6 +118,9 @@ def run(
                                help="compute budget per method, e.g. 4e4nfe, 90s, 400steps; a comma-separated list "
                                     "runs every method at each (the efficiency frontier); default: the suite's"),
     seeds: str = typer.Option("0", help="comma-separated training seeds"),
+    reward: str = typer.Option(None, help="what online methods (ddpo, grpo, draft, dense-reward) train on: a scorer or "
+                               "a weighted sum, e.g. toy-pickscore or pickscore:1,hps:0.5; default: the suite's primary "
+                               "metric (the oracle on the toy). Evaluation scores every metric either way"),
     method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim "
                                          "(fields: `bench list METHOD`)"),
     train_arg: list[str] = typer.Option([], "--train-arg", "-t",
@@ -140,9 +143,9 @@ def run(
     clip_backbone: ClipBackbone = None,
     hps_version: HpsVersion = None,
     quiet: Quiet = False,
-    jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes for the run's independent trainings (methods x "
-                             "seeds x budgets), each with 1/N of the threads; a record equals --jobs 1's at the same "
-                             "threads per run"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes for the run's independent trainings (each "
+                             "method and seed, trained once through all its budgets), each with 1/N of the threads; a "
+                             "record equals --jobs 1's at the same threads per run"),
     threads: int = typer.Option(None, "--threads", help="torch threads of this run (split among --jobs); default: "
                                 "torch's ($OMP_NUM_THREADS, else the cores)"),
     launcher: str = typer.Option("local", help="where the runs execute: local (this machine, --jobs workers), slurm "
@@ -170,7 +173,8 @@ def run(
                              (("hps_version", hps_version), ("clip_backbone", clip_backbone)))
         request = run_request(suite, methods=methods, budgets=budget, seeds=seeds, method_args=method_arg,
                               train_args=train_arg, scorers=scorers, run_dir=run_dir, resume=resume, progress=not quiet,
-                              pipeline=pipeline, data=data, prompts=prompts, dtype=dtype, dry_run=dry_run)
+                              pipeline=pipeline, data=data, prompts=prompts, dtype=dtype, dry_run=dry_run,
+                              reward=reward)
         _deprecated(request.notices)
         plan, the_suite = request.plan, request.suite
         if dry_run:
@@ -222,6 +226,10 @@ def tune(
     no_final: bool = typer.Option(False, "--no-final", help="tune only; no retraining on the test prompts"),
     export: Path = typer.Option(None, "--export", callback=_output_file,
                                 help="also write the chosen settings as a suite's tuned.json (the toy ships one)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes for the trials and the final runs, each with "
+                             "1/N of the threads; every trial and record equals --jobs 1's at the same threads per run "
+                             "(the seeded start-up trials run side by side, each later trial once its method's earlier "
+                             "ones are done)"),
     quiet: Quiet = False,
 ) -> None:
     """Tune every method with the same number of trials on validation prompts, then retrain the best settings on
@@ -237,7 +245,7 @@ def tune(
                             final_seeds=final_seeds, final_budgets=final_budgets).plan
         console.print(f"tuning {', '.join(plan.methods)} on {suite}: {trials} trials each at {plan.budget}, objective "
                       f"{plan.objective} on the validation prompts; study in {plan.storage_url}", highlight=False)
-        result = run_tune(plan, final=not no_final)
+        result = run_tune(plan, final=not no_final, jobs=jobs)
     except _user_errors() as err:
         _fail(str(err))
     for name, entry in result["methods"].items():
@@ -436,17 +444,24 @@ def list_registry(
 
 @app.command("eval")
 def eval_images(
-    metrics: str = typer.Option(..., "--metrics", "-m", help="comma-separated scorers, e.g. pickscore,clip,aesthetic "
-                                "(see `bench list`)"),
+    metrics: str = typer.Option(..., "--metrics", "-m", help="comma-separated scorers, e.g. pickscore,clip,aesthetic, "
+                                "and set metrics, e.g. fd-dinov2,prdc-dinov2,vendi-dinov2 (see `bench list`)"),
     images: Path = typer.Option(None, "--images", help="folder of .png/.jpg/.jpeg/.webp images, scored in natural "
                                 "file-name order (2.png before 10.png)"),
     prompts: Path = typer.Option(None, "--prompts", help="text file: one prompt per image in the same order, or one "
-                                 "prompt for all"),
+                                 "prompt for all (not needed when only fd-*/prdc-* score the folder)"),
     toy_renders: int = typer.Option(None, "--toy-renders", help="instead of --images: score N ground-truth toy renders "
-                                    "of the held-out captions (offline; for oracle, toy-clip, toy-pickscore)"),
+                                    "of the held-out captions (offline; for oracle, toy-clip, toy-pickscore, *-toyclip)"),
     toy_samples: int = typer.Option(None, "--toy-samples", help="instead of --images: score N samples of the toy "
-                                    "pipeline (base model) for the held-out captions, DDIM 20 steps, CFG 3 (offline)"),
+                                    "pipeline (base model) for the held-out captions, DDIM 20 steps, CFG 3 (offline; "
+                                    "past 64 the captions repeat: 256 gives 4 per caption)"),
     pipeline: Path = typer.Option(None, "--pipeline", help="pipeline for --toy-samples (default: the toy build's)"),
+    reference: Path = typer.Option(None, "--reference", help="folder of reference images for the set metrics that "
+                                   "compare with one (fd-*, prdc-*)"),
+    reference_toy_renders: int = typer.Option(None, "--reference-toy-renders", help="instead of --reference: M "
+                                              "ground-truth toy renders of the held-out captions"),
+    reference_seed: int = typer.Option(1, "--reference-seed", help="seed of the reference toy renders' scenes (default "
+                                       "1: other scenes than --toy-renders' default seed 0)"),
     save_images: Path = typer.Option(None, "--save-images", help="with --toy-renders/--toy-samples: also write the "
                                      "scored images (DIR/00000.png ...) and DIR/prompts.txt, for --images/--prompts"),
     weights: Weights = [],
@@ -455,40 +470,46 @@ def eval_images(
     clip_backbone: ClipBackbone = None,
     hps_version: HpsVersion = None,
     json_path: Path = typer.Option(None, "--json", callback=_output_file,
-                                   help="write per-image scores and scorer descriptions (weight paths, SHA256) here"),
+                                   help="write per-image scores, set metrics and descriptions (weight paths, SHA256) "
+                                        "here"),
     batch_size: int = typer.Option(32, "--batch-size", help="images read and scored at a time"),
     seed: int = typer.Option(0, help="toy renders: seed of the scenes' unnamed variables (position jitter, y, radius); "
                              "toy samples: sample i uses seed + i"),
     quiet: Quiet = False,
 ) -> None:
-    """Score images with each metric: mean, 95% bootstrap CI and n per metric; per-image scores to --json.
+    """Score images with each metric: mean, 95% bootstrap CI and n per scorer; each set metric's values with 95% CIs;
+    per-image scores to --json.
 
-    Every scorer is built (weights found and loaded) before any image is read or sampled, so missing weights
-    stop the command with exit code 2 having written nothing.
+    Every scorer and feature backbone is built (weights found and loaded) before any image is read or sampled, so
+    missing weights stop the command with exit code 2 having written nothing.
     """
     _quiet_libraries()
     from bench.harness.requests import ScorerArgs  # deferred: loads diffusers and the scorers
-    from bench.harness.score_images import plan_eval, score_images
+    from bench.harness.score_images import eval_options, plan_eval, score_images, set_metrics_table
     from bench.results.tables import eval_table
 
     names = split_list(metrics)
     if not names:
-        _fail("--metrics: give at least one scorer")
+        _fail("--metrics: give at least one scorer or set metric")
     try:
-        scorers = ScorerArgs(tuple(weights), allow_pickle, tuple(metric_arg),
-                             (("hps_version", hps_version), ("clip_backbone", clip_backbone)))
-        options, notices = scorers.options(names, "--metrics")
-        _deprecated(notices)
-        plan = plan_eval(names, options, images=images, prompts=prompts, toy_renders=toy_renders,
+        request = eval_options(names, ScorerArgs(tuple(weights), allow_pickle, tuple(metric_arg),
+                                                 (("hps_version", hps_version), ("clip_backbone", clip_backbone))))
+        _deprecated(request.notices)
+        plan = plan_eval(request.scorers, request.options, images=images, prompts=prompts, toy_renders=toy_renders,
                          toy_samples=toy_samples, pipeline=pipeline, seed=seed, batch_size=batch_size,
-                         save_images=save_images)
+                         save_images=save_images, set_metrics=request.set_metrics, set_options=request.set_options,
+                         reference=reference, reference_toy_renders=reference_toy_renders, reference_seed=reference_seed)
         record = score_images(plan, progress=not quiet)
     except (ValueError, OSError, *_user_errors()) as err:
         _fail(str(err))
-    n = len(record["prompts"])
+    n = plan.n_images
     if save_images is not None:
         console.print(f"{n} images and prompts.txt written to {save_images}")
-    _print_table(eval_table(record), f"{n} images from {plan.description}")
+    if record["scores"]:
+        _print_table(eval_table(record), f"{n} images from {plan.description}")
+    if record["set_metrics"]:
+        against = f" against {plan.reference_description}" if plan.reference_description else ""
+        _print_table(set_metrics_table(record), f"set metrics of {n} images from {plan.description}{against}")
     if json_path is not None:
         write_json_atomic(json_path, record)
         console.print(f"per-image scores written to {json_path}")

@@ -43,12 +43,13 @@ class Scorer(ABC):
     Config: ClassVar[type]
     higher_is_better: ClassVar[bool]
     scale: ClassVar[str]  # what the numbers mean, e.g. "oracle reward in [0, 6]" or "100 x cosine"
+    differentiable: ClassVar[bool] = False  # gradients flow from `score` to the pixels (reward backpropagation)
     # The weight files this instance loaded, (spec, local path); filled by scorers that load weights.
     weight_files: list[tuple[WeightSpec, Path]] = []
 
     def __init_subclass__(cls, **keywords):
         super().__init_subclass__()
-        SCORERS.declare(cls, keywords, ("name", "Config", "higher_is_better", "scale"))
+        SCORERS.declare(cls, keywords, ("name", "Config", "higher_is_better", "scale", "differentiable"))
 
     def __init__(self, config=None, **fields):
         """`self.config`: `config` (None: the defaults) with the fields named in `fields` replaced, validated by the

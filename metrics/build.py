@@ -64,6 +64,11 @@ class ScorerOptions:
             if not isinstance(config, SCORERS.get(name).Config):
                 raise TypeError(f"scorer {name} takes its Config ({SCORERS.get(name).Config.__name__}), got {config!r}")
 
+    def subset(self, names: list[str]) -> ScorerOptions:
+        """The options of the scorers `names` only (e.g. those of a reward, which need not be metrics)."""
+        return ScorerOptions({n: p for n, p in self.weights.items() if n in names}, self.allow_pickle,
+                             {n: c for n, c in self.configs.items() if n in names})
+
     def config(self, name: str):
         """The Config scorer `name` is built with."""
         return self.configs[name] if name in self.configs else SCORERS.get(name).Config()

@@ -126,9 +126,9 @@ class ClipBackbone:
         self.kind, self.tokenizer, self.preprocess = kind, tokenizer, preprocess
         self.context_length, self.name, self.device = context_length, name, torch.device(device)
 
-    @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float RGB in [0, 1] -> (N, D) projected, not normalised."""
+        """(N, 3, H, W) float RGB in [0, 1] -> (N, D) projected, not normalised; differentiable in the pixels where
+        gradients are enabled (reward backpropagation), so evaluation calls it under `torch.no_grad`."""
         pixels = self.preprocess(images.to(self.device))
         if self.kind == "transformers":
             return projected(self.model.get_image_features(pixel_values=pixels)).float()

@@ -22,10 +22,12 @@ class OracleConfig:
     """The oracle has no settings: it is the toy world's definition of a good image."""
 
 
-class OracleScorer(Scorer, name="oracle", config=OracleConfig, higher_is_better=True,
+class OracleScorer(Scorer, name="oracle", config=OracleConfig, higher_is_better=True, differentiable=True,
                    scale=f"toy-world oracle reward (version {ORACLE_VERSION}) in [0, 6]"):
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
-        return oracle_terms(prompts, images)["reward"]
+        """R per image (N,): detached float32 when scoring; float64 with gradients to `images` when they need them
+        (reward backpropagation)."""
+        return oracle_terms(prompts, images, differentiable=images.requires_grad and torch.is_grad_enabled())["reward"]
 
     def components(self, prompts: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = oracle_terms(prompts, images)

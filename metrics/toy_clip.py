@@ -144,7 +144,7 @@ class ToyScorerConfig(BatchedScorerConfig):
     batch_size: int = dataclasses.field(default=256, metadata={"help": "images (and prompts) per forward pass"})
 
 
-class _ToyClipScorer(ClipBackboneScorer, config=ToyScorerConfig, higher_is_better=True):
+class _ToyClipScorer(ClipBackboneScorer, config=ToyScorerConfig, higher_is_better=True, differentiable=True):
     filename: ClassVar[str]
 
     def __init__(self, config: ToyScorerConfig | None = None, *, weights: str | Path | None = None, **fields):

@@ -86,6 +86,15 @@ def test_encode_decode_shapes_and_size_check(tiny_backbone):
         tiny_backbone.encode_images(torch.rand(1, 3, 64, 64))
 
 
+def test_decode_is_differentiable_only_when_asked(tiny_backbone):
+    latents = torch.randn(2, *tiny_backbone.latent_shape, requires_grad=True)
+    assert not tiny_backbone.decode(latents).requires_grad  # evaluation builds no graph
+    images = tiny_backbone.decode(latents, grad=True)
+    torch.testing.assert_close(images, tiny_backbone.decode(latents))
+    images.mean().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+
+
 def test_conditioning_dropout_where(tiny_backbone):
     cond = tiny_backbone.encode_prompts(["a", "b", "c"])
     null = tiny_backbone.null_conditioning(3)

@@ -12,17 +12,22 @@ list to extend. Facts that only hold for one plugin (hand-computed values) stay 
   round trip is exact to float64 rounding on per-sample paths; the stored state is counted from what it holds.
 - scorers: a scorer this repository ships weights for scores one float per image, in its declared direction,
   the same one by one as in a batch; any other raises MissingWeightsError saying how to get its weights.
+- set metrics: names apart from the scorers'; a declaration names its backbone, resampling and values; one on a
+  backbone this repository ships gives every declared value, in its range, inside its interval; any other raises
+  MissingWeightsError saying how to get its backbone's weights.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import math
 import sys
 
 import pytest
 import torch
 from test_inversion import _float64_eps_backbone
+from test_online_methods import RedReward
 
 from bench.core.budget import Budget
 from bench.core.config import TrainConfig
@@ -36,9 +41,13 @@ from methods.alignment.inpo import inversion_levels
 from methods.inversion import SAMPLERS
 from methods.inversion.base import InversionSampler, NoSettings, TwoStepSampler, sampling_levels
 from methods.shards import sharded
-from metrics import SCORERS, MissingWeightsError, Scorer
+from metrics import SCORERS, SET_METRICS, MissingWeightsError, Scorer
 from metrics.clip_score import ClipBackboneScorer
 from metrics.oracle import OracleConfig
+from metrics.sets.base import SetMetric, Value
+from metrics.sets.build import build_set_metrics
+from metrics.sets.features import ToyClipImageFeatures
+from metrics.sets.vendi import VendiConfig
 from metrics.weights import WEIGHTS_ENV
 
 PROMPT = "a small red circle on the left, black background"
@@ -54,7 +63,7 @@ def modules_registering_nothing(registry: Registry) -> list[str]:
     return [module for module in registry.plugin_modules if module not in registered]
 
 
-@pytest.mark.parametrize("registry", [METHODS, SAMPLERS, SCORERS], ids=lambda r: r.kind)
+@pytest.mark.parametrize("registry", [METHODS, SAMPLERS, SCORERS, SET_METRICS], ids=lambda r: r.kind)
 def test_every_plugin_module_registers_something(registry):
     assert registry.plugin_modules, f"no {registry.kind} module was discovered"
     assert modules_registering_nothing(registry) == []
@@ -177,7 +186,7 @@ def test_an_unknown_class_keyword_is_a_type_error_naming_it(scratch_registries, 
 
 
 def test_a_method_of_an_unknown_data_kind_is_refused(scratch_registries):
-    with pytest.raises(ValueError, match=r"Method.data_kind must be one of \('pairs', 'binary', 'images'\)"):
+    with pytest.raises(ValueError, match=r"Method.data_kind must be one of \('pairs', 'binary', 'images', 'prompts'\)"):
         class Method(AlignmentMethod, name="throwaway-method", data_kind="pair", needs_reference=True, config=DPOConfig):
             pass
     with pytest.raises(ValueError, match="Kindless.data_kind must be one of"):  # a name with no data kind at all
@@ -216,11 +225,16 @@ def toy_pairs(tiny_toy_dir):
 
 
 def _train(name: str, backbone, pairs, steps: int, config: TrainConfig):
+    """`steps` optimizer steps of method `name` (an online one samples for the pairs' prompts, rewarded by red)."""
+    reward = RedReward() if METHODS.get(name).kind == "online" else None
     return Trainer(METHODS.get(name)(), backbone, encode_preferences(backbone, pairs), config,
-                   Budget.parse(f"{steps}steps"), seed=0, progress=False).fit()
+                   Budget.parse(f"{steps}steps"), seed=0, progress=False, reward=reward).fit()
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+OFFLINE_METHODS = [name for name in METHODS.names() if METHODS.get(name).kind == "offline"]
+
+
+@pytest.mark.parametrize("name", OFFLINE_METHODS)  # online methods train in one process for now (`ExperienceSampler`)
 def test_method_draws_the_same_for_a_batch_and_for_its_shards(tiny_backbone, name):
     """The generator ends in the same state after a whole batch and after either shard (so the next step's
     draws agree), and the shards' losses average to the batch's."""
@@ -417,3 +431,61 @@ def test_shipped_scorer_scores_a_batch_as_one_by_one(no_local_weights, toy_rende
     images, captions = images[:16], captions[:16]
     single = torch.cat([scorer.score([caption], images[i:i + 1]) for i, caption in enumerate(captions)])
     torch.testing.assert_close(single, scorer.score(captions, images), rtol=BATCH_RTOL, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- set metrics
+
+# The feature backbones whose weights this repository ships: the metrics on them run offline with their defaults.
+SHIPPED_FEATURES = {"toy-clip-image"}
+SET_KEYWORDS = {"config": VendiConfig, "features": ToyClipImageFeatures, "needs_reference": False, "needs_prompts": True,
+                "resampling": "bootstrap", "values": {"vendi": Value(True, "a throwaway scale")}}
+
+
+def test_set_metric_names_are_apart_from_scorer_names():
+    """`bench eval --metrics` takes both kinds, and code that iterates SCORERS never meets a set metric."""
+    assert SET_METRICS.names() and not set(SET_METRICS.names()) & set(SCORERS.names())
+    assert not any(issubclass(cls, SetMetric) for _, cls in SCORERS.items())
+
+
+def test_a_set_metric_declaration_is_checked(monkeypatch):
+    monkeypatch.setattr(SET_METRICS, "_items", dict(SET_METRICS._items))
+    with pytest.raises(TypeError, match=r"unknown class keyword 'higher_is_better'; a set metric class takes name, "):
+        class Typo(SetMetric, name="throwaway-set", higher_is_better=True, **SET_KEYWORDS):
+            pass
+    with pytest.raises(ValueError, match=r"Resampled.resampling must be one of \('bootstrap', 'jackknife'\)"):
+        class Resampled(SetMetric, name="throwaway-set", **{**SET_KEYWORDS, "resampling": "subsample"}):
+            pass
+    with pytest.raises(TypeError, match="resampling 'jackknife' reads VendiConfig.jackknife_groups"):
+        class Jackknifed(SetMetric, name="throwaway-set", **{**SET_KEYWORDS, "resampling": "jackknife"}):
+            pass
+    with pytest.raises(ValueError, match="set metric 'oracle': the name is taken by a per-image scorer"):
+        class Clash(SetMetric, name="oracle", **SET_KEYWORDS):
+            pass
+    assert "throwaway-set" not in SET_METRICS
+
+
+@pytest.mark.parametrize("name", [n for n in SET_METRICS.names() if SET_METRICS.get(n).Features.key not in SHIPPED_FEATURES])
+def test_set_metric_without_weights_says_how_to_get_them(no_local_weights, monkeypatch, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingWeightsError) as err:
+        build_set_metrics([name])
+    message = str(err.value)
+    assert message.startswith(f"{name}: ") and f"--weights {name}=" in message, message
+    assert SET_METRICS.get(name).Features.weight_spec(name).repo in message, message
+
+
+@pytest.mark.parametrize("name", [n for n in SET_METRICS.names() if SET_METRICS.get(n).Features.key in SHIPPED_FEATURES])
+def test_shipped_set_metric_gives_its_values_in_range_inside_their_intervals(no_local_weights, toy_renders, name):
+    """32 renders as the set (two per pseudo-prompt), the other 32 as the reference."""
+    metrics, backbones = build_set_metrics([name])
+    metric = metrics[name]
+    features = backbones[metric.Features.key].features(toy_renders[0])  # (64, D)
+    prompts = [f"prompt {i // 2}" for i in range(32)]
+    reference = features[32:] if metric.needs_reference else None
+    metric.check_sets(32, None if reference is None else 32, prompts)
+    result = metric.evaluate(features[:32], reference, prompts)
+    assert set(result["values"]) == set(metric.values) and result["n"] == 32 and result["clusters"] == 16
+    for value_name, declared in metric.values.items():
+        stat = result["values"][value_name]
+        assert declared.low <= stat["ci_low"] <= stat["value"] <= stat["ci_high"] <= declared.high, (value_name, stat)
+        assert math.isfinite(stat["value"])

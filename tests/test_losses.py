@@ -10,6 +10,7 @@ import torch
 
 from methods.alignment import METHODS
 from methods.alignment.base import ImageBatch, PairBatch
+from methods.alignment.cal_dpo import cal_dpo_loss
 from methods.alignment.dpo import dpo_loss
 from methods.alignment.inpo import inverted_noise
 from methods.alignment.kto import kto_loss
@@ -36,6 +37,73 @@ def test_dpo_diffusers_form_has_half_the_beta():
     diffusers_form = -torch.nn.functional.logsigmoid(torch.tensor((0.0 - (1.0 - 4.0)) * (1 / 3)))
     loss, _ = dpo_loss(per_sample_error(1.0), per_sample_error(2.0), per_sample_error(1.0), per_sample_error(1.0), 2 / 3)
     assert loss.item() == pytest.approx(diffusers_form.item(), abs=1e-7)
+
+
+def test_cal_dpo_hand_value():
+    # β = 2, so r = −(e_θ − e_ref): e_θ^w = 0.4, e_ref^w = 1 → r_w = 0.6; e_θ^l = 1.4, e_ref^l = 1 → r_l = −0.4.
+    # z = r_w − r_l = 1: −log σ(1) = log(1 + e⁻¹) = 0.313262. β_c = 0.5: targets ±1/(2β_c) = ±1,
+    # ½ [(0.6 − 1)² + (−0.4 + 1)²] = ½ (0.16 + 0.36) = 0.26. Loss = 0.573262 (the LLM form's value for
+    # h_w = 0.6, h_l = −0.4, β = 0.5, computed from tengxiao1/Cal-DPO `dpo_loss`).
+    one = torch.tensor([1.0])
+    loss, z, reward_w, reward_l = cal_dpo_loss(torch.tensor([0.4]), torch.tensor([1.4]), one, one, 2.0, 0.5)
+    assert z.item() == pytest.approx(1.0) and (reward_w.item(), reward_l.item()) == pytest.approx((0.6, -0.4))
+    assert loss.item() == pytest.approx(0.573262, abs=1e-6)
+    # A second pair with policy == reference (r = 0, z = 0) enters every term as a batch mean:
+    # ½ (0.313262 + log 2) + ½ [½ (0.16 + 1) + ½ (0.36 + 1)] = 0.503204 + 0.63 = 1.133204.
+    loss, *_ = cal_dpo_loss(torch.tensor([0.4, 1.0]), torch.tensor([1.4, 1.0]), torch.ones(2), torch.ones(2), 2.0, 0.5)
+    assert loss.item() == pytest.approx(1.133204, abs=1e-6)
+
+
+def test_cal_dpo_gradient():
+    """By hand, with L = −log σ(r_w − r_l) + ½ [(r_w − c)² + (r_l + c)²] and ∂r/∂e_θ = −β/2 (= −1 at β = 2):
+    ∂L/∂e_θ^w = −(−σ(−z) + r_w − c) = σ(−1) + 0.4 = 0.668941 and ∂L/∂e_θ^l = −(σ(−z) + r_l + c) = −0.868941 for
+    the values of `test_cal_dpo_hand_value`: descent lowers the winner's error and raises the loser's. Once the margin
+    is won (z = 10, σ(−z) ≈ 0) the calibration alone acts, pulling each reward back to its target: the winner's
+    error rises towards e_ref − 2c/β, the loser's falls."""
+    policy = torch.tensor([0.4, 1.4], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    loss, *_ = cal_dpo_loss(policy[:1], policy[1:], ref[:1], ref[1:], 2.0, 0.5)
+    loss.backward()
+    assert policy.grad.tolist() == pytest.approx([0.668941, -0.868941], abs=1e-6)
+
+    saturated = torch.tensor([-4.0, 6.0], dtype=torch.float64, requires_grad=True)  # r_w = 5, r_l = −5, z = 10
+    loss, *_ = cal_dpo_loss(saturated[:1], saturated[1:], ref[:1], ref[1:], 2.0, 0.5)
+    loss.backward()
+    sigma = 1 / (1 + math.exp(10))
+    assert saturated.grad.tolist() == pytest.approx([sigma - (5 - 1), -sigma - (-5 + 1)], abs=1e-12)
+    assert saturated.grad[0] < 0 < saturated.grad[1]
+
+    def of_errors(p_w, p_l, r_w, r_l):
+        return cal_dpo_loss(p_w, p_l, r_w, r_l, 3.0, 0.7)[0]
+
+    g = torch.Generator().manual_seed(0)
+    errors = [torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    assert torch.autograd.gradcheck(of_errors, errors)
+
+
+def test_cal_dpo_full_loss_matches_recomputation(tiny_backbone):
+    """CalDPO.loss == cal_dpo_loss on errors recomputed by hand with DPO's draws (one t, ε per pair; ε-space)."""
+    cal_dpo = METHODS.get("cal-dpo")
+    method = cal_dpo(cal_dpo.Config(beta=100.0, cal_beta=2.0, loss_space="eps"))
+    batch = _pair_batch(tiny_backbone)
+    policy = _other_policy(tiny_backbone)
+    out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 1000, (3,), generator=g)
+    noise = torch.randn(batch.winner.shape, generator=g)
+
+    def err(backbone, x0):
+        x_t = backbone.add_noise(x0, noise, t)
+        return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+
+    errors = err(policy, batch.winner), err(policy, batch.loser), err(tiny_backbone, batch.winner), err(
+        tiny_backbone, batch.loser)
+    expected, z, reward_w, _ = cal_dpo_loss(*errors, 100.0, 2.0)
+    contrastive, _ = dpo_loss(*errors, 100.0)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert expected.item() > contrastive.item() > 0 and not torch.allclose(z, torch.zeros_like(z))
+    assert out.logs["reward_w"] == pytest.approx(reward_w.mean().item(), rel=1e-4, abs=1e-6)
 
 
 def test_prediction_error_is_the_mean_not_the_sum_over_chw():
@@ -259,7 +327,7 @@ def test_kto_sampling_weights_give_gamma_desirable():
     assert weights.sum().item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name, expected", [("sft", 3), ("dpo", 8), ("kto", 4), ("inpo", 28)])
+@pytest.mark.parametrize("name, expected", [("sft", 3), ("dpo", 8), ("kto", 4), ("inpo", 28), ("cal-dpo", 8)])
 def test_declared_worst_case_nfe(name, expected):
     assert METHODS.get(name)().max_nfe_per_item() == expected
 
@@ -276,3 +344,5 @@ def test_method_configs_validate():
     assert METHODS.get("inpo")(METHODS.get("inpo").Config(inversion="edict")).max_nfe_per_item() == 8 + 2 * 10 * 2
     with pytest.raises(KeyError, match="did you mean 'ddim'"):
         METHODS.get("inpo").Config(mode="exact", inversion="ddmi")
+    with pytest.raises(ValueError, match="cal_beta"):
+        METHODS.get("cal-dpo").Config(cal_beta=0.0)

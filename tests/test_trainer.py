@@ -129,3 +129,121 @@ def test_reference_computes_under_the_policys_autocast(tiny_toy_dir, dtype):
     config = TrainConfig(lr=1e-30, batch_size=4, weight_decay=0.0, mixed_precision="bf16")
     result = Trainer(METHODS.get("dpo")(), base, data, config, Budget.parse("2steps"), seed=0, progress=False).fit()
     assert [h["loss"] for h in result.history] == pytest.approx([math.log(2)] * 2, abs=1e-7)
+
+
+
+def _same_run(a, b) -> None:
+    """Two TrainResults of the same budget: the same weights, steps, counted usage and losses."""
+    assert a.steps == b.steps
+    assert (a.usage.steps, a.usage.samples, a.usage.nfe) == (b.usage.steps, b.usage.samples, b.usage.nfe)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert a.policy.dtype == b.policy.dtype
+    for x, y in zip(a.policy.unet.state_dict().values(), b.policy.unet.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_milestones_hand_over_the_policies_of_separate_runs(tiny_toy_dir):
+    """KTO at batch 2 costs 8 NFE a step: training to 60nfe (7 steps) through milestones 20nfe (2 steps; a third
+    would cross it) and 40nfe (5 steps) hands each milestone what a separate run of that budget returns, also in a
+    bf16 base (the frozen copy is rounded as `fit()` rounds), although the callback samples images with it and
+    draws from the global RNG; and training goes on to the separate 60nfe run's policy."""
+    from bench.harness.sampling import generate
+
+    base = Backbone.from_pretrained(tiny_toy_dir / "pipeline", dtype=torch.bfloat16)
+    data = encode_preferences(base, preference_pairs(load_pickapic(tiny_toy_dir / "prefs.parquet")))
+    config = TrainConfig(lr=1e-3, batch_size=2, mixed_precision="bf16", prompt_dropout=0.5)
+
+    def train(budget, **kwargs):
+        return Trainer(METHODS.get("kto")(), base, data, config, Budget.parse(budget), seed=0, progress=False,
+                       **kwargs).fit()
+
+    reached = {}
+
+    def on_milestone(budget, result):
+        reached[str(budget)] = result
+        generate(result.policy, ["a red circle"], [0], steps=2, guidance=3.0)
+        torch.rand(100)
+
+    final = train("60nfe", milestones=[Budget.parse("40nfe"), Budget.parse("20nfe")], on_milestone=on_milestone)
+    assert list(reached) == ["20nfe", "40nfe"] and [r.steps for r in reached.values()] == [2, 5]
+    for budget, result in reached.items():
+        _same_run(result, train(budget))
+    _same_run(final, train("60nfe"))
+    with pytest.raises(ValueError, match="does not nest"):
+        Trainer(METHODS.get("kto")(), base, data, config, Budget.parse("60nfe"), milestones=[Budget.parse("5steps")])
+
+
+def test_a_checkpoint_trained_past_a_budget_is_not_resumed(toy_setup, tmp_path, caplog):
+    """A checkpoint left by a run of a larger budget (here: at step 4 of 6) holds no state that a run of 3 steps, or
+    one with a milestone at 3 steps, passes through: such a run trains from the start. A run to 6 steps resumes it."""
+    import shutil
+
+    def crash(step, logs):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "dpo.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _train(toy_setup, "dpo", "6steps", ckpt=ckpt, callbacks=[crash], checkpoint_every=4)
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
+
+    steps = []
+    shutil.copy(ckpt, tmp_path / "short.ckpt")
+    with caplog.at_level("WARNING"):
+        short = _train(toy_setup, "dpo", "3steps", ckpt=tmp_path / "short.ckpt", callbacks=[lambda s, _: steps.append(s)])
+    assert steps == [1, 2, 3] and "trained past" in caplog.text
+    _same_run(short, _train(toy_setup, "dpo", "3steps"))
+
+    reached = {}
+    shutil.copy(ckpt, tmp_path / "chain.ckpt")
+    backbone, data = toy_setup
+    chain = Trainer(METHODS.get("dpo")(), backbone, data, TrainConfig(lr=1e-3, batch_size=2, checkpoint_every=4),
+                    Budget.parse("6steps"), seed=0, checkpoint_path=tmp_path / "chain.ckpt", progress=False,
+                    milestones=[Budget.parse("3steps")], on_milestone=lambda b, r: reached.update({str(b): r})).fit()
+    _same_run(reached["3steps"], short)
+    assert chain.steps == 6
+
+    steps.clear()
+    resumed = _train(toy_setup, "dpo", "6steps", ckpt=ckpt, callbacks=[lambda s, _: steps.append(s)], checkpoint_every=4)
+    assert steps == [5, 6]  # its own checkpoint: resumed
+    _same_run(resumed, chain)
+
+
+def test_an_online_run_checkpoints_between_collections_and_resumes_to_identical_results(toy_setup, tmp_path):
+    """GRPO with 2 inner epochs collects on steps 1, 3, 5 and uses each collection up on steps 2, 4, 6: a checkpoint
+    due at step 3 (mid-collection) waits for step 4; a run killed at step 5 resumes from it to the uninterrupted run's
+    numbers."""
+    from test_online_methods import RedReward
+
+    backbone, data = toy_setup
+    method_args = {"steps": 4, "group_size": 2, "inner_epochs": 2, "guidance": 1.0, "clip_range": 0.2}
+
+    def train(ckpt=None, callbacks=None):
+        config = TrainConfig(lr=1e-3, batch_size=2, checkpoint_every=3)
+        trainer = Trainer(METHODS.get("grpo")(METHODS.get("grpo").Config(**method_args)), backbone, data, config,
+                          Budget.parse("6steps"), seed=0, checkpoint_path=ckpt, progress=False, callbacks=callbacks,
+                          reward=RedReward())
+        return trainer.fit()
+
+    uninterrupted = train()
+    assert [h["reward_images"] for h in uninterrupted.history] == [4, 4, 8, 8, 12, 12]  # 2 prompts x 2 samples
+    assert uninterrupted.usage.samples == 12
+
+    def crash(step, logs):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "grpo.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train(ckpt, [crash])
+    assert torch.load(ckpt, weights_only=True)["step"] == 4  # due at 3, written when step 4 ends the collection
+    resumed = train(ckpt)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in uninterrupted.history]
+    for a, b in zip(resumed.policy.unet.state_dict().values(), uninterrupted.policy.unet.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_an_online_method_without_a_reward_is_refused(toy_setup):
+    backbone, data = toy_setup
+    with pytest.raises(ValueError, match="grpo is an online method: it needs a reward"):
+        Trainer(METHODS.get("grpo")(), backbone, data, TrainConfig(), Budget.parse("1steps"))

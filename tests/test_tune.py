@@ -16,6 +16,7 @@ from bench.core.budget import Budget
 from bench.core.config import EvalConfig
 from bench.core.search_space import FloatRange
 from bench.harness import tune as tune_module
+from bench.harness.run import RunSetupError
 from bench.harness.suites import SUITES, get_suite
 from bench.harness.tune import plan_tune, trial_space, tune_method
 from bench.toy.world import split_combos
@@ -130,3 +131,107 @@ def test_tune_refuses_bad_requests(in_tmp):
     result = runner.invoke(app, ["tune", "--methods", "sft", "--run-dir", "nowhere", "--resume"])
     assert result.exit_code == 2 and "holds no sweep" in result.output
     assert not (in_tmp / "nowhere").exists()
+
+
+def _thread_pool(monkeypatch):
+    """Trials in threads of this process instead of spawned workers, so that a test's stand-in for training runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(tune_module, "_trial_pool", lambda jobs: ThreadPoolExecutor(jobs))
+
+
+def test_parallel_trials_ask_the_values_of_a_serial_sweep(in_tmp, monkeypatch):
+    """With 2 jobs, TPE's start-up trials (the first half; seeded random values) run side by side and each later trial
+    is asked once its method's earlier trials completed, next to the other method's trials: the same trials, values
+    and best as one job. A trial interrupted in a worker is told failed after the trial beside it is told, and the
+    resumed sweep reaches the same trials."""
+    import threading
+    import time
+
+    lock, running, log, started, kill_at = threading.Lock(), {}, [], [], []
+
+    def fake_trial(plan, method, params, number):
+        with lock:  # log (method, trial index, the method's trials running) as a trial starts and as it ends
+            running.setdefault(method, set()).add(number)
+            log.append((method, number, sorted(running[method])))
+            started.append(number)
+            call = len(started)
+        time.sleep(0.2)  # long enough for the other worker to start its trial
+        with lock:
+            log.append((method, number, sorted(running[method])))
+            running[method].discard(number)
+        if call in kill_at:
+            raise KeyboardInterrupt
+        return _objective(params), {"nfe": 10, "seconds": 1.0}
+
+    monkeypatch.setattr(tune_module, "run_trial", fake_trial)
+    _thread_pool(monkeypatch)
+    suite = get_suite("toy")
+
+    def plan(name, resume=False):
+        return plan_tune(suite, ["sft", "kto"], trials=4, budget=Budget.parse("64samples"), objective=None,
+                         run_dir=in_tmp / name, resume=resume, progress=False)
+
+    serial = tune_module.tune_methods(plan("serial"), ["sft", "kto"])
+    log.clear()
+    parallel_plan = plan("parallel")
+    parallel = tune_module.tune_methods(parallel_plan, ["sft", "kto"], jobs=2)
+    for method in ("sft", "kto"):
+        for key in ("trials", "best", "cost"):
+            assert parallel[method][key] == serial[method][key], (method, key)
+    startup = tune_module.startup_trials(parallel_plan)
+    assert startup == 2
+    assert any(len(beside) == 2 for _, _, beside in log)  # start-up trials of a method side by side
+    assert all(beside == [number] for _, number, beside in log if number >= startup)  # later ones alone in their method
+    assert {method for method, _, _ in log[:2]} == {"sft"}  # a method's start-up trials first, in plan order
+
+    started.clear()
+    kill_at.append(2)
+    with pytest.raises(KeyboardInterrupt):
+        tune_module.tune_methods(plan("killed"), ["sft", "kto"], jobs=2)
+    killed = plan("killed", resume=True)
+    study = optuna.load_study(study_name=killed.study_name("sft"), storage=killed.storage_url)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.COMPLETE in states  # the trial beside it, told before the interrupt is raised
+    kill_at.clear()
+    resumed = tune_module.tune_methods(killed, ["sft", "kto"], jobs=2)
+    for method in ("sft", "kto"):  # the same trials in the order of their indices; their numbers count asks
+        assert len(resumed[method]["trials"]) == 4
+        assert resumed[method]["trials"] == [{**t, "trial": r["trial"]} for t, r in
+                                             zip(serial[method]["trials"], resumed[method]["trials"])]
+    with pytest.raises(RunSetupError, match="--jobs must be >= 1"):
+        tune_module.tune(plan("other"), jobs=0)
+
+
+def test_a_sweep_in_worker_processes_gives_the_serial_sweeps_trials_and_finals(in_tmp, monkeypatch):
+    """`tune(plan, jobs=2)`: trials and final runs in 2 spawned workers (1 thread each) give the trials, objective
+    values and final records of `jobs=1` at 1 thread."""
+    import torch
+
+    toy = get_suite("toy")
+    small = dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=2, steps=6, batch_size=16, bootstrap=50),
+                                eval_prompts=toy.eval_prompts[:8], validation_prompts=toy.validation_prompts[:8])
+
+    def plan(name):
+        return plan_tune(small, ["sft"], trials=2, budget=Budget.parse("64samples"), objective=None,
+                         run_dir=in_tmp / name, final_seeds=[0], progress=False)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of 2 workers gets from 2 threads
+    torch.set_flush_denormal(False)  # as in a fresh process (conftest flushes them; a spawned worker does not)
+    try:
+        serial = tune_module.tune(plan("serial"))
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the share is 1 thread per worker on any machine
+    parallel = tune_module.tune(plan("parallel"), jobs=2)
+    def counted(trials):  # seconds differ between runs
+        return [{k: v for k, v in trial.items() if k != "seconds"} for trial in trials]
+
+    assert counted(parallel["methods"]["sft"]["trials"]) == counted(serial["methods"]["sft"]["trials"])
+    assert parallel["methods"]["sft"]["best"] == serial["methods"]["sft"]["best"]
+    one = json.loads((in_tmp / "serial" / "final" / "sft-64samples-s0.json").read_text())
+    two = json.loads((in_tmp / "parallel" / "final" / "sft-64samples-s0.json").read_text())
+    assert one["evaluation"]["scores"] == two["evaluation"]["scores"] and one["metrics"] == two["metrics"]

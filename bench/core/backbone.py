@@ -429,14 +429,15 @@ class Backbone:
             out.append(latents * self.vae.config.scaling_factor)
         return torch.cat(out).to(self.latent_dtype)
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-        """Scaled latents (B, C, h, w) -> images (B, 3, H, W) float RGB in [0, 1]."""
+    def decode(self, latents: torch.Tensor, *, batch_size: int = 64, grad: bool = False) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, H, W) RGB in [0, 1], float32 (float64 for float64 latents);
+        with `grad`, differentiable in the latents (reward backpropagation)."""
         vae_dtype = next(self.vae.parameters()).dtype
         out = []
-        for chunk in latents.split(batch_size):
-            pixels = self.vae.decode(chunk.to(vae_dtype) / self.vae.config.scaling_factor).sample
-            out.append(((pixels.float() + 1) / 2).clamp(0, 1))
+        with torch.set_grad_enabled(grad):
+            for chunk in latents.split(batch_size):
+                pixels = self.vae.decode(chunk.to(vae_dtype) / self.vae.config.scaling_factor).sample
+                out.append(((pixels.to(torch.promote_types(latents.dtype, torch.float32)) + 1) / 2).clamp(0, 1))
         return torch.cat(out)
 
     # ------------------------------------------------------------------ denoiser

@@ -3,7 +3,8 @@
 - `pairs`  (DPO, InPO): epochs over the pairs, each epoch a permutation seeded by (seed, epoch);
 - `images` (SFT): the same over the pairs' preferred images;
 - `binary` (KTO): images drawn with replacement with the method's sampling weights (uniform if none),
-  from the training generator.
+  from the training generator;
+- `prompts` (online methods, `ExperienceSampler`): epochs over the training prompts, which the policy samples for.
 
 Each draw is made for the global batch (the local batch size times the number of processes) and
 sliced to this process's shard (`methods.shards`), so a sample's place in the data order does not
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from bench.core.backbone import Backbone
 from bench.harness.data import EncodedPreferences
-from methods.alignment.base import ImageBatch, PairBatch
+from methods.alignment.base import ImageBatch, OnlineMethod, PairBatch, PromptBatch, Reward
 from methods.shards import current, sample_categorical
 
 
@@ -67,3 +69,75 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self._order = state["epoch"], state["cursor"], None
+
+
+class ExperienceSampler:
+    """Micro-batches of an online method's experience (data kind `prompts`): when the last collection is used up,
+    the next `batch_size` training prompts (epochs over the prompts, each a permutation seeded by (seed, epoch))
+    are sampled by the current policy and scored (`OnlineMethod.collect`); `next` hands out its micro-batches in
+    order. `images` counts the images scored (the samples drawn). Between collections (`resumable`), the state
+    (epoch, cursor, the method's own state) with the training generator's makes a run resumable bit for bit; the
+    trainer checkpoints only there, so a checkpoint never holds experience."""
+
+    def __init__(self, method: OnlineMethod, policy: Backbone, data: EncodedPreferences, reward: Reward,
+                 batch_size: int, seed: int, device: torch.device | str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if current().world > 1:
+            raise NotImplementedError("online methods train in one process for now; run them without accelerate launch")
+        self.method, self.policy, self.data, self.reward = method, policy, data, reward
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.epoch, self.cursor, self.images = 0, 0, 0
+        self.pending: list = []
+
+    @property
+    def resumable(self) -> bool:
+        return not self.pending
+
+    def _next_prompts(self) -> torch.Tensor:
+        picked, need = [], self.batch_size
+        while need > 0:
+            order = torch.randperm(len(self.data.prompts), generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + self.epoch))
+            take = order[self.cursor:self.cursor + need]
+            picked.append(take)
+            need -= len(take)
+            self.cursor += len(take)
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return torch.cat(picked)
+
+    def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        self.images += len(prompts)
+        return self.reward(images, prompts)
+
+    def next(self, rng: torch.Generator):
+        if not self.pending:
+            ids = self._next_prompts()
+            reward = _CountedReward(self.reward, self._score)
+            batch = PromptBatch(self.data.conditioning(ids).to(self.device), [self.data.prompts[i] for i in ids.tolist()],
+                                ids, reward)
+            self.pending = list(self.method.collect(self.policy, batch, rng))
+        return self.pending.pop(0)
+
+    def state_dict(self) -> dict:
+        if self.pending:
+            raise RuntimeError("an experience sampler is checkpointed between collections only")
+        return {"epoch": self.epoch, "cursor": self.cursor, "images": self.images, "method": self.method.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.images, self.pending = state["epoch"], state["cursor"], state["images"], []
+        self.method.load_state_dict(state["method"])
+
+
+class _CountedReward:
+    """`reward` with its calls routed through `score` (which counts them); the same name and differentiability."""
+
+    def __init__(self, reward: Reward, score):
+        self.name, self.differentiable, self._score, self._reward = reward.name, reward.differentiable, score, reward
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self._score(images, prompts)
+
+    def non_differentiable(self) -> list[str]:
+        return self._reward.non_differentiable() if hasattr(self._reward, "non_differentiable") else [self.name]

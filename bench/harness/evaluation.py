@@ -83,12 +83,15 @@ def score_batches(scorers: dict[str, Scorer], batches: Iterable[tuple[Sequence[i
     scores = {name: [math.nan] * n for name in scorers}
     components: dict[str, dict[str, list[float]]] = {}
     for index, prompts, images in batches:
-        for name, scorer in scorers.items():
-            for i, value in zip(index, scorer.score(prompts, images).tolist()):
+        with torch.no_grad():
+            scored = {name: (scorer.score(prompts, images), scorer.components(prompts, images))
+                      for name, scorer in scorers.items()}
+        for name, (values, terms) in scored.items():
+            for i, value in zip(index, values.tolist()):
                 scores[name][i] = value
-            for term, values in scorer.components(prompts, images).items():
+            for term, term_values in terms.items():
                 column = components.setdefault(name, {}).setdefault(term, [math.nan] * n)
-                for i, value in zip(index, values.tolist()):
+                for i, value in zip(index, term_values.tolist()):
                     column[i] = value
     return scores, components
 

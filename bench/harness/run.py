@@ -6,6 +6,12 @@ evaluation config); encode the preference data once (cached); then per method an
 train with checkpoints, evaluate on the same prompts and seeds, compare with the base run, and
 write the run record atomically. `resume=True` skips runs whose record exists and continues a
 killed run from its checkpoint.
+
+Budgets of one counted unit nest (`bench.harness.trainer.NESTED_UNITS`: steps, samples, nfe): training does not
+depend on the limit, so a run trained to the largest passes through the state in which each smaller one stops.
+Each method and seed therefore trains once per such unit, to the largest budget not yet recorded, and lands each
+smaller budget's record as training reaches it (`_chains`); the records are those separate runs write, only the
+timings differ. A time budget (seconds, gpu-h) trains on its own.
 """
 
 from __future__ import annotations
@@ -45,10 +51,11 @@ from bench.core.records import (
 from bench.harness.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.harness.evaluation import EvalResult, aggregate, compare_to_base, evaluate
 from bench.harness.prompts import prompt_digest, resolve_prompts
+from bench.harness.reward import ScorerReward, parse_reward
 from bench.harness.suites import Suite
-from bench.harness.trainer import Trainer, declared_step_cost
+from bench.harness.trainer import NESTED_UNITS, Trainer, TrainResult, declared_step_cost
 from bench.toy.paths import toy_dirs
-from methods.alignment import METHODS, AlignmentMethod
+from methods.alignment import METHODS, AlignmentMethod, OnlineMethod
 from metrics import SCORERS, Scorer
 from metrics.build import ScorerOptions, build_scorers, recorded_before_configs
 
@@ -80,6 +87,11 @@ class RunPlan:
     native_space: str | None = None  # the pipeline's prediction space ("eps", "v"); None until it is known
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.harness.tune`)
     algorithms: dict[str, str] = field(default_factory=dict)  # label -> registered method, where they differ
+    reward: str = ""  # what online methods train on (`bench.harness.reward`: "oracle", "pickscore:1,hps:0.5")
+
+    @property
+    def online(self) -> bool:
+        return any(isinstance(method, OnlineMethod) for method in self.methods.values())
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -99,6 +111,7 @@ class RunPlan:
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
+            **({"reward": self.reward} if self.online else {}),  # offline runs keep the configuration they had
             "methods": {name: {**({"algorithm": self.algorithms[name]} if self.algorithms.get(name, name) != name else {}),
                                "config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
@@ -133,8 +146,10 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
              run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
              prompts: str | None = None, dtype: str | None = None,
-             scorer_options: ScorerOptions | None = None, split: str = "test") -> RunPlan:
+             scorer_options: ScorerOptions | None = None, split: str = "test", reward: str | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work.
+
+    `reward` is what online methods train on (default: the suite's primary metric, the oracle on the toy).
 
     `split` picks the suite's evaluation prompts: "test" (reported) or "validation" (what `bench tune`
     evaluates trials on); `prompts` replaces the test prompts (a file or a standard set)."""
@@ -199,7 +214,12 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
                    *resolve_prompts(prompts if prompts is not None else source), split, dtype, scorer_options,
                    tuning={name: suite.tuning[a] for name, a in algorithms.items() if a in suite.tuning},
                    algorithms={name: a for name, a in algorithms.items() if name != a},
-                   native_space=Backbone.native_space_of(pipeline or suite.pipeline))  # records "native" resolved
+                   native_space=Backbone.native_space_of(pipeline or suite.pipeline),  # records "native" resolved
+                   reward=reward or suite.primary_metric)
+    try:
+        parse_reward(plan.reward)
+    except OverrideError as err:
+        raise RunSetupError(str(err)) from None
     manifest = plan.run_dir / "run.json"
     if (holder := foreign_holder(plan.run_dir)) is not None:
         raise RunSetupError(f"run directory {describe_holder(plan.run_dir, holder)}")
@@ -335,11 +355,12 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int 
     `on_record(path, record)` is called as each record lands. Under several processes (accelerate
     launch / torchrun) all of them train and evaluate; the main process alone writes files, and holds the run
     directory (`bench.core.locks`) while it does: a second run into it stops with a RunSetupError naming the
-    holder. `jobs` > 1 trains the plan's independent runs (methods × seeds × budgets) in that many worker
-    processes (`_execute_parallel`), each with its share of the threads; every record is the one `jobs=1` writes
-    at the same thread count per run. `launcher` "slurm" submits each run as a Slurm job through submitit
-    (`launcher_args`: submitit's parameters, e.g. slurm_partition, gpus_per_node, timeout_min), all writing to
-    this (shared) run directory; "submitit-local" runs the same path as local processes."""
+    holder. `jobs` > 1 trains the plan's independent trainings (per method and seed, a chain of nested budgets
+    (`_chains`) or a time budget's run) in that many worker processes (`_execute_parallel`), each with its share of
+    the threads; every record is the one `jobs=1` writes at the same thread count per run. `launcher` "slurm"
+    submits each chain as a Slurm job through submitit (`launcher_args`: submitit's parameters, e.g.
+    slurm_partition, gpus_per_node, timeout_min), all writing to this (shared) run directory; "submitit-local" runs
+    the same path as local processes."""
     if jobs < 1:
         raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
     if launcher not in LAUNCHERS:
@@ -359,6 +380,9 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int 
         raise RunSetupError(f"run directory {err}") from None
 
 
+Run = tuple[Budget, int, str, Path]  # budget, seed, method, record path
+
+
 @dataclass
 class _Session:
     """What every run of a plan shares within one process: scorers, the pipeline, the preference data (encoded
@@ -371,13 +395,14 @@ class _Session:
     splits: dict
     base_eval: EvalResult
     data: object = None
+    reward: ScorerReward | None = None  # of the online methods
 
-    def runs(self) -> list[tuple[Budget, int, str, Path]]:
+    def runs(self) -> list[Run]:
         """(budget, seed, method, record path) in plan order."""
         return [(budget, seed, name, self.plan.run_dir / f"{record_name(name, budget, seed)}.json")
                 for budget, seed, name in itertools.product(self.plan.budgets, self.plan.seeds, self.plan.methods)]
 
-    def pending(self, on_record=None) -> list[tuple[Budget, int, str, Path]]:
+    def pending(self, on_record=None) -> list[Run]:
         """The runs without a record yet; those a resumed run already finished are reported to `on_record`."""
         out = []
         for run in self.runs():
@@ -386,6 +411,23 @@ class _Session:
             elif on_record:
                 on_record(run[3], read_record(run[3]))
         return out
+
+
+def _chains(runs: list[Run]) -> list[list[Run]]:
+    """`runs` grouped into trainings: per method and seed, the budgets of a unit in `NESTED_UNITS` form one chain,
+    smallest first, trained once to its largest (the others are its milestones); a time budget is a chain of its
+    own. Chains in the order of their first run."""
+    chains: dict[tuple, list[Run]] = {}
+    for run in runs:
+        budget, seed, name, _ = run
+        key = (name, seed, budget.unit) if budget.unit in NESTED_UNITS else (name, seed, budget)
+        chains.setdefault(key, []).append(run)
+    return [sorted(chain, key=lambda run: run[0].limit) for chain in chains.values()]
+
+
+def _chain_label(chain: list[Run]) -> str:
+    """"dpo 20000nfe → 40000nfe s0": a chain as its progress bar names it."""
+    return f"{chain[0][2]} {' → '.join(str(run[0]) for run in chain)} s{chain[0][1]}"
 
 
 def _lander(on_record):
@@ -412,7 +454,14 @@ def _open_session(plan: RunPlan, land) -> tuple[_Session, Path]:
     backbone = Backbone.from_pretrained(plan.pipeline, device=state.device, dtype=PIPELINE_DTYPES[plan.dtype])
     if plan.native_space != backbone.native_space:  # unreadable before loading (e.g. a hub id not cached yet)
         plan = dataclasses.replace(plan, native_space=backbone.native_space)
-    session = _Session(plan, scorers, backbone, None, prompt_splits(plan, None), None)
+    reward = ScorerReward(plan.reward, plan.scorer_options.subset(list(parse_reward(plan.reward)))) if plan.online else None
+    for name, method in plan.methods.items():
+        if reward is not None and isinstance(method, OnlineMethod):
+            try:
+                method.check_reward(reward)
+            except ValueError as err:
+                raise RunSetupError(f"{name}: {err}") from None
+    session = _Session(plan, scorers, backbone, None, prompt_splits(plan, None), None, reward=reward)
     if not all(plan.resume and path.exists() for *_, path in session.runs()):
         session.pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split),
                                          plan.suite.max_pairs)
@@ -440,37 +489,45 @@ def _open_session(plan: RunPlan, land) -> tuple[_Session, Path]:
     return session, base_path
 
 
-def _train_and_record(session: _Session, budget: Budget, seed: int, name: str, path: Path, land,
-                      callbacks=None) -> None:
-    """Train one method at one budget and seed (from its checkpoint if there is one), evaluate it on the plan's
-    prompts, compare it with the base model, and land its record."""
+def _train_and_record(session: _Session, chain: list[Run], land, callbacks=None) -> None:
+    """Train one method at one seed to the chain's largest budget (from its checkpoint if there is one); at each of
+    the chain's budgets, evaluate the policy on the plan's prompts, compare it with the base model, and land the
+    record (`_chains`: the smaller budgets are milestones the training passes through). The checkpoint is named
+    after the largest budget's record."""
     plan, backbone, state = session.plan, session.backbone, processes()
     if session.data is None:
         session.data = encode_preferences(backbone, session.pairs)
+    *milestones, (budget, seed, name, _) = chain
+    paths = {run[0]: run[3] for run in chain}
     ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
+
+    def land_record(reached: Budget, result: TrainResult) -> None:
+        evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, session.scorers, progress=plan.progress,
+                                      desc=f"eval {name} {reached}" if milestones else f"eval {name}")
+        data = session.data
+        training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
+                    "history": result.history, "processes": state.num_processes, "device": str(state.device),
+                    "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
+        record = _record(plan, name, seed, _budget_summary(reached.unit, reached.limit, result.usage), training,
+                         evaluation, session.scorers, session.base_eval, backbone, sample_thumbnails(images, plan),
+                         session.splits)
+        land(paths[reached], record)
+
     backbone.nfe.reset()
     trainer = Trainer(plan.methods[name], backbone, session.data, plan.train_configs[name], budget, seed=seed,
-                      checkpoint_path=ckpt, progress=plan.progress, callbacks=callbacks)
-    result = trainer.fit()
-    evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, session.scorers, progress=plan.progress,
-                                  desc=f"eval {name}")
-    data = session.data
-    training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
-                "history": result.history, "processes": state.num_processes, "device": str(state.device),
-                "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
-    record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit, result.usage), training,
-                     evaluation, session.scorers, session.base_eval, backbone, sample_thumbnails(images, plan),
-                     session.splits)
-    land(path, record)
+                      checkpoint_path=ckpt, progress=plan.progress, callbacks=callbacks,
+                      milestones=[run[0] for run in milestones], on_milestone=land_record, reward=session.reward)
+    land_record(budget, trainer.fit())
     if state.is_main_process:
-        ckpt.unlink(missing_ok=True)
+        for run in chain:  # the chain's, and any a smaller budget's separate run left (an earlier version's)
+            (plan.run_dir / f"{record_name(name, run[0], seed)}.ckpt").unlink(missing_ok=True)
 
 
 def _execute_held(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:
     land = _lander(on_record)
     session, base_path = _open_session(plan, land)
-    for budget, seed, name, path in session.pending(on_record if processes().is_main_process else None):
-        _train_and_record(session, budget, seed, name, path, land, trainer_callbacks)
+    for chain in _chains(session.pending(on_record if processes().is_main_process else None)):
+        _train_and_record(session, chain, land, trainer_callbacks)
     return [base_path] + [path for *_, path in session.runs()]
 
 
@@ -484,29 +541,34 @@ def _worker_start(plan: RunPlan, token: str, threads: int, queue) -> None:
     _WORKER["queue"] = queue
 
 
-def _worker_run(budget: Budget, seed: int, name: str, path: str) -> str:
+def _worker_run(chain: list[tuple[Budget, int, str, str]]) -> list[str]:
+    """Train one chain (`_chains`) in this worker; its records land as training reaches them, each reported on the
+    queue ("record", path) as it lands, with the progress ("progress", pid, label, limit, used) after each step."""
     session, queue = _WORKER["session"], _WORKER["queue"]
-    label = f"{name} {budget} s{seed}"
+    chain = [(budget, seed, name, Path(path)) for budget, seed, name, path in chain]
+    largest = chain[-1][0]
+    label = _chain_label(chain)
 
     def report(step: int, logs: dict) -> None:
-        queue.put((os.getpid(), label, budget.limit, logs.get(budget.unit, step)))
+        queue.put(("progress", os.getpid(), label, largest.limit, logs.get(largest.unit, step)))
 
     if queue is not None:
-        report(0, {budget.unit: 0.0})
-    _train_and_record(session, budget, seed, name, Path(path), _lander(None), [report] if queue is not None else None)
-    return path
+        report(0, {largest.unit: 0.0})
+    land = _lander((lambda path, record: queue.put(("record", str(path)))) if queue is not None else None)
+    _train_and_record(session, chain, land, [report] if queue is not None else None)
+    return [str(run[3]) for run in chain]
 
 
-def _cluster_job(plan: RunPlan, token: str, budget: Budget, seed: int, name: str, path: str) -> str:
-    """One run as a submitit job (a Slurm job, or a local process): a worker of its own."""
+def _cluster_job(plan: RunPlan, token: str, chain: list[tuple[Budget, int, str, str]]) -> list[str]:
+    """One chain as a submitit job (a Slurm job, or a local process): a worker of its own."""
     _worker_start(plan, token, torch.get_num_threads(), None)
-    return _worker_run(budget, seed, name, path)
+    return _worker_run(chain)
 
 
 def _execute_submitit(plan: RunPlan, launcher: str, launcher_args: dict, token: str, on_record) -> list[Path]:
-    """The base model and run.json here, then one submitit job per run not yet recorded, with the job logs in
-    `RUN_DIR/jobs/`; a job's failure is raised here with its log's path. The run directory must be on a file
-    system the jobs share."""
+    """The base model and run.json here, then one submitit job per chain of runs not yet recorded (`_chains`), with
+    the job logs in `RUN_DIR/jobs/`; a job's failure is raised here with its log's path. The run directory must be
+    on a file system the jobs share."""
     try:
         import submitit  # optional: pip install 'diffusion-align-bench[cluster]'
     except ImportError:
@@ -520,37 +582,48 @@ def _execute_submitit(plan: RunPlan, launcher: str, launcher_args: dict, token: 
     except (TypeError, ValueError) as err:
         raise RunSetupError(f"--launcher-arg: {err}") from None
     worker_plan = dataclasses.replace(plan, resume=True, progress=False)
-    submitted = [executor.submit(_cluster_job, worker_plan, token, budget, seed, name, str(path))
-                 for budget, seed, name, path in session.pending(on_record)]
+    submitted = [executor.submit(_cluster_job, worker_plan, token, [(*run[:3], str(run[3])) for run in chain])
+                 for chain in _chains(session.pending(on_record))]
     for job in submitted:
-        path = Path(job.result())  # waits; a failed job raises with its log
-        if on_record:
-            on_record(path, read_record(path))
+        for path in map(Path, job.result()):  # waits; a failed job raises with its log
+            if on_record:
+                on_record(path, read_record(path))
     return [base_path] + [path for *_, path in runs]
 
 
 def _execute_parallel(plan: RunPlan, jobs: int, token: str, on_record) -> list[Path]:
-    """The base model and run.json first, here; then each run not yet recorded goes to one of `jobs` spawned worker
-    processes (largest budget first, so the pool ends together), each with 1/jobs of this process's threads and its
-    own copy of the pipeline, scorers and encoded data. Workers write their records atomically; a killed parallel
-    run resumes like any other. One progress bar per worker shows its run."""
+    """The base model and run.json first, here; then each chain of runs not yet recorded (`_chains`: a method and
+    seed's nested budgets, trained once) goes to one of `jobs` spawned worker processes (largest budget first, so
+    the pool ends together), each with 1/jobs of this process's threads and its own copy of the pipeline, scorers
+    and encoded data. Workers write their records atomically as training reaches each budget; a killed parallel run
+    resumes like any other. One progress bar per worker shows its chain."""
     land = _lander(on_record)
     session, base_path = _open_session(plan, land)
     runs = session.runs()
-    pending = sorted(session.pending(on_record), key=lambda r: -r[0].limit)
+    chains = sorted(_chains(session.pending(on_record)), key=lambda chain: -chain[-1][0].limit)
     threads = max(1, torch.get_num_threads() // jobs)
+    reported: set[Path] = set()
+
+    def report(path: Path) -> None:
+        if path not in reported:
+            reported.add(path)
+            if on_record:
+                on_record(path, read_record(path))
+
     with multiprocessing.Manager() as manager:
         queue = manager.Queue()
-        bars, labels = {}, {}  # worker pid -> its progress bar, the run it shows
+        bars, labels = {}, {}  # worker pid -> its progress bar, the chain it shows
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
                                  initargs=(dataclasses.replace(plan, resume=True), token, threads, queue)) as pool:
-            futures = {pool.submit(_worker_run, budget, seed, name, str(path)): path
-                       for budget, seed, name, path in pending}
-            waiting = set(futures)
+            waiting = {pool.submit(_worker_run, [(*run[:3], str(run[3])) for run in chain]) for chain in chains}
             while waiting:
                 done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
-                while not queue.empty():
-                    pid, label, total, used = queue.get()
+                while not queue.empty():  # a worker puts its messages before its chain completes
+                    kind, *message = queue.get()
+                    if kind == "record":
+                        report(Path(message[0]))
+                        continue
+                    pid, label, total, used = message
                     bar = bars.setdefault(pid, progress_bar(total=total, enabled=plan.progress, position=len(bars),
                                                             leave=False))
                     if labels.get(pid) != label:
@@ -560,9 +633,8 @@ def _execute_parallel(plan: RunPlan, jobs: int, token: str, on_record) -> list[P
                     bar.n = min(used, total)
                     bar.refresh()
                 for future in done:
-                    path = Path(future.result())  # a worker's exception surfaces here
-                    if on_record:
-                        on_record(path, read_record(path))
+                    for path in future.result():  # a worker's exception surfaces here
+                        report(Path(path))
         for bar in bars.values():
             bar.close()
     return [base_path] + [path for *_, path in runs]

@@ -75,6 +75,12 @@ def toy_suite() -> Suite:
     splits = split_combos()
     tuned = tuned_settings(root / "tuned.json")
     train_args = {"kto": {"batch_size": 32}, "sft": {"batch_size": 32}}  # binary / image data: 32 items per step
+    # Online methods: rollouts of 10 steps at the evaluation's guidance (papers sample 10-50 steps and evaluate with
+    # more), groups of 4, 4 prompts per collection; untuned until `bench tune` covers them.
+    rollouts = {"steps": 10, "guidance": 3.0}
+    online_args = {"ddpo": rollouts, "grpo": {**rollouts, "group_size": 4}, "draft": rollouts,
+                   "dense-reward": {**rollouts, "rollouts_per_prompt": 4, "kept_per_prompt": 4}}
+    train_args.update(dict.fromkeys(online_args, {"batch_size": 4}))
     return Suite(
         name="toy",
         description="toy world of coloured shapes, tiny SD-shaped pipeline, oracle reward (CPU, minutes)",
@@ -86,7 +92,7 @@ def toy_suite() -> Suite:
         budget=Budget.parse("4e4nfe"),
         train=TrainConfig(lr=3e-5, batch_size=16, weight_decay=0.0, prompt_dropout=0.1, checkpoint_every=50),
         eval=EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0, batch_size=128),
-        method_args={m: t["method_args"] for m, t in tuned.items()},
+        method_args={**online_args, **{m: t["method_args"] for m, t in tuned.items()}},
         train_args={m: {**train_args.get(m, {}), **tuned.get(m, {}).get("train_args", {})}
                     for m in {*train_args, *tuned}},
         search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet

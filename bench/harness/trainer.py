@@ -16,6 +16,14 @@ The budget meter decides before each step whether it fits; every step's cost is 
 images, NFE from the Backbone's counter, seconds). A checkpoint (policy, optimizer, LR schedule,
 sampler position, generator state, meter, history) is written atomically every `checkpoint_every`
 steps and at the end; `fit()` continues from it, so a killed run resumes to the same numbers.
+
+Nested budgets. Nothing in training depends on the budget's limit (the learning-rate schedule is a warmup in
+steps, every draw comes from the seed), so a run trained to a larger limit of a counted unit (`NESTED_UNITS`)
+passes through exactly the state in which a run with a smaller limit stops. `milestones` are such smaller limits:
+before a step, once the next step no longer fits under a milestone, the trainer checkpoints, hands a frozen copy
+of the policy with the usage, steps and history so far to `on_milestone` (as `fit()` would return them for that
+budget) and trains on. The callback runs under a forked global RNG and on a copy of the weights, so whatever it
+does (e.g. evaluate) leaves training as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +46,17 @@ from bench.core.budget import Budget, BudgetMeter, Usage
 from bench.core.config import TrainConfig
 from bench.core.progress import progress_bar
 from bench.core.records import atomic_output
-from bench.harness.batches import BatchSampler
+from bench.harness.batches import BatchSampler, ExperienceSampler
 from bench.harness.data import EncodedPreferences
-from methods.alignment.base import AlignmentMethod, ImageBatch, PairBatch
+from methods.alignment.base import AlignmentMethod, ImageBatch, OnlineMethod, PairBatch, Reward
 from methods.shards import sample_uniform, sharded
 
 log = logging.getLogger(__name__)
+
+# Budget units in which a run trained to a larger limit passes through the state a smaller limit stops in: counted,
+# so the same for every run of a seed. Time units are measured: a run stopped at 90 s need not stop where a longer
+# run is at 90 s, so each of their limits trains on its own.
+NESTED_UNITS = ("steps", "samples", "nfe")
 
 
 @dataclass
@@ -57,7 +70,8 @@ class TrainResult:
 def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str, processes: int = 1) -> float:
     """A step's worst-case cost in `unit` from the method's declaration (time units: unknown, 0)."""
     items = config.batch_size * config.grad_accum * processes
-    images_per_item = 2 if method.data_kind == "pairs" else 1
+    images_per_item = (method.samples_per_prompt() if isinstance(method, OnlineMethod)
+                       else 2 if method.data_kind == "pairs" else 1)
     return {"steps": 1, "samples": items * images_per_item, "nfe": items * method.max_nfe_per_item(),
             "seconds": 0.0, "gpu-h": 0.0}[unit]
 
@@ -73,15 +87,35 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 class Trainer:
     def __init__(self, method: AlignmentMethod, base: Backbone, data: EncodedPreferences, config: TrainConfig,
                  budget: Budget, *, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
-                 progress: bool = True, callbacks: list[Callable[[int, dict], None]] | None = None):
+                 progress: bool = True, callbacks: list[Callable[[int, dict], None]] | None = None,
+                 milestones: Sequence[Budget] = (), on_milestone: Callable[[Budget, TrainResult], None] | None = None,
+                 reward: Reward | None = None):
+        """`callbacks(step, logs)` run after every step. `milestones`: smaller limits of the budget's unit (one of
+        `NESTED_UNITS`) that training passes through; at each, `on_milestone(milestone, result)` receives what `fit()`
+        would return had the budget been that milestone (see the module docstring). `reward`: what an online method
+        (data kind `prompts`) maximises; it samples for the prompts of `data`."""
+        if isinstance(method, OnlineMethod) and reward is None:
+            raise ValueError(f"{method.name} is an online method: it needs a reward to train on")
         self.method, self.base, self.data, self.config, self.budget = method, base, data, config, budget
+        self.reward = reward
+        # micro-batches per optimizer step: grad_accum item batches, each `accumulation()` micro-batches for an
+        # online method (e.g. one per trained timestep)
+        self.micro_batches = config.grad_accum * (method.accumulation() if isinstance(method, OnlineMethod) else 1)
         self.seed = seed
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.progress = progress
         self.callbacks = callbacks or []
+        for milestone in milestones:
+            if milestone.unit != budget.unit or milestone.unit not in NESTED_UNITS or not milestone.limit < budget.limit:
+                raise ValueError(f"milestone {milestone} does not nest in budget {budget}: a milestone is a smaller "
+                                 f"limit in the budget's unit, one of {', '.join(NESTED_UNITS)}")
+        if len(set(milestones)) != len(milestones):
+            raise ValueError(f"a milestone is listed twice: {', '.join(map(str, milestones))}")
+        self.milestones = sorted(milestones, key=lambda m: m.limit)
+        self.on_milestone = on_milestone
 
-    def _prompt_dropout(self, batch: PairBatch | ImageBatch, rng: torch.Generator) -> None:
-        if self.config.prompt_dropout == 0:
+    def _prompt_dropout(self, batch, rng: torch.Generator) -> None:
+        if self.config.prompt_dropout == 0 or not isinstance(batch, PairBatch | ImageBatch):  # online: no dropout
             return
         drop = sample_uniform(len(batch), rng) < self.config.prompt_dropout
         batch.cond = batch.cond.where(drop.to(batch.cond.embeds.device), self.base.null_conditioning(len(batch)))
@@ -92,7 +126,7 @@ class Trainer:
         # and accumulation, so start from a clean state (the process group, PartialState, is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=self.micro_batches,
                                   cpu=self.base.device.type == "cpu")
         # trainable weights in float32 (float64 for a float64 base), whatever the frozen base's storage
         unet = torch.nn.Module.to(copy.deepcopy(self.base.unet), self.base.latent_dtype).train().requires_grad_(True)
@@ -112,31 +146,61 @@ class Trainer:
     def _loop(self, accelerator, unet, optimizer, schedule, params, policy, reference) -> TrainResult:
         cfg, world = self.config, accelerator.num_processes
         rng = torch.Generator().manual_seed(self.seed)
-        weights = self.method.sampling_weights(self.data.desirable) if self.method.data_kind == "binary" else None
-        sampler = BatchSampler(self.data, self.method.data_kind, cfg.batch_size, self.seed, weights, accelerator.device)
+        if isinstance(self.method, OnlineMethod):
+            sampler = ExperienceSampler(self.method, policy, self.data, self.reward, cfg.batch_size, self.seed,
+                                        accelerator.device)
+        else:
+            weights = self.method.sampling_weights(self.data.desirable) if self.method.data_kind == "binary" else None
+            sampler = BatchSampler(self.data, self.method.data_kind, cfg.batch_size, self.seed, weights,
+                                   accelerator.device)
         meter = BudgetMeter(self.budget)
+        meter_before: dict | None = meter.state_dict()  # the meter before the last step (a checkpoint's position)
         history: list[dict] = []
-        step = 0
+        step = saved = 0
+        declared = declared_step_cost(self.method, cfg, self.budget.unit, world)
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-            accelerator.unwrap_model(unet).load_state_dict(state["policy"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            rng.set_state(state["rng"])
-            sampler.load_state_dict(state["sampler"])
-            meter.load_state_dict(state["meter"])
-            history, step = state["history"], state["step"]
-            log.info("resumed %s from step %d (%s used)", self.method.name, step, meter.used)
+            if self._trained_past_a_stop(state, declared):
+                log.warning("%s: checkpoint %s was trained past one of this run's budgets (%s); training from the "
+                            "start instead", self.method.name, self.checkpoint_path,
+                            ", ".join(map(str, (*self.milestones, self.budget))))
+            else:
+                accelerator.unwrap_model(unet).load_state_dict(state["policy"])
+                optimizer.load_state_dict(state["optimizer"])
+                schedule.load_state_dict(state["schedule"])
+                rng.set_state(state["rng"])
+                sampler.load_state_dict(state["sampler"])
+                meter.load_state_dict(state["meter"])
+                history, step = state["history"], state["step"]
+                meter_before, saved = state.get("meter_before"), step
+                log.info("resumed %s from step %d (%s used)", self.method.name, step, meter.used)
 
-        declared = declared_step_cost(self.method, cfg, self.budget.unit, world)
+        stops = list(self.milestones)  # milestones not reached yet, smallest first
+        desc = " → ".join(map(str, (*stops, self.budget))) if stops else ""
         bar = progress_bar(total=self.budget.limit, initial=meter.used.get(self.budget.unit),
-                           enabled=self.progress and accelerator.is_main_process, desc=f"train {self.method.name}",
-                           unit=self.budget.unit, leave=False)
-        while meter.fits(declared):
+                           enabled=self.progress and accelerator.is_main_process,
+                           desc=f"train {self.method.name} {desc}".rstrip(), unit=self.budget.unit, leave=False)
+
+        def checkpoint() -> bool:
+            nonlocal saved
+            if not getattr(sampler, "resumable", True):  # mid-collection: the next step that ends one checkpoints
+                return False
+            self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, meter_before, history, step)
+            saved = step
+            return True
+
+        due = False
+        while True:
+            while stops and not _meter_at(stops[0], meter.state_dict()).fits(declared):
+                if self.checkpoint_path is not None and saved != step:
+                    checkpoint()  # a separate run of this budget checkpoints here too, at its end
+                self._reach(stops.pop(0), accelerator, unet, meter, step, history)
+            if not meter.fits(declared):
+                break
             nfe_before, t0 = self.base.nfe.total, time.perf_counter()
             logs: dict[str, float] = {}
-            images = 0
-            for _ in range(cfg.grad_accum):
+            images, scored_before = 0, getattr(sampler, "images", 0)
+            for _ in range(self.micro_batches):
                 with accelerator.accumulate(unet):
                     batch = sampler.next(rng)
                     self._prompt_dropout(batch, rng)
@@ -147,30 +211,62 @@ class Trainer:
                         logs["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                images += len(batch) * (2 if isinstance(batch, PairBatch) else 1) * world
+                if not isinstance(self.method, OnlineMethod):
+                    images += len(batch) * (2 if isinstance(batch, PairBatch) else 1) * world
                 for key, value in out.logs.items():
-                    logs[key] = logs.get(key, 0.0) + value / cfg.grad_accum
+                    logs[key] = logs.get(key, 0.0) + value / self.micro_batches
+            if isinstance(self.method, OnlineMethod):  # the images it sampled and scored this step
+                images = sampler.images - scored_before
+                logs["reward_images"] = float(sampler.images)
             schedule.step()
             step += 1
             nfe, seconds = self.base.nfe.total - nfe_before, time.perf_counter() - t0
             if world > 1:
                 nfe, seconds = self._reduce_across_processes(logs, nfe, seconds, world)
             usage = Usage(steps=1, samples=images, nfe=nfe, seconds=seconds, device_seconds=seconds * world)
+            meter_before = meter.state_dict()
             meter.add(usage)
             logs.update(step=step, lr=schedule.get_last_lr()[0], nfe=meter.used.nfe, seconds=meter.used.seconds)
             history.append(logs)
             bar.update(usage.get(self.budget.unit))
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
-            if self.checkpoint_path is not None and step % cfg.checkpoint_every == 0:
-                self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step)
+            if self.checkpoint_path is not None and (step % cfg.checkpoint_every == 0 or due):
+                due = not checkpoint()  # an online method's checkpoint waits for the end of its collection
             for callback in self.callbacks:
                 callback(step, logs)
         bar.close()
-        if self.checkpoint_path is not None:
-            self._save(accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step)
+        if self.checkpoint_path is not None and saved != step:
+            checkpoint()
         final = accelerator.unwrap_model(unet, keep_fp32_wrapper=False).eval().requires_grad_(False)
         torch.nn.Module.to(final, self.base.dtype)  # evaluated as the base model is
         return TrainResult(self.base.with_unet(final), meter.used, step, history)
+
+    def _reach(self, milestone: Budget, accelerator, unet, meter: BudgetMeter, step: int, history: list[dict]) -> None:
+        """Hand `on_milestone` what `fit()` returns at the end of a run whose budget is `milestone`: the policy (a frozen
+        copy in the base's dtype, as `fit()` casts it), the usage, steps and history so far. It runs under a forked
+        global RNG (CPU and the device's), on a copy: training goes on from the same weights and generator states."""
+        if self.on_milestone is None:
+            return
+        trained = accelerator.unwrap_model(unet)  # the module itself, its autocast wrapper left in place
+        frozen = copy.deepcopy(self.base.unet)  # in the base's storage dtype, frozen, in eval mode
+        frozen.load_state_dict(trained.state_dict())  # float32 -> the base's dtype, rounded as `fit()`'s .to() rounds
+        result = TrainResult(self.base.with_unet(frozen), meter.used, step, list(history))
+        devices = [self.base.device] if self.base.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self.on_milestone(milestone, result)
+
+    def _trained_past_a_stop(self, state: dict, declared: float) -> bool:
+        """Whether a checkpoint went on training after one of this run's milestones or its budget would have stopped
+        it (it was written by a run of a larger budget): then it holds no state this run passes through. A checkpoint
+        written at a stop (the meter no longer fits it, but fitted before the last step) is on the path."""
+        before = state.get("meter_before")
+        for stop in (*self.milestones, self.budget):
+            if before is not None:
+                if not _meter_at(stop, before).fits(declared):
+                    return True
+            elif stop is not self.budget and not _meter_at(stop, state["meter"]).fits(declared):
+                return True  # an earlier version's checkpoint, at or past a milestone: which of the two is unknown
+        return False
 
     @staticmethod
     def _reduce_across_processes(logs: dict[str, float], nfe: int, seconds: float, world: int) -> tuple[int, float]:
@@ -185,7 +281,7 @@ class Trainer:
         logs.update({k: float(v) / world for k, v in zip(keys, sums[1:])})
         return int(sums[0]), float(slowest)
 
-    def _save(self, accelerator, unet, optimizer, schedule, rng, sampler, meter, history, step) -> None:
+    def _save(self, accelerator, unet, optimizer, schedule, rng, sampler, meter, meter_before, history, step) -> None:
         state = {
             "policy": accelerator.unwrap_model(unet).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -193,6 +289,7 @@ class Trainer:
             "rng": rng.get_state(),
             "sampler": sampler.state_dict(),
             "meter": meter.state_dict(),
+            "meter_before": meter_before,
             "history": history,
             "step": step,
         }
@@ -200,3 +297,11 @@ class Trainer:
             with atomic_output(self.checkpoint_path) as tmp:
                 torch.save(state, tmp)
         accelerator.wait_for_everyone()
+
+
+def _meter_at(budget: Budget, state: dict) -> BudgetMeter:
+    """A meter for `budget` at a recorded position (`BudgetMeter.state_dict()`): whether a step fits under another
+    limit of the same unit."""
+    meter = BudgetMeter(budget)
+    meter.load_state_dict(state)
+    return meter

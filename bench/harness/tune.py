@@ -16,18 +16,34 @@ resumed sweep asks the same values, and reaches the same best trials, as an unin
 asked again runs in the killed one's directory, so its checkpoint (or its finished record) is reused. With a
 shared `--storage`, workers seed and name directories by trial number instead (two workers must not ask
 the same values).
+
+Several worker processes (`tune(plan, jobs=N)`, as `bench run --jobs`: spawned, each with 1/N of the threads).
+Trial i of a method is seeded with i and, as TPE's first K/2 trials draw from its seeded random sampler, the
+values of those start-up trials do not depend on any result: they run concurrently. A later trial is asked, as in a
+serial sweep, once every earlier trial of its method has completed (TPE conditions on them; Optuna's own
+`n_jobs` would ask it earlier, against running trials, and so ask values that depend on timing), so one method's
+second half runs one trial at a time, next to other methods' trials. Every trial thus gets the values, the
+directory, the record and the objective of the serial sweep, the best trials and final records are the same (at
+equal threads per run, as `bench run --jobs`); only the study's trial numbers can differ after a resumed sweep
+(they count asks). The final runs are `execute(..., jobs=N)`. With a shared `--storage`, N processes behave as
+N machines sharing the study: trials are asked as workers free up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from bench.core.budget import Budget
 from bench.core.config import TrainConfig
+from bench.core.progress import progress_bar
 from bench.core.records import TUNING, new_record, read_record, write_json_atomic
 from bench.core.search_space import Space, search_space
 from bench.harness.run import RunPlan, RunSetupError, execute, plan_run
@@ -143,28 +159,157 @@ def _completed(study) -> list:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
-def tune_method(plan: TunePlan, method: str) -> dict:
-    """Run the method's trials until `plan.trials` have completed; returns its summary (best and every trial)."""
-    import optuna
+def startup_trials(plan: TunePlan) -> int:
+    """How many of a method's first trials TPE draws from its random sampler (seeded, blind to results)."""
+    return max(1, plan.trials // 2)
 
-    study = _study(plan, method)
-    space = trial_space(plan.suite, method)
-    while len(done := _completed(study)) < plan.trials:
-        offset = len(done) if plan.storage is None else len(study.get_trials(deepcopy=False))
-        study.sampler = optuna.samplers.TPESampler(seed=plan.seed * 100_003 + offset,
-                                                   n_startup_trials=max(1, plan.trials // 2))
-        trial = study.ask()
-        params = {name: s.suggest(trial, name) for name, s in space.items()}
-        log.info("%s trial %d: %s", method, trial.number, params)
-        try:
-            value, attrs = run_trial(plan, method, params, offset)
-        except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
+
+def trial_index(trial, rank: int) -> int:
+    """A completed trial's index: the user attribute `index` it records, or, for a trial of an earlier version (which
+    ran trials one at a time and recorded none), `rank`, its place among the study's completed trials."""
+    return trial.user_attrs.get("index", rank)
+
+
+class _Sweep:
+    """One method's study while its trials run: which trial indices have completed, which are running, and which may
+    be asked now. Trial i is seeded with i and runs in `trials/METHOD/trial-i` (local storage; with a shared
+    `--storage`, i is the trial's number)."""
+
+    def __init__(self, plan: TunePlan, method: str):
+        self.plan, self.method = plan, method
+        self.study = _study(plan, method)
+        self.space = trial_space(plan.suite, method)
+        self.running: dict[int, object] = {}  # trial index -> the asked Optuna trial
+
+    def completed(self) -> set[int]:
+        """The indices of the completed trials (`trial_index`)."""
+        return {trial_index(t, rank) for rank, t in enumerate(sorted(_completed(self.study), key=lambda t: t.number))}
+
+    def remaining(self) -> int:
+        return max(0, self.plan.trials - len(_completed(self.study)))
+
+    def next_index(self) -> int | None:
+        """The trial that may be asked now, or None: any start-up trial not yet completed or running; a later one when
+        every trial before it has completed, as in a serial sweep."""
+        if self.plan.storage is not None:  # a shared study: other machines ask too; count every trial asked
+            if len(self.running) < self.remaining():
+                return len(self.study.get_trials(deepcopy=False))
+            return None
+        done = self.completed()
+        waiting = [i for i in range(self.plan.trials) if i not in done and i not in self.running]
+        if not waiting:
+            return None
+        first = waiting[0]
+        return first if first < startup_trials(self.plan) or not self.running else None
+
+    def finished(self) -> bool:
+        return not self.running and not self.remaining()
+
+    def ask(self, index: int) -> tuple[object, dict]:
+        import optuna
+
+        self.study.sampler = optuna.samplers.TPESampler(seed=self.plan.seed * 100_003 + index,
+                                                        n_startup_trials=startup_trials(self.plan))
+        trial = self.study.ask()
+        params = {name: s.suggest(trial, name) for name, s in self.space.items()}
+        trial.set_user_attr("index", index)
+        self.running[index] = trial
+        log.info("%s trial %d: %s", self.method, trial.number, params)
+        return trial, params
+
+    def tell(self, index: int, result: tuple[float, dict] | None) -> None:
+        """The trial's (objective, attributes), or None: it failed."""
+        import optuna
+
+        trial = self.running.pop(index)
+        if result is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        value, attrs = result
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
-        study.tell(trial, value)
-    return summarize(study, plan)
+        self.study.tell(trial, value)
+
+
+class _Inline:
+    """Runs each submitted call at once, in this process: the executor of `jobs=1` (a sweep as it always ran)."""
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # a KeyboardInterrupt too: the trial is told failed, then it is raised
+            future.set_exception(err)
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _trial_pool(jobs: int):
+    """`jobs` spawned worker processes, each with 1/jobs of this process's threads (as `bench run --jobs`)."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(threads,))
+
+
+def _run_trial(plan: TunePlan, method: str, params: dict, number: int) -> tuple[float, dict]:
+    return run_trial(plan, method, params, number)  # looked up when called: a worker runs this module's
+
+
+def tune_methods(plan: TunePlan, methods: list[str], *, jobs: int = 1, on_method=None) -> dict[str, dict]:
+    """Run every method's trials until `plan.trials` have completed for each; returns method -> summary (best and
+    every trial), calling `on_method(method, summary)` as each method's sweep completes. `jobs` > 1 runs trials in
+    that many worker processes (see the module docstring: the same trials and values as `jobs=1`). A failed trial is
+    told failed and raised once the trials running next to it have finished (and been told)."""
+    if jobs < 1:
+        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
+    sweeps = [_Sweep(plan, method) for method in methods]
+    summaries: dict[str, dict] = {}
+    worker_plan = dataclasses.replace(plan, progress=False) if jobs > 1 else plan  # workers' bars would interleave
+    bar = progress_bar(total=sum(sweep.remaining() for sweep in sweeps), enabled=plan.progress and jobs > 1,
+                       desc="tune trials", unit="trial")
+    running: dict[Future, tuple[_Sweep, int]] = {}
+    error: BaseException | None = None
+    with _trial_pool(jobs) if jobs > 1 else _Inline() as pool:
+        try:
+            while True:
+                for sweep in sweeps:  # in plan order: with one job, a method's trials, then the next method's
+                    if sweep.method not in summaries and sweep.finished():
+                        summaries[sweep.method] = summarize(sweep.study, plan)
+                        if on_method:
+                            on_method(sweep.method, summaries[sweep.method])
+                    while error is None and len(running) < jobs and (index := sweep.next_index()) is not None:
+                        _, params = sweep.ask(index)
+                        running[pool.submit(_run_trial, worker_plan, sweep.method, params, index)] = (sweep, index)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    sweep, index = running.pop(future)
+                    try:
+                        sweep.tell(index, future.result())
+                    except BaseException as err:
+                        sweep.tell(index, None)
+                        error = error or err
+                    bar.update()
+        except BaseException:
+            for sweep, index in running.values():  # interrupted here: the trials still running are lost
+                sweep.tell(index, None)
+            raise
+        finally:
+            bar.close()
+    if error is not None:
+        raise error
+    return summaries
+
+
+def tune_method(plan: TunePlan, method: str, *, jobs: int = 1) -> dict:
+    """Run the method's trials until `plan.trials` have completed; returns its summary (best and every trial)."""
+    return tune_methods(plan, [method], jobs=jobs)[method]
 
 
 def run_trial(plan: TunePlan, method: str, params: dict, number: int) -> tuple[float, dict]:
@@ -183,8 +328,10 @@ def run_trial(plan: TunePlan, method: str, params: dict, number: int) -> tuple[f
 
 
 def summarize(study, plan: TunePlan) -> dict:
-    """Best trial, every completed trial and the tuning cost (trials x budget, NFE and seconds used)."""
-    trials = sorted(_completed(study), key=lambda t: t.number)[: plan.trials]
+    """Best trial, every completed trial (in the order of their indices) and the tuning cost (trials x budget, NFE and
+    seconds used)."""
+    done = sorted(_completed(study), key=lambda t: t.number)
+    trials = [t for _, t in sorted(((trial_index(t, rank), t.number), t) for rank, t in enumerate(done))][: plan.trials]
     best = (max if study.direction.name == "MAXIMIZE" else min)(trials, key=lambda t: (t.value, -t.number))
     method_args, train_args = split_params(best.params)
     return {
@@ -208,14 +355,22 @@ def tuning_provenance(objective: str, summary: dict) -> dict:
             "study": summary["study"]}
 
 
-def tune(plan: TunePlan, *, final: bool = True) -> dict:
-    """Tune every method, write `tune.json` (after each method, atomically), then retrain the best settings on
-    the final seeds and budgets and evaluate them on the test prompts (`final/`)."""
+def tune(plan: TunePlan, *, final: bool = True, jobs: int = 1) -> dict:
+    """Tune every method, write `tune.json` (atomically, as each method's sweep completes), then retrain the best
+    settings on the final seeds and budgets and evaluate them on the test prompts (`final/`). `jobs` > 1: trials and
+    final runs in that many worker processes, with the same trials, values and records (module docstring)."""
+    if jobs < 1:
+        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
     out = {"suite": plan.suite.name, "budget": str(plan.budget), "trials": plan.trials, "objective": plan.objective,
            "seed": plan.seed, "split": "validation", "storage": plan.storage or "tune.db", "methods": {}}
-    for method in plan.methods:
-        out["methods"][method] = tune_method(plan, method)
+    tuned: dict[str, dict] = {}
+
+    def write(method: str, summary: dict) -> None:
+        tuned[method] = summary
+        out["methods"] = {m: tuned[m] for m in plan.methods if m in tuned}  # in plan order, whichever finished first
         write_json_atomic(plan.run_dir / "tune.json", new_record(TUNING, **out))
+
+    tune_methods(plan, plan.methods, jobs=jobs, on_method=write)
     if final:
         final_plan = plan_run(
             plan.suite, plan.methods, budgets=plan.final_budgets, seeds=plan.final_seeds,
@@ -224,7 +379,7 @@ def tune(plan: TunePlan, *, final: bool = True) -> dict:
             run_dir=plan.run_dir / "final", resume=(plan.run_dir / "final" / "run.json").exists(),
             progress=plan.progress, scorer_options=plan.scorer_options)
         final_plan.tuning = {m: tuning_provenance(plan.objective, s) for m, s in out["methods"].items()}
-        out["final_records"] = [str(p) for p in execute(final_plan)]
+        out["final_records"] = [str(p) for p in execute(final_plan, jobs=jobs)]
         write_json_atomic(plan.run_dir / "tune.json", new_record(TUNING, **out))
     return new_record(TUNING, **out)
 

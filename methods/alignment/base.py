@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -34,7 +34,7 @@ from methods.shards import sample_noise, sample_timesteps
 
 METHODS: Registry[type[AlignmentMethod]] = Registry("method", entry_point_group="diffusion_align_bench.methods")
 
-DATA_KINDS = ("pairs", "binary", "images")
+DATA_KINDS = ("pairs", "binary", "images", "prompts")  # prompts: an online method samples its own images
 NATIVE = "native"  # loss_space: the backbone's own prediction space
 LOSS_SPACES = (NATIVE, *SPACES)
 
@@ -134,6 +134,63 @@ class AlignmentMethod(ABC):
     def sampling_weights(self, desirable: torch.Tensor) -> torch.Tensor | None:
         """For `binary` data: relative probability of drawing each image, or None for uniform."""
         return None
+
+
+class Reward(Protocol):
+    """What an online method maximises: a score per image (B,) of decoded images (B, 3, H, W) in [0, 1] with their
+    prompts; `differentiable` says whether gradients flow from the score to the pixels (reward backpropagation
+    needs it). Built by the harness from the scorers (`bench run --reward`)."""
+
+    name: str
+    differentiable: bool
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor: ...
+
+
+@dataclass
+class PromptBatch:
+    """What an online method (data kind `prompts`) samples for: prompts of the training data and the reward."""
+
+    cond: Conditioning  # (B,) text conditioning
+    prompts: list[str]  # (B,)
+    prompt_ids: torch.Tensor  # (B,) index of each prompt in the training prompts (the groups of group statistics)
+    reward: Reward
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class OnlineMethod(AlignmentMethod, data_kind="prompts", kind="online"):
+    """A method that trains on its own samples: `collect` samples the policy for a batch of prompts, scores the
+    samples with the reward and returns the experience as micro-batches in training order; the trainer passes each
+    micro-batch to `loss` (under `accumulation()` gradient-accumulation steps per micro-batch of the optimizer step:
+    e.g. one per trained timestep, as DDPO accumulates over timesteps) and collects again when they are used up.
+    An item is a prompt: `max_nfe_per_item` is the worst case per prompt of an optimizer step, a collection (all its
+    samples' rollouts) included."""
+
+    @abstractmethod
+    def collect(self, policy: Backbone, batch: PromptBatch, rng: torch.Generator) -> list:
+        """Sample, score and turn into micro-batches for `loss` (without gradients)."""
+
+    def accumulation(self) -> int:
+        """Micro-batches (of `collect`'s) per item batch of an optimizer step, accumulated into one update."""
+        return 1
+
+    def samples_per_prompt(self) -> int:
+        """Images a collection samples (and scores) per prompt."""
+        return 1
+
+    def check_reward(self, reward: Reward) -> None:
+        """ValueError (one line) if this method cannot train on `reward` (e.g. reward backpropagation on a reward
+        without gradients); the harness asks before any work."""
+
+    def state_dict(self) -> dict:
+        """State the method carries across collections (e.g. DDPO's per-prompt reward statistics), checkpointed with
+        the run; none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict`."""
 
 
 @dataclass

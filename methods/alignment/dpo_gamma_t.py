@@ -22,6 +22,7 @@ spaces differ most: ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t, and ᾱ_t i
 default v-space loss weighs these steps far more than the ε-space one (mean ᾱ_t under γ = 0.9, 50
 steps, is 0.075 on SD's schedule). On ε-models (SD 1.5, SDXL) the default is ε-space, as in Diffusion-DPO.
 Defaults: γ = 0.9 and N = 50 (the paper's single-prompt setting); β = 5000 as in `dpo.py`.
+`safeguard=true` adds Diffusion-SDPO's winner-preserving rescaling of the losers' gradient (see `dpo.py`).
 Cost per pair: as DPO, 8F.
 """
 
@@ -33,8 +34,8 @@ import torch
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import METHODS, AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs
-from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
+from methods.alignment.base import METHODS, AlignmentMethod, LossOutput, PairBatch, noise_pairs
+from methods.alignment.dpo import BETA_SEARCH, SafeguardConfig, pair_preference_loss
 from methods.checks import require
 from methods.shards import sample_categorical
 
@@ -45,7 +46,7 @@ GAMMA_SEARCH = FloatRange(0.7, 1.0)
 
 
 @dataclass
-class DPOGammaTConfig(MethodConfig):
+class DPOGammaTConfig(SafeguardConfig):
     beta: float = field(default=5000.0, metadata={"help": "DPO β (as `dpo`: official Diffusion-DPO default)",
                                                   "search": BETA_SEARCH})
     gamma: float = field(default=0.9, metadata={"help": "temporal discount γ in (0, 1]; p(step i) ∝ γ^i, i = 0 noisiest",
@@ -78,7 +79,7 @@ class DPOGammaT(AlignmentMethod, name="dpo-gamma-t", data_kind="pairs", needs_re
         cfg = self.config
         t = sample_discounted_timesteps(policy, len(batch), cfg.sampling_steps, cfg.gamma, rng)  # (B,)
         pairs = noise_pairs(policy, batch, self.loss_space(policy), rng, t)
-        out = pair_preference_loss(policy, reference, pairs, cfg.beta)
+        out = pair_preference_loss(policy, reference, pairs, cfg.beta, cfg.safeguard_margin(policy.family))
         out.logs["mean_t"] = t.float().mean().item()
         return out
 

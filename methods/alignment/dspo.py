@@ -24,6 +24,11 @@ launcher's β = 0.001, z ≈ 0 and the loss is ≈ ‖R_w − 0.0005 D_w‖², a
 Defaults: β = 0.001 for the SD 1.5 form (`launchers/sd15.sh`; README grid {0.001, 0.01, 0.05}),
 5000 for the SDXL form (`launchers/sdxl.sh` and the argparse default; README grid 1000-5000).
 Cost per pair: policy forward+backward on 2 latents (6F) and a reference forward on 2 (2F) = 8F.
+
+`safeguard=true`: Diffusion-SDPO's winner-preserving rescaling (see `dpo.py`), as its repo drops it into DSPO
+(AIDC-AI/Diffusion-SDPO @1c83c65, `train.py`, `train_method == 'dspo'`): the losers' errors enter z with their
+gradient scaled by λ; R_w and D_w are untouched. μ defaults to that repo's DSPO launchers, 0.2 for the SD 1.5 form
+and 0.6 for the SDXL form (`scripts/train/sd15_dspo.sh`, `sdxl_dspo.sh`).
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ import torch
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import AlignmentMethod, LossOutput, MethodConfig, PairBatch, noise_pairs
-from methods.alignment.dpo import dpo_loss
+from methods.alignment.base import AlignmentMethod, LossOutput, PairBatch, noise_pairs
+from methods.alignment.dpo import SafeguardConfig, dpo_loss, scale_gradient, winner_preserving_scale
 from methods.checks import require
 
 FORMS = ("auto", "sd15", "sdxl")
 DEFAULT_BETA = {"sd15": 0.001, "sdxl": 5000.0}  # launchers/sd15.sh, launchers/sdxl.sh
 SDXL_DRIFT_THRESHOLD = 0.1  # train.py, SDXL branch: `pred2.pow(2).mean(...).mean() >= 0.1`
+SAFEGUARD_MU = {"sd15": 0.2, "sdxl": 0.6}  # Diffusion-SDPO's scripts/train/sd15_dspo.sh, sdxl_dspo.sh
 
 
 # β search range, log-uniform: the README's grids, SD 1.5 form {0.001, 0.01, 0.05} and SDXL form 1000-5000,
@@ -51,11 +57,14 @@ BETA_SEARCH = FloatRange(1e-4, 1e4, log=True)
 
 
 @dataclass
-class DSPOConfig(MethodConfig):
+class DSPOConfig(SafeguardConfig):
     beta: float | None = field(default=None, metadata={
         "help": "β in z and in the SD 1.5 loss; None: the launcher value of the form used (SD 1.5 0.001, SDXL 5000)",
         "search": BETA_SEARCH})
     form: str = field(default="auto", metadata={"help": "'sd15', 'sdxl' or 'auto' (follow the policy's family)"})
+    safeguard_mu: float | None = field(default=None, kw_only=True, metadata={
+        "help": "safeguard margin μ in [0, 1] (larger: more conservative); None: Diffusion-SDPO's DSPO launcher value "
+                "for the form used (SD 1.5 0.2, SDXL 0.6)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,12 +73,16 @@ class DSPOConfig(MethodConfig):
 
 
 def dspo_loss(policy_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, beta: float,
-              form: str) -> tuple[torch.Tensor, torch.Tensor]:
+              form: str, safeguard_mu: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, z) from the policy's and reference's predictions and the target, all in one space, each
-    (2B, C, H, W) stacked [winners; losers]."""
+    (2B, C, H, W) stacked [winners; losers]; with `safeguard_mu`, the losers' errors enter z with their gradient
+    scaled by Diffusion-SDPO's λ."""
     policy_err = ((policy_pred - target) ** 2).mean(dim=(1, 2, 3))  # (2B,)
     ref_err = ((ref_pred - target) ** 2).mean(dim=(1, 2, 3))
-    _, z = dpo_loss(*policy_err.chunk(2), *ref_err.chunk(2), beta)  # (B,)
+    policy_w, policy_l = policy_err.chunk(2)  # (B,) each
+    if safeguard_mu is not None:
+        policy_l = scale_gradient(policy_l, winner_preserving_scale(policy_pred - target, safeguard_mu))
+    _, z = dpo_loss(policy_w, policy_l, *ref_err.chunk(2), beta)  # (B,)
     residual_w = (policy_pred - target).chunk(2)[0]  # R_w (B, C, H, W)
     drift_w = (policy_pred - ref_pred).chunk(2)[0]  # D_w (B, C, H, W)
     weight = (1 - torch.sigmoid(z)).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
@@ -97,7 +110,7 @@ class DSPO(AlignmentMethod, name="dspo", data_kind="pairs", needs_reference=True
             ref_pred = reference.prediction(pairs.x_t, pairs.t, pairs.cond, pairs.space).float()
         form = self.form_for(policy)
         beta = self.config.beta if self.config.beta is not None else DEFAULT_BETA[form]
-        loss, z = dspo_loss(policy_pred, ref_pred, target, beta, form)
+        loss, z = dspo_loss(policy_pred, ref_pred, target, beta, form, self.config.safeguard_margin(form, SAFEGUARD_MU))
         return LossOutput(loss, {
             "loss": loss.item(),
             "implicit_acc": (z > 0).float().mean().item(),

@@ -33,6 +33,7 @@ carry them with the rest of the method's config. Records store them resolved: ev
 inverter's Config (in faithful mode, the official DDIM settings).
 
 Defaults: β = 2000 (official SD 1.5 example; SDXL uses 5000), 10 grid steps, noise 0.1.
+`safeguard=true` adds Diffusion-SDPO's winner-preserving rescaling of the losers' gradient (see `dpo.py`).
 Cost per pair: 8F as DPO, plus the inverter's no-grad forwards: one per image per inversion step with
 DDIM (≤ 10 steps: ≤ 28F), two with EDICT.
 """
@@ -45,15 +46,8 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.config import OverrideError, apply_overrides, as_dict
-from methods.alignment.base import (
-    AlignmentMethod,
-    LossOutput,
-    MethodConfig,
-    NoisyLatents,
-    PairBatch,
-    sample_timesteps,
-)
-from methods.alignment.dpo import BETA_SEARCH, pair_preference_loss
+from methods.alignment.base import AlignmentMethod, LossOutput, NoisyLatents, PairBatch, sample_timesteps
+from methods.alignment.dpo import BETA_SEARCH, SafeguardConfig, pair_preference_loss
 from methods.checks import require
 from methods.inversion.base import SAMPLERS
 from methods.inversion.ddim import DDIMConfig
@@ -63,7 +57,7 @@ MODES = ("faithful", "exact")
 
 
 @dataclass
-class InPOConfig(MethodConfig):
+class InPOConfig(SafeguardConfig):
     # β: the DPO-family range (see dpo.py), with InPO's examples' 2000 (SD 1.5) and 5000 (SDXL) inside. The
     # inversion settings stay fixed: they define the method (the official grid) rather than tune it.
     beta: float = field(default=2000.0, metadata={"help": "DPO β (official SD 1.5 example; SDXL 5000)",
@@ -149,7 +143,8 @@ class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True
         eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
         space = self.loss_space(policy)
         target = policy.target(x0, eps_hat, t, space)  # ε̂, or a_t ε̂ − s_t x0 in v-space
-        out = pair_preference_loss(policy, reference, NoisyLatents(x_t, t, cond, target, space), self.config.beta)
+        out = pair_preference_loss(policy, reference, NoisyLatents(x_t, t, cond, target, space), self.config.beta,
+                                   self.config.safeguard_margin(policy.family))
         out.logs["inversion_steps"] = float((levels[1:] != levels[:-1]).sum(0).float().mean())
         return out
 

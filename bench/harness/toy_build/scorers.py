@@ -306,6 +306,7 @@ def pair_accuracy(score_0: torch.Tensor, score_1: torch.Tensor, label_0: torch.T
     return float(right.mean()) if keep.any() else float("nan")
 
 
+@torch.no_grad()
 def proxy_report(scorers: dict, pipeline: str | Path | None, held_out_pairs: PreferenceTensors | None,
                  *, seed: int = 0, n_renders: int = 256, progress: bool = False) -> dict:
     """Spearman ρ of each scorer with the oracle on (a) base-model samples of the evaluation prompts
