@@ -121,6 +121,10 @@ def run(
     reward: str = typer.Option(None, help="what online methods (ddpo, grpo, draft, dense-reward) train on: a scorer or "
                                "a weighted sum, e.g. toy-pickscore or pickscore:1,hps:0.5; default: the suite's primary "
                                "metric (the oracle on the toy). Evaluation scores every metric either way"),
+    curve_every: float = typer.Option(None, "--curve-every", help="online methods: evaluate on the validation prompts "
+                                      "(one image each, every metric) every this many training NFE, the reward-hacking "
+                                      "curve in the record's history (val/METRIC); 0: never; default: the suite's "
+                                      "(toy 1e4)"),
     method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE, e.g. inpo.inversion=ddim "
                                          "(fields: `bench list METHOD`)"),
     train_arg: list[str] = typer.Option([], "--train-arg", "-t",
@@ -174,7 +178,7 @@ def run(
         request = run_request(suite, methods=methods, budgets=budget, seeds=seeds, method_args=method_arg,
                               train_args=train_arg, scorers=scorers, run_dir=run_dir, resume=resume, progress=not quiet,
                               pipeline=pipeline, data=data, prompts=prompts, dtype=dtype, dry_run=dry_run,
-                              reward=reward)
+                              reward=reward, curve_every=curve_every)
         _deprecated(request.notices)
         plan, the_suite = request.plan, request.suite
         if dry_run:

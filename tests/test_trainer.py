@@ -247,3 +247,31 @@ def test_an_online_method_without_a_reward_is_refused(toy_setup):
     backbone, data = toy_setup
     with pytest.raises(ValueError, match="grpo is an online method: it needs a reward"):
         Trainer(METHODS.get("grpo")(), backbone, data, TrainConfig(), Budget.parse("1steps"))
+
+
+def test_probes_run_at_nfe_multiples_on_a_copy_and_leave_training_as_it_was(toy_setup):
+    """A probe (the reward curve) samples images and draws from the global RNG; training goes on as without it."""
+    from test_online_methods import RedReward
+
+    backbone, data = toy_setup
+    grpo = METHODS.get("grpo")
+    calls = []
+
+    def probe(result):
+        calls.append(result.usage.nfe)
+        torch.rand(10)  # a draw from the global generator, as sampling makes
+        with torch.no_grad():
+            images = result.policy.decode(torch.randn(1, *result.policy.latent_shape))
+        return {"val/red": float(images[:, 0].mean())}
+
+    def train(**probing):
+        config = TrainConfig(lr=1e-3, batch_size=2)
+        method = grpo(grpo.Config(steps=3, group_size=2, guidance=1.0, clip_range=0.2))
+        return Trainer(method, backbone, data, config, Budget.parse("5steps"), seed=0, progress=False,
+                       reward=RedReward(), **probing).fit()
+
+    plain = train()
+    probed = train(probe_every=60.0, on_probe=probe)  # each step costs 2 prompts x 2 samples x (3 + 2 x 3) = 36 NFE
+    assert calls == [72, 144, 180]  # the steps that reach 60, 120 and 180
+    assert [h["loss"] for h in probed.history] == [h["loss"] for h in plain.history]
+    assert [("val/red" in h) for h in probed.history] == [False, True, False, True, True]

@@ -88,6 +88,7 @@ class RunPlan:
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> how its settings were tuned (`bench.harness.tune`)
     algorithms: dict[str, str] = field(default_factory=dict)  # label -> registered method, where they differ
     reward: str = ""  # what online methods train on (`bench.harness.reward`: "oracle", "pickscore:1,hps:0.5")
+    curve_every: float = 0.0  # online methods: NFE between evaluations on the validation prompts (0: none)
 
     @property
     def online(self) -> bool:
@@ -111,7 +112,7 @@ class RunPlan:
             "budgets": [{"unit": b.unit, "limit": b.limit} for b in self.budgets],
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
-            **({"reward": self.reward} if self.online else {}),  # offline runs keep the configuration they had
+            **({"reward": self.reward, "curve_every": self.curve_every} if self.online else {}),  # offline: as before
             "methods": {name: {**({"algorithm": self.algorithms[name]} if self.algorithms.get(name, name) != name else {}),
                                "config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
@@ -146,10 +147,12 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
              run_dir: Path, resume: bool = False,
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
              prompts: str | None = None, dtype: str | None = None,
-             scorer_options: ScorerOptions | None = None, split: str = "test", reward: str | None = None) -> RunPlan:
+             scorer_options: ScorerOptions | None = None, split: str = "test", reward: str | None = None,
+             curve_every: float | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work.
 
-    `reward` is what online methods train on (default: the suite's primary metric, the oracle on the toy).
+    `reward` is what online methods train on (default: the suite's primary metric, the oracle on the toy);
+    `curve_every` how often (NFE) they are evaluated on the validation prompts during training (default: the suite's).
 
     `split` picks the suite's evaluation prompts: "test" (reported) or "validation" (what `bench tune`
     evaluates trials on); `prompts` replaces the test prompts (a file or a standard set)."""
@@ -215,7 +218,10 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
                    tuning={name: suite.tuning[a] for name, a in algorithms.items() if a in suite.tuning},
                    algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline),  # records "native" resolved
-                   reward=reward or suite.primary_metric)
+                   reward=reward or suite.primary_metric,
+                   curve_every=suite.curve_every if curve_every is None else curve_every)
+    if plan.curve_every < 0:
+        raise RunSetupError(f"--curve-every must be >= 0, got {plan.curve_every}")
     try:
         parse_reward(plan.reward)
     except OverrideError as err:
@@ -396,6 +402,13 @@ class _Session:
     base_eval: EvalResult
     data: object = None
     reward: ScorerReward | None = None  # of the online methods
+    _validation: list[str] | None = None
+
+    def validation_prompts(self) -> list[str]:
+        """The suite's validation prompts (resolved once): what online runs' reward curves are measured on."""
+        if self._validation is None:
+            self._validation = list(resolve_prompts(self.plan.suite.prompts_for("validation"))[0])
+        return self._validation
 
     def runs(self) -> list[Run]:
         """(budget, seed, method, record path) in plan order."""
@@ -513,10 +526,17 @@ def _train_and_record(session: _Session, chain: list[Run], land, callbacks=None)
                          session.splits)
         land(paths[reached], record)
 
+    def probe(result: TrainResult) -> dict[str, float]:  # the reward curve: every metric on the validation prompts
+        curve_eval = dataclasses.replace(plan.eval, images_per_prompt=1)
+        evaluation, _ = evaluate(result.policy, session.validation_prompts(), curve_eval, session.scorers)
+        return {f"val/{metric}": sum(values) / len(values) for metric, values in evaluation.scores.items()}
+
+    online = isinstance(plan.methods[name], OnlineMethod)
     backbone.nfe.reset()
     trainer = Trainer(plan.methods[name], backbone, session.data, plan.train_configs[name], budget, seed=seed,
                       checkpoint_path=ckpt, progress=plan.progress, callbacks=callbacks,
-                      milestones=[run[0] for run in milestones], on_milestone=land_record, reward=session.reward)
+                      milestones=[run[0] for run in milestones], on_milestone=land_record, reward=session.reward,
+                      probe_every=plan.curve_every if online else 0.0, on_probe=probe if online else None)
     land_record(budget, trainer.fit())
     if state.is_main_process:
         for run in chain:  # the chain's, and any a smaller budget's separate run left (an earlier version's)

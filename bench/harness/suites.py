@@ -46,6 +46,8 @@ class Suite:
     # "METHOD.FIELD" for one method's config.
     search: dict[str, Space] = field(default_factory=dict)
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> provenance of its tuned settings (records)
+    # online methods: evaluate on the validation prompts (one image each) every this many NFE of training (0: never)
+    curve_every: float = 0.0
 
     @property
     def primary_metric(self) -> str:
@@ -97,6 +99,7 @@ def toy_suite() -> Suite:
                     for m in {*train_args, *tuned}},
         search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet
         tuning={m: t["tuning"] for m, t in tuned.items()},
+        curve_every=1e4,
     )
 
 

@@ -89,11 +89,14 @@ class Trainer:
                  budget: Budget, *, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
                  progress: bool = True, callbacks: list[Callable[[int, dict], None]] | None = None,
                  milestones: Sequence[Budget] = (), on_milestone: Callable[[Budget, TrainResult], None] | None = None,
-                 reward: Reward | None = None):
+                 reward: Reward | None = None, probe_every: float = 0.0,
+                 on_probe: Callable[[TrainResult], dict[str, float]] | None = None):
         """`callbacks(step, logs)` run after every step. `milestones`: smaller limits of the budget's unit (one of
         `NESTED_UNITS`) that training passes through; at each, `on_milestone(milestone, result)` receives what `fit()`
         would return had the budget been that milestone (see the module docstring). `reward`: what an online method
-        (data kind `prompts`) maximises; it samples for the prompts of `data`."""
+        (data kind `prompts`) maximises; it samples for the prompts of `data`. `on_probe(result)` runs after each
+        step at which the NFE used crosses a multiple of `probe_every` (0: never), like `on_milestone` on a frozen copy
+        under a forked RNG; the values it returns join that step's logs (the history: e.g. a reward curve)."""
         if isinstance(method, OnlineMethod) and reward is None:
             raise ValueError(f"{method.name} is an online method: it needs a reward to train on")
         self.method, self.base, self.data, self.config, self.budget = method, base, data, config, budget
@@ -113,6 +116,9 @@ class Trainer:
             raise ValueError(f"a milestone is listed twice: {', '.join(map(str, milestones))}")
         self.milestones = sorted(milestones, key=lambda m: m.limit)
         self.on_milestone = on_milestone
+        if probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0, got {probe_every}")
+        self.probe_every, self.on_probe = probe_every, on_probe
 
     def _prompt_dropout(self, batch, rng: torch.Generator) -> None:
         if self.config.prompt_dropout == 0 or not isinstance(batch, PairBatch | ImageBatch):  # online: no dropout
@@ -224,9 +230,12 @@ class Trainer:
             if world > 1:
                 nfe, seconds = self._reduce_across_processes(logs, nfe, seconds, world)
             usage = Usage(steps=1, samples=images, nfe=nfe, seconds=seconds, device_seconds=seconds * world)
-            meter_before = meter.state_dict()
+            meter_before, nfe_used_before = meter.state_dict(), meter.used.nfe
             meter.add(usage)
             logs.update(step=step, lr=schedule.get_last_lr()[0], nfe=meter.used.nfe, seconds=meter.used.seconds)
+            if self.on_probe is not None and self.probe_every and (
+                    meter.used.nfe // self.probe_every > nfe_used_before // self.probe_every):
+                logs.update(self._on_frozen_copy(self.on_probe, accelerator, unet, meter, step, history))
             history.append(logs)
             bar.update(usage.get(self.budget.unit))
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
@@ -245,15 +254,21 @@ class Trainer:
         """Hand `on_milestone` what `fit()` returns at the end of a run whose budget is `milestone`: the policy (a frozen
         copy in the base's dtype, as `fit()` casts it), the usage, steps and history so far. It runs under a forked
         global RNG (CPU and the device's), on a copy: training goes on from the same weights and generator states."""
-        if self.on_milestone is None:
-            return
+        if self.on_milestone is not None:
+            self._on_frozen_copy(lambda result: self.on_milestone(milestone, result), accelerator, unet, meter, step,
+                                 history)
+
+    def _on_frozen_copy(self, fn, accelerator, unet, meter: BudgetMeter, step: int, history: list[dict]):
+        """`fn(result)` with the policy so far (a frozen copy in the base's dtype, as `fit()` casts it), the usage, steps
+        and history, under a forked global RNG (CPU and the device's): training goes on from the same weights and
+        generator states."""
         trained = accelerator.unwrap_model(unet)  # the module itself, its autocast wrapper left in place
         frozen = copy.deepcopy(self.base.unet)  # in the base's storage dtype, frozen, in eval mode
         frozen.load_state_dict(trained.state_dict())  # float32 -> the base's dtype, rounded as `fit()`'s .to() rounds
         result = TrainResult(self.base.with_unet(frozen), meter.used, step, list(history))
         devices = [self.base.device] if self.base.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            self.on_milestone(milestone, result)
+            return fn(result)
 
     def _trained_past_a_stop(self, state: dict, declared: float) -> bool:
         """Whether a checkpoint went on training after one of this run's milestones or its budget would have stopped
