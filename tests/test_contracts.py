@@ -232,6 +232,7 @@ def _train(name: str, backbone, pairs, steps: int, config: TrainConfig):
 
 
 OFFLINE_METHODS = [name for name in METHODS.names() if METHODS.get(name).kind == "offline"]
+TRAINED_METHODS = [name for name in METHODS.names() if METHODS.get(name).kind != "inference-time"]  # the trainer's
 
 
 @pytest.mark.parametrize("name", OFFLINE_METHODS)  # online methods train in one process for now (`ExperienceSampler`)
@@ -268,7 +269,7 @@ def test_method_draws_the_same_for_a_batch_and_for_its_shards(tiny_backbone, nam
         assert sum(losses) / 2 == pytest.approx(loss, rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", TRAINED_METHODS)  # inference-time methods: tests/test_doodl.py checks generate's NFE
 def test_method_steps_cost_the_declared_nfe(tiny_backbone, toy_pairs, name):
     """Each optimizer step's measured NFE (a backward counting as 2 forwards) is `declared_step_cost`, the worst
     case the budget meter plans with: exactly, or for a method whose cost varies what its logs say, never more."""
@@ -283,7 +284,7 @@ def test_method_steps_cost_the_declared_nfe(tiny_backbone, toy_pairs, name):
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", TRAINED_METHODS)
 def test_method_trains_a_step(request, toy_pairs, name, family):
     backbone = request.getfixturevalue({"sd": "tiny_backbone", "sdxl": "tiny_sdxl_backbone"}[family])
     before = {k: v.clone() for k, v in backbone.unet.state_dict().items()}

@@ -308,3 +308,30 @@ def test_set_metric_bad_input_exits_2_and_writes_nothing(in_tmp, args, message):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert list(in_tmp.iterdir()) == []
+
+
+def test_a_toy_run_records_the_set_metrics_of_its_samples_against_renders_of_its_prompts(tiny_toy_dir, tmp_path):
+    """`bench run` on a suite with set metrics: every record (base and method) holds each metric's values with CIs,
+    computed on its own evaluation images against one reference set (ground-truth renders of the evaluated prompts)."""
+    import dataclasses
+
+    from bench.core.budget import Budget
+    from bench.core.records import read_record
+    from bench.harness.run import execute, plan_run
+    from bench.harness.suites import get_suite
+
+    toy = get_suite("toy")
+    prompts = toy.eval_prompts[:8]
+    suite = dataclasses.replace(toy, pipeline=str(tiny_toy_dir / "pipeline"), eval_prompts=prompts,
+                                preference_data=str(tiny_toy_dir / "prefs.parquet"),
+                                eval=dataclasses.replace(toy.eval, images_per_prompt=2, steps=2))
+    plan = plan_run(suite, ["sft"], budgets=[Budget.parse("1steps")], run_dir=tmp_path / "run", progress=False)
+    paths = execute(plan)
+    base, sft = (read_record(path) for path in paths)
+    for record in (base, sft):
+        assert set(record["set_metrics"]) == {"fd-toyclip", "prdc-toyclip", "vendi-toyclip"}
+        assert record["reference_set"] == {"reference": "toy-renders", "n": 2 * len(prompts), "seed": 1}
+        fd = record["set_metrics"]["fd-toyclip"]["values"]["fd"]
+        assert fd["ci_low"] <= fd["value"] <= fd["ci_high"] and fd["value"] > 0
+    assert base["set_metrics"] != sft["set_metrics"]  # each record measures its own images
+    assert plan.config()["set_metrics"] == ["fd-toyclip", "prdc-toyclip", "vendi-toyclip"]

@@ -209,6 +209,7 @@ def test_the_toy_suites_base_evaluation_is_shipped_with_the_build(monkeypatch, t
     (`bench/toy/assets/base/`, keyed like the cache) instead of sampling 256 images again."""
     from bench.core.backbone import Backbone
     from bench.harness import run as run_module
+    from bench.harness.evaluation import SetEvaluation
     from bench.harness.suites import get_suite
     from bench.toy.paths import SHIPPED_TOY_DIR
     from metrics.build import build_scorers
@@ -224,8 +225,11 @@ def test_the_toy_suites_base_evaluation_is_shipped_with_the_build(monkeypatch, t
     plan = run_module.plan_run(suite, ["dpo"], run_dir=tmp_path / "run", progress=False)
     scorers = build_scorers(list(suite.metrics), plan.scorer_options)
     backbone = Backbone.from_pretrained(plan.pipeline)
-    record = run_module.base_record(backbone, plan, scorers)
-    shipped = read_record(SHIPPED_TOY_DIR / "base" / f"{run_module._base_cache_key(backbone, plan, scorers)}.json")
+    sets = SetEvaluation.build(plan.set_metrics, suite.reference)
+    record = run_module.base_record(backbone, plan, scorers, sets)
+    key = run_module._base_cache_key(backbone, plan, scorers, sets)
+    shipped = read_record(SHIPPED_TOY_DIR / "base" / f"{key}.json")
     assert record["evaluation"]["scores"] == shipped["evaluation"]["scores"]
+    assert record["set_metrics"] == shipped["set_metrics"] and set(record["set_metrics"]) == set(suite.set_metrics)
     assert len(shipped["evaluation"]["scores"]["oracle"]) == 256
     assert record["config"] == plan.config() and not (tmp_path / "empty-cache" / "base").exists()

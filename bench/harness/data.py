@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,30 @@ def as_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0 if img.mode != "F" else max(float(array.max()), 1.0)
         img = Image.fromarray(np.clip(array / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
     return img.convert("RGB")
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """(3, H, W) float RGB in [0, 1] at the file's own size (each scorer preprocesses as its model expects)."""
+    with Image.open(path) as img:
+        array = np.asarray(as_rgb(img), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def image_batches(files: tuple[Path, ...] | None, images: torch.Tensor | None, prompts: list[str],
+                  batch_size: int) -> Iterator[tuple[list[int], list[str], torch.Tensor]]:
+    """(image indices, prompts, images (B, 3, H, W)) for `score_batches`: slices of `images`, or `batch_size` files
+    read at a time and grouped by size (a batch holds images of one size)."""
+    for start in range(0, len(prompts), batch_size):
+        index = list(range(start, min(start + batch_size, len(prompts))))
+        if files is None:
+            yield index, [prompts[i] for i in index], images[index[0]:index[-1] + 1]
+            continue
+        loaded = {i: load_image(files[i]) for i in index}
+        sizes: dict[tuple[int, ...], list[int]] = {}
+        for i, tensor in loaded.items():
+            sizes.setdefault(tuple(tensor.shape), []).append(i)
+        for group in sizes.values():
+            yield group, [prompts[i] for i in group], torch.stack([loaded[i] for i in group])
 
 
 def decode_images(blobs: list[bytes], size: int) -> torch.Tensor:

@@ -280,7 +280,7 @@ def budget_plan(budget: Budget, nfe_step: float, samples_step: float, processes:
     cost = {"steps": 1, "samples": samples_step, "nfe": nfe_step,
             "gpu-h": nfe_step * seconds_per_nfe / 3600 if timed else None,
             "seconds": nfe_step * seconds_per_nfe / processes if timed else None}[budget.unit]
-    if cost is None:
+    if not cost:  # unknown without a time per NFE, or 0: a method that does not train (inference-time) buys no steps
         return {"budget": str(budget), "steps": None, "samples": None, "nfe": None, "gpu_hours": None, "wall_hours": None}
     steps = math.floor(budget.limit / cost * (1 + 1e-12))  # the meter's `used + cost <= limit`, float-safe
     nfe = steps * nfe_step

@@ -49,14 +49,15 @@ from bench.core.records import (
     write_json_atomic,
 )
 from bench.harness.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
-from bench.harness.evaluation import EvalResult, aggregate, compare_to_base, evaluate
+from bench.harness.evaluation import EvalResult, SetEvaluation, aggregate, compare_to_base, evaluate
 from bench.harness.prompts import prompt_digest, resolve_prompts
 from bench.harness.reward import ScorerReward, parse_reward
 from bench.harness.suites import Suite
 from bench.harness.trainer import NESTED_UNITS, Trainer, TrainResult, declared_step_cost
 from bench.toy.paths import toy_dirs
 from methods.alignment import METHODS, AlignmentMethod, OnlineMethod
-from metrics import SCORERS, Scorer
+from methods.inference import InferenceTimeMethod
+from metrics import SCORERS, SET_METRICS, Scorer
 from metrics.build import ScorerOptions, build_scorers, recorded_before_configs
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,12 @@ class RunPlan:
     algorithms: dict[str, str] = field(default_factory=dict)  # label -> registered method, where they differ
     reward: str = ""  # what online methods train on (`bench.harness.reward`: "oracle", "pickscore:1,hps:0.5")
     curve_every: float = 0.0  # online methods: NFE between evaluations on the validation prompts (0: none)
+    set_metrics: tuple[str, ...] = ()  # the suite's set metrics (`metrics.sets`)
 
     @property
     def online(self) -> bool:
-        return any(isinstance(method, OnlineMethod) for method in self.methods.values())
+        """Whether a method uses the reward: one that trains on it (online) or spends inference on it."""
+        return any(isinstance(method, OnlineMethod | InferenceTimeMethod) for method in self.methods.values())
 
     def config(self) -> dict:
         """The full configuration, as stored in run.json and in every record."""
@@ -113,6 +116,7 @@ class RunPlan:
             "seeds": self.seeds,
             "eval": as_dict(self.eval),
             **({"reward": self.reward, "curve_every": self.curve_every} if self.online else {}),  # offline: as before
+            **({"set_metrics": list(self.set_metrics), "reference": self.suite.reference} if self.set_metrics else {}),
             "methods": {name: {**({"algorithm": self.algorithms[name]} if self.algorithms.get(name, name) != name else {}),
                                "config": m.describe(self.native_space), "train": as_dict(self.train_configs[name])}
                         for name, m in self.methods.items()},
@@ -219,7 +223,10 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
                    algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline),  # records "native" resolved
                    reward=reward or suite.primary_metric,
-                   curve_every=suite.curve_every if curve_every is None else curve_every)
+                   curve_every=suite.curve_every if curve_every is None else curve_every, set_metrics=suite.set_metrics)
+    SET_METRICS.check(list(plan.set_metrics))
+    if suite.reference is None and any(SET_METRICS.get(name).needs_reference for name in plan.set_metrics):
+        raise RunSetupError(f"the {suite.name} suite's set metrics need a reference set, and it names none")
     if plan.curve_every < 0:
         raise RunSetupError(f"--curve-every must be >= 0, got {plan.curve_every}")
     try:
@@ -265,11 +272,13 @@ def _scorer_identity(described: dict) -> dict:
     return {**described, "weights": weights}
 
 
-def _base_cache_key(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> str:
+def _base_cache_key(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer],
+                    sets: SetEvaluation | None = None) -> str:
     identities = {name: _scorer_identity(scorer.describe()) for name, scorer in scorers.items()}
+    described = {**({"sets": json.loads(json.dumps(sets.describe())), "reference": sets.reference} if sets else {})}
     payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"), "dtype": plan.dtype,
                           "text": backbone.fingerprint("text"), "prompts": plan.prompts, "eval": as_dict(plan.eval),
-                          "scorers": identities, "schema": SCHEMA_VERSION}, sort_keys=True)
+                          "scorers": identities, "schema": SCHEMA_VERSION, **described}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -288,12 +297,12 @@ def sample_thumbnails(images: torch.Tensor, plan: RunPlan, size: int = 128) -> d
     return {"indices": list(range(k)), "png_base64": [base64.b64encode(png_bytes(img)).decode() for img in thumbs]}
 
 
-def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -> dict:
+def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer], sets: SetEvaluation | None = None) -> dict:
     """The base model's record, from the cache when this pipeline, prompts, evaluation config and scorers (their
     weights' SHA256s, HPS version, CLIP backbone) were seen before, here or where the toy build ships them
     (`<toy dir>/base/`: the toy suite's test and validation evaluations, so a first run does not recompute what
     never changes between runs)."""
-    key = f"{_base_cache_key(backbone, plan, scorers)}.json"
+    key = f"{_base_cache_key(backbone, plan, scorers, sets)}.json"
     cached = cache_dir() / "base" / key
     for found in (cached, *(d / "base" / key for d in toy_dirs())):
         if not found.exists():
@@ -303,11 +312,14 @@ def base_record(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer]) -
         except RecordError as err:
             log.warning("ignoring unreadable base cache: %s", err)
         else:
-            return _record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None,
-                           EvalResult.from_dict(stored["evaluation"]), scorers, None, backbone, stored["samples"])
-    result, images = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress, desc="eval base")
+            set_fields = {key: stored[key] for key in SET_FIELDS if key in stored}
+            return {**_record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None,
+                              EvalResult.from_dict(stored["evaluation"]), scorers, None, backbone, stored["samples"]),
+                    **set_fields}
+    result, images = evaluate(backbone, plan.prompts, plan.eval, scorers, progress=plan.progress, desc="eval base",
+                              features=sets.backbones if sets else None)
     record = _record(plan, "base", None, _budget_summary(plan.budgets[0].unit, 0), None, result, scorers, None,
-                     backbone, sample_thumbnails(images, plan))
+                     backbone, sample_thumbnails(images, plan), sets=sets)
     if processes().is_main_process:
         write_json_atomic(cached, record)
     return record
@@ -323,9 +335,12 @@ def prompt_splits(plan: RunPlan, train_prompts: list[str] | None) -> dict:
     return splits
 
 
+SET_FIELDS = ("set_metrics", "set_metric_descriptions", "reference_set")  # a record's set metrics (`SetEvaluation`)
+
+
 def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training: dict | None, result: EvalResult,
             scorers: dict[str, Scorer], base: EvalResult | None, backbone: Backbone, samples: dict,
-            splits: dict | None = None) -> dict:
+            splits: dict | None = None, sets: SetEvaluation | None = None) -> dict:
     record = new_record(
         ALIGNMENT_RUN,
         suite=plan.suite.name,
@@ -345,6 +360,8 @@ def _record(plan: RunPlan, method: str, seed: int | None, budget: dict, training
     if base is not None:
         wins, deltas = compare_to_base(result, base, scorers, plan.eval)
         record["win_rate_vs_base"], record["delta_vs_base"] = wins, deltas
+    if sets is not None:
+        record.update(sets.fields(result))
     return record
 
 
@@ -402,6 +419,7 @@ class _Session:
     base_eval: EvalResult
     data: object = None
     reward: ScorerReward | None = None  # of the online methods
+    sets: SetEvaluation | None = None  # the set metrics
     _validation: list[str] | None = None
 
     def validation_prompts(self) -> list[str]:
@@ -469,12 +487,13 @@ def _open_session(plan: RunPlan, land) -> tuple[_Session, Path]:
         plan = dataclasses.replace(plan, native_space=backbone.native_space)
     reward = ScorerReward(plan.reward, plan.scorer_options.subset(list(parse_reward(plan.reward)))) if plan.online else None
     for name, method in plan.methods.items():
-        if reward is not None and isinstance(method, OnlineMethod):
+        if reward is not None and isinstance(method, OnlineMethod | InferenceTimeMethod):
             try:
                 method.check_reward(reward)
             except ValueError as err:
                 raise RunSetupError(f"{name}: {err}") from None
-    session = _Session(plan, scorers, backbone, None, prompt_splits(plan, None), None, reward=reward)
+    sets = SetEvaluation.build(plan.set_metrics, plan.suite.reference)
+    session = _Session(plan, scorers, backbone, None, prompt_splits(plan, None), None, reward=reward, sets=sets)
     if not all(plan.resume and path.exists() for *_, path in session.runs()):
         session.pairs = preference_pairs(load_pickapic(plan.preference_data, plan.suite.preference_split),
                                          plan.suite.max_pairs)
@@ -496,7 +515,7 @@ def _open_session(plan: RunPlan, land) -> tuple[_Session, Path]:
                                     "weights, version or backbone); start a new --run-dir")
         land(base_path, base, write=False)
     else:
-        base = {**base_record(backbone, plan, scorers), "splits": session.splits}
+        base = {**base_record(backbone, plan, scorers, session.sets), "splits": session.splits}
         land(base_path, base)
     session.base_eval = EvalResult.from_dict(base["evaluation"])
     return session, base_path
@@ -508,22 +527,26 @@ def _train_and_record(session: _Session, chain: list[Run], land, callbacks=None)
     record (`_chains`: the smaller budgets are milestones the training passes through). The checkpoint is named
     after the largest budget's record."""
     plan, backbone, state = session.plan, session.backbone, processes()
-    if session.data is None:
-        session.data = encode_preferences(backbone, session.pairs)
     *milestones, (budget, seed, name, _) = chain
     paths = {run[0]: run[3] for run in chain}
+    if isinstance(plan.methods[name], InferenceTimeMethod):
+        _evaluate_inference_time(session, name, seed, chain, land)
+        return
+    if session.data is None:
+        session.data = encode_preferences(backbone, session.pairs)
     ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
 
     def land_record(reached: Budget, result: TrainResult) -> None:
         evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, session.scorers, progress=plan.progress,
-                                      desc=f"eval {name} {reached}" if milestones else f"eval {name}")
+                                      desc=f"eval {name} {reached}" if milestones else f"eval {name}",
+                                      features=session.sets.backbones if session.sets else None)
         data = session.data
         training = {"steps": result.steps, "final_loss": result.history[-1].get("loss") if result.history else None,
                     "history": result.history, "processes": state.num_processes, "device": str(state.device),
                     "data": {"pairs": data.num_pairs, "images": data.num_images, "prompts": len(data.prompts)}}
         record = _record(plan, name, seed, _budget_summary(reached.unit, reached.limit, result.usage), training,
                          evaluation, session.scorers, session.base_eval, backbone, sample_thumbnails(images, plan),
-                         session.splits)
+                         session.splits, sets=session.sets)
         land(paths[reached], record)
 
     def probe(result: TrainResult) -> dict[str, float]:  # the reward curve: every metric on the validation prompts
@@ -541,6 +564,29 @@ def _train_and_record(session: _Session, chain: list[Run], land, callbacks=None)
     if state.is_main_process:
         for run in chain:  # the chain's, and any a smaller budget's separate run left (an earlier version's)
             (plan.run_dir / f"{record_name(name, run[0], seed)}.ckpt").unlink(missing_ok=True)
+
+
+def _evaluate_inference_time(session: _Session, name: str, seed: int, chain: list[Run], land) -> None:
+    """An inference-time method (e.g. DOODL): no training; evaluation makes each image with the method from the base
+    model's initial noise, and the record holds its cost per evaluated image (`inference`) beside a training cost of 0.
+    The budgets of the chain bound training, which it does not do: each gets the same record."""
+    plan, backbone = session.plan, session.backbone
+    method = plan.methods[name]
+    backbone.nfe.reset()
+    evaluation, images = evaluate(backbone, plan.prompts, plan.eval, session.scorers, progress=plan.progress,
+                                  desc=f"eval {name}", features=session.sets.backbones if session.sets else None,
+                                  inference=(method, session.reward, seed))
+    training = {"steps": 0, "final_loss": None, "history": [], "processes": processes().num_processes,
+                "device": str(processes().device), "data": None}
+    inference = {"nfe": evaluation.nfe, "images": len(evaluation.prompts),
+                 "nfe_per_image": evaluation.nfe / len(evaluation.prompts),
+                 "declared_nfe_per_image": method.max_nfe_per_image(), "seconds": evaluation.seconds,
+                 "reward": plan.reward}
+    for budget, _, _, path in chain:
+        record = _record(plan, name, seed, _budget_summary(budget.unit, budget.limit), training, evaluation,
+                         session.scorers, session.base_eval, backbone, sample_thumbnails(images, plan), session.splits,
+                         sets=session.sets)
+        land(path, {**record, "inference": inference})
 
 
 def _execute_held(plan: RunPlan, *, on_record=None, trainer_callbacks=None) -> list[Path]:

@@ -14,6 +14,8 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.progress import progress_bar
+from methods.alignment.base import Reward
+from methods.inference import InferenceTimeMethod
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -39,6 +41,23 @@ def sample_latents(backbone: Backbone, cond: Conditioning, seeds: list[int], *, 
         eps = backbone.eps(x, int(t), cond, guidance)
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample
     return x
+
+
+def generate_inference_time(backbone: Backbone, method: InferenceTimeMethod, prompts: list[str], seeds: list[int],
+                            reward: Reward, *, run_seed: int = 0, progress: bool = False,
+                            desc: str = "sampling") -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] of an inference-time method (e.g. DOODL): image i from the base model's own
+    initial noise for seeds[i] (so the comparison with the base stays paired), one image per call with its own
+    generator for what the method draws (seeded from the run's seed and seeds[i], never the noise's seed), so an
+    image does not depend on its batch and runs of other seeds differ as trainings of other seeds do."""
+    images = []
+    for prompt, seed in progress_bar(list(zip(prompts, seeds)), enabled=progress, desc=desc, unit="image"):
+        noise = initial_noise([seed], backbone.latent_shape).to(backbone.device, backbone.latent_dtype)
+        rng = torch.Generator().manual_seed(2**31 + 1_000_003 * int(run_seed) + int(seed))
+        latents = method.generate(backbone, backbone.encode_prompts([prompt]), noise, [prompt], reward, rng)
+        with torch.no_grad():
+            images.append(backbone.decode(latents.detach()))
+    return torch.cat(images)
 
 
 @torch.no_grad()

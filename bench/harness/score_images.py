@@ -26,22 +26,20 @@ written nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from bench.core.backbone import Backbone
 from bench.core.config import EvalConfig
 from bench.core.progress import progress_bar
 from bench.core.records import EVAL, new_record
 from bench.core.registry import UnknownNameError
-from bench.harness.data import as_rgb, image_files, png_bytes
+from bench.harness.data import image_batches, image_files, png_bytes
 from bench.harness.evaluation import EvalResult, aggregate, score_batches
 from bench.harness.sampling import generate
 from bench.harness.suites import get_suite
@@ -231,30 +229,6 @@ def read_prompts(path: Path, n_images: int) -> list[str]:
         raise ValueError(f"--prompts {path}: {len(lines)} prompts for {n_images} images; give one per image (in natural "
                          "file-name order: 2.png before 10.png) or a single prompt for all")
     return lines
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """(3, H, W) float RGB in [0, 1] at the file's own size (each scorer preprocesses as its model expects)."""
-    with Image.open(path) as img:
-        array = np.asarray(as_rgb(img), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
-
-
-def image_batches(files: tuple[Path, ...] | None, images: torch.Tensor | None, prompts: list[str],
-                  batch_size: int) -> Iterator[tuple[list[int], list[str], torch.Tensor]]:
-    """(image indices, prompts, images (B, 3, H, W)) for `score_batches`: slices of `images`, or `batch_size` files
-    read at a time and grouped by size (a batch holds images of one size)."""
-    for start in range(0, len(prompts), batch_size):
-        index = list(range(start, min(start + batch_size, len(prompts))))
-        if files is None:
-            yield index, [prompts[i] for i in index], images[index[0]:index[-1] + 1]
-            continue
-        loaded = {i: load_image(files[i]) for i in index}
-        sizes: dict[tuple[int, ...], list[int]] = {}
-        for i, tensor in loaded.items():
-            sizes.setdefault(tuple(tensor.shape), []).append(i)
-        for group in sizes.values():
-            yield group, [prompts[i] for i in group], torch.stack([loaded[i] for i in group])
 
 
 def toy_images(plan: EvalPlan, *, progress: bool = False) -> tuple[torch.Tensor, list[str], dict]:

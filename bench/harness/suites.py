@@ -48,6 +48,8 @@ class Suite:
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> provenance of its tuned settings (records)
     # online methods: evaluate on the validation prompts (one image each) every this many NFE of training (0: never)
     curve_every: float = 0.0
+    set_metrics: tuple[str, ...] = ()  # metrics of the image set (`metrics.sets`): FD, PRDC, Vendi
+    reference: str | None = None  # their reference set: "toy-renders" or a folder of images
 
     @property
     def primary_metric(self) -> str:
@@ -83,6 +85,9 @@ def toy_suite() -> Suite:
     online_args = {"ddpo": rollouts, "grpo": {**rollouts, "group_size": 4}, "draft": rollouts,
                    "dense-reward": {**rollouts, "rollouts_per_prompt": 4, "kept_per_prompt": 4}}
     train_args.update(dict.fromkeys(online_args, {"batch_size": 4}))
+    # DOODL: its EDICT chain at the evaluation's steps and guidance (so Δ vs base measures the optimisation, not the
+    # sampler), 4 updates per image (1,360 NFE per image; the paper's 50 would be 16,800)
+    online_args["doodl"] = {"steps": 20, "guidance": 3.0, "opt_steps": 4}
     return Suite(
         name="toy",
         description="toy world of coloured shapes, tiny SD-shaped pipeline, oracle reward (CPU, minutes)",
@@ -100,6 +105,8 @@ def toy_suite() -> Suite:
         search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet
         tuning={m: t["tuning"] for m, t in tuned.items()},
         curve_every=1e4,
+        set_metrics=("fd-toyclip", "prdc-toyclip", "vendi-toyclip"),  # in the toy CLIP's feature space
+        reference="toy-renders",  # ground-truth renders of the test captions, one per evaluated image
     )
 
 

@@ -7,7 +7,9 @@ PDF metadata carry no dates or software versions, so regenerating a figure gives
   efficiency frontier), with 95% CIs and the base model as a band;
 - `win_rates`: paired win rate against the base model with 95% CIs, per method;
 - `proxy_vs_oracle`: change of a proxy scorer against change of the oracle, per method, so that a
-  proxy gain that is not a true gain (reward hacking) falls in the lower-right quadrant;
+  proxy gain that is not a true gain (reward hacking) falls in the lower-right quadrant; its reward-hacking form
+  (where runs optimised a reward) takes each run's own proxy, draws the diagonal and shades that quadrant;
+- `training_curve`: an online method's training reward and validation ground truth against NFE, seeds overlaid;
 - `inversion_error_vs_nfe`, `inversion_time_per_image`: from `bench invert`;
 - `sample_grid`: the first evaluation images (same prompts and seeds) of every method.
 """
@@ -26,6 +28,15 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.core.records import atomic_output  # noqa: E402
+from bench.results.reward_hacking import (  # noqa: E402
+    SuiteMetrics,
+    TrainingCurves,
+    row_reward,
+    running_mean,
+    scatter_points,
+    series_label,
+    with_series_labels,
+)
 
 # Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -100,7 +111,7 @@ def _color(method: str, methods: list[str]) -> str:
 
 def _largest_budget_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Per method, the row of its largest budget, by NFE used (comparable across budget units; base excluded)."""
-    runs = table[table["method"] != "base"]
+    runs = with_series_labels(table[table["method"] != "base"])
     return runs.sort_values(["method", "nfe", "budget"], kind="stable").groupby("method", sort=True).tail(1)
 
 
@@ -118,7 +129,7 @@ def frontier(table: pd.DataFrame, metric: str, path: Path, unit_label: str = "UN
             b = base.iloc[0]
             ax.axhspan(b[f"{metric}_ci_low"], b[f"{metric}_ci_high"], color="0.85", zorder=0)
             ax.axhline(b[metric], color="0.4", linestyle="--", linewidth=1, label="base")
-        runs = table[table["method"] != "base"]
+        runs = with_series_labels(table[table["method"] != "base"])
         methods = sorted(runs["method"].unique())
         for method in methods:
             rows = runs[runs["method"] == method].sort_values("nfe")
@@ -148,25 +159,86 @@ def win_rates(table: pd.DataFrame, metric: str, path: Path) -> Path:
         return save(fig, path)
 
 
-def proxy_vs_oracle(table: pd.DataFrame, proxy: str, oracle: str, path: Path) -> Path:
-    """Δ proxy vs Δ oracle against the base model (95% CIs), per method at its largest budget."""
+def proxy_vs_oracle(table: pd.DataFrame, proxy: str, oracle: str, path: Path,
+                    metrics: SuiteMetrics | None = None) -> Path:
+    """Δ proxy vs Δ oracle against the base model (95% CIs), per method at its largest budget.
+
+    With `metrics` (the reward-hacking figure, `bench.results.reward_hacking.scatter_points`): each run's proxy is
+    the reward it optimised where that is an evaluated proxy, else `proxy`; both axes are gains (better > 0); the
+    diagonal (equal gains) is drawn, the quadrant "proxy up, oracle down" shaded and the runs that hack a proxy
+    ringed."""
     rows = _largest_budget_rows(table)
+    points = scatter_points(rows, proxy, oracle, metrics)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        fig, ax = plt.subplots(figsize=(4.2, 3.4) if metrics is None else (5.2, 3.8))
         ax.axhline(0, color="0.3", linewidth=0.8)
         ax.axvline(0, color="0.3", linewidth=0.8)
         methods = sorted(rows["method"])
-        for _, r in rows.iterrows():
-            ax.errorbar(r[f"{proxy}_delta"], r[f"{oracle}_delta"],
-                        xerr=[[r[f"{proxy}_delta"] - r[f"{proxy}_delta_ci_low"]],
-                              [r[f"{proxy}_delta_ci_high"] - r[f"{proxy}_delta"]]],
-                        yerr=[[r[f"{oracle}_delta"] - r[f"{oracle}_delta_ci_low"]],
-                              [r[f"{oracle}_delta_ci_high"] - r[f"{oracle}_delta"]]],
-                        fmt="o", markersize=4, capsize=2, color=_color(r["method"], methods), label=r["method"])
-        ax.set_xlabel(f"Δ {proxy} vs base (proxy)")
-        ax.set_ylabel(f"Δ {oracle} vs base (ground truth)")
-        ax.set_title(f"{_budget_note(rows)}; lower right: the proxy improves, the truth does not", fontsize=7)
-        ax.legend(fontsize=7, frameon=False)
+        for p in points:
+            ax.errorbar(p["x"], p["y"], xerr=[[p["x"] - p["x_low"]], [p["x_high"] - p["x"]]],
+                        yerr=[[p["y"] - p["y_low"]], [p["y_high"] - p["y"]]],
+                        fmt="o", markersize=4, capsize=2, color=_color(p["label"], methods), label=p["label"])
+        if metrics is None:
+            ax.set_xlabel(f"Δ {proxy} vs base (proxy)")
+            ax.set_ylabel(f"Δ {oracle} vs base (ground truth)")
+            ax.set_title(f"{_budget_note(rows)}; lower right: the proxy improves, the truth does not", fontsize=7)
+            ax.legend(fontsize=7, frameon=False)
+        else:
+            _reward_hacking_overlay(ax, points, proxy, oracle, _budget_note(rows))
+        return save(fig, path)
+
+
+def _reward_hacking_overlay(ax, points: list[dict], proxy: str, oracle: str, note: str) -> None:
+    """The diagonal, the shaded quadrant "proxy up, oracle down", rings on the runs that hack and the labels."""
+    hacking = [p for p in points if p["hacked"]]
+    if hacking:
+        ax.scatter([p["x"] for p in hacking], [p["y"] for p in hacking], s=140, facecolors="none",
+                   edgecolors=PALETTE[7], linewidths=1.2, zorder=4, label="reward hacking (both CIs exclude 0)")
+    xs = [v for p in points for v in (p["x_low"], p["x_high"], 0.0)]
+    ys = [v for p in points for v in (p["y_low"], p["y_high"], 0.0)]
+    pad_x, pad_y = 0.08 * (max(xs) - min(xs) or 1.0), 0.08 * (max(ys) - min(ys) or 1.0)
+    (x0, x1), (y0, y1) = (min(xs) - pad_x, max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y)
+    ax.fill_between([0, x1], y0, 0, color=PALETTE[3], alpha=0.08, linewidth=0, zorder=0)
+    ax.text(x1, y0, f"proxy up, {oracle} down:\nreward hacking", ha="right", va="bottom", fontsize=7, color=PALETTE[3])
+    low, high = max(x0, y0), min(x1, y1)
+    if low < high:
+        ax.plot([low, high], [low, high], color="0.5", linestyle=":", linewidth=1, label="equal gains")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    shown = sorted({p["proxy"] for p in points})
+    ax.set_xlabel(f"gain in the proxy vs base (Δ, 95% CI): the reward optimised, else {proxy}"
+                  + (f"\n(proxies shown: {', '.join(shown)})" if len(shown) > 1 else ""))
+    ax.set_ylabel(f"gain in {oracle} vs base (Δ, 95% CI; ground truth)")
+    ax.set_title(f"proxy vs ground truth, {note}", fontsize=8)
+    ax.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def training_curve(curves: TrainingCurves, path: Path) -> Path:
+    """An online method's runs on one reward: the training reward (mean of each collection, faint, and its
+    `running_mean`) and, where evaluated, the reward on the validation prompts against NFE (left); the ground truth on
+    the validation prompts (right); one colour per training seed."""
+    with plt.rc_context(STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.0), sharex=True)
+        for i, run in enumerate(curves.runs):
+            color, seed = PALETTE[i % len(PALETTE)], "" if run.seed is None else f"seed {run.seed}: "
+            left.plot(run.nfe, run.reward, color=color, linewidth=0.6, alpha=0.35)
+            left.plot(run.nfe, running_mean(run.reward), color=color, linewidth=1.4,
+                      label=f"{seed}training prompts (running mean)")
+            if run.val_reward:
+                left.plot(run.val_nfe, run.val_reward, color=color, linestyle="--", marker="o", markersize=3,
+                          linewidth=1, label=f"{seed}validation prompts")
+            right.plot(run.val_nfe, run.val_primary, color=color, marker="o", markersize=3, linewidth=1.2,
+                       label=f"{seed}validation prompts")
+        left.set_ylabel(f"reward: {curves.reward} (mean)")
+        right.set_ylabel(f"{curves.primary} (mean; ground truth)")
+        if not any(run.val_primary for run in curves.runs):
+            right.text(0.5, 0.5, "not evaluated during training\n(--curve-every 0)", ha="center", va="center",
+                       transform=right.transAxes, fontsize=8, color="0.4")
+        for ax in (left, right):
+            ax.set_xlabel("UNet evaluations used (NFE)")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, frameon=False)
+        fig.suptitle(f"{curves.method} trained on {curves.reward} ({curves.suite})", fontsize=9)
         return save(fig, path)
 
 
@@ -176,10 +248,11 @@ def sample_grid(records: list[dict], path: Path, columns: int = 8) -> Path:
     def rank(r: dict) -> tuple:  # larger budget first, then lower seed
         return (r["budget"]["limit"] if r["method"] != "base" else 0, -(r["seed"] or 0))
 
-    chosen: dict[str, dict] = {}
+    chosen: dict[str, dict] = {}  # by method and the reward it optimised (`series_label`)
     for r in records:
-        if r.get("samples", {}).get("png_base64") and (r["method"] not in chosen or rank(r) > rank(chosen[r["method"]])):
-            chosen[r["method"]] = r
+        label = series_label(r["method"], row_reward(r))
+        if r.get("samples", {}).get("png_base64") and (label not in chosen or rank(r) > rank(chosen[label])):
+            chosen[label] = r
     runs = sorted(chosen.values(), key=lambda r: (r["method"] != "base", r["method"]))
     k = min(columns, min(len(r["samples"]["png_base64"]) for r in runs))
     height = 0.9 * len(runs) + 0.5
@@ -195,7 +268,8 @@ def sample_grid(records: list[dict], path: Path, columns: int = 8) -> Path:
                 ax.set_yticks([])
                 if j == 0:
                     budget = f"{r['budget']['limit']:g}{r['budget']['unit']}"
-                    label = r["method"] if r["method"] == "base" else f"{r['method']}\n{budget} s{r['seed']}"
+                    name = series_label(r["method"], row_reward(r))
+                    label = name if r["method"] == "base" else f"{name}\n{budget} s{r['seed']}"
                     ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
         fig.suptitle("same prompts and seeds per column", fontsize=7)
         return save(fig, path)

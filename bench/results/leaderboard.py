@@ -28,6 +28,7 @@ from bench.results.figures import (
     inversion_time_per_image,
     proxy_vs_oracle,
     sample_grid,
+    training_curve,
     win_rates,
 )
 from bench.results.page import PROXIES, ci_sign, page_data, page_html
@@ -42,6 +43,15 @@ from bench.results.report import (
     metric_names,
     pairs_table,
     three_significant,
+)
+from bench.results.reward_hacking import (
+    display_gains,
+    file_slug,
+    gains_table,
+    series_label,
+    statement_lines,
+    suite_metrics,
+    training_curves,
 )
 from metrics.weights import sha256_file
 
@@ -66,7 +76,8 @@ def _inversion_results(paths: list[Path], *, skip_bad: bool = False) -> list[tup
 
 def figures_for(records: list[dict], inversions: list[tuple[Path, dict]], out: Path, fmt: str = "png") -> list[Path]:
     """Every figure the records support: per suite the frontier, win rates, proxy vs oracle and the
-    sample grid; per `bench invert` result its error-vs-NFE and time-per-image charts."""
+    sample grid, and where runs optimised a reward their training curves and the reward-hacking scatter; per
+    `bench invert` result its error-vs-NFE and time-per-image charts."""
     written = []
     for suite in sorted({r["suite"] for r in records}):
         suite_records = [r for r in records if r["suite"] == suite]
@@ -79,12 +90,26 @@ def figures_for(records: list[dict], inversions: list[tuple[Path, dict]], out: P
             for proxy in PROXIES:
                 if f"{proxy}_delta" in table and f"{metric}_delta" in table and proxy != metric:
                     written.append(proxy_vs_oracle(table, proxy, metric, out / f"{suite}-{proxy}-vs-{metric}.{fmt}"))
+            if "reward" in table:  # runs that optimised a reward (`bench.results.reward_hacking`)
+                written += _reward_hacking_figures(suite_records, table, out, fmt)
         if any(r.get("samples", {}).get("png_base64") for r in suite_records):
             written.append(sample_grid(suite_records, out / f"{suite}-samples.{fmt}"))
     for path, result in inversions:
         stem = path.parent.name
         written.append(inversion_error_vs_nfe(result["records"], out / f"inversion-{stem}-error-vs-nfe.{fmt}"))
         written.append(inversion_time_per_image(result["records"], out / f"inversion-{stem}-time.{fmt}"))
+    return written
+
+
+def _reward_hacking_figures(records: list[dict], table: pd.DataFrame, out: Path, fmt: str) -> list[Path]:
+    """Each online method's training curves per reward, and every run's proxy gain against its ground-truth gain."""
+    suite, primary = records[0]["suite"], records[0]["config"]["metrics"][0]
+    written = [training_curve(curves, out / f"{suite}-training-{file_slug(curves.label)}.{fmt}")
+               for curves in training_curves(records, primary)]
+    metrics = suite_metrics(records, table)
+    if metrics is not None and metrics.proxies:
+        written.append(proxy_vs_oracle(table, metrics.proxies[0], primary, out / f"{suite}-reward-hacking.{fmt}",
+                                       metrics))
     return written
 
 
@@ -124,10 +149,15 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
                    "have and the same prompts and sampling seeds; 95% CIs and p from a bootstrap over shared seeds, "
                    "then prompts; bold: Holm-adjusted p < 0.05.", "", display_pairs(pairs, "md").to_markdown(index=False),
                    ""]
+        gains = gains_table(table, suite_records)
+        if len(gains):
+            md += [f"### Suite `{suite}`, reward hacking: proxy and {primary} gains vs the base model", "",
+                   display_gains(gains, "md").to_markdown(index=False), ""]
         variants = variant_statements(suite_records)
         if variants:
             md += [f"### Suite `{suite}`, labelled runs", "", *[f"- {v}" for v in variants], ""]
-        statements.append((suite, result_statements(table, pairs, primary, higher, variants=variants)))
+        statements.append((suite, result_statements(table, pairs, primary, higher, variants=variants,
+                                                    reward_hacking=statement_lines(table, suite_records))))
     for path, result in inversions:
         title = f"inversion: {path.parent.name}, {result['config']['steps']} steps, {result['config']['dtype']}"
         shown = three_significant(inversion_table(result["records"]))
@@ -264,7 +294,7 @@ def base_statements(table: pd.DataFrame, metric: str, *, digits: int = 3) -> lis
             low, high = r[f"{metric}_delta_ci_low"], r[f"{metric}_delta_ci_high"]
             seed_note = f"{_seeds(r['seeds'])}; " if len(seeds) > 1 else ""
             by_verdict[verdict_vs_base(low, high)].append(
-                f"{r['method']} ({seed_note}Δ {_ci(r[f'{metric}_delta'], low, high, digits)})")
+                f"{series_label(r['method'], r.get('reward'))} ({seed_note}Δ {_ci(r[f'{metric}_delta'], low, high, digits)})")
         count = f"{seeds[0]} training seed{'s' if seeds[0] > 1 else ''} each" if len(seeds) == 1 else "training seeds as noted"
         lead = f"At {budget} ({count}), "
         raised, lowered, neither = by_verdict.values()
@@ -360,10 +390,11 @@ def variant_statements(records: list[dict]) -> list[str]:
 
 
 def result_statements(table: pd.DataFrame, pairs: pd.DataFrame, primary: str, higher_is_better: dict[str, bool], *,
-                      alpha: float = ALPHA, digits: int = 3, variants: list[str] = ()) -> list[str]:
+                      alpha: float = ALPHA, digits: int = 3, variants: list[str] = (),
+                      reward_hacking: list[str] = ()) -> list[str]:
     """Markdown lines for one suite: what each labelled method is (`variant_statements`), every metric against the
-    base model (`base_statements`), then the primary metric between methods (`pair_statements`, Holm-adjusted over
-    every row of `pairs`)."""
+    base model (`base_statements`), the primary metric between methods (`pair_statements`, Holm-adjusted over
+    every row of `pairs`), then the `reward_hacking` section (`bench.results.reward_hacking.statement_lines`)."""
     metrics = sorted(metric_names(table), key=lambda m: m != primary)  # the primary metric first
     lines = ["### Labelled runs", "", *[f"- {v}" for v in variants], ""] if variants else []
     lines += ["### Against the base model", ""]
@@ -378,7 +409,7 @@ def result_statements(table: pd.DataFrame, pairs: pd.DataFrame, primary: str, hi
     if sentences:
         lines += [f"### Between methods: {primary} (paired; Holm-adjusted over {len(pairs)} comparisons)", ""]
         lines += [f"- {s}" for s in sentences] + [""]
-    return lines
+    return lines + list(reward_hacking)
 
 
 def summary_markdown(suites: list[tuple[str, list[str]]], *, alpha: float = ALPHA) -> str:

@@ -1,11 +1,12 @@
 """Comparison tables from run records: terminal, markdown, CSV and LaTeX (booktabs).
 
-One row per (suite, budget, method) by default; `group_by` chooses the grouping keys among
-`suite`, `budget` and `seed`. The runs (training seeds) that fall in one row must have been evaluated
-on the same images (prompts and seeds), and so must the suite's base model: each statistic is the mean
-over runs and images, its 95% CI from a bootstrap over runs, then prompts (`bench.core.stats`), and the win
-rate and mean change against the base model are paired per image (a multi-seed win rate is the mean of
-the seeds' win rates).
+One row per (suite, budget, method) by default, and per reward for methods that optimise one (online methods: a
+`reward` column, and a `reward_hacking` column naming the proxies a row hacks, `bench.results.reward_hacking`; an
+offline-only table has neither); `group_by` chooses the grouping keys among `suite`, `budget` and `seed`. The
+runs (training seeds) that fall in one row must have been evaluated on the same images (prompts and seeds), and
+so must the suite's base model: each statistic is the mean over runs and images, its 95% CI from a bootstrap over
+runs, then prompts (`bench.core.stats`), and the win rate and mean change against the base model are paired per
+image (a multi-seed win rate is the mean of the seeds' win rates).
 Budget columns give the mean use (NFE and training seconds). In markdown and LaTeX the best value of
 each metric column is bold (by the scorer's direction); the CSV keeps plain numbers with CI columns.
 Every table is a pure function of the records: rows are sorted, numbers formatted with fixed digits.
@@ -28,6 +29,7 @@ from bench.core.progress import progress_bar
 from bench.core.records import RecordError, read_record, write_text_atomic
 from bench.core.stats import compare_methods, holm, run_statistics
 from bench.results import protocols
+from bench.results.reward_hacking import HACKING, display_gains, hacking_cell, mark, row_reward, series_label
 from methods.alignment import METHODS
 
 GROUP_KEYS = ("suite", "budget", "seed")
@@ -87,7 +89,7 @@ def _budget_label(record: dict) -> str:
 
 def _row_key(record: dict, group_by: tuple[str, ...]) -> tuple:
     parts = {"suite": record["suite"], "budget": _budget_label(record), "seed": record["seed"]}
-    return tuple(parts[k] if k in group_by else None for k in GROUP_KEYS) + (record["method"],)
+    return tuple(parts[k] if k in group_by else None for k in GROUP_KEYS) + (record["method"], row_reward(record))
 
 
 def _describe(record: dict) -> str:
@@ -152,7 +154,7 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
             _check_same_images(first, other)
         prompts = first["evaluation"]["prompts"]  # each image's prompt: the bootstrap's cluster
         names = metrics or list(first["metrics"])
-        row = {"suite": first["suite"], "method": first["method"], "budget": _budget_label(first),
+        row = {"suite": first["suite"], "method": first["method"], "reward": key[-1], "budget": _budget_label(first),
                "seed": key[2] if "seed" in group_by else "-", "seeds": len({m["seed"] for m in members}),
                "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
                "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members),
@@ -176,8 +178,8 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     df = pd.DataFrame(rows)
     order = {"base": 0}
     df["_base_last"] = df["method"].map(lambda m: order.get(m, 1))
-    df = df.sort_values(["suite", "_base_last", "_budget_sort", "budget", "method", "seed"], kind="stable")
-    return df.drop(columns=["_base_last", "_budget_sort"]).reset_index(drop=True)
+    df = df.sort_values(["suite", "_base_last", "_budget_sort", "budget", "method", "reward", "seed"], kind="stable")
+    return mark(df.drop(columns=["_base_last", "_budget_sort"]).reset_index(drop=True), records)
 
 
 PAIR_RESAMPLES = 10000  # a p-value is at least 2 / (B + 1): Holm over m comparisons needs B + 1 > 40 m to reach 0.05
@@ -190,7 +192,7 @@ def _runs_by_method(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict
     for r in records:
         if r["method"] == "base":
             continue
-        seen = runs[(r["suite"], _budget_label(r))][r["method"]].setdefault(r["seed"], r)
+        seen = runs[(r["suite"], _budget_label(r))][series_label(r["method"], row_reward(r))].setdefault(r["seed"], r)
         if seen is not r and seen["evaluation"]["scores"] != r["evaluation"]["scores"]:
             raise RecordError(f"{_describe(seen)} and {_describe(r)}: two runs of one method, budget and seed with "
                               "different scores; report one of them")
@@ -328,6 +330,8 @@ def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str 
     metrics = metric_names(df)
     bold = {"md": "**{}**", "tex": "\\textbf{{{}}}", "plain": "{}"}[fmt]
     out = pd.DataFrame({"method": df["method"], "budget": df["budget"]})
+    if "reward" in df:  # rows of methods that optimise a reward: one per reward
+        out.insert(1, "reward", df["reward"].map(lambda v: v or "-"))
     if df["seed"].ne("-").any():  # a per-seed table; the base model has no training seed
         out["seed"] = df["seed"].map(lambda v: "-" if v == "-" or pd.isna(v) else f"{int(v)}")
     if df["suite"].nunique() > 1:
@@ -335,6 +339,8 @@ def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str 
     out["seeds"] = df["seeds"]
     out["NFE used"] = df["nfe"].map(lambda v: f"{v:.3g}")
     out["train s"] = df["train_seconds"].map(lambda v: f"{v:.0f}")
+    if HACKING in df:  # `bench.results.reward_hacking.mark`
+        out["reward hacking"] = [hacking_cell(h, fmt) for h in df[HACKING]]
 
     def ci(mean, low, high) -> str:
         return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -429,6 +435,12 @@ def write_pairs(df: pd.DataFrame, out_dir: Path, *, stem: str = "pairs", formats
     """`pairs_table`'s table as `stem`.md, .csv and .tex."""
     return _write(df, display_pairs, out_dir, stem, formats,
                   caption or "paired differences between methods (Holm-adjusted p over the table)")
+
+
+def write_reward_hacking(df: pd.DataFrame, out_dir: Path, *, stem: str = "reward-hacking",
+                         formats: tuple[str, ...] = ("md", "csv", "tex")) -> list[Path]:
+    """`bench.results.reward_hacking.gains_table` as `stem`.md, .csv and .tex."""
+    return _write(df, display_gains, out_dir, stem, formats, "proxy and ground-truth gains vs the base model")
 
 
 def write_protocol(df: pd.DataFrame, out_dir: Path, *, stem: str, formats: tuple[str, ...] = ("md", "csv")) -> list[Path]:

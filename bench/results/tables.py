@@ -24,8 +24,10 @@ from bench.results.report import (
     three_significant,
     write_pairs,
     write_protocol,
+    write_reward_hacking,
     write_tables,
 )
+from bench.results.reward_hacking import display_gains, gains_table, statements, suite_metrics
 
 FORMATS = ("md", "csv", "tex")
 
@@ -45,7 +47,9 @@ def write_report(paths: list[Path], out: Path, *, group_by: tuple[str, ...] = ("
                  pairs: bool = False, protocol: str | None = None,
                  progress: bool = False) -> tuple[list[Path], list[tuple[str, pd.DataFrame]]]:
     """`bench report`: the comparison table of the run records under `paths` (rows by `group_by`, `metrics`
-    default: all recorded); with `pairs` every two methods paired; with `protocol` (`PROTOCOLS`) each run's
+    default: all recorded; a row per method and the reward it optimised), and where a row optimised a reward or hacks
+    a proxy the proxy and ground-truth gains side by side (`bench.results.reward_hacking`: reward-hacking.md, .csv,
+    .tex); with `pairs` every two methods paired; with `protocol` (`PROTOCOLS`) each run's
     `metrics` (default: the primary metric) as that paper reports it. Every table is computed before any file is
     written into `out` in `formats`; returns (the files written, (title, table as text) to show). ValueError or
     KeyError for records these tables cannot be made from."""
@@ -56,9 +60,17 @@ def write_report(paths: list[Path], out: Path, *, group_by: tuple[str, ...] = ("
     paired = pairs_table(records, metrics) if pairs else None
     by_protocol = {m: protocol_table(records, protocol, m)
                    for m in (metrics or [records[0]["config"]["metrics"][0]])} if protocol else {}
+    gains = gains_table(table, records)  # rows that optimised a reward or hack a proxy: proxy and truth gains
     higher = directions(records)
     written = write_tables(table, higher, out, formats=formats, caption="comparison under equal compute budgets")
     shown = [(f"{len(records)} run records", display_table(table, higher, "plain"))]
+    if len(gains):
+        written += write_reward_hacking(gains, out, formats=formats)
+        shown.append(("reward hacking: proxy and ground-truth gains vs the base model", display_gains(gains, "plain")))
+        for suite in gains["suite"].unique():
+            sentences = statements(table[table["suite"] == suite],
+                                   suite_metrics([r for r in records if r["suite"] == suite], table))
+            shown.append((f"{suite}: reward hacking in words", pd.DataFrame({"statement": sentences})))
     if paired is not None:
         written += write_pairs(paired, out, formats=formats)
         shown.append(("paired differences between methods (Holm-adjusted p)", display_pairs(paired, "plain")))
