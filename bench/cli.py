@@ -121,6 +121,9 @@ def run(
     reward: str = typer.Option(None, help="what online methods (ddpo, grpo, draft, dense-reward) train on: a scorer or "
                                "a weighted sum, e.g. toy-pickscore or pickscore:1,hps:0.5; default: the suite's primary "
                                "metric (the oracle on the toy). Evaluation scores every metric either way"),
+    set_metrics: str = typer.Option(None, "--set-metrics", help="comma-separated metrics of the image set (fd-*, "
+                                    "prdc-*, vendi-*: see `bench list`), '' for none; default: the suite's (toy: "
+                                    "fd-toyclip,prdc-toyclip,vendi-toyclip against renders of the test prompts)"),
     curve_every: float = typer.Option(None, "--curve-every", help="online methods: evaluate on the validation prompts "
                                       "(one image each, every metric) every this many training NFE, the reward-hacking "
                                       "curve in the record's history (val/METRIC); 0: never; default: the suite's "
@@ -178,7 +181,7 @@ def run(
         request = run_request(suite, methods=methods, budgets=budget, seeds=seeds, method_args=method_arg,
                               train_args=train_arg, scorers=scorers, run_dir=run_dir, resume=resume, progress=not quiet,
                               pipeline=pipeline, data=data, prompts=prompts, dtype=dtype, dry_run=dry_run,
-                              reward=reward, curve_every=curve_every)
+                              reward=reward, curve_every=curve_every, set_metrics=set_metrics)
         _deprecated(request.notices)
         plan, the_suite = request.plan, request.suite
         if dry_run:

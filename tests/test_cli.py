@@ -123,7 +123,7 @@ def test_run_with_a_prompt_file(in_tmp):
 def test_inpo_with_an_exact_inverter_is_recorded(in_tmp):
     (in_tmp / "p.txt").write_text("a small red circle on the left, black background\n")
     result = runner.invoke(app, ["run", "--methods", "inpo", "--method-arg", "inpo.inversion=bdia", "--budget", "2steps",
-                                 "--prompts", "p.txt", "--run-dir", "out", "-q"])
+                                 "--prompts", "p.txt", "--set-metrics", "", "--run-dir", "out", "-q"])
     assert result.exit_code == 0, result.output
     record = json.loads((in_tmp / "out" / "inpo-2steps-s0.json").read_text())
     config = record["config"]["methods"]["inpo"]["config"]
@@ -135,7 +135,7 @@ def test_inpo_with_an_exact_inverter_is_recorded(in_tmp):
 def test_several_budgets_make_a_frontier(in_tmp):
     (in_tmp / "p.txt").write_text("a small red circle on the left, black background\n")
     result = runner.invoke(app, ["run", "--methods", "sft", "--budgets", "2steps,3steps", "--prompts", "p.txt",
-                                 "--run-dir", "out", "-q"])
+                                 "--set-metrics", "", "--run-dir", "out", "-q"])
     assert result.exit_code == 0, result.output
     steps = [json.loads((in_tmp / "out" / f"sft-{b}-s0.json").read_text())["training"]["steps"]
              for b in ("2steps", "3steps")]
@@ -156,3 +156,12 @@ def test_real_scale_run_takes_scorer_weights_and_fails_on_a_wrong_path_before_wr
     message = " ".join(result.output.split())
     assert "pickscore: weights 'yuvalkirstain/PickScore_v1 (model directory)' not found (looked in" in message
     assert "typo" in message and not (tmp_path / "run").exists()
+
+
+def test_set_metrics_too_many_for_the_evaluation_set_are_refused_naming_the_way_out(in_tmp):
+    (in_tmp / "p.txt").write_text("a small red circle on the left, black background\n")
+    result = runner.invoke(app, ["run", "--methods", "sft", "--budget", "2steps", "--prompts", "p.txt", "-q"])
+    assert result.exit_code == 2 and not (in_tmp / "runs").exists()
+    assert ("prdc-toyclip with nearest_k=5 needs more than 5 images in each set, got 4 and 4 in the reference (the run "
+            "evaluates 4 images of 1 prompts); evaluate more, or leave it out with --set-metrics") in " ".join(
+        result.output.split())

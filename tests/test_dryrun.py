@@ -37,7 +37,8 @@ def _no_launcher(monkeypatch):
 
 
 def _plan(suite: str, methods: list[str], tmp_path: Path, **kwargs):
-    return plan_run(get_suite(suite), methods, run_dir=tmp_path / "never-written", prompts=["a prompt"], **kwargs)
+    return plan_run(get_suite(suite), methods, run_dir=tmp_path / "never-written", prompts=["a prompt"], set_metrics=[],
+                    **kwargs)  # a dry run loads no prompts (`bench run --dry-run` leaves the set metrics out too)
 
 
 def _pipeline_dir(root: Path, configs: dict[str, dict]) -> Path:

@@ -262,7 +262,7 @@ def test_describe_records_the_resolved_loss_space(tiny_backbone, tmp_path):
     with pytest.raises(ValueError, match="loss_space must be one of"):
         dpo.Config(loss_space="velocity")
     # a run records the space the pipeline resolves "native" to: v on the toy, ε on SD 1.5 (its built-in config)
-    plan = plan_run(get_suite("toy"), ["dpo", "kto"], run_dir=tmp_path / "a", prompts=["a prompt"],
+    plan = plan_run(get_suite("toy"), ["dpo", "kto"], run_dir=tmp_path / "a", prompts=["a prompt"], set_metrics=[],
                     method_args={"kto": {"loss_space": "eps"}})
     methods = plan.config()["methods"]
     assert methods["dpo"]["config"]["loss_space"] == "v" and methods["kto"]["config"]["loss_space"] == "eps"

@@ -23,7 +23,7 @@ NFE = ["200nfe", "400nfe", "500nfe"]
 def suite(tiny_toy_dir, monkeypatch):
     monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
     toy = get_suite("toy")  # a small evaluation: 4 test prompts, one image each, 4 sampling steps
-    return dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=1, steps=4, batch_size=8, bootstrap=50),
+    return dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=1, steps=4, batch_size=8, bootstrap=50), set_metrics=(),
                                eval_prompts=toy.eval_prompts[:4])
 
 

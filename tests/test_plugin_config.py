@@ -172,7 +172,7 @@ def test_a_metric_arg_reaches_the_scorer_and_the_records(in_tmp, monkeypatch):
                                                                                score(self, prompts, images))[1])
     (in_tmp / "p.txt").write_text(PROMPT + "\n")
     result = runner.invoke(app, ["run", "--methods", "sft", "--budget", "2steps", "--prompts", "p.txt", "--run-dir", "out",
-                                 "--metric-arg", "toy-clip.batch_size=7", "-q"])
+                                 "--metric-arg", "toy-clip.batch_size=7", "--set-metrics", "", "-q"])
     assert result.exit_code == 0, result.output
     assert used and set(used) == {7}
     for name in ("run.json", "base.json", "sft-2steps-s0.json"):

@@ -45,7 +45,7 @@ def test_base_cache_key_follows_the_scorers_weights_not_their_paths(tiny_toy_dir
     from metrics import SCORERS
 
     monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
-    plan = plan_run(get_suite("toy"), ["dpo"], run_dir=tmp_path / "run", prompts=["a prompt"])
+    plan = plan_run(get_suite("toy"), ["dpo"], run_dir=tmp_path / "run", prompts=["a prompt"], set_metrics=[])
     backbone = Backbone.from_pretrained(tiny_toy_dir / "pipeline")
     scorer = SCORERS.get("toy-clip")()
     described = scorer.describe()

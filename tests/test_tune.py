@@ -86,7 +86,7 @@ def test_a_killed_sweep_resumes_to_the_same_trials(in_tmp, monkeypatch):
 def test_tune_trials_on_validation_then_finals_on_test_and_exports_suite_settings(in_tmp, monkeypatch, tiny_toy_dir):
     # Small evaluation: 4 validation prompts and 4 test prompts, one image each, 4 sampling steps.
     toy = get_suite("toy")
-    small = dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=1, steps=4, batch_size=8, bootstrap=50),
+    small = dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=1, steps=4, batch_size=8, bootstrap=50), set_metrics=(),
                                 eval_prompts=toy.eval_prompts[:4], validation_prompts=toy.validation_prompts[:4])
     with monkeypatch.context() as patch:
         patch.setitem(SUITES._items, "toy", lambda: small)
@@ -210,7 +210,7 @@ def test_a_sweep_in_worker_processes_gives_the_serial_sweeps_trials_and_finals(i
     import torch
 
     toy = get_suite("toy")
-    small = dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=2, steps=6, batch_size=16, bootstrap=50),
+    small = dataclasses.replace(toy, eval=EvalConfig(images_per_prompt=2, steps=6, batch_size=16, bootstrap=50), set_metrics=(),
                                 eval_prompts=toy.eval_prompts[:8], validation_prompts=toy.validation_prompts[:8])
 
     def plan(name):

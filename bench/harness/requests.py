@@ -103,7 +103,7 @@ def run_request(suite: str, *, methods: str | None, budgets: str | None, seeds: 
                 train_args: list[str], scorers: ScorerArgs, run_dir: Path | None, resume: bool, progress: bool,
                 pipeline: str | None = None, data: str | None = None, prompts: str | None = None,
                 dtype: str | None = None, dry_run: bool = False, reward: str | None = None,
-                curve_every: float | None = None) -> Request:
+                curve_every: float | None = None, set_metrics: str | None = None) -> Request:
     """`bench run`'s options -> its checked `RunPlan` (`plan_run`). `methods` lists names or LABEL=METHOD
     (None: the suite's); `method_args`/`train_args` are METHOD.FIELD=VALUE items (a bare FIELD=VALUE train
     setting is for every method). A dry run loads no prompts."""
@@ -121,7 +121,8 @@ def run_request(suite: str, *, methods: str | None, budgets: str | None, seeds: 
                     run_dir=run_directory(run_dir, resume, suite), resume=resume, progress=progress,
                     pipeline=pipeline, preference_data=data,
                     prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts,
-                    dtype=dtype, scorer_options=options, reward=reward, curve_every=curve_every)
+                    dtype=dtype, scorer_options=options, reward=reward, curve_every=curve_every,
+                    set_metrics=[] if dry_run else None if set_metrics is None else split_list(set_metrics))
     return Request(the_suite, plan, notices)
 
 

@@ -49,7 +49,7 @@ from bench.core.records import (
     write_json_atomic,
 )
 from bench.harness.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
-from bench.harness.evaluation import EvalResult, SetEvaluation, aggregate, compare_to_base, evaluate
+from bench.harness.evaluation import EvalResult, SetEvaluation, aggregate, compare_to_base, evaluate, evaluation_set
 from bench.harness.prompts import prompt_digest, resolve_prompts
 from bench.harness.reward import ScorerReward, parse_reward
 from bench.harness.suites import Suite
@@ -152,11 +152,12 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
              progress: bool = True, pipeline: str | None = None, preference_data: str | None = None,
              prompts: str | None = None, dtype: str | None = None,
              scorer_options: ScorerOptions | None = None, split: str = "test", reward: str | None = None,
-             curve_every: float | None = None) -> RunPlan:
+             curve_every: float | None = None, set_metrics: list[str] | None = None) -> RunPlan:
     """Validate a run request completely; raises RunSetupError (or UnknownNameError) before any work.
 
     `reward` is what online methods train on (default: the suite's primary metric, the oracle on the toy);
-    `curve_every` how often (NFE) they are evaluated on the validation prompts during training (default: the suite's).
+    `curve_every` how often (NFE) they are evaluated on the validation prompts during training (default: the suite's);
+    `set_metrics` the metrics of the image set (FD, PRDC, Vendi; default: the suite's, [] for none).
 
     `split` picks the suite's evaluation prompts: "test" (reported) or "validation" (what `bench tune`
     evaluates trials on); `prompts` replaces the test prompts (a file or a standard set)."""
@@ -223,10 +224,9 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
                    algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline),  # records "native" resolved
                    reward=reward or suite.primary_metric,
-                   curve_every=suite.curve_every if curve_every is None else curve_every, set_metrics=suite.set_metrics)
-    SET_METRICS.check(list(plan.set_metrics))
-    if suite.reference is None and any(SET_METRICS.get(name).needs_reference for name in plan.set_metrics):
-        raise RunSetupError(f"the {suite.name} suite's set metrics need a reference set, and it names none")
+                   curve_every=suite.curve_every if curve_every is None else curve_every,
+                   set_metrics=suite.set_metrics if set_metrics is None else tuple(set_metrics))
+    _check_set_metrics(plan)
     if plan.curve_every < 0:
         raise RunSetupError(f"--curve-every must be >= 0, got {plan.curve_every}")
     try:
@@ -247,6 +247,23 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     elif plan.run_dir.exists() and any(plan.run_dir.iterdir()):
         raise RunSetupError(f"run directory {plan.run_dir} is not empty; pass --resume to continue it or choose another")
     return plan
+
+
+def _check_set_metrics(plan: RunPlan) -> None:
+    """RunSetupError unless each set metric can be computed on the run's evaluation images (and the suite names a
+    reference set for those that compare with one)."""
+    SET_METRICS.check(list(plan.set_metrics))
+    per_image, _ = evaluation_set(plan.prompts, plan.eval)
+    for name in plan.set_metrics:
+        metric = SET_METRICS.get(name)()
+        if metric.needs_reference and plan.suite.reference is None:
+            raise RunSetupError(f"{name} compares with a reference set, and the {plan.suite.name} suite names none; "
+                                "leave it out with --set-metrics")
+        try:
+            metric.check_sets(len(per_image), len(per_image), per_image)
+        except ValueError as err:
+            raise RunSetupError(f"{str(err).split(';')[0]} (the run evaluates {len(per_image)} images of "
+                                f"{len(plan.prompts)} prompts); evaluate more, or leave it out with --set-metrics") from None
 
 
 def _fields_added_since(stored: dict, plan: RunPlan) -> dict:

@@ -48,6 +48,7 @@ import pandas as pd
 
 from bench.results.figures import PALETTE
 from bench.results.report import _budget_label, directions, metric_names, pairs_table
+from bench.results.reward_hacking import row_reward
 from methods.alignment import METHODS
 
 KINDS = ("offline", "online", "inference-time")  # what a method's registered `kind` may say; "offline" by default
@@ -200,7 +201,7 @@ def page_data(loaded: list[tuple[Path, dict]], inversions: list[tuple[Path, dict
     results = Path(results)
     members: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
     for path, record in loaded:
-        members[(record["suite"], _budget_label(record), record["method"])].append((path, record))
+        members[(record["suite"], _budget_label(record), record["method"], row_reward(record))].append((path, record))
     suites, rows, runs = [], [], {}
     for suite in sorted(tables):
         table = tables[suite]
@@ -211,7 +212,8 @@ def page_data(loaded: list[tuple[Path, dict]], inversions: list[tuple[Path, dict
         metrics = sorted(metric_names(table), key=lambda m: m != primary)  # the primary metric first
         methods = sorted(set(table["method"]) - {"base"})
         for order, row in enumerate(table.to_dict("records")):
-            group = sorted(members[(suite, row["budget"], row["method"])],
+            reward = "" if row.get("reward") in (None, "-") else row["reward"]  # the reward an online row optimised
+            group = sorted(members[(suite, row["budget"], row["method"], reward)],
                            key=lambda item: (item[1]["seed"] is not None, item[1]["seed"] or 0, item[0].as_posix()))
             first = group[0][1]
             entry = first.get("config", {}).get("methods", {}).get(first["method"]) or {}
@@ -219,7 +221,8 @@ def page_data(loaded: list[tuple[Path, dict]], inversions: list[tuple[Path, dict
             for path, record in group:
                 runs[path.relative_to(results).as_posix()] = _run(path, record, results)
             rows.append({
-                "id": f"{suite}/{row['budget']}/{row['method']}", "suite": suite, "method": row["method"],
+                "id": f"{suite}/{row['budget']}/{row['method']}" + (f"/{reward}" if reward else ""), "suite": suite,
+                "method": row["method"], **({"reward": reward} if reward else {}),
                 "algorithm": algorithm, "kind": "base" if row["method"] == "base" else method_kind(algorithm),
                 "family": model_family(first.get("config", {}).get("pipeline", "")), "budget": row["budget"],
                 "budget_order": -1 if row["method"] == "base" else first["budget"]["limit"], "order": order,
@@ -543,9 +546,10 @@ function headerCell(c) {
 function methodCell(r) {
   const name = r.method === "base" ? "base model" : r.method;
   const algo = r.algorithm !== r.method ? ` <span class="algo">(${esc(r.algorithm)})</span>` : "";
+  const reward = r.reward ? ` <span class="algo">on ${esc(r.reward)}</span>` : "";  // what an online row optimised
   const tag = r.kind !== "offline" && r.kind !== "base" ? `<span class="tag">${esc(r.kind)}</span>` : "";
   const ref = r.method === state.ref ? `<span class="tag">reference</span>` : "";
-  return `<td><button type="button" class="open" data-id="${esc(r.id)}">${esc(name)}</button>${algo}${tag}${ref}</td>`;
+  return `<td><button type="button" class="open" data-id="${esc(r.id)}">${esc(name)}</button>${algo}${reward}${tag}${ref}</td>`;
 }
 function renderTable() {
   const suite = suiteOf(state.suite), head = el("board-head"), body = el("rows");
@@ -686,7 +690,7 @@ function widthOf() {  // the width of one cell of the charts' grid (columns of a
   return Math.max(240, Math.min(900, Math.floor((width - 22 * (columns - 1)) / columns)));
 }
 const atSelected = () => state.budget !== "all" ? ` at ${state.budget}` : "";
-const rowName = r => r.method + (state.budget === "all" ? ` · ${r.budget}` : "");
+const rowName = r => r.method + (r.reward ? ` on ${r.reward}` : "") + (state.budget === "all" ? ` · ${r.budget}` : "");
 
 // ---- the charts
 function frontierChart(suite, metric, rows) {
