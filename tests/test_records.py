@@ -228,6 +228,11 @@ def test_the_toy_suites_base_evaluation_is_shipped_with_the_build(monkeypatch, t
     sets = SetEvaluation.build(plan.set_metrics, suite.reference)
     record = run_module.base_record(backbone, plan, scorers, sets)
     key = run_module._base_cache_key(backbone, plan, scorers, sets)
+    (features,) = sets.backbones.values()  # the toy CLIP's weights found elsewhere (another clone): the same key
+    described = features.describe()
+    moved = {**described, "weights": [{**w, "path": "/elsewhere/" + w["file"]} for w in described["weights"]]}
+    monkeypatch.setattr(features, "describe", lambda: moved)
+    assert run_module._base_cache_key(backbone, plan, scorers, sets) == key
     shipped = read_record(SHIPPED_TOY_DIR / "base" / f"{key}.json")
     assert record["evaluation"]["scores"] == shipped["evaluation"]["scores"]
     assert record["set_metrics"] == shipped["set_metrics"] and set(record["set_metrics"]) == set(suite.set_metrics)

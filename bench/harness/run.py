@@ -292,7 +292,10 @@ def _scorer_identity(described: dict) -> dict:
 def _base_cache_key(backbone: Backbone, plan: RunPlan, scorers: dict[str, Scorer],
                     sets: SetEvaluation | None = None) -> str:
     identities = {name: _scorer_identity(scorer.describe()) for name, scorer in scorers.items()}
-    described = {**({"sets": json.loads(json.dumps(sets.describe())), "reference": sets.reference} if sets else {})}
+    described = {}
+    if sets is not None:  # as the scorers': the backbones' weights by SHA256, not by where they are on this machine
+        set_identities = {name: {**d, "backbone": _scorer_identity(d["backbone"])} for name, d in sets.describe().items()}
+        described = {"sets": json.loads(json.dumps(set_identities)), "reference": sets.reference}
     payload = json.dumps({"unet": backbone.fingerprint("unet"), "vae": backbone.fingerprint("vae"), "dtype": plan.dtype,
                           "text": backbone.fingerprint("text"), "prompts": plan.prompts, "eval": as_dict(plan.eval),
                           "scorers": identities, "schema": SCHEMA_VERSION, **described}, sort_keys=True)
