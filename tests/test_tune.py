@@ -235,3 +235,12 @@ def test_a_sweep_in_worker_processes_gives_the_serial_sweeps_trials_and_finals(i
     one = json.loads((in_tmp / "serial" / "final" / "sft-64samples-s0.json").read_text())
     two = json.loads((in_tmp / "parallel" / "final" / "sft-64samples-s0.json").read_text())
     assert one["evaluation"]["scores"] == two["evaluation"]["scores"] and one["metrics"] == two["metrics"]
+
+
+def test_an_inference_time_method_is_tuned_without_a_learning_rate():
+    from bench.harness.suites import get_suite
+    from bench.harness.tune import trial_space
+
+    space = trial_space(get_suite("toy"), "doodl")
+    assert space and not any(key.startswith("train.") for key in space)
+    assert "train.lr" in trial_space(get_suite("toy"), "dpo")

@@ -46,7 +46,7 @@ def plugin_settings(name: str) -> list[list[str]]:
         lines.append(f"set with: {flag} {name}.FIELD=VALUE" if len(lines) > 1 else "  no settings")
         if kind == "sampler":
             lines.append("as InPO's inverter: bench run --method-arg inpo.inversion_args=FIELD=VALUE[,FIELD=VALUE]")
-        if kind == "method":
+        if kind == "method" and cls.kind != "inference-time":  # one that trains nothing has no learning rate
             lines.append(f"bench tune also searches the learning rate over {search_space(TrainConfig)['lr'].describe()} "
                          f"(--train-arg {name}.lr=VALUE sets it)")
         blocks.append(lines)

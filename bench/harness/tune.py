@@ -57,12 +57,15 @@ log = logging.getLogger(__name__)
 
 def trial_space(suite: Suite, method: str) -> dict[str, Space]:
     """A method's search space as trial parameter names: `method.FIELD` (its Config's declared ranges) and
-    `train.FIELD` (TrainConfig's: the learning rate), with the suite's ranges replacing declared ones."""
+    `train.FIELD` (TrainConfig's: the learning rate; not for an inference-time method, which trains nothing), with
+    the suite's ranges replacing declared ones."""
+    trains = METHODS.get(method).kind != "inference-time"
     space = {f"method.{name}": s for name, s in search_space(METHODS.get(method).Config).items()}
-    space.update({f"train.{name}": s for name, s in search_space(TrainConfig).items()})
+    if trains:
+        space.update({f"train.{name}": s for name, s in search_space(TrainConfig).items()})
     for key, s in suite.search.items():
         scope, _, name = key.partition(".")
-        if scope == "train":
+        if scope == "train" and trains:
             space[key] = s
         elif scope == method:
             space[f"method.{name}"] = s
