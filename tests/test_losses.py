@@ -81,6 +81,20 @@ def test_cal_dpo_gradient():
     assert torch.autograd.gradcheck(of_errors, errors)
 
 
+def _replayed_pair_errors(batch, seed: int):
+    """err(backbone, x0) (B,): ε-space errors with the draws a pair method makes from a generator seeded `seed` (one t,
+    then one ε, per pair), recomputed by hand."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, 1000, (len(batch),), generator=g)
+    noise = torch.randn(batch.winner.shape, generator=g)
+
+    def err(backbone, x0):
+        x_t = backbone.add_noise(x0, noise, t)
+        return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+
+    return err
+
+
 def test_cal_dpo_full_loss_matches_recomputation(tiny_backbone):
     """CalDPO.loss == cal_dpo_loss on errors recomputed by hand with DPO's draws (one t, ε per pair; ε-space)."""
     cal_dpo = METHODS.get("cal-dpo")
@@ -89,13 +103,7 @@ def test_cal_dpo_full_loss_matches_recomputation(tiny_backbone):
     policy = _other_policy(tiny_backbone)
     out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))
 
-    g = torch.Generator().manual_seed(7)
-    t = torch.randint(0, 1000, (3,), generator=g)
-    noise = torch.randn(batch.winner.shape, generator=g)
-
-    def err(backbone, x0):
-        x_t = backbone.add_noise(x0, noise, t)
-        return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+    err = _replayed_pair_errors(batch, seed=7)
 
     errors = err(policy, batch.winner), err(policy, batch.loser), err(tiny_backbone, batch.winner), err(
         tiny_backbone, batch.loser)
@@ -277,13 +285,7 @@ def test_dpo_loss_shares_t_and_noise_within_pairs(tiny_backbone):
     out = method.loss(batch, tiny_backbone, tiny_backbone, torch.Generator().manual_seed(7))
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy == reference: z = 0
 
-    g = torch.Generator().manual_seed(7)
-    t = torch.randint(0, 1000, (3,), generator=g)
-    noise = torch.randn(batch.winner.shape, generator=g)
-
-    def err(backbone, x0):
-        x_t = backbone.add_noise(x0, noise, t)
-        return ((backbone.eps(x_t, t, batch.cond) - noise) ** 2).mean(dim=(1, 2, 3))
+    err = _replayed_pair_errors(batch, seed=7)
 
     policy = _other_policy(tiny_backbone)
     out = method.loss(batch, policy, tiny_backbone, torch.Generator().manual_seed(7))

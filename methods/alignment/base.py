@@ -147,6 +147,18 @@ class Reward(Protocol):
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor: ...
 
 
+def require_differentiable(reward: Reward, method: str) -> None:
+    """For methods that backpropagate through the reward (draft, doodl): ValueError, naming the scorers that stop
+    gradients (or the reward), unless `reward` is differentiable."""
+    if getattr(reward, "differentiable", False):
+        return
+    names = reward.non_differentiable() if hasattr(reward, "non_differentiable") else []
+    names = names or [getattr(reward, "name", type(reward).__name__)]
+    verb = "is" if len(names) == 1 else "are"
+    raise ValueError(f"{method} needs a differentiable reward; {', '.join(names)} {verb} not "
+                     "(use a differentiable scorer such as toy-pickscore)")
+
+
 @dataclass
 class PromptBatch:
     """What an online method (data kind `prompts`) samples for: prompts of the training data and the reward."""

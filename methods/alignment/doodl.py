@@ -63,8 +63,7 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.search_space import FloatRange
-from methods.alignment.base import Reward
-from methods.alignment.draft import require_differentiable
+from methods.alignment.base import Reward, require_differentiable
 from methods.checks import require
 from methods.inference import InferenceTimeMethod
 from methods.inversion.base import (

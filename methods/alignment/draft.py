@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from bench.core.backbone import SPACES, Backbone, Conditioning
 from bench.core.search_space import IntRange
-from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch, Reward
+from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch, Reward, require_differentiable
 from methods.checks import require
 from methods.policy_gradient import policy_step
 from methods.shards import sample_noise
@@ -114,17 +114,6 @@ class RewardBatch:
 
     def __len__(self) -> int:
         return len(self.prompts)
-
-
-def require_differentiable(reward: Reward, method: str) -> None:
-    """ValueError, naming the scorers that stop gradients (or the reward), unless `reward` is differentiable."""
-    if getattr(reward, "differentiable", False):
-        return
-    names = reward.non_differentiable() if hasattr(reward, "non_differentiable") else []
-    names = names or [getattr(reward, "name", type(reward).__name__)]
-    verb = "is" if len(names) == 1 else "are"
-    raise ValueError(f"{method} needs a differentiable reward; {', '.join(names)} {verb} not "
-                     "(use a differentiable scorer such as toy-pickscore)")
 
 
 def ddim_steps(backbone: Backbone, x: torch.Tensor, cond: Conditioning, levels: torch.Tensor, next_levels: torch.Tensor,
