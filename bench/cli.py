@@ -231,6 +231,10 @@ def tune(
     final_seeds: str = typer.Option("0,1,2", help="seeds the best settings are retrained on, evaluated on test prompts"),
     final_budgets: str = typer.Option(None, help="budgets of the final runs (default: the tuning budget)"),
     no_final: bool = typer.Option(False, "--no-final", help="tune only; no retraining on the test prompts"),
+    method_arg: list[str] = typer.Option([], "--method-arg", "-a", help="METHOD.FIELD=VALUE fixed in every trial and "
+                                         "final run, not searched, e.g. sdpo.safeguard=true with --methods sdpo=dpo"),
+    train_arg: list[str] = typer.Option([], "--train-arg", "-t", help="[METHOD.]FIELD=VALUE training setting fixed in "
+                                        "every trial and final run (a field given is not searched)"),
     export: Path = typer.Option(None, "--export", callback=_output_file,
                                 help="also write the chosen settings as a suite's tuned.json (the toy ships one)"),
     jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes for the trials and the final runs, each with "
@@ -249,7 +253,8 @@ def tune(
     try:
         plan = tune_request(suite, methods=methods, trials=trials, budget=budget, objective=objective, seed=seed,
                             storage=storage, run_dir=run_dir, resume=resume, progress=not quiet,
-                            final_seeds=final_seeds, final_budgets=final_budgets).plan
+                            final_seeds=final_seeds, final_budgets=final_budgets, method_args=method_arg,
+                            train_args=train_arg).plan
         console.print(f"tuning {', '.join(plan.methods)} on {suite}: {trials} trials each at {plan.budget}, objective "
                       f"{plan.objective} on the validation prompts; study in {plan.storage_url}", highlight=False)
         result = run_tune(plan, final=not no_final, jobs=jobs)

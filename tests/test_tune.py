@@ -123,6 +123,50 @@ def test_tune_trials_on_validation_then_finals_on_test_and_exports_suite_setting
     assert shipped.tuning["sft"]["trials"] == 2
 
 
+def test_a_labelled_variant_is_tuned_with_its_fixed_settings_and_shipped_under_its_label(in_tmp, monkeypatch,
+                                                                                         tiny_toy_dir):
+    """`bench tune --methods sdpo=dpo -a sdpo.safeguard=true -t sdpo.lr=2e-5`: every trial runs dpo with the safeguard
+    at that learning rate, only β is searched, and a suite that ships the result applies it to `sdpo=dpo` alone."""
+    seen = []
+
+    def fake_trial(plan, method, params, number):
+        run = plan.trial_plan(method, params, in_tmp / "trial")
+        seen.append((params, run.methods["sdpo"].config, run.train_configs["sdpo"].lr, run.algorithms))
+        return params["method.beta"] / 1e4, {"nfe": 10, "seconds": 1.0}
+
+    monkeypatch.setattr(tune_module, "run_trial", fake_trial)
+    result = runner.invoke(app, ["tune", "--methods", "sdpo=dpo", "-a", "sdpo.safeguard=true", "-t", "sdpo.lr=2e-5",
+                                 "--trials", "3", "--no-final", "--run-dir", "out", "--export", "tuned.json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 3
+    for params, config, lr, algorithms in seen:
+        assert set(params) == {"method.beta"}  # the learning rate is fixed, so not searched
+        assert config.safeguard is True and config.beta == params["method.beta"]
+        assert lr == 2e-5 and algorithms == {"sdpo": "dpo"}
+    summary = json.loads((in_tmp / "out" / "tune.json").read_text())["methods"]["sdpo"]
+    assert summary["method"] == "dpo" and summary["study"].startswith("toy/sdpo/")
+    best_beta = max(params["method.beta"] for params, *_ in seen)
+    assert summary["best"]["method_args"] == {"safeguard": True, "beta": best_beta}
+    assert summary["best"]["train_args"] == {"lr": 2e-5}
+
+    build = in_tmp / "toy-build"
+    shutil.copytree(tiny_toy_dir, build)
+    shutil.copy(in_tmp / "tuned.json", build / "tuned.json")
+    monkeypatch.setenv("BENCH_TOY_DIR", str(build))
+    from bench.harness.run import plan_run
+
+    shipped = get_suite("toy")
+    assert shipped.variants == {"sdpo": "dpo"}
+    plan = plan_run(shipped, ["sdpo=dpo", "dpo", "other=dpo"], run_dir=in_tmp / "run")
+    assert plan.methods["sdpo"].config.safeguard and plan.methods["sdpo"].config.beta == best_beta
+    assert plan.train_configs["sdpo"].lr == 2e-5 and plan.tuning["sdpo"]["trials"] == 3
+    for label in ("dpo", "other"):  # the method itself, and another label for it, keep the method's settings
+        assert not plan.methods[label].config.safeguard and plan.methods[label].config.beta != best_beta
+        assert "sdpo" not in plan.tuning or plan.tuning.get(label) != plan.tuning["sdpo"]
+    result = runner.invoke(app, ["tune", "--methods", "sdpo=dpo", "-a", "dpo.safeguard=true", "--run-dir", "bad"])
+    assert result.exit_code == 2 and "'dpo' is not in --methods" in result.output
+
+
 def test_tune_refuses_bad_requests(in_tmp):
     result = runner.invoke(app, ["tune", "--methods", "sft", "--trials", "0"])
     assert result.exit_code == 2 and "--trials must be >= 1" in result.output

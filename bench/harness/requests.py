@@ -99,6 +99,21 @@ class Request:
     notices: list[str]
 
 
+def method_settings(suite: Suite, methods: str | None, method_args: list[str], train_args: list[str]
+                    ) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
+    """`--methods` (None: the suite's), `--method-arg` and `--train-arg` items -> the method specs (a deprecated name
+    resolved, so it warns once) and the typed settings by label (`parse_plugin_args`; a bare training setting under
+    "*": every method)."""
+    algorithms = parse_method_specs(split_list(methods) or list(suite.default_methods))
+    configs = {label: METHODS.get(algorithm).Config for label, algorithm in algorithms.items()}
+    given_method_args = parse_plugin_args(method_args, "--method-arg", configs, kind="method", where="--methods",
+                                          canonical=METHODS.canonical)
+    given_train_args = parse_plugin_args(train_args, "--train-arg", dict.fromkeys(["*", *configs], TrainConfig),
+                                         kind="method", where="--methods", bare="*", canonical=METHODS.canonical)
+    resolved = [a if label == a else f"{label}={a}" for label, a in algorithms.items()]
+    return resolved, given_method_args, given_train_args
+
+
 def run_request(suite: str, *, methods: str | None, budgets: str | None, seeds: str, method_args: list[str],
                 train_args: list[str], scorers: ScorerArgs, run_dir: Path | None, resume: bool, progress: bool,
                 pipeline: str | None = None, data: str | None = None, prompts: str | None = None,
@@ -108,14 +123,8 @@ def run_request(suite: str, *, methods: str | None, budgets: str | None, seeds: 
     (None: the suite's); `method_args`/`train_args` are METHOD.FIELD=VALUE items (a bare FIELD=VALUE train
     setting is for every method). A dry run loads no prompts."""
     the_suite = get_suite(suite)
-    algorithms = parse_method_specs(split_list(methods) or list(the_suite.default_methods))
-    configs = {label: METHODS.get(algorithm).Config for label, algorithm in algorithms.items()}
-    given_method_args = parse_plugin_args(method_args, "--method-arg", configs, kind="method", where="--methods",
-                                          canonical=METHODS.canonical)
-    given_train_args = parse_plugin_args(train_args, "--train-arg", dict.fromkeys(["*", *configs], TrainConfig),
-                                         kind="method", where="--methods", bare="*", canonical=METHODS.canonical)
+    resolved, given_method_args, given_train_args = method_settings(the_suite, methods, method_args, train_args)
     options, notices = scorers.options(list(the_suite.metrics), f"the {suite} suite's metrics")
-    resolved = [a if label == a else f"{label}={a}" for label, a in algorithms.items()]  # a deprecated name warns once
     plan = plan_run(the_suite, resolved, budgets=parse_budgets(budgets), seeds=parse_ints(seeds, "--seeds"),
                     method_args=given_method_args, train_args=given_train_args,
                     run_dir=run_directory(run_dir, resume, suite), resume=resume, progress=progress,
@@ -128,17 +137,23 @@ def run_request(suite: str, *, methods: str | None, budgets: str | None, seeds: 
 
 def tune_request(suite: str, *, methods: str | None, trials: int, budget: str | None, objective: str | None, seed: int,
                  storage: str | None, run_dir: Path | None, resume: bool, progress: bool, final_seeds: str,
-                 final_budgets: str | None) -> Request:
-    """`bench tune`'s options -> its checked `TunePlan` (`plan_tune`)."""
+                 final_budgets: str | None, method_args: list[str] = (), train_args: list[str] = ()) -> Request:
+    """`bench tune`'s options -> its checked `TunePlan` (`plan_tune`). `methods`, `method_args` and `train_args` as
+    `bench run`'s: a setting given is fixed for every trial and not searched."""
     the_suite = get_suite(suite)
     budgets = parse_budgets(budget)
     if budgets is not None and len(budgets) != 1:
         raise RunSetupError(f"--budget {budget!r}: give one budget (every trial's); --final-budgets takes several")
-    plan = plan_tune(the_suite, split_list(methods) or list(the_suite.default_methods), trials=trials,
+    specs, given_method_args, given_train_args = method_settings(the_suite, methods, list(method_args), list(train_args))
+    every = given_train_args.pop("*", {})
+    given_train_args = {spec.partition("=")[0]: {**every, **given_train_args.get(spec.partition("=")[0], {})}
+                        for spec in specs}
+    plan = plan_tune(the_suite, specs, trials=trials,
                      budget=budgets[0] if budgets else None, objective=objective,
                      run_dir=run_directory(run_dir, resume, f"tune-{suite}"), seed=seed, storage=storage,
                      resume=resume, progress=progress, final_seeds=parse_ints(final_seeds, "--final-seeds"),
-                     final_budgets=parse_budgets(final_budgets))
+                     final_budgets=parse_budgets(final_budgets), method_args=given_method_args,
+                     train_args={label: args for label, args in given_train_args.items() if args})
     return Request(the_suite, plan, [])
 
 

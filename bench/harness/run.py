@@ -182,12 +182,15 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     suite_method_args = {METHODS.canonical(name): value for name, value in suite.method_args.items()}
     suite_train_args = {METHODS.canonical(name): value for name, value in suite.train_args.items()}
     methods, train_configs = {}, {}
-    for name, algorithm in algorithms.items():  # the suite's settings by method, the user's by label
+    for name, algorithm in algorithms.items():  # the suite's settings by method (then a variant's), the user's by label
         cls = METHODS.get(algorithm)
+        variant = name if name != algorithm and suite.variants.get(name) == algorithm else None
         try:
-            config = apply_overrides(cls.Config(), {**suite_method_args.get(algorithm, {}), **method_args.get(name, {})})
+            config = apply_overrides(cls.Config(), {**suite_method_args.get(algorithm, {}),
+                                                    **suite_method_args.get(variant, {}), **method_args.get(name, {})})
             methods[name] = cls(config)
             train_configs[name] = apply_overrides(suite.train, {**suite_train_args.get(algorithm, {}),
+                                                                **suite_train_args.get(variant, {}),
                                                                 **train_args.get("*", {}), **train_args.get(name, {})})
         except (OverrideError, ValueError, KeyError) as err:
             raise RunSetupError(f"{name}: {err}") from None
@@ -220,7 +223,8 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
                    *resolve_prompts(prompts if prompts is not None else source), split, dtype, scorer_options,
-                   tuning={name: suite.tuning[a] for name, a in algorithms.items() if a in suite.tuning},
+                   tuning={name: suite.tuning[key] for name, a in algorithms.items()
+                           if (key := name if suite.variants.get(name) == a else a) in suite.tuning},
                    algorithms={name: a for name, a in algorithms.items() if name != a},
                    native_space=Backbone.native_space_of(pipeline or suite.pipeline),  # records "native" resolved
                    reward=reward or suite.primary_metric,

@@ -46,6 +46,9 @@ class Suite:
     # "METHOD.FIELD" for one method's config.
     search: dict[str, Space] = field(default_factory=dict)
     tuning: dict[str, dict] = field(default_factory=dict)  # method -> provenance of its tuned settings (records)
+    # label -> method: a variant whose settings above are keyed by its label (a tuned `bench tune --methods sdpo=dpo`);
+    # they apply, over the method's own, to a run that names the same label for the same method
+    variants: dict[str, str] = field(default_factory=dict)
     # online methods: evaluate on the validation prompts (one image each) every this many NFE of training (0: never)
     curve_every: float = 0.0
     set_metrics: tuple[str, ...] = ()  # metrics of the image set (`metrics.sets`): FD, PRDC, Vendi
@@ -104,6 +107,7 @@ def toy_suite() -> Suite:
                     for m in {*train_args, *tuned}},
         search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet
         tuning={m: t["tuning"] for m, t in tuned.items()},
+        variants={m: t["method"] for m, t in tuned.items() if t.get("method", m) != m},
         curve_every=1e4,
         set_metrics=("fd-toyclip", "prdc-toyclip", "vendi-toyclip"),  # in the toy CLIP's feature space
         reference="toy-renders",  # ground-truth renders of the test captions, one per evaluated image
@@ -111,7 +115,8 @@ def toy_suite() -> Suite:
 
 
 def tuned_settings(path: Path) -> dict[str, dict]:
-    """method -> {method_args, train_args, tuning} from a committed tuning run (`bench tune`), or {} if none."""
+    """label -> {method, method_args, train_args, tuning} from a committed tuning run (`bench tune`), or {} if
+    none; a label differs from its method for a variant (`Suite.variants`)."""
     return json.loads(path.read_text())["methods"] if path.exists() else {}
 
 

@@ -46,7 +46,7 @@ from bench.core.config import TrainConfig
 from bench.core.progress import progress_bar
 from bench.core.records import TUNING, new_record, read_record, write_json_atomic
 from bench.core.search_space import Space, search_space
-from bench.harness.run import RunPlan, RunSetupError, execute, plan_run
+from bench.harness.run import RunPlan, RunSetupError, execute, parse_method_specs, plan_run
 from bench.harness.suites import Suite
 from methods.alignment import METHODS
 from metrics import SCORERS
@@ -55,10 +55,11 @@ from metrics.build import ScorerOptions
 log = logging.getLogger(__name__)
 
 
-def trial_space(suite: Suite, method: str) -> dict[str, Space]:
+def trial_space(suite: Suite, method: str, *, label: str | None = None, fixed: dict | None = None) -> dict[str, Space]:
     """A method's search space as trial parameter names: `method.FIELD` (its Config's declared ranges) and
     `train.FIELD` (TrainConfig's: the learning rate; not for an inference-time method, which trains nothing), with
-    the suite's ranges replacing declared ones."""
+    the suite's ranges (by method, then by `label`) replacing declared ones. `fixed` holds the parameters the user
+    set (`--method-arg`, `--train-arg`, as trial parameter names): they are not searched."""
     trains = METHODS.get(method).kind != "inference-time"
     space = {f"method.{name}": s for name, s in search_space(METHODS.get(method).Config).items()}
     if trains:
@@ -67,9 +68,9 @@ def trial_space(suite: Suite, method: str) -> dict[str, Space]:
         scope, _, name = key.partition(".")
         if scope == "train" and trains:
             space[key] = s
-        elif scope == method:
+        elif scope in (method, label):
             space[f"method.{name}"] = s
-    return space
+    return {name: s for name, s in space.items() if name not in (fixed or {})}
 
 
 def split_params(params: dict) -> tuple[dict, dict]:
@@ -81,6 +82,11 @@ def split_params(params: dict) -> tuple[dict, dict]:
 
 @dataclass
 class TunePlan:
+    """A checked sweep. `methods` are labels (`bench run`'s LABEL=METHOD: a method tuned under settings of its own,
+    e.g. `sdpo=dpo` with `safeguard=true`); `algorithms` maps a label to its registered method where they differ;
+    `fixed` holds each label's settings given by the user (trial parameter names, `method.FIELD`/`train.FIELD`),
+    applied to every trial and never searched."""
+
     suite: Suite
     methods: list[str]
     trials: int
@@ -94,6 +100,22 @@ class TunePlan:
     final_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     final_budgets: list[Budget] = field(default_factory=list)
     scorer_options: ScorerOptions = field(default_factory=ScorerOptions)
+    algorithms: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, dict] = field(default_factory=dict)
+
+    def algorithm(self, label: str) -> str:
+        return self.algorithms.get(label, label)
+
+    def spec(self, label: str) -> str:
+        """The label as `--methods` spells it: "dpo", or "sdpo=dpo"."""
+        return label if self.algorithm(label) == label else f"{label}={self.algorithm(label)}"
+
+    def space(self, label: str) -> dict[str, Space]:
+        return trial_space(self.suite, self.algorithm(label), label=label, fixed=self.fixed.get(label))
+
+    def settings(self, label: str, params: dict) -> tuple[dict, dict]:
+        """A trial's parameters with the label's fixed settings -> (method config overrides, train config overrides)."""
+        return split_params({**self.fixed.get(label, {}), **params})
 
     @property
     def storage_url(self) -> str:
@@ -103,8 +125,8 @@ class TunePlan:
         return f"{self.suite.name}/{method}/{self.budget}/{self.objective}/seed{self.seed}"
 
     def trial_plan(self, method: str, params: dict, trial_dir: Path) -> RunPlan:
-        method_args, train_args = split_params(params)
-        return plan_run(self.suite, [method], budgets=[self.budget], seeds=[self.seed],
+        method_args, train_args = self.settings(method, params)
+        return plan_run(self.suite, [self.spec(method)], budgets=[self.budget], seeds=[self.seed],
                         method_args={method: method_args}, train_args={method: train_args}, run_dir=trial_dir,
                         resume=(trial_dir / "run.json").exists(), progress=self.progress, split="validation",
                         scorer_options=self.scorer_options)
@@ -113,8 +135,11 @@ class TunePlan:
 def plan_tune(suite: Suite, methods: list[str], *, trials: int, budget: Budget | None, objective: str | None,
               run_dir: Path, seed: int = 0, storage: str | None = None, resume: bool = False, progress: bool = True,
               final_seeds: list[int] | None = None, final_budgets: list[Budget] | None = None,
-              scorer_options: ScorerOptions | None = None) -> TunePlan:
-    """Validate a tuning request completely (methods, spaces, objective, run directory) before any work."""
+              scorer_options: ScorerOptions | None = None, method_args: dict[str, dict] | None = None,
+              train_args: dict[str, dict] | None = None) -> TunePlan:
+    """Validate a tuning request completely (methods, spaces, objective, run directory) before any work. `methods`
+    are names or LABEL=METHOD; `method_args`/`train_args` (label -> {FIELD: value}) fix settings of every trial and
+    final run, which are then not searched."""
     if trials < 1:
         raise RunSetupError(f"--trials must be >= 1, got {trials}")
     objective = objective or suite.primary_metric
@@ -122,16 +147,31 @@ def plan_tune(suite: Suite, methods: list[str], *, trials: int, budget: Budget |
     if objective not in suite.metrics:
         suite = dataclasses.replace(suite, metrics=(*suite.metrics, objective))
     budget = budget or suite.budget
-    plan = TunePlan(suite, methods, trials, budget, objective, Path(run_dir), seed, storage, resume, progress,
+    algorithms = parse_method_specs(methods)
+    for option, given in (("--method-arg", method_args or {}), ("--train-arg", train_args or {})):
+        for label in given:
+            if label not in algorithms:
+                raise RunSetupError(f"{option} for {label!r}, which is not in --methods")
+    fixed = {label: {**{f"method.{k}": v for k, v in (method_args or {}).get(label, {}).items()},
+                     **{f"train.{k}": v for k, v in (train_args or {}).get(label, {}).items()}} for label in algorithms}
+    plan = TunePlan(suite, list(algorithms), trials, budget, objective, Path(run_dir), seed, storage, resume, progress,
                     final_seeds if final_seeds is not None else [0, 1, 2], final_budgets or [budget],
-                    scorer_options or ScorerOptions())
-    for method in methods:
-        if not trial_space(suite, method):
-            raise RunSetupError(f"{method} declares no search space")
+                    scorer_options or ScorerOptions(),
+                    algorithms={label: a for label, a in algorithms.items() if label != a},
+                    fixed={label: f for label, f in fixed.items() if f})
+    for method in plan.methods:
+        if not plan.space(method):
+            raise RunSetupError(f"{method} declares no search space" + (" left by the settings given" if
+                                                                          plan.fixed.get(method) else ""))
         # Every trial's configuration must be valid: check the defaults here (the spaces are checked per trial).
-        plan_run(suite, [method], budgets=[budget], run_dir=plan.run_dir / "_check", split="validation",
+        method_args, train_args = plan.settings(method, {})
+        plan_run(suite, [plan.spec(method)], budgets=[budget], method_args={method: method_args},
+                 train_args={method: train_args}, run_dir=plan.run_dir / "_check", split="validation",
                  scorer_options=plan.scorer_options)
-    plan_run(suite, methods, budgets=plan.final_budgets, seeds=plan.final_seeds, run_dir=plan.run_dir / "_check",
+    fixed_args = {m: plan.settings(m, {}) for m in plan.methods}
+    plan_run(suite, [plan.spec(m) for m in plan.methods], budgets=plan.final_budgets, seeds=plan.final_seeds,
+             method_args={m: args[0] for m, args in fixed_args.items()},
+             train_args={m: args[1] for m, args in fixed_args.items()}, run_dir=plan.run_dir / "_check",
              scorer_options=plan.scorer_options)
     db = plan.run_dir / "tune.db"
     if not resume and storage is None and plan.run_dir.exists() and any(plan.run_dir.iterdir()):
@@ -181,7 +221,7 @@ class _Sweep:
     def __init__(self, plan: TunePlan, method: str):
         self.plan, self.method = plan, method
         self.study = _study(plan, method)
-        self.space = trial_space(plan.suite, method)
+        self.space = plan.space(method)
         self.running: dict[int, object] = {}  # trial index -> the asked Optuna trial
 
     def completed(self) -> set[int]:
@@ -336,9 +376,11 @@ def summarize(study, plan: TunePlan) -> dict:
     done = sorted(_completed(study), key=lambda t: t.number)
     trials = [t for _, t in sorted(((trial_index(t, rank), t.number), t) for rank, t in enumerate(done))][: plan.trials]
     best = (max if study.direction.name == "MAXIMIZE" else min)(trials, key=lambda t: (t.value, -t.number))
-    method_args, train_args = split_params(best.params)
+    label = study.study_name.split("/")[1]
+    method_args, train_args = plan.settings(label, best.params)
     return {
-        "study": plan.study_name(study.study_name.split("/")[1]),
+        "study": plan.study_name(label),
+        "method": plan.algorithm(label),
         "best": {"trial": best.number, "value": best.value, "params": best.params, "method_args": method_args,
                  "train_args": train_args, "record": best.user_attrs.get("record")},
         "trials": [{"trial": t.number, "value": t.value, "params": t.params, "nfe": t.user_attrs.get("nfe"),
@@ -376,7 +418,7 @@ def tune(plan: TunePlan, *, final: bool = True, jobs: int = 1) -> dict:
     tune_methods(plan, plan.methods, jobs=jobs, on_method=write)
     if final:
         final_plan = plan_run(
-            plan.suite, plan.methods, budgets=plan.final_budgets, seeds=plan.final_seeds,
+            plan.suite, [plan.spec(m) for m in plan.methods], budgets=plan.final_budgets, seeds=plan.final_seeds,
             method_args={m: s["best"]["method_args"] for m, s in out["methods"].items()},
             train_args={m: s["best"]["train_args"] for m, s in out["methods"].items()},
             run_dir=plan.run_dir / "final", resume=(plan.run_dir / "final" / "run.json").exists(),
@@ -388,7 +430,8 @@ def tune(plan: TunePlan, *, final: bool = True, jobs: int = 1) -> dict:
 
 
 def suite_defaults(tune_json: dict) -> dict:
-    """The settings a suite ships from a tuning run: method -> {method_args, train_args, tuning}."""
-    return {m: {"method_args": s["best"]["method_args"], "train_args": s["best"]["train_args"],
+    """The settings a suite ships from a tuning run: label -> {method (the registered one), method_args, train_args,
+    tuning}; a label's settings apply where a run names the same label for the same method (`Suite.variants`)."""
+    return {m: {"method": s.get("method", m), "method_args": s["best"]["method_args"], "train_args": s["best"]["train_args"],
                 "tuning": tuning_provenance(tune_json["objective"], s)}
             for m, s in tune_json["methods"].items()}
