@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -178,6 +179,11 @@ def test_leaderboard_is_reproducible_and_check_names_a_deleted_record(results):
     assert built.exit_code == 0, built.output
     manifest = json.loads((results / "leaderboard.json").read_text())
     assert len(manifest["records"]) == 6  # base + 2 methods x 2 budgets + the inversion result
+    # the toy's set metrics (FD, PRDC, Vendi in the toy CLIP's space) pooled over seeds, beside the per-image table
+    assert "leaderboard-sets.csv" in manifest["outputs"]
+    assert "distribution and diversity (set metrics)" in (results / "leaderboard.md").read_text()
+    sets = pd.read_csv(results / "leaderboard-sets.csv")
+    assert list(sets["method"]) == ["base", "dpo", "sft", "dpo", "sft"] and "vendi-toyclip/vendi_delta_ci_low" in sets
     first = {name: (results / name).read_bytes() for name in manifest["outputs"]}
     assert runner.invoke(app, ["leaderboard", "--results", str(results)]).exit_code == 0
     assert {name: (results / name).read_bytes() for name in manifest["outputs"]} == first  # identical bytes

@@ -2,8 +2,9 @@
 
 `build(results)` reads every alignment run record and every `bench invert` result under
 `results/runs/` and writes `leaderboard.md` (per suite the comparison table and the paired comparisons
-between methods), `leaderboard.csv`, `figures/*.png`, `summary.md` (the results in words, generated from
-those numbers by `result_statements`: wording that follows the intervals), a self-contained
+between methods), `leaderboard.csv`, `leaderboard-sets.csv` (the set metrics pooled over seeds,
+`bench.results.set_metrics`, where records have them), `figures/*.png`, `summary.md` (the results in words, generated
+from those numbers by `result_statements`: wording that follows the intervals), a self-contained
 `index.html` (`bench.results.page`: charts, filters, significance marked, every row down to its records and samples; no
 network) and `leaderboard.json`, a manifest of
 the SHA256 of every record it used and every file it wrote. All outputs are pure functions of the
@@ -44,6 +45,7 @@ from bench.results.report import (
     pairs_table,
     three_significant,
 )
+from bench.results.set_metrics import display_set_table, diversity_statements, set_metric_table
 from bench.results.reward_hacking import (
     display_gains,
     file_slug,
@@ -134,7 +136,7 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     md = ["# Leaderboard", "", f"Rebuilt by `bench leaderboard` from {len(records)} run records under "
                         "`results/runs/`. 95% CIs from a bootstrap over training seeds, then prompts; win rate and Δ "
                         "paired with the base model on the same prompts and sampling seeds.", ""]
-    tables, all_pairs, statements, inversion_tables = {}, {}, [], []
+    tables, all_pairs, set_tables, statements, inversion_tables = {}, {}, {}, [], []
     for suite in sorted({r["suite"] for r in records}):
         suite_records = [r for r in records if r["suite"] == suite]
         table = comparison_table(suite_records)
@@ -153,11 +155,22 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
         if len(gains):
             md += [f"### Suite `{suite}`, reward hacking: proxy and {primary} gains vs the base model", "",
                    display_gains(gains, "md").to_markdown(index=False), ""]
+        sets = set_metric_table(suite_records)
+        diversity = diversity_statements(sets, table, primary, suite_records)
+        if len(sets):
+            set_tables[suite] = sets
+            md += [f"### Suite `{suite}`, distribution and diversity (set metrics)", "",
+                   "Each set metric on a row's evaluated images (FD and precision/recall/density/coverage against the "
+                   "reference set, Vendi within each prompt's images); seeds pooled by their mean. 95% CIs are "
+                   "conservative (`bench/results/set_metrics.py`): the seeds' mean interval over prompts plus their "
+                   "spread, and for Δ vs base the sum of both rows' half-widths.", "",
+                   display_set_table(sets).to_markdown(index=False), ""]
         variants = variant_statements(suite_records)
         if variants:
             md += [f"### Suite `{suite}`, labelled runs", "", *[f"- {v}" for v in variants], ""]
         statements.append((suite, result_statements(table, pairs, primary, higher, variants=variants,
-                                                    reward_hacking=statement_lines(table, suite_records))))
+                                                    reward_hacking=statement_lines(table, suite_records),
+                                                    diversity=diversity)))
     for path, result in inversions:
         title = f"inversion: {path.parent.name}, {result['config']['steps']} steps, {result['config']['dtype']}"
         shown = three_significant(inversion_table(result["records"]))
@@ -170,6 +183,11 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     write_text_atomic(out / "leaderboard.md", "\n".join(md))
     csv = pd.concat(tables.values(), ignore_index=True) if tables else pd.DataFrame()
     write_text_atomic(out / "leaderboard.csv", csv.to_csv(index=False, float_format="%.6g"))
+    set_csv = [out / "leaderboard-sets.csv"] if set_tables else []
+    for path in set_csv:  # the set metrics' own columns (`bench.results.set_metrics`)
+        write_text_atomic(path, pd.concat(set_tables.values(), ignore_index=True).to_csv(index=False, float_format="%.6g"))
+    if not set_csv:
+        (out / "leaderboard-sets.csv").unlink(missing_ok=True)
     summary = summary_markdown(statements)
     data = page_data(loaded, inversions, results=results, tables=tables, pairs=all_pairs)
     write_text_atomic(out / "index.html", page_html(data, summary=summary, inversion_tables=inversion_tables,
@@ -179,7 +197,8 @@ def build(results: Path, out: Path | None = None, *, skip_bad: bool = False, pro
     readme = results.resolve().parent / "README.md"
     if out.resolve() == results.resolve() and readme_block(readme) is not None:
         write_text_atomic(readme, with_readme_block(readme.read_text(), summary))
-    outputs = [out / "leaderboard.md", out / "leaderboard.csv", out / "index.html", out / SUMMARY, *sorted(written)]
+    outputs = [out / "leaderboard.md", out / "leaderboard.csv", *set_csv, out / "index.html", out / SUMMARY,
+               *sorted(written)]
     manifest = {
         "records": {p.relative_to(results).as_posix(): sha256_file(p) for p, _ in loaded}
         | {p.relative_to(results).as_posix(): sha256_file(p) for p, _ in inversions},
@@ -391,10 +410,11 @@ def variant_statements(records: list[dict]) -> list[str]:
 
 def result_statements(table: pd.DataFrame, pairs: pd.DataFrame, primary: str, higher_is_better: dict[str, bool], *,
                       alpha: float = ALPHA, digits: int = 3, variants: list[str] = (),
-                      reward_hacking: list[str] = ()) -> list[str]:
+                      reward_hacking: list[str] = (), diversity: list[str] = ()) -> list[str]:
     """Markdown lines for one suite: what each labelled method is (`variant_statements`), every metric against the
     base model (`base_statements`), the primary metric between methods (`pair_statements`, Holm-adjusted over
-    every row of `pairs`), then the `reward_hacking` section (`bench.results.reward_hacking.statement_lines`)."""
+    every row of `pairs`), the `reward_hacking` section (`bench.results.reward_hacking.statement_lines`), then what
+    the gains cost in distribution distance and diversity (`bench.results.set_metrics.diversity_statements`)."""
     metrics = sorted(metric_names(table), key=lambda m: m != primary)  # the primary metric first
     lines = ["### Labelled runs", "", *[f"- {v}" for v in variants], ""] if variants else []
     lines += ["### Against the base model", ""]
@@ -409,7 +429,10 @@ def result_statements(table: pd.DataFrame, pairs: pd.DataFrame, primary: str, hi
     if sentences:
         lines += [f"### Between methods: {primary} (paired; Holm-adjusted over {len(pairs)} comparisons)", ""]
         lines += [f"- {s}" for s in sentences] + [""]
-    return lines + list(reward_hacking)
+    lines += list(reward_hacking)
+    if diversity:
+        lines += ["### Distribution and diversity", "", *[f"- {s}" for s in diversity], ""]
+    return lines
 
 
 def summary_markdown(suites: list[tuple[str, list[str]]], *, alpha: float = ALPHA) -> str:

@@ -47,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.results.figures import PALETTE
-from bench.results.report import _budget_label, directions, metric_names, pairs_table
+from bench.results.report import budget_label, directions, metric_names, pairs_table
 from bench.results.reward_hacking import row_reward
 from methods.alignment import METHODS
 
@@ -201,7 +201,7 @@ def page_data(loaded: list[tuple[Path, dict]], inversions: list[tuple[Path, dict
     results = Path(results)
     members: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
     for path, record in loaded:
-        members[(record["suite"], _budget_label(record), record["method"], row_reward(record))].append((path, record))
+        members[(record["suite"], budget_label(record), record["method"], row_reward(record))].append((path, record))
     suites, rows, runs = [], [], {}
     for suite in sorted(tables):
         table = tables[suite]

@@ -82,19 +82,19 @@ def load_records(paths: list[Path], *, skip_bad: bool = False, progress: bool = 
     return out
 
 
-def _budget_label(record: dict) -> str:
+def budget_label(record: dict) -> str:
     b = record["budget"]
     return "-" if record["method"] == "base" else f"{b['limit']:g}{b['unit']}"
 
 
 def _row_key(record: dict, group_by: tuple[str, ...]) -> tuple:
-    parts = {"suite": record["suite"], "budget": _budget_label(record), "seed": record["seed"]}
+    parts = {"suite": record["suite"], "budget": budget_label(record), "seed": record["seed"]}
     return tuple(parts[k] if k in group_by else None for k in GROUP_KEYS) + (record["method"], row_reward(record))
 
 
 def _describe(record: dict) -> str:
     seed = "" if record["seed"] is None else f", seed {record['seed']}"
-    return f"{record['suite']} {record['method']} ({_budget_label(record)}{seed}, created {record.get('created', '?')})"
+    return f"{record['suite']} {record['method']} ({budget_label(record)}{seed}, created {record.get('created', '?')})"
 
 
 def _check_same_images(a: dict, b: dict) -> None:
@@ -144,7 +144,7 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     rows = []
     for key, members in groups.items():
         first = members[0]
-        for label, value in (("suites", lambda r: r["suite"]), ("budgets", _budget_label)):
+        for label, value in (("suites", lambda r: r["suite"]), ("budgets", budget_label)):
             pooled = sorted({value(m) for m in members})
             if len(pooled) > 1:
                 raise ValueError(f"--group-by {','.join(group_by)}: a {first['method']} row would pool different "
@@ -154,7 +154,7 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
             _check_same_images(first, other)
         prompts = first["evaluation"]["prompts"]  # each image's prompt: the bootstrap's cluster
         names = metrics or list(first["metrics"])
-        row = {"suite": first["suite"], "method": first["method"], "reward": key[-1], "budget": _budget_label(first),
+        row = {"suite": first["suite"], "method": first["method"], "reward": key[-1], "budget": budget_label(first),
                "seed": key[2] if "seed" in group_by else "-", "seeds": len({m["seed"] for m in members}),
                "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
                "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members),
@@ -192,7 +192,7 @@ def _runs_by_method(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict
     for r in records:
         if r["method"] == "base":
             continue
-        seen = runs[(r["suite"], _budget_label(r))][series_label(r["method"], row_reward(r))].setdefault(r["seed"], r)
+        seen = runs[(r["suite"], budget_label(r))][series_label(r["method"], row_reward(r))].setdefault(r["seed"], r)
         if seen is not r and seen["evaluation"]["scores"] != r["evaluation"]["scores"]:
             raise RecordError(f"{_describe(seen)} and {_describe(r)}: two runs of one method, budget and seed with "
                               "different scores; report one of them")
@@ -296,7 +296,7 @@ def protocol_table(records: list[dict], protocol: str, metric: str, *, resamples
     _check_metrics(records, [metric])
     bases = _one_base_per_suite(records)
     rows = []
-    for r in sorted(records, key=lambda r: (r["suite"], r["method"] != "base", r["method"], _budget_label(r), r["seed"] or 0)):
+    for r in sorted(records, key=lambda r: (r["suite"], r["method"] != "base", r["method"], budget_label(r), r["seed"] or 0)):
         k, scores = images_per_prompt(r), r["evaluation"]["scores"][metric]
         if protocol == "kto-median-of-k" and k % 2 == 0:
             raise ValueError(f"--protocol {protocol} needs an odd number of images per prompt (the median is one "
@@ -313,7 +313,7 @@ def protocol_table(records: list[dict], protocol: str, metric: str, *, resamples
             _check_same_images(r, base)
             stat = protocols.win_rate(scores, base["evaluation"]["scores"][metric], images_per_prompt=k, median_of=k,
                                       higher_is_better=_higher(r, metric), resamples=resamples)
-        rows.append({"suite": r["suite"], "method": r["method"], "budget": _budget_label(r), "seed": r["seed"],
+        rows.append({"suite": r["suite"], "method": r["method"], "budget": budget_label(r), "seed": r["seed"],
                      "images_per_prompt": k, f"{metric}_{protocol}": stat["mean"], "ci_low": stat["ci_low"],
                      "ci_high": stat["ci_high"], "prompts": stat["n"]})
     return pd.DataFrame(rows)
