@@ -29,10 +29,11 @@ class InferenceTimeMethod(AlignmentMethod, data_kind="prompts", needs_reference=
 
     @abstractmethod
     def generate(self, backbone: Backbone, cond: Conditioning, noise: torch.Tensor, prompts: list[str],
-                 reward: Reward, rng: torch.Generator) -> torch.Tensor:
+                 reward: Reward, rngs: list[torch.Generator]) -> torch.Tensor:
         """Latents (B, C, h, w) of the images for `prompts` (B,) with conditioning `cond` (B,), starting from the
-        initial noise x_T `noise` (B, C, h, w); `rng` (CPU) draws whatever the method draws, for the batch in order,
-        so an image is independent of its batch when each call gets one image and that image's own generator."""
+        initial noise x_T `noise` (B, C, h, w); `rngs` (B CPU generators) draw what the method draws, image i from
+        rngs[i] alone, and nothing couples the images of a batch, so an image does not depend on its batch (up to
+        the rounding of batched arithmetic)."""
 
     @abstractmethod
     def max_nfe_per_image(self) -> int:

@@ -145,22 +145,44 @@ def test_update_by_hand_and_the_norm_constraint(float64_backbone):
     z = torch.tensor([0.6, 0.8], dtype=torch.float64).view(1, 2, 1, 1)
     grad = torch.tensor([5.0, 0.0], dtype=torch.float64).view(1, 2, 1, 1)  # ½ · grad_scale · 5 = 2.5, clipped to 1e-3
     config = DOODLConfig(perturb=0.0)
-    new, velocity = doodl_update(z, grad, None, torch.tensor([1.0], dtype=torch.float64), config, torch.Generator())
+    new, velocity = doodl_update(z, grad, None, torch.tensor([1.0], dtype=torch.float64), config, [torch.Generator()])
     assert new.flatten().tolist() == pytest.approx([0.600639, 0.799520], abs=1e-6)
     assert velocity.flatten().tolist() == [1e-3, 0.0]
     # momentum: b_1 = 0.9 b_0 + g_1, no renormalisation
     free = DOODLConfig(perturb=0.0, renormalize=False)
-    second, velocity = doodl_update(z, grad, velocity, torch.tensor([1.0]), free, torch.Generator())
+    second, velocity = doodl_update(z, grad, velocity, torch.tensor([1.0]), free, [torch.Generator()])
     assert second.flatten().tolist() == pytest.approx([0.6 + 1.9e-3, 0.8], abs=1e-15)
 
     # through optimise, with the perturbation: each image keeps the norm of its initial noise
     backbone = float64_backbone
     noise = _noise(backbone, 2, seed=1) * torch.tensor([1.0, 2.0], dtype=torch.float64).view(2, 1, 1, 1)
     method = DOODL(DOODLConfig(steps=2, guidance=1.0, opt_steps=2, grad_scale=1e3))
-    result = method.optimise(backbone, backbone.encode_prompts(PROMPTS), noise, PROMPTS, RedReward(),
-                             torch.Generator().manual_seed(0))
+    result = method.optimise(backbone, backbone.encode_prompts(PROMPTS), noise, PROMPTS, RedReward(), _rngs(2))
     torch.testing.assert_close(result.noise.flatten(1).norm(dim=1), noise.flatten(1).norm(dim=1), rtol=1e-13, atol=0)
     assert (result.noise - noise).abs().max() > 1e-3  # it moved
+
+
+def _rngs(n: int, first: int = 0) -> list[torch.Generator]:
+    """One generator per image, as the harness hands them (`generate_inference_time`)."""
+    return [torch.Generator().manual_seed(first + i) for i in range(n)]
+
+
+def test_a_batch_optimises_each_image_as_it_would_alone(float64_backbone):
+    """Images optimised together (the harness batches them) equal the same images optimised one per call with their
+    own generators: the objectives, clipping, perturbation and norm constraint are per image."""
+    backbone, reward = float64_backbone, RedReward()
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    noise = _noise(backbone, 3, seed=3)
+    method = DOODL(DOODLConfig(steps=3, guidance=3.0, opt_steps=2, grad_scale=1e2, perturb=1e-2))
+    together = method.optimise(backbone, backbone.encode_prompts(prompts), noise, prompts, reward, _rngs(3, first=7))
+    for i in range(3):
+        alone = method.optimise(backbone, backbone.encode_prompts(prompts[i:i + 1]), noise[i:i + 1], prompts[i:i + 1],
+                                reward, _rngs(1, first=7 + i))
+        torch.testing.assert_close(together.noise[i:i + 1], alone.noise, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(together.latents[i:i + 1], alone.latents, rtol=1e-10, atol=1e-12)
+    # what an image draws comes from its generator: other generators, other optimised noise
+    shuffled = method.optimise(backbone, backbone.encode_prompts(prompts), noise, prompts, reward, _rngs(3, first=8))
+    assert (shuffled.noise - together.noise).abs().max() > 1e-4
 
 
 def test_one_optimisation_step_raises_the_reward(float64_backbone):
@@ -170,14 +192,13 @@ def test_one_optimisation_step_raises_the_reward(float64_backbone):
 
     def red(opt_steps: int) -> torch.Tensor:
         method = DOODL(DOODLConfig(opt_steps=opt_steps, **config))
-        latents = method.generate(backbone, cond, noise, PROMPTS, reward, torch.Generator().manual_seed(0))
+        latents = method.generate(backbone, cond, noise, PROMPTS, reward, _rngs(2))
         return reward(backbone.decode(latents), PROMPTS)
 
     before, after = red(0), red(1)
     assert (after > before).all(), (before, after)
     # the objective DOODL logs before its update is J at the initial noise (both chains' mean)
-    result = DOODL(DOODLConfig(opt_steps=1, **config)).optimise(backbone, cond, noise, PROMPTS, reward,
-                                                                torch.Generator())
+    result = DOODL(DOODLConfig(opt_steps=1, **config)).optimise(backbone, cond, noise, PROMPTS, reward, _rngs(2))
     assert result.objectives.shape == (1, 2)
     assert result.objectives[0].tolist() == pytest.approx(before.tolist(), abs=1e-3)  # x_0 ≈ y_0
 
@@ -195,7 +216,7 @@ def test_generate_costs_the_declared_nfe_per_image(request, family, guidance):
         prompts = PROMPTS[:batch]
         cond, noise = backbone.encode_prompts(prompts), _noise(backbone, batch)
         backbone.nfe.reset()
-        latents = method.generate(backbone, cond, noise, prompts, reward, torch.Generator().manual_seed(0))
+        latents = method.generate(backbone, cond, noise, prompts, reward, _rngs(batch))
         assert latents.shape == noise.shape and torch.isfinite(latents).all()
         assert backbone.nfe.total == batch * method.max_nfe_per_image()
     assert DOODL().max_nfe_per_image() == 50 * 800 + 200  # the defaults: 50 updates of 50 guided EDICT steps
@@ -210,7 +231,7 @@ def test_a_reward_without_gradients_is_refused_in_one_line_naming_it(tiny_backbo
     cond, noise = tiny_backbone.encode_prompts(PROMPTS), _noise(tiny_backbone, 2)
     tiny_backbone.nfe.reset()
     with pytest.raises(ValueError) as err:
-        DOODL().generate(tiny_backbone, cond, noise, PROMPTS, reward, torch.Generator())
+        DOODL().generate(tiny_backbone, cond, noise, PROMPTS, reward, _rngs(2))
     assert str(err.value) == ("doodl needs a differentiable reward; toy-clip is not "
                               "(use a differentiable scorer such as toy-pickscore)")
     assert tiny_backbone.nfe.total == 0  # refused before any work
@@ -230,3 +251,37 @@ def test_doodl_declares_an_inference_time_method_that_trains_nothing():
     assert method.describe()["opt_steps"] == 50
     with pytest.raises(ValueError, match=r"p \(mixing weight\) must be in \(0, 1\], got 0.0"):
         DOODLConfig(p=0.0)
+
+
+def test_a_run_of_doodl_records_its_inference_cost_and_batches_its_images(tmp_path, tiny_toy_dir, monkeypatch):
+    """`bench run --methods doodl` on the tiny toy: the record holds the declared NFE per evaluated image (charged at
+    evaluation, none at training), and evaluating the images in batches of 4 gives the images of batches of 1."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.core.records import read_record
+    from bench.harness.suites import SUITES, get_suite
+
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join([*PROMPTS, "a large green square on the right, black background"]) + "\n")
+    toy = get_suite("toy")
+    records = {}
+    for batch in (1, 4):
+        monkeypatch.setitem(SUITES._items, "toy", lambda b=batch: dataclasses.replace(
+            toy, eval=dataclasses.replace(toy.eval, batch_size=b), set_metrics=()))
+        result = CliRunner().invoke(app, ["run", "--methods", "doodl", "-a", "doodl.steps=2", "-a", "doodl.opt_steps=1",
+                                          "--prompts", str(prompts), "--run-dir", str(tmp_path / f"b{batch}"), "-q"])
+        assert result.exit_code == 0, result.output
+        records[batch] = read_record(tmp_path / f"b{batch}" / "doodl-40000nfe-s0.json")
+    record = records[4]
+    images = len(record["evaluation"]["prompts"])
+    declared = DOODL(DOODLConfig(steps=2, opt_steps=1, guidance=toy.method_args["doodl"]["guidance"]))
+    assert record["inference"]["images"] == images == 3 * toy.eval.images_per_prompt
+    assert record["inference"]["nfe_per_image"] == record["inference"]["declared_nfe_per_image"] \
+        == declared.max_nfe_per_image()
+    assert record["budget"]["usage"]["nfe"] == 0 and record["training"]["steps"] == 0
+    for metric, scores in record["evaluation"]["scores"].items():
+        assert scores == pytest.approx(records[1]["evaluation"]["scores"][metric], abs=1e-4), metric

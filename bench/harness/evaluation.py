@@ -86,7 +86,8 @@ def evaluate(backbone: Backbone, prompts: list[str], cfg: EvalConfig, scorers: d
     if inference is not None:
         method, reward, run_seed = inference
         images = generate_inference_time(backbone, method, local_prompts, local_seeds, reward, run_seed=run_seed,
-                                         progress=progress and state.is_main_process, desc=desc)
+                                         batch_size=cfg.batch_size, progress=progress and state.is_main_process,
+                                         desc=desc)
     else:
         images = generate(backbone, local_prompts, local_seeds, steps=cfg.steps, guidance=cfg.guidance,
                           batch_size=cfg.batch_size, progress=progress and state.is_main_process, desc=desc)

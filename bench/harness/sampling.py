@@ -44,19 +44,24 @@ def sample_latents(backbone: Backbone, cond: Conditioning, seeds: list[int], *, 
 
 
 def generate_inference_time(backbone: Backbone, method: InferenceTimeMethod, prompts: list[str], seeds: list[int],
-                            reward: Reward, *, run_seed: int = 0, progress: bool = False,
+                            reward: Reward, *, run_seed: int = 0, batch_size: int = 128, progress: bool = False,
                             desc: str = "sampling") -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1] of an inference-time method (e.g. DOODL): image i from the base model's own
-    initial noise for seeds[i] (so the comparison with the base stays paired), one image per call with its own
+    """Images (N, 3, H, W) in [0, 1] of an inference-time method (e.g. DOODL), `batch_size` images per call: image i
+    from the base model's own initial noise for seeds[i] (so the comparison with the base stays paired), with its own
     generator for what the method draws (seeded from the run's seed and seeds[i], never the noise's seed), so an
-    image does not depend on its batch and runs of other seeds differ as trainings of other seeds do."""
+    image does not depend on its batch (`InferenceTimeMethod.generate`) and runs of other seeds differ as trainings
+    of other seeds do."""
     images = []
-    for prompt, seed in progress_bar(list(zip(prompts, seeds)), enabled=progress, desc=desc, unit="image"):
-        noise = initial_noise([seed], backbone.latent_shape).to(backbone.device, backbone.latent_dtype)
-        rng = torch.Generator().manual_seed(2**31 + 1_000_003 * int(run_seed) + int(seed))
-        latents = method.generate(backbone, backbone.encode_prompts([prompt]), noise, [prompt], reward, rng)
+    bar = progress_bar(total=len(prompts), enabled=progress, desc=desc, unit="image")
+    for start in range(0, len(prompts), batch_size):
+        chunk_prompts, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
+        noise = initial_noise(chunk_seeds, backbone.latent_shape).to(backbone.device, backbone.latent_dtype)
+        rngs = [torch.Generator().manual_seed(2**31 + 1_000_003 * int(run_seed) + int(seed)) for seed in chunk_seeds]
+        latents = method.generate(backbone, backbone.encode_prompts(chunk_prompts), noise, chunk_prompts, reward, rngs)
         with torch.no_grad():
             images.append(backbone.decode(latents.detach()))
+        bar.update(len(chunk_prompts))
+    bar.close()
     return torch.cat(images)
 
 

@@ -48,7 +48,9 @@ Adaptations: the chain runs on the backbone's DDIM schedule (`sampling_levels`: 
 `final_alpha_cumprod`, as evaluation samples; the reference's scheduler uses 980, ..., 0 and `set_alpha_to_one=False`),
 in the backbone's latent dtype; the reward is the run's (`bench run --reward`, any differentiable scorer) on the
 whole decoded image (the reference's CLIP, aesthetic and FGVC losses average over random crops, `MakeCutouts`, a
-matter of the scorer); ξ_m is drawn from the `rng` handed to `generate`; M counts updates, so the image comes from
+matter of the scorer); ξ_m of image i is drawn from the i-th generator handed to `generate`, and a batch of images is
+optimised together (their objectives are independent, so the summed objective's gradient is each image's own; the
+reference optimises one image per call); M counts updates, so the image comes from
 z_M (the reference saves the image of z_{M−1} at its last traversal step, whose gradient it computes and drops).
 Not implemented: the reference's other modes (`opt_t`, optimising a partly denoised latent; `source_im`, editing an
 inverted image with untied chains; Nesterov momentum). The paper's text was not read beyond its abstract: the
@@ -75,7 +77,6 @@ from methods.inversion.base import (
     walk,
 )
 from methods.inversion.edict import EDICT, EDICTConfig, _roles
-from methods.shards import sample_noise
 
 
 @dataclass
@@ -192,14 +193,15 @@ def chain_gradient(backbone: Backbone, sampler: EDICT, z: torch.Tensor, levels: 
 
 
 def doodl_update(z: torch.Tensor, grad: torch.Tensor, velocity: torch.Tensor | None, norm: torch.Tensor,
-                 config: DOODLConfig, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update of the latents z (B, C, h, w) from ∇_z J: clipped step, momentum, perturbation and the norm
-    constraint ‖z‖ = `norm` (B,) per image. Returns (z, the momentum buffer b)."""
+                 config: DOODLConfig, rngs: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of the latents z (B, C, h, w) from ∇_z J: clipped step, momentum, perturbation (image i's from
+    rngs[i]) and the norm constraint ‖z‖ = `norm` (B,) per image. Returns (z, the momentum buffer b)."""
     step = (0.5 * config.grad_scale * grad).clamp(-config.clip_grad, config.clip_grad)
     velocity = step if velocity is None else config.momentum * velocity + step
     z = z + velocity
     if config.perturb > 0:
-        z = z + config.perturb * sample_noise(z, rng)
+        xi = torch.stack([torch.randn(z.shape[1:], generator=rng, dtype=torch.float32) for rng in rngs])  # (B, C, h, w)
+        z = z + config.perturb * xi.to(z)
     if config.renormalize:
         z = z * (norm / z.flatten(1).norm(dim=1)).view(-1, *([1] * (z.ndim - 1)))
     return z, velocity
@@ -221,8 +223,9 @@ class DOODL(InferenceTimeMethod, name="doodl", config=DOODLConfig):
 
     @torch.no_grad()
     def optimise(self, backbone: Backbone, cond: Conditioning, noise: torch.Tensor, prompts: list[str],
-                 reward: Reward, rng: torch.Generator) -> DOODLResult:
-        """`opt_steps` updates of the noise (B, C, h, w), then the chain from the result."""
+                 reward: Reward, rngs: list[torch.Generator]) -> DOODLResult:
+        """`opt_steps` updates of the noise (B, C, h, w) (`rngs`: one generator per image), then the chain from the
+        result."""
         self.check_reward(reward)
         cfg, sampler = self.config, self.sampler()
         levels = chain_levels(backbone, cfg.steps, noise.shape[0])
@@ -230,7 +233,7 @@ class DOODL(InferenceTimeMethod, name="doodl", config=DOODLConfig):
         objectives, error = [], 0.0
         for _ in range(cfg.opt_steps):
             gradient = chain_gradient(backbone, sampler, z, levels, cond, prompts, reward, cfg.guidance)
-            z, velocity = doodl_update(z, gradient.grad, velocity, norm, cfg, rng)
+            z, velocity = doodl_update(z, gradient.grad, velocity, norm, cfg, rngs)
             objectives.append(gradient.objective)
             error = max(error, gradient.inversion_error)
         latents, _ = sampler.reconstruct_pair(backbone, InversionState(z, levels), cond, cfg.guidance)
@@ -238,5 +241,5 @@ class DOODL(InferenceTimeMethod, name="doodl", config=DOODLConfig):
         return DOODLResult(latents, z, stacked, error)
 
     def generate(self, backbone: Backbone, cond: Conditioning, noise: torch.Tensor, prompts: list[str],
-                 reward: Reward, rng: torch.Generator) -> torch.Tensor:
-        return self.optimise(backbone, cond, noise, prompts, reward, rng).latents
+                 reward: Reward, rngs: list[torch.Generator]) -> torch.Tensor:
+        return self.optimise(backbone, cond, noise, prompts, reward, rngs).latents
