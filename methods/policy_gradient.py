@@ -32,7 +32,7 @@ from bench.core.backbone import Backbone, Conditioning
 from bench.core.search_space import FloatRange
 from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch
 from methods.checks import require
-from methods.shards import sample_noise
+from methods.shards import current, gather_rows, sample_noise, sample_permutations
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -42,15 +42,18 @@ def previous_timesteps(timesteps: torch.Tensor, num_train_timesteps: int) -> tor
     return (timesteps - num_train_timesteps // len(timesteps)).clamp(min=0)
 
 
-def ddim_step_distribution(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor,
-                           eta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Gaussian of one DDIM step: mean μ (B, C, h, w) and std s (B, 1, 1, 1) from x_t, ε̂ and ᾱ_t, ᾱ_t' (B,)."""
+def ddim_step_distribution(x_t: torch.Tensor, eps: torch.Tensor, levels_t: tuple[torch.Tensor, torch.Tensor],
+                           levels_prev: tuple[torch.Tensor, torch.Tensor], eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian of one DDIM step: mean μ (B, C, h, w) and std s (B, 1, 1, 1) from x_t, ε̂ and the levels
+    (a, s) (B,) at t and t' (`Backbone.noise_levels`). With a² = ᾱ, s² = 1 − ᾱ this is the module docstring's step;
+    for any x_t = a_t x_0 + s_t ε the variance is the posterior's, s_t'²/s_t² · (s_t² − (a_t/a_t')² s_t'²)
+    (`methods.inversion.base.ddpm_variance`), and μ = a_t' x̂0 + √(s_t'² − η²σ²) ε̂."""
     shape = (-1, *([1] * (x_t.ndim - 1)))
-    abar_t, abar_prev = abar_t.view(shape).to(x_t), abar_prev.view(shape).to(x_t)
-    x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
-    variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+    (a_t, s_t), (a_prev, s_prev) = ((c.view(shape).to(x_t) for c in levels) for levels in (levels_t, levels_prev))
+    x0 = (x_t - s_t * eps) / a_t
+    variance = s_prev**2 / s_t**2 * (s_t**2 - (a_t / a_prev) ** 2 * s_prev**2)
     std = eta * variance.sqrt()
-    mean = abar_prev.sqrt() * x0 + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
+    mean = a_prev * x0 + (s_prev**2 - std**2).clamp(min=0).sqrt() * eps
     return mean, std
 
 
@@ -78,7 +81,7 @@ def policy_step(backbone: Backbone, x_t: torch.Tensor, t: torch.Tensor, t_prev: 
                 *, eta: float, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, s) of π(· | x_t, c) at per-sample levels t → t' (B,): one guided ε̂ (B NFE, 2B with guidance)."""
     eps = backbone.eps(x_t, t, cond, guidance)
-    return ddim_step_distribution(x_t, eps, backbone.alpha_bar(t.cpu()), backbone.alpha_bar(t_prev.cpu()), eta)
+    return ddim_step_distribution(x_t, eps, backbone.noise_levels(t.cpu()), backbone.noise_levels(t_prev.cpu()), eta)
 
 
 @torch.no_grad()
@@ -94,8 +97,7 @@ def rollout(backbone: Backbone, cond: Conditioning, noise: torch.Tensor, *, step
         level = torch.full((batch,), t, dtype=torch.long)
         mean, std = policy_step(backbone, x, level, torch.full((batch,), t_prev, dtype=torch.long), cond, eta=eta,
                                 guidance=guidance)
-        z = torch.randn(x.shape, generator=rng, dtype=torch.float32).to(x)
-        x = mean + std * z
+        x = mean + std * sample_noise(x, rng)  # drawn for the global batch (`methods.shards`)
         latents.append(x)
         log_probs.append(gaussian_log_prob(x, mean, std))
     return Rollout(torch.stack(latents, dim=1), torch.stack(log_probs, dim=1), timesteps, cond)
@@ -200,9 +202,10 @@ class PolicyGradient(OnlineMethod):
     accumulated into one optimizer step: L = clipped surrogate (+ `kl_loss`)."""
 
     @abstractmethod
-    def advantages(self, rewards: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
-        """Advantages (B·G,) of the rewards of the samples (prompt-major: the G samples of prompt i are rows
-        i·G ... i·G + G − 1)."""
+    def advantages(self, rewards: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Advantages (B·G,) of the rewards of the samples of the B prompts `prompt_ids` (B,) (prompt-major: the G
+        samples of prompt i are rows i·G ... i·G + G − 1). Called with the global batch (every process's samples,
+        `collect`), so statistics over a group or the collection are those of a one-process run."""
 
     def trainable_steps(self) -> int:
         """How many of a trajectory's steps may be trained (from the first)."""
@@ -236,12 +239,15 @@ class PolicyGradient(OnlineMethod):
         noise = self.initial_noise(policy, batch, rng)
         trajectories = rollout(policy, cond, noise, steps=self.config.steps, eta=self.config.eta,
                                guidance=self.config.guidance, rng=rng)
-        rewards = batch.reward(policy.decode(trajectories.samples), prompts).float().cpu()
-        advantages = self.advantages(rewards, batch).clamp(-self.config.adv_clip_max, self.config.adv_clip_max)
-        n, trained = len(rewards), self.trained_steps()
+        rewards = batch.reward(policy.decode(trajectories.samples), prompts).float()  # (B·G,) this process's
+        everyone = gather_rows(rewards).cpu()  # (world·B·G,): advantages over whole groups and the whole collection
+        ids = gather_rows(batch.prompt_ids.to(rewards.device)).cpu()
+        advantages = self.advantages(everyone, ids)[current().rows(len(rewards))]
+        advantages = advantages.clamp(-self.config.adv_clip_max, self.config.adv_clip_max)
+        rewards, n, trained = rewards.cpu(), len(rewards), self.trained_steps()
         micro_batches = []
         for _ in range(self.config.inner_epochs):
-            order = torch.stack([torch.randperm(self.trainable_steps(), generator=rng) for _ in range(n)])  # (B·G, N')
+            order = sample_permutations(n, self.trainable_steps(), rng)  # (B·G, N') per trajectory
             for j in range(trained):
                 micro_batches.append(StepBatch(trajectories, order[:, j], advantages.to(policy.device), rewards))
         return micro_batches

@@ -97,6 +97,23 @@ def sample_categorical(probs: torch.Tensor, n: int, rng: torch.Generator) -> tor
     return _local(lambda rows: torch.multinomial(probs, rows, replacement=True, generator=rng), n)
 
 
+def sample_permutations(n: int, size: int, rng: torch.Generator) -> torch.Tensor:
+    """n local random permutations of range(size), shape (n, size), one per row."""
+    return _local(lambda rows: torch.stack([torch.randperm(size, generator=rng) for _ in range(rows)])
+                  if rows else torch.empty((0, size), dtype=torch.long), n)
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """The global batch (world·n, ...) from every process's local rows (n, ...), in rank order (what a one-process
+    run holds); `local` itself in one process. Every process must call it with the same shape, on the device its
+    process group communicates on (CPU for gloo, the GPU for NCCL)."""
+    if current().world == 1 or not torch.distributed.is_initialized():
+        return local
+    parts = [torch.empty_like(local) for _ in range(current().world)]
+    torch.distributed.all_gather(parts, local.contiguous())
+    return torch.cat(parts)
+
+
 def global_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean over processes of a per-process mean (equal shards): the global batch's mean, detached."""
     if current().world == 1 or not torch.distributed.is_initialized():

@@ -8,7 +8,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from methods.alignment.base import PromptBatch
 from methods.alignment.ddpo import DDPO, DDPOConfig
 from methods.policy_gradient import (
     clipped_surrogate,
@@ -37,7 +36,10 @@ def test_ddim_eta_1_step_log_prob_equals_the_hand_computed_value():
     # -> μ = 1.006384; x' = μ + 0.3 s -> log p = -0.3²/2 - ln s - ln √(2π) = -0.175300
     abar = sd15_alphas()
     x = torch.ones(1, 4, 2, 2, dtype=torch.float64)
-    mean, std = ddim_step_distribution(x, 0.5 * torch.ones_like(x), abar[981:982], abar[961:962], eta=1.0)
+    def levels(t: int) -> tuple[torch.Tensor, torch.Tensor]:  # (a, s) = (√ᾱ, √(1 − ᾱ))
+        return abar[t:t + 1].sqrt(), (1 - abar[t:t + 1]).sqrt()
+
+    mean, std = ddim_step_distribution(x, 0.5 * torch.ones_like(x), levels(981), levels(961), eta=1.0)
     assert std.item() == pytest.approx(0.454463, abs=1e-6)
     assert mean.flatten()[0].item() == pytest.approx(1.006384, abs=1e-6)
     assert gaussian_log_prob(mean + 0.3 * std, mean, std).item() == pytest.approx(-0.175300, abs=1e-6)
@@ -91,7 +93,7 @@ def test_ddpo_uses_the_collection_until_a_prompt_has_min_count_rewards_then_its_
     method = DDPO(DDPOConfig(buffer_size=3, min_count=2))
 
     def batch(ids):
-        return PromptBatch(cond=None, prompts=[str(i) for i in ids], prompt_ids=torch.tensor(ids), reward=None)
+        return torch.tensor(ids)
 
     first = method.advantages(torch.tensor([1.0, 3.0]), batch([0, 1]))  # one reward each: the collection's stats
     assert first.tolist() == pytest.approx([-1.0, 1.0], abs=1e-5)

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from bench.toy.world import split_combos
+
 pytestmark = pytest.mark.slow
 
 BENCH = [sys.executable, "-m", "bench.cli"]
@@ -89,4 +91,38 @@ def test_two_processes_equal_one_process_for_the_same_global_batch(tmp_path):
             assert log_b["loss"] == pytest.approx(log_a["loss"], rel=1e-4, abs=1e-6), method
         sa, sb = a["evaluation"]["scores"]["oracle"], b["evaluation"]["scores"]["oracle"]
         assert len(sa) == len(sb) == 256
+        assert max(abs(x - y) for x, y in zip(sa, sb)) < 1e-4, method
+
+
+
+def test_online_methods_in_two_processes_equal_one_process(tmp_path):
+    """Online methods under torchrun with 2 CPU processes of 2 prompts per collection vs 1 process of 4: prompts drawn
+    for the global collection and sharded with their whole groups, every draw (initial and step noise, trained-step
+    orders, dense reward's tie-breaks, pairs and steps) made for the global batch, advantages over the gathered
+    collection (GRPO's groups, DDPO's per-prompt buffers), gradients all-reduced: the same training and scores.
+    Evaluation on 4 test prompts. Tolerance: float32 reductions summed in a different order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"{caption}\n" for caption in split_combos().captions("test")[:4]))
+    methods = ("grpo", "ddpo", "dense-reward", "draft")
+    common = ["run", "--methods", ",".join(methods), "--budget", "3steps", "--prompts", str(prompts),
+              "--set-metrics", "", "--curve-every", "0", "-q"]
+    one = _run(common + ["--train-arg", "batch_size=4", "--run-dir", "one"], tmp_path, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "bench.cli", *common, "--train-arg", "batch_size=2", "--run-dir", "two"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    for method in methods:
+        a = json.loads((tmp_path / "one" / f"{method}-3steps-s0.json").read_text())
+        b = json.loads((tmp_path / "two" / f"{method}-3steps-s0.json").read_text())
+        assert (a["training"]["processes"], b["training"]["processes"]) == (1, 2)
+        assert a["budget"]["usage"]["nfe"] == b["budget"]["usage"]["nfe"] > 0, method
+        assert a["budget"]["usage"]["samples"] == b["budget"]["usage"]["samples"] > 0, method
+        for log_a, log_b in zip(a["training"]["history"], b["training"]["history"], strict=True):
+            assert log_b["reward_images"] == log_a["reward_images"], method
+            for key in ("loss", "reward"):
+                assert log_b[key] == pytest.approx(log_a[key], rel=1e-4, abs=1e-6), (method, key)
+        sa, sb = a["evaluation"]["scores"]["oracle"], b["evaluation"]["scores"]["oracle"]
+        assert len(sa) == len(sb) == 16
         assert max(abs(x - y) for x, y in zip(sa, sb)) < 1e-4, method

@@ -75,7 +75,9 @@ class ExperienceSampler:
     """Micro-batches of an online method's experience (data kind `prompts`): when the last collection is used up,
     the next `batch_size` training prompts (epochs over the prompts, each a permutation seeded by (seed, epoch))
     are sampled by the current policy and scored (`OnlineMethod.collect`); `next` hands out its micro-batches in
-    order. `images` counts the images scored (the samples drawn). Between collections (`resumable`), the state
+    order. Under several processes a collection is `batch_size` prompts per process, drawn for the global batch and
+    sharded as `BatchSampler` shards (a prompt's whole group in one process). `images` counts the images scored
+    (the samples drawn, by every process). Between collections (`resumable`), the state
     (epoch, cursor, the method's own state) with the training generator's makes a run resumable bit for bit; the
     trainer checkpoints only there, so a checkpoint never holds experience."""
 
@@ -83,8 +85,6 @@ class ExperienceSampler:
                  batch_size: int, seed: int, device: torch.device | str = "cpu"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if current().world > 1:
-            raise NotImplementedError("online methods train in one process for now; run them without accelerate launch")
         self.method, self.policy, self.data, self.reward = method, policy, data, reward
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.epoch, self.cursor, self.images = 0, 0, 0
@@ -95,7 +95,9 @@ class ExperienceSampler:
         return not self.pending
 
     def _next_prompts(self) -> torch.Tensor:
-        picked, need = [], self.batch_size
+        """This process's `batch_size` prompts of the next global collection (`batch_size` × processes prompts)."""
+        shard = current()
+        picked, need = [], self.batch_size * shard.world
         while need > 0:
             order = torch.randperm(len(self.data.prompts), generator=torch.Generator().manual_seed(
                 self.seed * 1_000_003 + self.epoch))
@@ -105,10 +107,10 @@ class ExperienceSampler:
             self.cursor += len(take)
             if self.cursor >= len(order):
                 self.epoch, self.cursor = self.epoch + 1, 0
-        return torch.cat(picked)
+        return torch.cat(picked)[shard.rows(self.batch_size)]
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        self.images += len(prompts)
+        self.images += len(prompts) * current().world  # every process scores as many
         return self.reward(images, prompts)
 
     def next(self, rng: torch.Generator):

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from methods.alignment.base import PromptBatch
 from methods.checks import require
 from methods.policy_gradient import PolicyGradient, PolicyGradientConfig
 
@@ -44,11 +43,12 @@ class DDPO(PolicyGradient, name="ddpo", needs_reference=False, config=DDPOConfig
         super().__init__(config)
         self.buffers: dict[int, deque] = {}
 
-    def advantages(self, rewards: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    def advantages(self, rewards: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
         """DDPO's `PerPromptStatTracker.update`: add the rewards to their prompts' buffers, then normalise each by its
-        prompt's buffer (population std + 1e-6), or by the collection's while the buffer holds < min_count."""
+        prompt's buffer (population std + 1e-6), or by the collection's while the buffer holds < min_count. Every
+        process sees the whole collection (`PolicyGradient.collect`), so every process holds the same buffers."""
         out = torch.empty_like(rewards, dtype=torch.float64)
-        ids = batch.prompt_ids.tolist()
+        ids = prompt_ids.tolist()
         for prompt in set(ids):
             rows = [i for i, p in enumerate(ids) if p == prompt]
             buffer = self.buffers.setdefault(prompt, deque(maxlen=self.config.buffer_size))

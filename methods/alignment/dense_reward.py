@@ -51,7 +51,7 @@ from bench.core.search_space import FloatRange
 from methods.alignment.base import LossOutput, OnlineMethod, PromptBatch
 from methods.checks import require
 from methods.policy_gradient import Rollout, RolloutConfig, rollout, step_log_prob
-from methods.shards import sample_categorical, sample_noise
+from methods.shards import sample_categorical, sample_noise, sample_permutations, stacked
 
 
 @dataclass
@@ -135,8 +135,8 @@ class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, confi
         rewards = batch.reward(policy.decode(trajectories.samples), prompts).float().cpu().view(len(batch), r)
         ranks = torch.linspace(cfg.record_start, r - 1, k).long()  # the repo's `rollout_store_idx`
         kept = []
-        for i in range(len(batch)):  # ascending reward, ties in random order
-            shuffled = torch.randperm(r, generator=rng)
+        shuffles = sample_permutations(len(batch), r, rng)  # (B, R): drawn for the global batch (`methods.shards`)
+        for i, shuffled in enumerate(shuffles):  # ascending reward, ties in random order
             order = shuffled[rewards[i, shuffled].sort(stable=True).indices]
             kept.append(i * r + order[ranks])
         kept = torch.cat(kept)  # (B·K,) rows of the rollouts, each prompt's K by ascending reward
@@ -146,9 +146,10 @@ class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, confi
         weights = step_weights(cfg.gamma, cfg.steps)
         micro_batches = []
         for _ in range(cfg.updates_per_collection):
-            picks = [torch.randperm(len(combinations), generator=rng)[:cfg.pairs_per_prompt] for _ in range(len(batch))]
+            picks = sample_permutations(len(batch), len(combinations), rng)[:, :cfg.pairs_per_prompt]  # (B, pairs)
             pairs = torch.cat([i * k + combinations[pick] for i, pick in enumerate(picks)])  # (P, 2) rows of `stored`
-            steps = sample_categorical(weights, 2 * len(pairs) * cfg.logit_steps, rng).view(2 * len(pairs), -1)
+            with stacked(2):  # [winners; losers]: each block's rows get their global pairs' draws
+                steps = sample_categorical(weights, 2 * len(pairs) * cfg.logit_steps, rng).view(2 * len(pairs), -1)
             micro_batches.append(TrajectoryPairs(stored, pairs[:, 1], pairs[:, 0], steps, rewards.flatten()[kept]))
         return micro_batches
 

@@ -61,8 +61,8 @@ class GRPO(PolicyGradient, name="grpo", needs_reference=True, config=GRPOConfig)
         like = torch.empty(len(batch), *policy.latent_shape, device=policy.device, dtype=policy.latent_dtype)
         return sample_noise(like, rng).repeat_interleave(self.config.group_size, dim=0)
 
-    def advantages(self, rewards: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
-        groups = torch.arange(len(batch)).repeat_interleave(self.config.group_size)
+    def advantages(self, rewards: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        groups = torch.arange(len(prompt_ids)).repeat_interleave(self.config.group_size)
         return group_advantages(rewards, groups, delta=1e-8, unbiased=True)
 
     def train_nfe_per_step(self) -> int:
