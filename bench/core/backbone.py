@@ -51,7 +51,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -137,6 +137,8 @@ class NFECounter:
     forward: int = 0
     grad_forward: int = 0  # forwards made with gradients on weights or inputs (each implies a backward)
     calls: int = 0  # UNet invocations (a CFG evaluation of a batch is one call of 2B latents)
+    # (latents in the call, with gradients) -> invocations: what `bench speed --methods` prices its compute floor by
+    calls_by_batch: dict[tuple[int, bool], int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -144,6 +146,7 @@ class NFECounter:
 
     def reset(self) -> None:
         self.forward = self.grad_forward = self.calls = 0
+        self.calls_by_batch = {}
 
 
 class BackboneLoadError(RuntimeError):
@@ -325,7 +328,12 @@ class Backbone:
     @property
     def family(self) -> str:
         """"sdxl" for UNets with SDXL's text-time micro-conditioning, else "sd" (SD 1.x/2.x-shaped)."""
-        return "sdxl" if self.unet.config.get("addition_embed_type") == "text_time" else "sd"
+        return "sdxl" if self.unet_config.get("addition_embed_type") == "text_time" else "sd"
+
+    @property
+    def unet_config(self):
+        """The UNet's diffusers config, through a distributed wrapper (a policy prepared by accelerate holds DDP)."""
+        return getattr(self.unet, "module", self.unet).config
 
     @property
     def num_train_timesteps(self) -> int:
@@ -338,7 +346,7 @@ class Backbone:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return (self.unet.config.in_channels, self.image_size // factor, self.image_size // factor)
+        return (self.unet_config.in_channels, self.image_size // factor, self.image_size // factor)
 
     def fingerprint(self, part: str) -> str:
         """sha256 over the weights of "unet", "vae" or "text" (every text encoder); keys caches of derived data."""
@@ -361,10 +369,17 @@ class Backbone:
         clean = torch.tensor(self.final_alpha_cumprod, dtype=torch.float64)
         return torch.where(t >= 0, table[t.clamp(min=0)], clean)
 
+    def noise_levels(self, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, s_t) at integer levels t, float64, of x_t = a_t x_0 + s_t ε: the schedule as every method and sampler
+        reads it, whatever the family (here a_t = √ᾱ_t, s_t = √(1 − ᾱ_t); t < 0 is the clean end)."""
+        abar = self.alpha_bar(t)
+        return abar.sqrt(), (1 - abar).sqrt()
+
     def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_t, s_t) shaped to broadcast against `like` (B, C, H, W), in its dtype and device."""
-        abar = self.alpha_bar(t).view(-1, *([1] * (like.ndim - 1)))
-        return abar.sqrt().to(like), (1 - abar).sqrt().to(like)
+        shape = (-1, *([1] * (like.ndim - 1)))
+        a, s = self.noise_levels(t)
+        return a.view(shape).to(like), s.view(shape).to(like)
 
     def timesteps(self, num_steps: int) -> torch.Tensor:
         """The DDIM sampling timesteps for `num_steps` steps, descending (981, 961, ..., 1 for 50 on SD)."""
@@ -456,8 +471,11 @@ class Backbone:
         self.nfe.forward += batch
         inputs = [x_t, cond.embeds, *(cond.added or {}).values()]
         weights = next(self.unet.parameters())
-        if torch.is_grad_enabled() and (weights.requires_grad or any(t.requires_grad for t in inputs)):
+        graded = torch.is_grad_enabled() and (weights.requires_grad or any(t.requires_grad for t in inputs))
+        if graded:
             self.nfe.grad_forward += batch  # a backward will follow: through the weights or to an input (null-text)
+        key = (batch, bool(graded))
+        self.nfe.calls_by_batch[key] = self.nfe.calls_by_batch.get(key, 0) + 1
         cond = cond.to(weights.dtype)
         return self.unet(x_t.to(weights.dtype), self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=cond.added).sample.to(x_t.dtype)
