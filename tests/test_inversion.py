@@ -87,7 +87,7 @@ def test_inpo_faithful_inversion_with_zero_model_hand_value(tiny_arch):
     x_tau = DDIMInversion(DDIMConfig(eval_at="source")).invert(backbone, x0, cond, levels).latents
     assert backbone.nfe.forward == 3
     assert x_tau.flatten()[0].item() == pytest.approx(0.867631, abs=1e-6)
-    eps_hat = inverted_noise(x_tau, x0, backbone.alpha_bar(t))
+    eps_hat = inverted_noise(x_tau, x0, backbone.noise_levels(t))
     assert eps_hat.flatten()[0].item() == pytest.approx(-0.101723, abs=1e-6)
 
 

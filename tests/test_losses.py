@@ -159,7 +159,8 @@ def test_kto_reference_point_is_clamped_and_detached():
 
 
 def test_inpo_target_hand_value():
-    eps_hat = inverted_noise(torch.ones(SHAPE), torch.ones(SHAPE), torch.tensor([0.25], dtype=torch.float64))
+    abar = torch.tensor([0.25], dtype=torch.float64)  # a = 0.5, s = √0.75
+    eps_hat = inverted_noise(torch.ones(SHAPE), torch.ones(SHAPE), (abar.sqrt(), (1 - abar).sqrt()))
     assert eps_hat.flatten()[0].item() == pytest.approx(0.577350, abs=1e-6)
 
 

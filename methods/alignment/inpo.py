@@ -121,10 +121,11 @@ def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int,
     return torch.tensor([p + [p[-1]] * (length - len(p)) for p in paths], dtype=torch.long).T
 
 
-def inverted_noise(x_t: torch.Tensor, x0: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """ε̂ = (x_t − √ᾱ_t x0) / √(1 − ᾱ_t), with ᾱ_t (B,) float64."""
-    abar = abar_t.view(-1, *([1] * (x0.ndim - 1)))
-    return ((x_t.double() - abar.sqrt() * x0.double()) / (1 - abar).sqrt()).to(x_t.dtype)
+def inverted_noise(x_t: torch.Tensor, x0: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """ε̂ = (x_t − a_t x0) / s_t, with `levels` = (a_t, s_t) (B,) float64 (`Backbone.noise_levels`; on SD
+    a_t = √ᾱ_t, s_t = √(1 − ᾱ_t))."""
+    a, s = (c.view(-1, *([1] * (x0.ndim - 1))) for c in levels)
+    return ((x_t.double() - a * x0.double()) / s).to(x_t.dtype)
 
 
 class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True, config=InPOConfig):
@@ -140,7 +141,7 @@ class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True
         levels = inversion_levels(t, policy.num_train_timesteps, self.config.grid_steps, self.config.resolved_mode)
         with stacked(2):  # x0 is cat(winners, losers): per-row draws follow each half's global rows
             x_t = self.inverter.invert(policy, x0, cond, levels, guidance=1.0, rng=rng).latents
-        eps_hat = inverted_noise(x_t, x0, policy.alpha_bar(t).to(x0.device))
+        eps_hat = inverted_noise(x_t, x0, tuple(c.to(x0.device) for c in policy.noise_levels(t)))
         space = self.loss_space(policy)
         target = policy.target(x0, eps_hat, t, space)  # ε̂, or a_t ε̂ − s_t x0 in v-space
         out = pair_preference_loss(policy, reference, NoisyLatents(x_t, t, cond, target, space), self.config.beta,

@@ -178,16 +178,18 @@ def ddim_map(backbone: Backbone, z: torch.Tensor, eps: torch.Tensor, src: torch.
 
 def ddim_coefficients(backbone: Backbone, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Φ_{src→dst}(z, ε) = c_z z + c_ε ε: (c_z, c_ε) = (a_dst / a_src, s_dst − a_dst s_src / a_src), float64 (n,)."""
-    abar_src, abar_dst = backbone.alpha_bar(src), backbone.alpha_bar(dst)
-    c_z = (abar_dst / abar_src).sqrt()
-    return c_z, (1 - abar_dst).sqrt() - c_z * (1 - abar_src).sqrt()
+    (a_src, s_src), (a_dst, s_dst) = backbone.noise_levels(src), backbone.noise_levels(dst)
+    c_z = a_dst / a_src
+    return c_z, s_dst - c_z * s_src
 
 
 def ddpm_variance(backbone: Backbone, hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-    """σ² of the DDPM posterior step from level hi down to lo (Ho et al. 2020, Eq. 7), float64 (n,):
-    (1 − ᾱ_lo)/(1 − ᾱ_hi) · (1 − ᾱ_hi/ᾱ_lo)."""
-    abar_hi, abar_lo = backbone.alpha_bar(hi), backbone.alpha_bar(lo)
-    return (1 - abar_lo) / (1 - abar_hi) * (1 - abar_hi / abar_lo)
+    """σ² of the posterior q(x_lo | x_hi, x_0) from level hi down to lo, float64 (n,), for x_t = a_t x_0 + s_t ε:
+    s_lo² / s_hi² · (s_hi² − (a_hi / a_lo)² s_lo²) (Kingma et al. 2021, VDM eq. 29, with α_{hi|lo} = a_hi / a_lo);
+    on a variance-preserving schedule (a² = ᾱ, s² = 1 − ᾱ) it is DDPM's (1 − ᾱ_lo)/(1 − ᾱ_hi) · (1 − ᾱ_hi/ᾱ_lo)
+    (Ho et al. 2020, Eq. 7)."""
+    (a_hi, s_hi), (a_lo, s_lo) = backbone.noise_levels(hi), backbone.noise_levels(lo)
+    return s_lo**2 / s_hi**2 * (s_hi**2 - (a_hi / a_lo) ** 2 * s_lo**2)
 
 
 def sampling_levels(backbone: Backbone, steps: int) -> torch.Tensor:

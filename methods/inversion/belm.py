@@ -29,10 +29,10 @@ from methods.inversion.base import NoSettings, StepCoefficients, TwoStepSampler
 
 class OBELM(TwoStepSampler, name="belm", config=NoSettings):  # its coefficients follow from the level path alone
     def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:
-        abar_lo, abar_mid, abar_hi = (backbone.alpha_bar(level) for level in (lo, mid, hi))
-        sigma_lo, sigma_mid, sigma_hi = (((1 - abar) / abar).sqrt() for abar in (abar_lo, abar_mid, abar_hi))  # s/a
+        (a_lo, s_lo), (a_mid, s_mid), (a_hi, s_hi) = (backbone.noise_levels(level) for level in (lo, mid, hi))
+        sigma_lo, sigma_mid, sigma_hi = s_lo / a_lo, s_mid / a_mid, s_hi / a_hi  # s/a
         h_mid, h_hi = sigma_mid - sigma_lo, sigma_hi - sigma_mid  # h_i, h_{i+1}
         ratio = (h_mid / h_hi) ** 2
-        c_hi = ratio * (abar_lo / abar_hi).sqrt()
-        c_mid = (1 - ratio) * (abar_lo / abar_mid).sqrt()
-        return c_hi, c_mid, -h_mid * (h_mid + h_hi) / h_hi * abar_lo.sqrt()
+        c_hi = ratio * a_lo / a_hi
+        c_mid = (1 - ratio) * a_lo / a_mid
+        return c_hi, c_mid, -h_mid * (h_mid + h_hi) / h_hi * a_lo

@@ -39,10 +39,10 @@ from methods.shards import sample_noise
 def ddpm_posterior(backbone: Backbone, x: torch.Tensor, eps: torch.Tensor, src: torch.Tensor,
                    dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean μ_θ (n, C, h, w) and std σ (n, 1, 1, 1) of the DDPM step from level src down to dst (n,)."""
-    abar_src, abar_dst = backbone.alpha_bar(src), backbone.alpha_bar(dst)  # (n,) float64
+    (a_src, s_src), (a_dst, s_dst) = backbone.noise_levels(src), backbone.noise_levels(dst)  # (n,) float64
     var = ddpm_variance(backbone, src, dst)
-    x0_hat = (x - as_latent_scale((1 - abar_src).sqrt(), x) * eps) / as_latent_scale(abar_src.sqrt(), x)
-    mean = as_latent_scale(abar_dst.sqrt(), x) * x0_hat + as_latent_scale((1 - abar_dst - var).sqrt(), x) * eps
+    x0_hat = (x - as_latent_scale(s_src, x) * eps) / as_latent_scale(a_src, x)
+    mean = as_latent_scale(a_dst, x) * x0_hat + as_latent_scale((s_dst**2 - var).sqrt(), x) * eps
     return mean, as_latent_scale(var.sqrt(), x)
 
 
