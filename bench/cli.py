@@ -332,9 +332,17 @@ def speed(
     repeats: int = typer.Option(3, help="timed round trips per sampler (median reported)"),
     pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the timings here"),
+    methods: str = typer.Option(None, "--methods", "-m", help="time these alignment methods' optimizer steps instead "
+                                "(seconds per step against the UNet compute of its calls), e.g. grpo,ddpo,dpo"),
+    suite: str = typer.Option("toy", help="--methods: the suite they train on"),
+    train_steps: int = typer.Option(3, help="--methods: optimizer steps timed per method (median reported)"),
+    warmup: int = typer.Option(1, help="--methods: untimed optimizer steps first"),
 ) -> None:
-    """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians)."""
+    """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians); with
+    --methods, each method's seconds per optimizer step against the same floor."""
     _quiet_libraries()
+    if methods:
+        return _method_speed(methods, suite, train_steps, warmup, repeats, json_path)
     from bench.harness.invert import InvertConfig, load_inputs, speed_record  # deferred: loads diffusers
     from bench.results.inversion import speed_table
 
@@ -349,6 +357,25 @@ def speed(
                                              f"median of {repeats}, t_fwd {record['records'][0]['t_fwd'] * 1e3:.1f} ms")
     if json_path is not None:
         write_json_atomic(json_path, record)
+
+
+def _method_speed(methods: str, suite: str, steps: int, warmup: int, repeats: int, json_path: Path | None) -> None:
+    import pandas as pd
+
+    from bench.harness.method_speed import time_methods  # deferred: loads diffusers
+    from bench.harness.suites import get_suite
+
+    try:
+        timings = time_methods(get_suite(suite), split_list(methods), steps=steps, warmup=warmup, repeats=repeats)
+    except _user_errors() as err:
+        _fail(str(err))
+    table = pd.DataFrame([{"method": t["method"], "s / step": f"{t['seconds_per_step']:.3f}",
+                           "NFE / step": f"{t['nfe_per_step']:.0f}", "floor s / step": f"{t['floor_seconds_per_step']:.3f}",
+                           "overhead": f"{t['overhead']:.2f}"} for t in timings])
+    _print_table(table, f"optimizer step speed on {suite}: median of {steps} steps after {warmup}, {torch.get_num_threads()} "
+                        "threads; floor = the UNet compute of the step's calls")
+    if json_path is not None:
+        write_json_atomic(json_path, {"suite": suite, "steps": steps, "warmup": warmup, "methods": timings})
 
 
 @app.command()
