@@ -69,6 +69,12 @@ class Scorer(ABC):
         """Where `spec` is found locally (see `metrics.weights.resolve`), or MissingWeightsError."""
         return resolve(spec, explicit)
 
+    @classmethod
+    def check_prompts(cls, prompts: Sequence[str]) -> None:
+        """ValueError (one line) if this scorer cannot score images made for `prompts`: checked before any work (a
+        run checks its evaluation prompts when it is planned). Any text by default."""
+        return None
+
     @abstractmethod
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         """Per-image scores, shape (N,)."""

@@ -9,11 +9,13 @@ description, so base evaluations and caches scored by another version are not re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from bench.toy.oracle import ORACLE_VERSION, TERMS, oracle_terms
+from bench.toy.world import example_caption, is_caption
 from metrics.base import Scorer
 
 
@@ -24,6 +26,14 @@ class OracleConfig:
 
 class OracleScorer(Scorer, name="oracle", config=OracleConfig, higher_is_better=True, differentiable=True,
                    scale=f"toy-world oracle reward (version {ORACLE_VERSION}) in [0, 6]"):
+    @classmethod
+    def check_prompts(cls, prompts: Sequence[str]) -> None:
+        """The oracle knows the toy world's captions only (`bench.toy.world.parse_caption`)."""
+        bad = [p for p in prompts if not is_caption(p)]
+        if bad:
+            raise ValueError(f"the oracle scores toy-world captions only; {len(bad)} of the {len(prompts)} prompts are "
+                             f"not, e.g. {bad[0]!r} (captions such as {example_caption()!r})")
+
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         """R per image (N,): detached float32 when scoring; float64 with gradients to `images` when they need them
         (reward backpropagation)."""

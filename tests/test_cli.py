@@ -118,6 +118,13 @@ def test_run_with_a_prompt_file(in_tmp):
     assert [r["metrics"]["oracle"]["n"] for r in runs] == [8, 8]  # 2 prompts x 4 seeds
     missing = runner.invoke(app, ["run", "--prompts", "nope.txt"])
     assert missing.exit_code == 2 and "prompt file nope.txt does not exist" in missing.output
+    (in_tmp / "other.txt").write_text("a small red circle on the left, black background\n"
+                                      "a small green triangle on the right, white background\n")
+    outside = runner.invoke(app, ["run", "--methods", "sft", "--prompts", "other.txt", "--run-dir", "never"])
+    assert outside.exit_code == 2 and not (in_tmp / "never").exists()  # refused before any work, in one line
+    assert outside.output.strip().splitlines()[-1].startswith(
+        "error: --prompts other.txt: the oracle scores toy-world captions only; 1 of the 2 prompts are not, e.g. "
+        "'a small green triangle on the right, white background'")
 
 
 def test_inpo_with_an_exact_inverter_is_recorded(in_tmp):

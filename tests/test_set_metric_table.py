@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench.results.set_metrics import diversity_statements, display_set_table, set_metric_table
+from bench.results.set_metrics import display_set_table, diversity_statements, set_metric_table
 
 DESCRIPTIONS = {"fd-toyclip": {"values": {"fd": {"higher_is_better": False}}},
                 "vendi-toyclip": {"values": {"vendi": {"higher_is_better": True}}}}

@@ -25,6 +25,7 @@ from bench.harness.run import RunPlan, RunSetupError, parse_method_specs, plan_r
 from bench.harness.suites import Suite, get_suite
 from bench.harness.tune import TunePlan, plan_tune
 from methods.alignment import METHODS
+from metrics import SCORERS
 from metrics.base import MissingWeightsError
 from metrics.build import ScorerOptions, deprecated_metric_args
 from metrics.weights import UnsafeWeightsError
@@ -132,6 +133,12 @@ def run_request(suite: str, *, methods: str | None, budgets: str | None, seeds: 
                     prompts=["(dry run: prompts not loaded)"] if dry_run and prompts is None else prompts,
                     dtype=dtype, scorer_options=options, reward=reward, curve_every=curve_every,
                     set_metrics=[] if dry_run else None if set_metrics is None else split_list(set_metrics))
+    if prompts is not None:  # the suite's own prompts suit its scorers; the user's are checked before any work
+        for name in the_suite.metrics:
+            try:
+                SCORERS.get(name).check_prompts(plan.prompts)
+            except ValueError as err:
+                raise RunSetupError(f"--prompts {prompts}: {err}") from None
     return Request(the_suite, plan, notices)
 
 

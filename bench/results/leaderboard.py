@@ -45,7 +45,6 @@ from bench.results.report import (
     pairs_table,
     three_significant,
 )
-from bench.results.set_metrics import display_set_table, diversity_statements, set_metric_table
 from bench.results.reward_hacking import (
     display_gains,
     file_slug,
@@ -55,6 +54,7 @@ from bench.results.reward_hacking import (
     suite_metrics,
     training_curves,
 )
+from bench.results.set_metrics import display_set_table, diversity_statements, set_metric_table
 from metrics.weights import sha256_file
 
 MANIFEST = "leaderboard.json"

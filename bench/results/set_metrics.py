@@ -14,8 +14,9 @@ Pooling the S seeds of a row therefore uses the records' numbers alone:
   conservative for the evaluation's part (the seed term, from S values, is as approximate as any interval over 3
   seeds);
 - Δ vs the base model: x̄ − b, with the interval [Δ − (h⁻ + t + b⁺), Δ + (h⁺ + t + b⁻)] (b⁻/b⁺ the base's lower
-  and upper half-widths; the base model has no training seed): SD(X − B) ≤ SD(X) + SD(B) for any correlation, so it is conservative too, and a Δ called
-  significant here would be so under any dependence between the two evaluations (same prompts and noise).
+  and upper half-widths; the base model has no training seed): SD(X − B) ≤ SD(X) + SD(B) for any correlation, so it
+  is conservative too, and a Δ called significant here would be so under any dependence between the two evaluations
+  (same prompts and noise).
 
 Every interval is thus wider than a paired resampling of the features would give: "no detectable change" in these
 tables can hide a real one; a change they call significant is one.
@@ -131,7 +132,8 @@ def diversity_statements(sets: pd.DataFrame, table: pd.DataFrame, primary: str, 
                 if worse:
                     paid.append(f"{name} Δ {row[f'{name}_delta']:+.{digits}f} [{row[f'{name}_delta_ci_low']:+.{digits}f}, "
                                 f"{row[f'{name}_delta_ci_high']:+.{digits}f}]")
-            (costs if paid else clean).append(f"{series_label(r['method'], reward)}" + (f" ({'; '.join(paid)})" if paid else ""))
+            label = series_label(r["method"], reward)
+            (costs if paid else clean).append(f"{label} ({'; '.join(paid)})" if paid else label)
         if not costs and not clean:
             continue
         moves = " or ".join(f"{'fall' if about[n]['higher_is_better'] else 'rise'} in {n.split('/')[0]}" for n in watched)

@@ -119,6 +119,15 @@ def split_combos(n_test: int = 64, n_validation: int = 32, seed: int = 0) -> Spl
 _CAPTIONS = {c.caption: c for c in all_combos()}
 
 
+def is_caption(caption: str) -> bool:
+    """Whether `caption` is a toy-world caption (`parse_caption` would accept it)."""
+    return caption.strip().lower() in _CAPTIONS
+
+
+def example_caption() -> str:
+    return all_combos()[0].caption
+
+
 def parse_caption(caption: str) -> Combo:
     """The combo a caption names; raises ValueError for text outside the toy grammar."""
     try:
