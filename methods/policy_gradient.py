@@ -94,8 +94,8 @@ def rollout(backbone: Backbone, cond: Conditioning, noise: torch.Tensor, *, step
     x, batch = noise, noise.shape[0]
     latents, log_probs = [x], []
     for t, t_prev in zip(timesteps.tolist(), previous.tolist()):
-        level = torch.full((batch,), t, dtype=torch.long)
-        mean, std = policy_step(backbone, x, level, torch.full((batch,), t_prev, dtype=torch.long), cond, eta=eta,
+        level = torch.full((batch,), t, dtype=torch.float64)  # levels are float64 (`Backbone.noise_levels`)
+        mean, std = policy_step(backbone, x, level, torch.full((batch,), t_prev, dtype=torch.float64), cond, eta=eta,
                                 guidance=guidance)
         x = mean + std * sample_noise(x, rng)  # drawn for the global batch (`methods.shards`)
         latents.append(x)

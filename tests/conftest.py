@@ -90,3 +90,59 @@ def tiny_sdxl_backbone(tiny_arch):
     tokenizer = clip_bpe_tokenizer(16)
     return Backbone(modules[0], modules[1], modules[2], tokenizer, sd_ddim_scheduler("epsilon"),
                     text_encoder_2=modules[3], tokenizer_2=tokenizer, source="random-sdxl")
+
+
+def build_tiny_sd3_backbone(t5: bool = True, seed: int = 0):
+    """A randomly initialised SD3-shaped backbone: an SD3 transformer (1 layer, 2 heads of 8, patch 2) on 4x8x8
+    latents, a VAE with SD3's shift and scale, CLIP-L/G-shaped encoders with projections (16 + 16 = the pooled 32),
+    optionally a 1-layer T5 over a 50-piece unigram vocabulary, and SD3.5's flow schedule (shift 3), as diffusers'
+    SD3 pipeline tests build it."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5Tokenizer
+
+    from bench.core.backbone import Backbone
+    from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=32,
+        mid_block_add_attention=False, scaling_factor=1.5305, shift_factor=0.0609,  # SD3's VAE factors
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+    text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=16, projection_dim=16)
+    clip_l, clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**text)), CLIPTextModelWithProjection(CLIPTextConfig(**text))
+    modules = [transformer, vae, clip_l, clip_g]
+    t5_encoder = t5_tokenizer = None
+    if t5:
+        pieces = ["▁" + w for w in "a an the small large red green blue cyan circle square triangle on left right center "
+                  "of black gray white background".split()] + ["▁", *"abcdefghijklmnopqrstuvwxyz,."]
+        vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -float(len(p))) for p in pieces]
+        t5_tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+        t5_encoder = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1,
+                                             num_heads=2))
+        modules.append(t5_encoder)
+    for module in modules:
+        module.requires_grad_(False).eval()
+    tokenizer = clip_bpe_tokenizer(16)
+    return Backbone(transformer, vae, clip_l, tokenizer, FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD3.5's shift
+                    text_encoder_2=clip_g, tokenizer_2=tokenizer, text_encoder_3=t5_encoder, tokenizer_3=t5_tokenizer,
+                    source="random-sd3")
+
+
+@pytest.fixture()
+def tiny_sd3_backbone():
+    """A randomly initialised SD3-shaped backbone with a tiny T5 (`build_tiny_sd3_backbone`)."""
+    return build_tiny_sd3_backbone(t5=True)
+
+
+@pytest.fixture()
+def tiny_sd3_backbone_no_t5():
+    """The tiny SD3-shaped backbone without T5 (zeros stand in for its sequence, as in diffusers)."""
+    return build_tiny_sd3_backbone(t5=False)

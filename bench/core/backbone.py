@@ -1,45 +1,76 @@
 """One object over a Stable-Diffusion-shaped pipeline's parts; methods and samplers talk only to it.
 
-A `Backbone` holds a diffusers `UNet2DConditionModel`, an `AutoencoderKL`, a transformers
-`CLIPTextModel` + `CLIPTokenizer` and the DDIM noise schedule. The toy pipeline and SD 1.5 are the
-same class with other weights (`Backbone.from_pretrained(dir_or_hub_id)`). SDXL-shaped pipelines add
-a second encoder (`CLIPTextModelWithProjection` + tokenizer) and micro-conditioning: as diffusers'
-`StableDiffusionXLPipeline.encode_prompt` does, the per-token embeddings are the penultimate hidden
-states of both encoders concatenated on the feature axis, the pooled embedding is the second
-encoder's projection, the time ids are (H, W, 0, 0, H, W), and the empty prompt is all zeros when the
-pipeline sets `force_zeros_for_empty_prompt` (SDXL base does).
+A `Backbone` holds a denoiser, an `AutoencoderKL`, the text encoder(s) with their tokenizers and the noise
+schedule. Three families share the interface (`family`):
 
-Notation (as in DDIM, Song et al. 2021): ᾱ_t = `alphas_cumprod[t]`, a_t = √ᾱ_t, s_t = √(1 − ᾱ_t),
-x_t = a_t x_0 + s_t ε. The UNet may predict ε (`epsilon`), v = a_t ε − s_t x_0 (`v_prediction`,
-Salimans & Ho 2022; SD 2.x) or x_0 (`sample`). These are the prediction spaces (`SPACES`: "eps",
-"v", "x0"); each is a linear function of (x_0, ε) at level t, and, given x_t, invertible:
+- "sd": a diffusers `UNet2DConditionModel`, a transformers `CLIPTextModel` + `CLIPTokenizer` and the DDIM
+  schedule. The toy pipeline and SD 1.5 are the same class with other weights (`Backbone.from_pretrained(dir_or_hub_id)`).
+- "sdxl": SDXL-shaped pipelines add a second encoder (`CLIPTextModelWithProjection` + tokenizer) and
+  micro-conditioning: as diffusers' `StableDiffusionXLPipeline.encode_prompt` does, the per-token embeddings are the
+  penultimate hidden states of both encoders concatenated on the feature axis, the pooled embedding is the second
+  encoder's projection, the time ids are (H, W, 0, 0, H, W), and the empty prompt is all zeros when the pipeline sets
+  `force_zeros_for_empty_prompt` (SDXL base does).
+- "sd3": SD3-shaped pipelines (Esser et al. 2024, "Scaling Rectified Flow Transformers for High-Resolution Image
+  Synthesis"; diffusers' `pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py`): an `SD3Transformer2DModel`
+  on a rectified-flow schedule (`FlowMatchEulerDiscreteScheduler`), two CLIP encoders (`CLIPTextModelWithProjection`,
+  CLIP-L and CLIP-G) and an optional T5 (`T5EncoderModel`). As `StableDiffusion3Pipeline.encode_prompt` does, the
+  per-token embeddings are both CLIPs' penultimate hidden states concatenated on features, zero-padded to the
+  transformer's `joint_attention_dim` and concatenated along the sequence with T5's last hidden states (without T5,
+  zeros of (B, `max_sequence_length` = 256, joint_attention_dim)); the pooled projection is both CLIPs' `text_embeds`
+  concatenated (`Conditioning.added["pooled_projections"]`); the unconditional branch of CFG is the encoded empty
+  prompt (SD3 does not zero it). Its VAE has a `shift_factor`: latents = (z − shift) · scale.
+
+The attribute `unet` holds the denoiser whatever the family: a UNet, or an SD3 transformer.
+
+Levels. A noise level t is a float64 value of the denoiser's own timestep: the integer DDPM timestep on the
+variance-preserving (VP) schedule of the UNet families (the UNet receives it as an integer, as diffusers passes it),
+1000·σ on the flow schedule (what `StableDiffusion3Pipeline` passes to the transformer). t < 0 (by convention −1)
+is the clean end of the chain. `noise_levels(t)` gives (a_t, s_t) of x_t = a_t x_0 + s_t ε, float64, the schedule
+every method and sampler reads:
+
+    schedule  levels t                      a_t              s_t                clean end (t < 0)
+    VP        0 ... T−1 (DDPM timesteps)    √ᾱ_t             √(1 − ᾱ_t)         ᾱ = `final_alpha_cumprod`
+    flow      1000·σ, σ in [0, 1]           1 − σ            σ                  σ = 0 (also at t = 0)
+
+with ᾱ_t = `alphas_cumprod[t]` (DDIM notation, Song et al. 2021) and σ = t / `num_train_timesteps`, so that on the
+flow schedule x_σ = (1 − σ) x_0 + σ ε (σ = 1 pure noise). `timesteps(N)` is the family's N sampling levels, descending:
+DDIM's (981, 961, ..., 1 for 50 on SD), or the shifted `FlowMatchEulerDiscreteScheduler` ones (1000, ..., for
+SD3.5's shift 3: 1000, 960.1, 913.3, ... for 10 steps). `training_levels(n, rng)` draws levels as each family's
+training does.
+
+Prediction spaces. The UNet may predict ε (`epsilon`), v = a_t ε − s_t x_0 (`v_prediction`, Salimans & Ho 2022;
+SD 2.x) or x_0 (`sample`); the SD3 transformer predicts the flow velocity u = ε − x_0 (diffusers'
+`flow_prediction`), whose Euler step is x_σ' = x_σ + (σ' − σ) u. These are the prediction spaces (`SPACES`: "eps",
+"v", "x0", "flow"); each is a linear function of (x_0, ε) at level t, and, given x_t, invertible:
 
     space   target (from x_0, ε)     (x_0, ε) from a prediction y and x_t
     eps     ε                        x_0 = (x_t − s_t y) / a_t,   ε = y
-    v       a_t ε − s_t x_0          x_0 = a_t x_t − s_t y,       ε = s_t x_t + a_t y   (no division)
+    v       a_t ε − s_t x_0          x_0 = a_t x_t − s_t y,       ε = s_t x_t + a_t y     (a² + s² = 1: VP)
     x0      x_0                      x_0 = y,                     ε = (x_t − a_t y) / s_t
+    flow    ε − x_0                  x_0 = x_t − s_t y,           ε = x_t + a_t y         (a + s = 1: flow)
 
-so any space converts to any other in one place (`convert`): `native_space` is the model's own,
-`prediction(x_t, t, c, space)` is its output in a given space, `target(x_0, ε, t, space)` the regression
-target there, and `eps()` is ε, in which samplers and inverters work whatever the parametrisation.
-A flow-matching "velocity" u = ε − x_0 (x_t = (1 − σ) x_0 + σ ε) would be one more row, with
-(a_t, s_t) = (1 − σ_t, σ_t) from its schedule.
+The v and flow rows are written for their own schedule, on which the factor they leave out (a² + s², a + s) is 1;
+`PredictionSpace.solve_any` divides it back for any other (the native space is always on its own schedule). So any
+space converts to any other in one place (`convert`): `native_space` is the model's own, `prediction(x_t, t, c,
+space)` is its output in a given space, `target(x_0, ε, t, space)` the regression target there, and `eps()` is ε, in
+which samplers and inverters work whatever the parametrisation. (ε from a flow prediction is x_t + a_t y, defined
+at every level; x_0 from ε divides by a_t, which is 0 at σ = 1, the first flow sampling level.)
 
-`alphas_cumprod` is diffusers' table promoted to float64: the same numbers diffusers uses, with all
-further coefficient arithmetic in float64. Level t = −1 stands for the clean end of the chain
-(`final_alpha_cumprod`: 1, or ᾱ_0 when `set_alpha_to_one=False`, as in SD).
+`alphas_cumprod` is diffusers' table promoted to float64: the same numbers diffusers uses, with all further
+coefficient arithmetic in float64 (VP only; `alpha_bar` refuses a flow backbone).
 
-Every UNet call goes through `model_output`, which counts NFE: one per latent in the batch, and a
-call made with gradients enabled, on trainable weights or on an input (null-text inversion optimises
-the empty-prompt embedding), is also charged 2 per latent for its backward.
+Every denoiser call goes through `model_output`, which counts NFE: one per latent in the batch, and a call made with
+gradients enabled, on trainable weights or on an input (null-text inversion optimises the empty-prompt embedding),
+is also charged 2 per latent for its backward.
 
-Precision. `from_pretrained(dtype=torch.float16)` holds the frozen UNet and text encoders in half
+Precision. `from_pretrained(dtype=torch.float16)` holds the frozen denoiser and text encoders in half
 precision, as Diffusion-DPO's `train.py` holds its reference UNet and text encoder in the mixed-precision
 `weight_dtype` (SalesforceAIResearch/DiffusionDPO); the VAE stays float32 (SDXL's VAE overflows in
 fp16, which is why that repo's SDXL launcher swaps in `madebyollin/sdxl-vae-fp16-fix`). Latents stay in
 `latent_dtype` (float32, or float64 for a float64 backbone): `model_output` casts its inputs to the
-UNet's dtype and its output back to the latents' dtype, so schedules, losses and samplers never run in
-half precision whatever the UNet's storage.
+denoiser's dtype and its output back to the latents' dtype, so schedules, losses and samplers never run in
+half precision whatever the denoiser's storage. The SD3 transformer's timestep goes in as float32 (what diffusers
+passes, and what its sinusoidal embedding computes in) whatever the weights' dtype: fp16 would round 960.13 to 960.
 """
 
 from __future__ import annotations
@@ -56,8 +87,15 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
 
 from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
 from bench.core.real_configs import PIPELINE_CONFIGS
@@ -67,8 +105,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Conditioning:
-    """Text conditioning for a batch: per-token embeddings and, for SDXL-shaped UNets, the extra
-    `added_cond_kwargs` (pooled text embeddings, micro-conditioning time ids)."""
+    """Text conditioning for a batch: per-token embeddings and the denoiser's extra inputs: for SDXL-shaped UNets
+    the `added_cond_kwargs` (pooled text embeddings "text_embeds", micro-conditioning "time_ids"), for SD3 the
+    transformer's "pooled_projections"."""
 
     embeds: torch.Tensor  # (B, L, D)
     added: dict[str, torch.Tensor] | None = None  # name -> (B, ...)
@@ -106,19 +145,45 @@ class Conditioning:
 @dataclass(frozen=True)
 class PredictionSpace:
     """A quantity a denoiser can regress, as a linear function of (x_0, ε) at level t (coefficients
-    a_t, s_t broadcast against the latents), and its inverse given x_t."""
+    a_t, s_t broadcast against the latents), and its inverse given x_t.
+
+    `solve` is written for the schedule the space belongs to; where it leaves out a factor that is 1 there
+    (`unit`: a² + s² for v on the VP schedule, a + s for flow on the flow schedule), `solve_any` divides it back and
+    is exact on any schedule. The Backbone solves its native space with `solve` (the same numbers as the textbook
+    form); the native space is always on its own schedule."""
 
     name: str
     target: Callable  # (x0, eps, a, s) -> the quantity
-    solve: Callable  # (y, x_t, a, s) -> (x0, eps) that y and x_t = a x0 + s eps imply
+    solve: Callable  # (y, x_t, a, s) -> (x0, eps) that y and x_t = a x0 + s eps imply, where unit(a, s) = 1
+    unit: Callable | None = None  # (a, s) -> the factor `solve` takes to be 1; None: `solve` is exact everywhere
+
+    def solve_any(self, y, x_t, a, s):
+        """(x0, eps) from y and x_t on any schedule (a, s)."""
+        x0, eps = self.solve(y, x_t, a, s)
+        if self.unit is None:
+            return x0, eps
+        unit = self.unit(a, s)
+        return x0 / unit, eps / unit
 
 
 SPACES: dict[str, PredictionSpace] = {space.name: space for space in (
     PredictionSpace("eps", lambda x0, eps, a, s: eps, lambda y, x_t, a, s: ((x_t - s * y) / a, y)),
-    PredictionSpace("v", lambda x0, eps, a, s: a * eps - s * x0, lambda y, x_t, a, s: (a * x_t - s * y, s * x_t + a * y)),
+    PredictionSpace("v", lambda x0, eps, a, s: a * eps - s * x0, lambda y, x_t, a, s: (a * x_t - s * y, s * x_t + a * y),
+                    unit=lambda a, s: a * a + s * s),  # a² + s² = 1 on a variance-preserving schedule
     PredictionSpace("x0", lambda x0, eps, a, s: x0, lambda y, x_t, a, s: (y, (x_t - a * y) / s)),
+    # rectified flow (SD3): x_t = (1 − σ) x0 + σ ε and u = ε − x0; x_t − s u = (a + s) x0, x_t + a u = (a + s) ε
+    PredictionSpace("flow", lambda x0, eps, a, s: eps - x0, lambda y, x_t, a, s: (x_t - s * y, x_t + a * y),
+                    unit=lambda a, s: a + s),  # a + s = 1 on the flow schedule
 )}
-PREDICTION_TYPE_SPACES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' prediction_type
+# diffusers' prediction_type -> space ("flow_prediction" is diffusers' name for u = ε − x0 in its multistep solvers;
+# a FlowMatchEulerDiscreteScheduler has no prediction_type, `Backbone.prediction_type` reports this one for it)
+PREDICTION_TYPE_SPACES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)  # scheduler classes whose levels are 1000·σ of a flow
+
+
+def is_flow_scheduler(class_name: str) -> bool:
+    """Whether a diffusers scheduler class (by name, e.g. a config's `_class_name`) runs a rectified-flow schedule."""
+    return class_name in FLOW_SCHEDULERS
 
 
 def space_of(prediction_type: str) -> str:
@@ -132,11 +197,11 @@ def space_of(prediction_type: str) -> str:
 
 @dataclass
 class NFECounter:
-    """UNet evaluations of one latent. `total` charges a backward pass as 2 forwards."""
+    """Denoiser (UNet or transformer) evaluations of one latent. `total` charges a backward pass as 2 forwards."""
 
     forward: int = 0
     grad_forward: int = 0  # forwards made with gradients on weights or inputs (each implies a backward)
-    calls: int = 0  # UNet invocations (a CFG evaluation of a batch is one call of 2B latents)
+    calls: int = 0  # denoiser invocations (a CFG evaluation of a batch is one call of 2B latents)
     # (latents in the call, with gradients) -> invocations: what `bench speed --methods` prices its compute floor by
     calls_by_batch: dict[tuple[int, bool], int] = field(default_factory=dict)
 
@@ -154,59 +219,85 @@ class BackboneLoadError(RuntimeError):
 
 
 class Backbone:
-    """UNet + VAE + text encoder + tokenizer + DDIM schedule behind one small interface."""
+    """Denoiser + VAE + text encoder(s) + tokenizer(s) + noise schedule behind one small interface."""
 
     def __init__(
         self,
-        unet: UNet2DConditionModel,
+        unet: UNet2DConditionModel | SD3Transformer2DModel,
         vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
+        text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
         tokenizer: CLIPTokenizer,
-        scheduler: DDIMScheduler,
+        scheduler: DDIMScheduler | FlowMatchEulerDiscreteScheduler,
         *,
         text_encoder_2: CLIPTextModelWithProjection | None = None,
         tokenizer_2: CLIPTokenizer | None = None,
+        text_encoder_3: T5EncoderModel | None = None,
+        tokenizer_3=None,
+        max_sequence_length: int = 256,
         force_zeros_for_empty_prompt: bool = True,
         source: str = "",
         counter: NFECounter | None = None,
     ):
+        """`unet` is the denoiser: a `UNet2DConditionModel` ("sd", "sdxl") or an `SD3Transformer2DModel` ("sd3").
+        `text_encoder_3`/`tokenizer_3` are SD3's optional T5 and its tokenizer, `max_sequence_length` its token count
+        (diffusers' default 256; the zeros that stand in for T5 when it is absent have that length too)."""
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.text_encoder_3, self.tokenizer_3 = text_encoder_3, tokenizer_3
+        self.max_sequence_length = max_sequence_length
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.scheduler = scheduler
         self.source = source
         self.nfe = counter if counter is not None else NFECounter()
-        if self.family == "sdxl" and (text_encoder_2 is None or tokenizer_2 is None):
-            raise BackboneLoadError("an SDXL-shaped UNet (addition_embed_type='text_time') needs text_encoder_2 "
-                                    "and tokenizer_2")
+        if self.family in ("sdxl", "sd3") and (text_encoder_2 is None or tokenizer_2 is None):
+            shape = "an SDXL-shaped UNet (addition_embed_type='text_time')" if self.family == "sdxl" else "an SD3 transformer"
+            raise BackboneLoadError(f"{shape} needs text_encoder_2 and tokenizer_2")
+        if (text_encoder_3 is None) != (tokenizer_3 is None):
+            raise BackboneLoadError("text_encoder_3 (T5) and tokenizer_3 come together")
         for tok, enc in self._text_encoders():
             if len(tok) != enc.config.vocab_size:
                 raise BackboneLoadError(
                     f"tokenizer has {len(tok)} tokens but the text encoder expects {enc.config.vocab_size}"
                     " (an offline CLIPTokenizer.from_pretrained without its files returns a 2-token tokenizer)"
                 )
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)  # (T,)
-        self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
+        if text_encoder_3 is not None and len(tokenizer_3) > text_encoder_3.config.vocab_size:
+            raise BackboneLoadError(f"tokenizer_3 has {len(tokenizer_3)} tokens, more than T5's "
+                                    f"{text_encoder_3.config.vocab_size}")
+        if not self.is_flow and self.prediction_type == "flow_prediction":
+            raise BackboneLoadError("a flow prediction (u = ε − x0) needs a flow-matching scheduler "
+                                    f"({', '.join(FLOW_SCHEDULERS)}), not {type(scheduler).__name__}")
+        if self.is_flow:  # VP-only tables
+            self.alphas_cumprod, self.final_alpha_cumprod = None, None
+        else:
+            self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)  # (T,)
+            self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
         self._null: Conditioning | None = None
         self._fingerprints: dict[str, str] = {}
 
     def _text_encoders(self) -> list[tuple[CLIPTokenizer, torch.nn.Module]]:
+        """The CLIP (tokenizer, encoder) pairs."""
         pairs = [(self.tokenizer, self.text_encoder)]
         if self.text_encoder_2 is not None:
             pairs.append((self.tokenizer_2, self.text_encoder_2))
         return pairs
 
+    def _all_text_encoders(self) -> list[torch.nn.Module]:
+        """Every text encoder: the CLIPs and SD3's T5."""
+        return [enc for _, enc in self._text_encoders()] + ([self.text_encoder_3] if self.text_encoder_3 is not None else [])
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> Backbone:
-        """Load a diffusers-format SD-1.5-shaped pipeline from a local directory or a hub id.
+        """Load a diffusers-format pipeline from a local directory or a hub id: SD-1.5- or SDXL-shaped (`unet/`, DDIM
+        schedule), or SD3-shaped (model_index `_class_name` "StableDiffusion3Pipeline", `transformer/`, flow schedule;
+        `text_encoder_3/` T5 optional).
 
-        `dtype` is the UNet's and text encoders' (fp16/bf16 halve the frozen weights' memory); the VAE is
+        `dtype` is the denoiser's and text encoders' (fp16/bf16 halve the frozen weights' memory); the VAE is
         always loaded in float32.
 
-        A directory without a `tokenizer/` folder gets the CLIP BPE tokenizer built from open_clip's
-        vocabulary (the toy pipeline ships that way: no third-party files in the repo).
+        A directory without a `tokenizer/` (or `tokenizer_2/`) folder gets the CLIP BPE tokenizer built from
+        open_clip's vocabulary (the toy pipeline ships that way: no third-party files in the repo).
         """
         source = str(path_or_id)
         local = Path(source).is_dir()
@@ -214,15 +305,28 @@ class Backbone:
             raise BackboneLoadError(f"pipeline path {source!r} is not a directory")
         if not local and (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1):
             raise BackboneLoadError(f"pipeline directory {source!r} does not exist")
+        text_encoder_3 = tokenizer_3 = None
         try:
             index = DiffusionPipeline.load_config(source)
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+            sd3 = index.get("_class_name") == "StableDiffusion3Pipeline" or "transformer" in index
+            if sd3:
+                if local and not (Path(source) / "transformer").is_dir():
+                    raise BackboneLoadError(f"{source} is an SD3-shaped pipeline (StableDiffusion3Pipeline) without "
+                                            "its transformer/ folder")
+                unet = SD3Transformer2DModel.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
+                text_encoder = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+                scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
+            else:
+                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+                text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+                scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
             text_encoder_2 = None
             if (index.get("text_encoder_2") or [None])[0] is not None:
                 text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=dtype)
-            scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
+            if sd3 and (index.get("text_encoder_3") or [None])[0] is not None:
+                text_encoder_3 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", dtype=dtype)
+                tokenizer_3 = AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3")
         except (OSError, ValueError) as err:
             where = "local directory" if local else "hub id"
             offline = " (HF_HUB_OFFLINE=1: only the local cache is read)" if os.environ.get("HF_HUB_OFFLINE") else ""
@@ -232,12 +336,13 @@ class Backbone:
             ) from err
         tokenizers = [cls._load_tokenizer(source, local, sub, enc)
                       for sub, enc in (("tokenizer", text_encoder), ("tokenizer_2", text_encoder_2)) if enc is not None]
-        for module in (unet, vae, text_encoder, text_encoder_2):
+        for module in (unet, vae, text_encoder, text_encoder_2, text_encoder_3):
             if module is not None:
                 module.requires_grad_(False).eval().to(device)
         return cls(unet, vae, text_encoder, tokenizers[0], scheduler, text_encoder_2=text_encoder_2,
-                   tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None,
-                   force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True), source=source)
+                   tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None, text_encoder_3=text_encoder_3,
+                   tokenizer_3=tokenizer_3, force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+                   source=source)
 
     @staticmethod
     def _load_tokenizer(source: str, local: bool, subfolder: str, encoder) -> CLIPTokenizer:
@@ -249,10 +354,15 @@ class Backbone:
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                         include_tokenizer: bool = True) -> None:
-        """Write a diffusers-format directory. Without the tokenizers, `from_pretrained` rebuilds the
-        CLIP BPE tokenizer from open_clip's vocabulary (so no third-party files are written)."""
-        modules = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+        """Write a diffusers-format directory (one `DiffusionPipeline.from_pretrained` of the family's pipeline class
+        loads too). Without the tokenizers, `from_pretrained` rebuilds the CLIP BPE tokenizer from open_clip's
+        vocabulary (so no third-party files are written); SD3's T5 tokenizer cannot be rebuilt and is always written."""
+        sd3 = self.family == "sd3"
+        modules = {"transformer" if sd3 else "unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
                    "text_encoder_2": self.text_encoder_2}
+        tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2}
+        if sd3:
+            modules["text_encoder_3"], tokenizers["tokenizer_3"] = self.text_encoder_3, self.tokenizer_3
         for name, module in modules.items():
             if module is None:
                 continue
@@ -261,20 +371,23 @@ class Backbone:
                 saved = torch.nn.Module.to(copy.deepcopy(module), dtype)
             saved.save_pretrained(Path(path) / name, safe_serialization=True)
         self.scheduler.save_pretrained(Path(path) / "scheduler")
-        tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2}
+        kept = {name: tok is not None and (include_tokenizer or name == "tokenizer_3") for name, tok in tokenizers.items()}
         for name, tok in tokenizers.items():
-            if tok is not None and include_tokenizer:
+            if kept[name]:
                 tok.save_pretrained(Path(path) / name)
-        sdxl = self.family == "sdxl"
-        index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
-                 "_diffusers_version": diffusers.__version__, "scheduler": ["diffusers", type(self.scheduler).__name__]}
+        pipeline = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                    "sd3": "StableDiffusion3Pipeline"}[self.family]
+        index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", type(self.scheduler).__name__]}
         for name, module in {**modules, **tokenizers}.items():
-            if module is not None or name in ("text_encoder_2", "tokenizer_2") and sdxl:
-                library = "diffusers" if name in ("unet", "vae") else "transformers"
-                keep = module is not None and (include_tokenizer or not name.startswith("tokenizer"))
+            if module is not None or name in ("text_encoder_2", "tokenizer_2") and self.family == "sdxl" or sd3:
+                library = "diffusers" if name in ("unet", "transformer", "vae") else "transformers"
+                keep = module is not None and kept.get(name, True)
                 index[name] = [library, type(module).__name__] if keep else [None, None]
-        if sdxl:
+        if self.family == "sdxl":
             index["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
+        elif sd3:
+            index.update(image_encoder=[None, None], feature_extractor=[None, None])
         else:
             index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
         (Path(path) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -293,46 +406,61 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The UNet's weights' dtype."""
+        """The denoiser's weights' dtype."""
         return next(self.unet.parameters()).dtype
 
     @property
     def latent_dtype(self) -> torch.dtype:
-        """The dtype latents are sampled and encoded in: float32, or float64 for a float64 UNet."""
+        """The dtype latents are sampled and encoded in: float32, or float64 for a float64 denoiser."""
         return torch.promote_types(self.dtype, torch.float32)
 
     @property
+    def is_flow(self) -> bool:
+        """Whether the schedule is a rectified flow (a = 1 − σ, s = σ, levels 1000·σ), decided by the scheduler's class;
+        else it is the variance-preserving DDPM schedule (a = √ᾱ, s = √(1 − ᾱ), integer levels)."""
+        return is_flow_scheduler(type(self.scheduler).__name__)
+
+    @property
     def prediction_type(self) -> str:
-        return self.scheduler.config.prediction_type
+        """diffusers' name of what the denoiser predicts: the scheduler's `prediction_type`, or "flow_prediction" for a
+        flow-matching scheduler (which has none: its model predicts u = ε − x0)."""
+        return "flow_prediction" if self.is_flow else self.scheduler.config.prediction_type
 
     @property
     def native_space(self) -> str:
-        """The space the UNet predicts in, what it was trained to regress: "eps", "v" or "x0" (`SPACES`)."""
+        """The space the denoiser predicts in, what it was trained to regress: "eps", "v", "x0" or "flow" (`SPACES`)."""
         return space_of(self.prediction_type)
 
     @staticmethod
     def native_space_of(path_or_id: str | os.PathLike) -> str | None:
         """A pipeline's `native_space` without loading it: from a local directory's scheduler config, the hub
-        cache (never the network), or the built-in official config of a known hub id; None if none is found."""
+        cache (never the network), or the built-in official config of a known hub id; None if none is found.
+        A flow-matching scheduler (`_class_name`, e.g. SD3's FlowMatchEulerDiscreteScheduler) is "flow"."""
         source = str(path_or_id)
         try:
             with warnings.catch_warnings():  # huggingface_hub's deprecation notes about arguments diffusers passes
                 warnings.simplefilter("ignore", UserWarning)
-                config = DDIMScheduler.load_config(source, subfolder="scheduler", local_files_only=True)
+                config = DDIMScheduler.load_config(source, subfolder="scheduler", local_files_only=True)  # any scheduler's
         except (OSError, ValueError):
             config = PIPELINE_CONFIGS.get(source, {}).get("scheduler")
             if config is None:
                 return None
+        if is_flow_scheduler(config.get("_class_name", "")):
+            return "flow"
         return space_of(config.get("prediction_type", "epsilon"))
 
     @property
     def family(self) -> str:
-        """"sdxl" for UNets with SDXL's text-time micro-conditioning, else "sd" (SD 1.x/2.x-shaped)."""
+        """"sd3" for an SD3 transformer, "sdxl" for UNets with SDXL's text-time micro-conditioning, else "sd"
+        (SD 1.x/2.x-shaped)."""
+        denoiser = getattr(self.unet, "module", self.unet)  # through DDP
+        if isinstance(getattr(denoiser, "_orig_mod", denoiser), SD3Transformer2DModel):  # through torch.compile
+            return "sd3"
         return "sdxl" if self.unet_config.get("addition_embed_type") == "text_time" else "sd"
 
     @property
     def unet_config(self):
-        """The UNet's diffusers config, through a distributed wrapper (a policy prepared by accelerate holds DDP)."""
+        """The denoiser's diffusers config, through a distributed wrapper (a policy prepared by accelerate holds DDP)."""
         return getattr(self.unet, "module", self.unet).config
 
     @property
@@ -345,12 +473,13 @@ class Backbone:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)  # the VAE's downsampling
         return (self.unet_config.in_channels, self.image_size // factor, self.image_size // factor)
 
     def fingerprint(self, part: str) -> str:
-        """sha256 over the weights of "unet", "vae" or "text" (every text encoder); keys caches of derived data."""
-        modules = {"unet": [self.unet], "vae": [self.vae], "text": [enc for _, enc in self._text_encoders()]}[part]
+        """sha256 over the weights of "unet" (the denoiser), "vae" or "text" (every text encoder); keys caches of
+        derived data."""
+        modules = {"unet": [self.unet], "vae": [self.vae], "text": self._all_text_encoders()}[part]
         cache = self._fingerprints
         if part not in cache:
             digest = hashlib.sha256()
@@ -362,16 +491,29 @@ class Backbone:
         return cache[part]
 
     # ------------------------------------------------------------------ schedule
-    def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
-        """ᾱ at integer levels t (float64); t < 0 is the clean end (`final_alpha_cumprod`)."""
-        t = torch.as_tensor(t, dtype=torch.long)
+    def alpha_bar(self, t: torch.Tensor | int | float) -> torch.Tensor:
+        """ᾱ at VP levels t (float64; integer-valued, indexed with `.long()`); t < 0 is the clean end
+        (`final_alpha_cumprod`). VP only: a flow schedule has no ᾱ (use `noise_levels`)."""
+        if self.is_flow:
+            raise ValueError("alpha_bar is the variance-preserving schedule's ᾱ_t; this backbone runs a flow-matching "
+                             "schedule (a_t = 1 − σ, s_t = σ): read noise_levels(t)")
+        t = torch.as_tensor(t, dtype=torch.float64)
         table = self.alphas_cumprod
         clean = torch.tensor(self.final_alpha_cumprod, dtype=torch.float64)
-        return torch.where(t >= 0, table[t.clamp(min=0)], clean)
+        return torch.where(t >= 0, table[t.clamp(min=0).long()], clean)
 
-    def noise_levels(self, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a_t, s_t) at integer levels t, float64, of x_t = a_t x_0 + s_t ε: the schedule as every method and sampler
-        reads it, whatever the family (here a_t = √ᾱ_t, s_t = √(1 − ᾱ_t); t < 0 is the clean end)."""
+    def sigmas(self, t: torch.Tensor | int | float) -> torch.Tensor:
+        """σ = t / T at flow levels t (float64), 0 at the clean end (t <= 0). Flow only."""
+        if not self.is_flow:
+            raise ValueError("sigmas are the flow schedule's; this backbone's schedule is variance-preserving")
+        return (torch.as_tensor(t, dtype=torch.float64) / self.num_train_timesteps).clamp(min=0)
+
+    def noise_levels(self, t: torch.Tensor | int | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, s_t) at levels t, float64, of x_t = a_t x_0 + s_t ε: the schedule as every method and sampler reads
+        it, whatever the family: VP a_t = √ᾱ_t, s_t = √(1 − ᾱ_t); flow a_t = 1 − σ, s_t = σ (module docstring)."""
+        if self.is_flow:
+            sigma = self.sigmas(t)
+            return 1 - sigma, sigma
         abar = self.alpha_bar(t)
         return abar.sqrt(), (1 - abar).sqrt()
 
@@ -381,13 +523,37 @@ class Backbone:
         a, s = self.noise_levels(t)
         return a.view(shape).to(like), s.view(shape).to(like)
 
-    def timesteps(self, num_steps: int) -> torch.Tensor:
-        """The DDIM sampling timesteps for `num_steps` steps, descending (981, 961, ..., 1 for 50 on SD)."""
+    def _sampling_scheduler(self, num_steps: int):
+        """A copy of the scheduler after `set_timesteps(num_steps)`; a flow scheduler with resolution-dependent
+        shifting gets μ from the latents' token count, as `StableDiffusion3Pipeline.__call__` computes it."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(num_steps)
-        return scheduler.timesteps.to(torch.long)
+        kwargs = {}
+        if self.is_flow and scheduler.config.get("use_dynamic_shifting"):
+            _, height, width = self.latent_shape
+            patch = self.unet_config.get("patch_size", 1)
+            tokens = (height // patch) * (width // patch)
+            config = scheduler.config  # diffusers' calculate_shift: μ linear in the token count
+            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+            kwargs["mu"] = tokens * slope + config.base_shift - slope * config.base_image_seq_len
+        scheduler.set_timesteps(num_steps, **kwargs)
+        return scheduler
+
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The `num_steps` sampling levels, descending, float64: DDIM's timesteps (981, 961, ..., 1 for 50 on SD),
+        or the flow scheduler's shifted 1000·σ (SD3.5, shift 3, 10 steps: 1000, 960.13, ..., 8.93). A sampler's
+        last step goes to the clean end (−1)."""
+        return self._sampling_scheduler(num_steps).timesteps.to(torch.float64)
+
+    def training_levels(self, n: int, rng: torch.Generator) -> torch.Tensor:
+        """n training levels (n,) float64 drawn from `rng`, uniform over the family's training table: VP t ~ U{0, ...,
+        T−1} (the draw `methods.shards.sample_timesteps` makes), flow the scheduler's T training timesteps 1000·σ_j
+        (shifted as its `sigmas`). One process's draw: sharding is the caller's."""
+        if not self.is_flow:
+            return torch.randint(0, self.num_train_timesteps, (n,), generator=rng).to(torch.float64)
+        table = type(self.scheduler).from_config(self.scheduler.config).timesteps.to(torch.float64)  # (T,) descending
+        return table[torch.randint(0, len(table), (n,), generator=rng)]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = a_t x0 + s_t ε, per-sample t (B,)."""
@@ -399,16 +565,34 @@ class Backbone:
         max_len = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
         ids = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
                         return_tensors="pt").input_ids
-        return encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=self.family == "sdxl")
+        return encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=self.family != "sd")
+
+    def _t5_embeds(self, prompts: list[str]) -> torch.Tensor:
+        """SD3's T5 sequence (B, max_sequence_length, D): T5's last hidden states (no attention mask, as diffusers'
+        `_get_t5_prompt_embeds`), or zeros of the transformer's joint_attention_dim when the pipeline has no T5."""
+        if self.text_encoder_3 is None:
+            clip = self.text_encoder
+            return torch.zeros(len(prompts), self.max_sequence_length, self.unet_config.joint_attention_dim,
+                               device=next(clip.parameters()).device, dtype=clip.dtype)
+        ids = self.tokenizer_3(list(prompts), padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                               add_special_tokens=True, return_tensors="pt").input_ids
+        return self.text_encoder_3(ids.to(next(self.text_encoder_3.parameters()).device))[0]
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
-        """Per-token text embeddings (B, L, D); for SDXL also the pooled embedding and time ids."""
+        """Per-token text embeddings (B, L, D); for SDXL also the pooled embedding and time ids, for SD3 the pooled
+        projections (module docstring)."""
         if self.family == "sd":
             return Conditioning(self._encode_text(self.tokenizer, self.text_encoder, prompts).last_hidden_state.to(self.dtype))
         first = self._encode_text(self.tokenizer, self.text_encoder, prompts)
         second = self._encode_text(self.tokenizer_2, self.text_encoder_2, prompts)
         embeds = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # (B, L, D1 + D2)
+        if self.family == "sd3":
+            t5 = self._t5_embeds(prompts)  # (B, L_t5, D_joint)
+            embeds = torch.nn.functional.pad(embeds, (0, t5.shape[-1] - embeds.shape[-1]))  # (B, L, D_joint)
+            embeds = torch.cat([embeds, t5.to(embeds.device)], dim=-2)  # (B, L + L_t5, D_joint)
+            pooled = torch.cat([first.text_embeds, second.text_embeds], dim=-1)  # (B, P1 + P2)
+            return Conditioning(embeds.to(self.dtype), {"pooled_projections": pooled.to(self.dtype)})
         size = self.image_size
         time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=self.dtype).expand(len(prompts), 6)
         added = {"text_embeds": second.text_embeds.to(self.dtype), "time_ids": time_ids.to(embeds.device)}
@@ -427,7 +611,8 @@ class Backbone:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, *, generator: torch.Generator | None = None,
                       batch_size: int = 64) -> torch.Tensor:
-        """Images (B, 3, H, W) float RGB in [0, 1] -> scaled latents (B, C, h, w), in `latent_dtype`.
+        """Images (B, 3, H, W) float RGB in [0, 1] -> scaled latents (B, C, h, w), in `latent_dtype`:
+        (z − shift_factor) · scaling_factor (SD3's VAE has a shift; SD's has none).
 
         Uses the posterior mean unless a generator is given, in which case it samples
         `latent_dist` as the Diffusion-DPO training script does.
@@ -437,10 +622,13 @@ class Backbone:
                 f"images must be (B, 3, {self.image_size}, {self.image_size}) for this model, got {tuple(images.shape)}"
             )
         vae_dtype = next(self.vae.parameters()).dtype
+        shift = self.vae.config.get("shift_factor")
         out = []
         for chunk in images.split(batch_size):
             dist = self.vae.encode(chunk.to(self.device, vae_dtype) * 2 - 1).latent_dist
             latents = dist.sample(generator=generator) if generator is not None else dist.mode()
+            if shift is not None:
+                latents = latents - shift
             out.append(latents * self.vae.config.scaling_factor)
         return torch.cat(out).to(self.latent_dtype)
 
@@ -448,23 +636,27 @@ class Backbone:
         """Scaled latents (B, C, h, w) -> images (B, 3, H, W) RGB in [0, 1], float32 (float64 for float64 latents);
         with `grad`, differentiable in the latents (reward backpropagation)."""
         vae_dtype = next(self.vae.parameters()).dtype
+        shift = self.vae.config.get("shift_factor")
         out = []
         with torch.set_grad_enabled(grad):
             for chunk in latents.split(batch_size):
-                pixels = self.vae.decode(chunk.to(vae_dtype) / self.vae.config.scaling_factor).sample
+                z = chunk.to(vae_dtype) / self.vae.config.scaling_factor
+                pixels = self.vae.decode(z if shift is None else z + shift).sample
                 out.append(((pixels.to(torch.promote_types(latents.dtype, torch.float32)) + 1) / 2).clamp(0, 1))
         return torch.cat(out)
 
     # ------------------------------------------------------------------ denoiser
-    def _as_batch_timesteps(self, t: torch.Tensor | int, batch: int) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.long, device=self.device)
+    def _as_batch_timesteps(self, t: torch.Tensor | int | float, batch: int) -> torch.Tensor:
+        """Levels as a float64 (B,) tensor on the denoiser's device."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
         return t.expand(batch) if t.ndim == 0 else t
 
-    def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning) -> torch.Tensor:
-        """The UNet's raw prediction (its own parametrisation) in x_t's dtype, counted in `nfe`.
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's raw prediction (its own parametrisation) in x_t's dtype, counted in `nfe`.
 
-        Inputs are cast to the UNet's weights' dtype (a half-precision frozen UNet takes half inputs; a float32
-        policy under mixed precision takes float32 and autocasts itself).
+        Inputs are cast to the denoiser's weights' dtype (a half-precision frozen UNet takes half inputs; a float32
+        policy under mixed precision takes float32 and autocasts itself). A UNet takes the levels as integer
+        timesteps; the SD3 transformer takes 1000·σ as float32 (`StableDiffusion3Pipeline`'s call).
         """
         batch = x_t.shape[0]
         self.nfe.calls += 1
@@ -477,10 +669,15 @@ class Backbone:
         key = (batch, bool(graded))
         self.nfe.calls_by_batch[key] = self.nfe.calls_by_batch.get(key, 0) + 1
         cond = cond.to(weights.dtype)
-        return self.unet(x_t.to(weights.dtype), self._as_batch_timesteps(t, batch), encoder_hidden_states=cond.embeds,
+        levels = self._as_batch_timesteps(t, batch)  # (B,) float64
+        if self.family == "sd3":
+            return self.unet(hidden_states=x_t.to(weights.dtype), timestep=levels.to(torch.float32),
+                             encoder_hidden_states=cond.embeds, pooled_projections=cond.added["pooled_projections"],
+                             return_dict=False)[0].to(x_t.dtype)
+        return self.unet(x_t.to(weights.dtype), levels.long(), encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=cond.added).sample.to(x_t.dtype)
 
-    def convert(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int, space: str) -> torch.Tensor:
+    def convert(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int | float, space: str) -> torch.Tensor:
         """A raw model output (B, C, H, W) at x_t, level t, in prediction space `space` (see the module docstring)."""
         native = self.native_space
         if space == native:
@@ -488,31 +685,32 @@ class Backbone:
         if space not in SPACES:
             raise ValueError(f"unknown prediction space {space!r}; expected one of {', '.join(SPACES)}")
         a, s = self.coefficients(self._as_batch_timesteps(t, x_t.shape[0]).cpu(), x_t)
-        x0, eps = SPACES[native].solve(output, x_t, a, s)
+        x0, eps = SPACES[native].solve(output, x_t, a, s)  # the native space is on its own schedule
         return SPACES[space].target(x0, eps, a, s)
 
-    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
         """Convert a raw model output to ε."""
         return self.convert(output, x_t, t, "eps")
 
-    def prediction(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning, space: str) -> torch.Tensor:
-        """The model's prediction at (x_t, t, c) in `space` (no guidance): one counted UNet call, (B, C, H, W)."""
+    def prediction(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, space: str) -> torch.Tensor:
+        """The model's prediction at (x_t, t, c) in `space` (no guidance): one counted denoiser call, (B, C, H, W)."""
         t = self._as_batch_timesteps(t, x_t.shape[0])
         return self.convert(self.model_output(x_t, t, cond), x_t, t, space)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, space: str) -> torch.Tensor:
-        """The regression target in `space` for x_t = a_t x0 + s_t ε (as `add_noise`): ε, v = a_t ε − s_t x0 or x0."""
+        """The regression target in `space` for x_t = a_t x0 + s_t ε (as `add_noise`): ε, v = a_t ε − s_t x0, x0 or
+        the flow velocity ε − x0."""
         if space not in SPACES:
             raise ValueError(f"unknown prediction space {space!r}; expected one of {', '.join(SPACES)}")
         a, s = self.coefficients(torch.as_tensor(t).cpu(), x0)
         return SPACES[space].target(x0, noise, a, s)
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditioning, guidance: float = 1.0,
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, guidance: float = 1.0,
             uncond: Conditioning | None = None) -> torch.Tensor:
         """ε̂(x_t, t, c), with classifier-free guidance ε_u + w (ε_c − ε_u) when w ≠ 1.
 
         At w = 1 only the conditional branch is evaluated (B NFE); otherwise both branches run in
-        one batched UNet call (2B NFE). `uncond` defaults to the empty prompt.
+        one batched denoiser call (2B NFE). `uncond` defaults to the empty prompt.
         """
         batch = x_t.shape[0]
         t = self._as_batch_timesteps(t, batch)
@@ -525,7 +723,7 @@ class Backbone:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
         """Move (and/or cast) every module in place; returns self."""
-        for module in (self.unet, self.vae, *(enc for _, enc in self._text_encoders())):
+        for module in (self.unet, self.vae, *self._all_text_encoders()):
             torch.nn.Module.to(module, device=device, dtype=dtype)
         self._null = None
         return self

@@ -118,7 +118,7 @@ def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int,
         points = [g for g in grid if g < level]
         paths.append(points + [points[-1] + delta if mode == "faithful" else level])
     length = grid_steps + 1  # at most grid_steps points lie below t, plus the end point
-    return torch.tensor([p + [p[-1]] * (length - len(p)) for p in paths], dtype=torch.long).T
+    return torch.tensor([p + [p[-1]] * (length - len(p)) for p in paths], dtype=torch.float64).T
 
 
 def inverted_noise(x_t: torch.Tensor, x0: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -1,13 +1,17 @@
 """The contract of an inversion sampler, and the DDIM map they share.
 
-An inverter walks a latent up a path of noise levels, `levels` of shape (K+1,) or (K+1, B) with
-levels[0] the start (a negative level is the clean end of the chain, see `Backbone.alpha_bar`), and
+An inverter walks a latent up a path of noise levels, `levels` of shape (K+1,) or (K+1, B), float64 values
+of the denoiser's timestep (integer DDPM timesteps on the VP schedule, 1000·σ on a flow schedule), with
+levels[0] the start (a negative level is the clean end of the chain, see `Backbone.noise_levels`), and
 a sampler walks it back down. Per-sample paths let InPO invert every pair to its own t in one batch;
 a step whose level does not change is skipped without evaluating the model (`walk`).
 
 DDIM map from level j to level k (Song et al. 2021, Eq. 12 with η = 0):
 
-    Φ_{j→k}(z, ε) = a_k (z − s_j ε) / a_j + s_k ε,       a = √ᾱ, s = √(1 − ᾱ), in float64 coefficients.
+    Φ_{j→k}(z, ε) = a_k (z − s_j ε) / a_j + s_k ε,       (a, s) = `Backbone.noise_levels`, in float64 coefficients
+
+(a = √ᾱ, s = √(1 − ᾱ) on the VP schedule; a = 1 − σ, s = σ on a flow schedule, where Φ is the Euler step
+z + (σ_k − σ_j) u of the velocity u = ε − x̂0, and divides by a_j = 0 from σ_j = 1).
 
 `TwoStepSampler` is the mechanism BDIA and O-BELM share: an exact linear two-step update whose
 forward and inverse use the same float64 coefficients, with the pair of latents as the state.
@@ -55,7 +59,7 @@ class InversionState:
 
     def stored_size(self) -> StoredSize:
         """The latents and `extra` tensors, per image, counted in latents (numbers / (C·h·w)); the
-        per-step entries make the part that grows with the steps. The level path (K+1 integers per
+        per-step entries make the part that grows with the steps. The level path (K+1 levels per
         image) is bookkeeping and not counted. Checks each entry's leading axes against its kind."""
         batch, steps, latent = self.latents.shape[0], self.levels.shape[0] - 1, self.latents[0].numel()
         if unknown := set(self.per_step) - set(self.extra):
@@ -127,8 +131,8 @@ class NoSettings:
 
 
 def per_sample_levels(levels: torch.Tensor, batch: int) -> torch.Tensor:
-    """(K+1,) or (K+1, B) -> (K+1, B) long, checked: K >= 1 and every path non-decreasing."""
-    levels = torch.as_tensor(levels, dtype=torch.long)
+    """(K+1,) or (K+1, B) -> (K+1, B) float64 levels, checked: K >= 1 and every path non-decreasing."""
+    levels = torch.as_tensor(levels, dtype=torch.float64)
     if levels.ndim not in (1, 2) or levels.shape[0] < 2:
         raise ValueError(f"levels must be (K+1,) or (K+1, B) with K >= 1 steps, got shape {tuple(levels.shape)}")
     levels = levels[:, None].expand(-1, batch) if levels.ndim == 1 else levels
@@ -193,9 +197,9 @@ def ddpm_variance(backbone: Backbone, hi: torch.Tensor, lo: torch.Tensor) -> tor
 
 
 def sampling_levels(backbone: Backbone, steps: int) -> torch.Tensor:
-    """[clean, t_N, ..., t_1] ascending: the levels a `steps`-step DDIM sampler visits, reversed
+    """[clean, t_N, ..., t_1] ascending, float64: the levels a `steps`-step DDIM sampler visits, reversed
     (for SD at 50 steps: -1, 1, 21, ..., 981)."""
-    return torch.cat([torch.tensor([-1]), backbone.timesteps(steps).flip(0)])
+    return torch.cat([torch.tensor([-1.0], dtype=torch.float64), backbone.timesteps(steps).flip(0)])
 
 
 StepCoefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (c_hi, c_mid, c_ε), each float64 (n,)
