@@ -40,7 +40,11 @@ def test_report_tables(results, tmp_path):
     assert md.count("| sft ") == 2 and md.count("| dpo ") == 2 and "| base " in md and "**" in md
     assert "\\toprule" in (tmp_path / "table.tex").read_text()
     csv = (tmp_path / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("suite,method,budget,seed,seeds,nfe,train_seconds,oracle,oracle_ci_low") and len(csv) == 6
+    assert csv[0].startswith("suite,method,budget,seed,seeds,nfe,train_seconds,inference_nfe_per_image,oracle,"
+                             "oracle_ci_low") and len(csv) == 6
+    # sampling each evaluated image: the toy suite's 20 guided steps (2 latents per step)
+    assert set(pd.read_csv(tmp_path / "table.csv")["inference_nfe_per_image"]) == {40}
+    assert "inference NFE / image" in md
     by_seed = runner.invoke(app, ["report", str(results / "runs"), "--group-by", "suite,budget,seed", "--out",
                                   str(tmp_path)])
     assert by_seed.exit_code == 0
@@ -68,6 +72,17 @@ def _record(method, seed, scores, prompts=("p", "p", "q", "q"), budget=10.0):
             "budget": {"limit": budget, "unit": "nfe", "usage": {"nfe": 10}, "seconds": 1.0},
             "metrics": {"r": {}}, "scorers": {"r": {"higher_is_better": True}},
             "evaluation": {"scores": {"r": list(scores)}, "prompts": list(prompts), "seeds": [0, 1, 2, 3]}}
+
+
+def test_an_inference_time_methods_cost_per_image_sits_beside_sampling_cost():
+    from bench.results.report import comparison_table
+
+    sampled = {**_record("dpo", 0, (1, 1, 1, 1)), "evaluation": {**_record("dpo", 0, (1, 1, 1, 1))["evaluation"],
+                                                                 "nfe": 160}}
+    searched = {**_record("doodl", 0, (1, 1, 1, 1)), "inference": {"nfe_per_image": 1360.0}}
+    table = comparison_table([sampled, searched]).set_index("method")
+    assert table.loc["dpo", "inference_nfe_per_image"] == 40.0  # 160 NFE for 4 images
+    assert table.loc["doodl", "inference_nfe_per_image"] == 1360.0
 
 
 def test_pairs_table_pairs_shared_seeds_and_adjusts_over_the_table():

@@ -92,6 +92,20 @@ def _row_key(record: dict, group_by: tuple[str, ...]) -> tuple:
     return tuple(parts[k] if k in group_by else None for k in GROUP_KEYS) + (record["method"], row_reward(record))
 
 
+def inference_nfe_per_image(record: dict) -> float | None:
+    """What making one evaluated image cost (UNet evaluations of one latent): an inference-time method's
+    `inference.nfe_per_image` (its optimisation or search included), else the evaluation's sampling NFE per image;
+    None for a record that did not count it."""
+    if "inference" in record:
+        return record["inference"]["nfe_per_image"]
+    evaluation = record["evaluation"]
+    return evaluation["nfe"] / len(evaluation["prompts"]) if "nfe" in evaluation else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if None in values else sum(values) / len(values)
+
+
 def _describe(record: dict) -> str:
     seed = "" if record["seed"] is None else f", seed {record['seed']}"
     return f"{record['suite']} {record['method']} ({budget_label(record)}{seed}, created {record.get('created', '?')})"
@@ -158,6 +172,7 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
                "seed": key[2] if "seed" in group_by else "-", "seeds": len({m["seed"] for m in members}),
                "nfe": sum(m["budget"]["usage"]["nfe"] for m in members) / len(members),
                "train_seconds": sum(m["budget"]["seconds"] for m in members) / len(members),
+               "inference_nfe_per_image": _mean([inference_nfe_per_image(m) for m in members]),
                "_budget_sort": float("-inf") if first["method"] == "base" else first["budget"]["limit"]}
         scores = {name: torch.tensor([m["evaluation"]["scores"][name] for m in members], dtype=torch.float64)
                   for name in names}  # (S, N) per metric
@@ -339,6 +354,8 @@ def display_table(df: pd.DataFrame, higher_is_better: dict[str, bool], fmt: str 
     out["seeds"] = df["seeds"]
     out["NFE used"] = df["nfe"].map(lambda v: f"{v:.3g}")
     out["train s"] = df["train_seconds"].map(lambda v: f"{v:.0f}")
+    if "inference_nfe_per_image" in df:  # trained and training-free methods on one compute axis
+        out["inference NFE / image"] = df["inference_nfe_per_image"].map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")
     if HACKING in df:  # `bench.results.reward_hacking.mark`
         out["reward hacking"] = [hacking_cell(h, fmt) for h in df[HACKING]]
 
