@@ -288,3 +288,14 @@ def test_an_inference_time_method_is_tuned_without_a_learning_rate():
     space = trial_space(get_suite("toy"), "doodl")
     assert space and not any(key.startswith("train.") for key in space)
     assert "train.lr" in trial_space(get_suite("toy"), "dpo")
+
+
+def test_tuned_values_of_an_online_method_keep_the_suites_rollout_settings(tmp_path, monkeypatch, tiny_toy_dir):
+    build = tmp_path / "toy-build"
+    shutil.copytree(tiny_toy_dir, build)
+    (build / "tuned.json").write_text(json.dumps({"methods": {"grpo": {
+        "method_args": {"clip_range": 0.01}, "train_args": {"lr": 2e-5}, "tuning": {"trials": 8}}}}))
+    monkeypatch.setenv("BENCH_TOY_DIR", str(build))
+    suite = get_suite("toy")
+    assert suite.method_args["grpo"] == {"steps": 10, "guidance": 3.0, "group_size": 4, "clip_range": 0.01}
+    assert suite.train_args["grpo"] == {"batch_size": 4, "lr": 2e-5}

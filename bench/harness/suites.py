@@ -102,7 +102,8 @@ def toy_suite() -> Suite:
         budget=Budget.parse("4e4nfe"),
         train=TrainConfig(lr=3e-5, batch_size=16, weight_decay=0.0, prompt_dropout=0.1, checkpoint_every=50),
         eval=EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0, batch_size=128),
-        method_args={**online_args, **{m: t["method_args"] for m, t in tuned.items()}},
+        method_args={m: {**online_args.get(m, {}), **tuned.get(m, {}).get("method_args", {})}
+                     for m in {*online_args, *tuned}},  # the tuned values over the suite's rollout settings
         train_args={m: {**train_args.get(m, {}), **tuned.get(m, {}).get("train_args", {})}
                     for m in {*train_args, *tuned}},
         search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet
