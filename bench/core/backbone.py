@@ -81,6 +81,7 @@ import json
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -663,7 +664,7 @@ class Backbone:
         self.nfe.forward += batch
         inputs = [x_t, cond.embeds, *(cond.added or {}).values()]
         weights = next(self.unet.parameters())
-        graded = torch.is_grad_enabled() and (weights.requires_grad or any(t.requires_grad for t in inputs))
+        graded = torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or self._denoiser_trains())
         if graded:
             self.nfe.grad_forward += batch  # a backward will follow: through the weights or to an input (null-text)
         key = (batch, bool(graded))
@@ -676,6 +677,19 @@ class Backbone:
                              return_dict=False)[0].to(x_t.dtype)
         return self.unet(x_t.to(weights.dtype), levels.long(), encoder_hidden_states=cond.embeds,
                          added_cond_kwargs=cond.added).sample.to(x_t.dtype)
+
+    def _denoiser_trains(self) -> bool:
+        """Whether any parameter of the denoiser requires grad (a LoRA policy's first parameter is a frozen base
+        weight). The parameter that answered yes last time is asked first (one check while training); otherwise every
+        parameter is, so the answer follows requires_grad as it changes (e.g. a policy frozen after training)."""
+        unet_ref, param_ref = getattr(self, "_trainable_param", (None, None))
+        if unet_ref is not None and unet_ref() is self.unet:
+            param = param_ref() if param_ref is not None else None
+            if param is not None and param.requires_grad:
+                return True
+        param = next((p for p in self.unet.parameters() if p.requires_grad), None)
+        self._trainable_param = (weakref.ref(self.unet), weakref.ref(param) if param is not None else None)
+        return param is not None
 
     def convert(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int | float, space: str) -> torch.Tensor:
         """A raw model output (B, C, H, W) at x_t, level t, in prediction space `space` (see the module docstring)."""

@@ -24,6 +24,12 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # The frozen pipeline's storage and evaluation precision (`bench run --dtype`); the VAE is float32 always.
 PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPTIMIZERS = ("adamw", "adafactor")
+# LoRA (`TrainConfig.lora_*`). The attention projections that Flow-GRPO's `train_sd3.py` adapts (r 32, α 64, init
+# "gaussian"; DiffusionNFT the same): to_q, to_k, to_v, to_out.0 are also the names of diffusers' UNet2DConditionModel
+# attention (self and cross), add_*_proj and to_add_out are SD3's joint-attention context projections.
+LORA_TARGETS = "to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out"
+# lora_init -> peft's `init_lora_weights`: A drawn as named, B zero (so an untrained adapter leaves the base as it is)
+LORA_INITS = {"gaussian": "gaussian", "kaiming": True}
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,20 @@ class TrainConfig:
     checkpoint_every: int = field(default=50, metadata={"help": "optimizer steps between resumable checkpoints"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw, or adafactor (Diffusion-DPO's SDXL recipe)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute UNet activations in backward"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "train peft LoRA adapters of this rank on lora_targets, the denoiser's weights frozen (0: train every "
+                "weight). Flow-GRPO and DiffusionNFT: 32"})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "LoRA α: an adapter adds (α / r) B A to its layer's weight (peft's scaling); none: α = r (scale 1). "
+                "Flow-GRPO and DiffusionNFT: 64 at r 32"})
+    lora_targets: str = field(default=LORA_TARGETS, metadata={
+        "help": "comma-separated names of the Linear layers LoRA adapts: a layer is adapted when its module name is a "
+                "target or ends with '.' + a target (peft's rule); targets the denoiser lacks are skipped, none "
+                "matching is an error. Default: the attention projections of SD UNets (to_q,to_k,to_v,to_out.0) and of "
+                "SD3's joint attention (also add_q_proj,add_k_proj,add_v_proj,to_add_out), Flow-GRPO's list"})
+    lora_init: str = field(default="gaussian", metadata={
+        "help": "LoRA initialisation, B = 0 either way (training starts at the base): gaussian (A ~ N(0, 1/r²), peft's "
+                "'gaussian', Flow-GRPO's) or kaiming (A Kaiming-uniform, peft's default)"})
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -60,6 +80,21 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0 (or none: the rank), got {self.lora_alpha}")
+        if not split_list(self.lora_targets):
+            raise ValueError(f"lora_targets must name at least one module, got {self.lora_targets!r}")
+        if self.lora_init not in LORA_INITS:
+            raise ValueError(f"lora_init must be one of {tuple(LORA_INITS)}, got {self.lora_init!r}")
+        unused = [name for name in ("lora_alpha", "lora_targets", "lora_init")
+                  if getattr(self, name) != _LORA_DEFAULTS[name]]
+        if self.lora_rank == 0 and unused:
+            raise ValueError(f"{', '.join(unused)} set without LoRA: set lora_rank > 0 as well")
+
+
+_LORA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name.startswith("lora_")}
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ resolution and precision (a backward counting as 2 NFE, as the meter counts):
     steps = floor(limit / cost per step);  nfe = steps x nfe_step;  gpu-h = nfe x s_nfe / 3600;
     wall-clock hours = gpu-h / processes
 
-Memory per process, in bytes (P = trainable UNet parameters, F = frozen UNet + text encoder parameters,
-V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp16 / bf16):
+Memory per process, in bytes (P = trainable parameters: the UNet's, or with LoRA the adapters' A, F = frozen UNet +
+text encoder parameters, V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp16 / bf16):
 
     weights      4 P + b F + 4 V   the trainable copy in fp32 (accelerate's mixed precision keeps fp32 weights
                              and autocasts), and the frozen base UNet and text encoder(s) in the run's dtype
@@ -40,6 +40,18 @@ V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp16 / bf16):
                  one block at a time in backward)
     total        the sum: an upper bound on the step's peak (gradients build up as activations are freed)
 
+LoRA (`--train-arg lora_rank=r`, `bench.harness.trainer`): the trainable parameters are the adapters, A = Σ r (in +
+out) over the Linear layers that `lora_targets` names (`lora_parameter_count`), in fp32; the policy's frozen weights
+are the base UNet's own tensors, so there is no trainable copy and the frozen weights count once, at their dtype:
+
+    weights      4 A + b F + 4 V
+    gradients    4 A
+    optimizer    AdamW 8 A; Adafactor over the adapter matrices (r x in and out x r: 4 (r + in) + 4 (out + r) each)
+    autocast     2 A under fp16/bf16, + 2 x (frozen UNet parameters) when that UNet is fp32 (--dtype fp32): autocast
+                 casts the frozen weights too, and the backward to the adapters below keeps the casts
+    activations  traced as above with the adapters injected (peft, on meta), only they requiring grad: a frozen
+                 layer keeps no input for a weight gradient, an adapter keeps its input and its r-wide projection
+
 Not counted: the CUDA context and allocator slack (~1 GiB), transient no-grad reference forwards,
 autocast's fp32 islands (norms, softmax), the preference data (kept on the CPU) and evaluation.
 """
@@ -56,6 +68,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from peft import inject_adapter_in_model
 from rich.table import Table
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -64,7 +77,7 @@ from bench.core.config import PIPELINE_DTYPES, TrainConfig
 from bench.core.real_configs import PIPELINE_CONFIGS, RECIPE_LAUNCH
 from bench.core.records import DRY_RUN, new_record
 from bench.harness.run import RunPlan, RunSetupError
-from bench.harness.trainer import declared_step_cost
+from bench.harness.trainer import declared_step_cost, lora_config, lora_parameter_count, lora_target_layers
 from methods.alignment import AlignmentMethod
 
 GiB = 2**30
@@ -156,16 +169,28 @@ def parameter_count(module: torch.nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------- memory
 def optimizer_state_bytes(unet: torch.nn.Module, optimizer: str) -> int:
     """fp32 optimizer state of the trainable UNet (module docstring)."""
+    return optimizer_state_bytes_of([tuple(p.shape) for p in unet.parameters()], optimizer)
+
+
+def optimizer_state_bytes_of(shapes: list[tuple[int, ...]], optimizer: str) -> int:
+    """fp32 optimizer state of trainable tensors of these shapes (module docstring)."""
     if optimizer == "adamw":
-        return 8 * parameter_count(unet)
+        return 8 * sum(math.prod(shape) for shape in shapes)
     total = 0
-    for p in unet.parameters():
-        shape = p.shape
+    for shape in shapes:
         if len(shape) >= 2:  # transformers' Adafactor: row stats shape[:-1], column stats shape[:-2] + shape[-1:]
             total += math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]
         else:
-            total += p.numel()
+            total += math.prod(shape)
     return 4 * total
+
+
+def lora_shapes(unet: torch.nn.Module, cfg: TrainConfig) -> list[tuple[int, int]]:
+    """The adapter matrices LoRA of rank r adds to `unet`: A (r, in) and B (out, r) per adapted Linear layer."""
+    shapes = []
+    for layer in lora_target_layers(unet, cfg.lora_targets).values():
+        shapes += [(cfg.lora_rank, layer.in_features), (layer.out_features, cfg.lora_rank)]
+    return shapes
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -206,10 +231,14 @@ class _SavedBytes:
 
 
 def activation_bytes(unet_config: dict, text_width: int, text_tokens: int, pooled_width: int | None,
-                     latent_shape: tuple[int, int, int], latents: int, dtype: torch.dtype, checkpointing: bool) -> int:
-    """Bytes autograd holds after one training forward of `latents` latents (module docstring), traced on meta."""
+                     latent_shape: tuple[int, int, int], latents: int, dtype: torch.dtype, checkpointing: bool,
+                     lora: TrainConfig | None = None) -> int:
+    """Bytes autograd holds after one training forward of `latents` latents (module docstring), traced on meta; with
+    `lora` (a config with lora_rank > 0) of the UNet with its adapters, only they trainable."""
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
+        if lora is not None and lora.lora_rank:
+            inject_adapter_in_model(lora_config(lora), unet, low_cpu_mem_usage=True)  # only the adapters trainable
     torch.nn.Module.to(unet, dtype).train()
     params = {id(p) for p in unet.parameters()}
     outer, blocks = _SavedBytes(params), []
@@ -290,17 +319,32 @@ def budget_plan(budget: Budget, nfe_step: float, samples_step: float, processes:
 
 
 def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processes: int, budgets: list[Budget],
-                  seconds_per_nfe: float | None, unet: torch.nn.Module, frozen_bytes: int, activations) -> dict:
-    trainable = parameter_count(unet)
+                  seconds_per_nfe: float | None, unet: torch.nn.Module, frozen_bytes: int, frozen_width: int,
+                  activations) -> dict:
+    autocast = cfg.mixed_precision != "no"
+    if cfg.lora_rank:
+        try:
+            shapes = lora_shapes(unet, cfg)
+        except ValueError as err:
+            raise DryRunError(f"{name}: {err}") from None
+        trainable = lora_parameter_count(unet, cfg)
+        # autocast's casts of a frozen fp32 UNet are kept for the backward to the adapters (module docstring)
+        frozen_casts = 2 * parameter_count(unet) if autocast and frozen_width == 4 else 0
+    else:
+        shapes, trainable, frozen_casts = [tuple(p.shape) for p in unet.parameters()], parameter_count(unet), 0
     micro_latents = declared_step_cost(method, dataclasses.replace(cfg, grad_accum=1), "samples")  # per process
     nfe_step = declared_step_cost(method, cfg, "nfe", processes)
     samples_step = declared_step_cost(method, cfg, "samples", processes)
     memory = {"weights_trainable": 4 * trainable, "weights_frozen": frozen_bytes, "gradients": 4 * trainable,
-              "optimizer": optimizer_state_bytes(unet, cfg.optimizer),
-              "autocast_copies": 2 * trainable if cfg.mixed_precision != "no" else 0,
-              "activations": activations(micro_latents, COMPUTE_DTYPES[cfg.mixed_precision], cfg.gradient_checkpointing)}
+              "optimizer": optimizer_state_bytes_of(shapes, cfg.optimizer),
+              "autocast_copies": (2 * trainable if autocast else 0) + frozen_casts,
+              "activations": activations(micro_latents, COMPUTE_DTYPES[cfg.mixed_precision], cfg.gradient_checkpointing,
+                                         cfg if cfg.lora_rank else None)}
     memory["total"] = sum(memory.values())
+    lora = ({"rank": cfg.lora_rank, "alpha": cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_rank,
+             "targets": cfg.lora_targets, "layers": len(shapes) // 2} if cfg.lora_rank else None)
     return {"method": name, "data_kind": method.data_kind, "needs_reference": method.needs_reference,
+            "trainable_parameters": trainable, "lora": lora,
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
             "items_per_step": cfg.batch_size * cfg.grad_accum * processes, "nfe_per_item": method.max_nfe_per_item(),
             "nfe_per_step": nfe_step, "samples_per_step": samples_step, "micro_batch_latents": micro_latents,
@@ -346,22 +390,25 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
 
     traced: dict[tuple, int] = {}
 
-    def activations(latents: int, dtype: torch.dtype, checkpointing: bool) -> int:
-        key = (latents, dtype, checkpointing)
+    def activations(latents: int, dtype: torch.dtype, checkpointing: bool, lora: TrainConfig | None) -> int:
+        key = (latents, dtype, checkpointing, lora and (lora.lora_rank, lora.lora_targets))
         if key not in traced:
             traced[key] = activation_bytes(dict(unet.config), sum(e.config.hidden_size for e in encoders),
                                            encoders[0].config.max_position_embeddings,
                                            encoders[-1].config.projection_dim if sdxl else None,
-                                           latent_shape, latents, dtype, checkpointing)
+                                           latent_shape, latents, dtype, checkpointing, lora)
         return traced[key]
 
     methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, unet,
-                             frozen_bytes, activations) for name, method in plan.methods.items()]
+                             frozen_bytes, frozen_width, activations) for name, method in plan.methods.items()]
     assumptions = [
         "weights: trainable UNet fp32 (mixed precision autocasts, keeps fp32 weights); frozen base UNet and text "
         f"encoders {plan.dtype} (--dtype), VAE fp32, as `bench run` loads them (the base UNet stays for evaluation even "
         "without a reference)",
         "gradients fp32; AdamW 2 fp32 moments; Adafactor without first moment, factored fp32 second moment",
+        "LoRA (lora_rank > 0): only the fp32 adapters train (weights, gradients, optimizer state, autocast casts); the "
+        "policy's frozen weights are the base UNet's tensors, counted once at their dtype, and a frozen fp32 UNet's "
+        "autocast casts are kept for the backward",
         "autocast: fp16/bf16 casts of the trainable weights, held for backward",
         "activations: one policy forward of the per-process micro-batch (batch x images per item latents), traced on "
         "meta in the compute dtype, fused attention (no L x L matrix); checkpointing keeps block inputs + the "
@@ -389,6 +436,14 @@ def _maybe(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _trains(entry: dict) -> str:
+    """What a method trains: every UNet weight, or LoRA adapters (rank, α, adapter parameters)."""
+    lora = entry.get("lora")
+    if not lora:
+        return "all"
+    return f"LoRA r{lora['rank']} α{lora['alpha']:g} {entry['trainable_parameters'] / 1e6:.1f}M"
+
+
 def report_tables(report: DryRunReport) -> list:
     """The report as rich tables: components, step cost and memory per process, budget."""
     parts = Table(title=f"dry run {report.suite}: {report.pipeline} ({report.family}; {report.config_source}); latents "
@@ -400,15 +455,17 @@ def report_tables(report: DryRunReport) -> list:
 
     cost = Table(title="step cost and estimated memory per process (GiB)")
     for column in ("method", "data", "ref", "batch x accum x procs = items", "NFE/item", "NFE/step", "precision", "grad ckpt",
-                   "optimizer", "weights", "grads", "optim", "autocast", "activations", "total"):
-        cost.add_column(column, justify="left" if column in ("method", "data", "optimizer", "precision") else "right")
+                   "optimizer", "trains", "weights", "grads", "optim", "autocast", "activations", "total"):
+        cost.add_column(column, justify="left" if column in ("method", "data", "optimizer", "precision", "trains")
+                        else "right")
     for m in report.methods:
         mem = {k: f"{v / GiB:.2f}" for k, v in m["memory_bytes"].items()}
         weights = (m["memory_bytes"]["weights_trainable"] + m["memory_bytes"]["weights_frozen"]) / GiB
         cost.add_row(m["method"], m["data_kind"], "yes" if m["needs_reference"] else "no",
                      f"{m['batch_size']}x{m['grad_accum']}x{report.processes}={m['items_per_step']}",
                      str(m["nfe_per_item"]), f"{m['nfe_per_step']:,}", m["mixed_precision"],
-                     "on" if m["gradient_checkpointing"] else "off", m["optimizer"], f"{weights:.2f}", mem["gradients"],
+                     "on" if m["gradient_checkpointing"] else "off", m["optimizer"], _trains(m), f"{weights:.2f}",
+                     mem["gradients"],
                      mem["optimizer"], mem["autocast_copies"], mem["activations"], mem["total"])
 
     spn = _maybe(report.seconds_per_nfe, "g")

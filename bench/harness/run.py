@@ -271,18 +271,20 @@ def _check_set_metrics(plan: RunPlan) -> None:
 
 
 def _fields_added_since(stored: dict, plan: RunPlan) -> dict:
-    """`stored` (a run's recorded configuration) with the method Config fields added since it was recorded, which the
-    run therefore used at their defaults, filled in where this plan has them at their defaults too (as described):
-    such a run resumes, and one asked to resume with another value for the new field does not."""
+    """`stored` (a run's recorded configuration) with the method Config and TrainConfig fields added since it was
+    recorded (e.g. TrainConfig's lora_*), which the run therefore used at their defaults, filled in where this plan has
+    them at their defaults too (as described): such a run resumes, and one asked to resume with another value for the
+    new field does not."""
     described = json.loads(json.dumps(plan.config()["methods"]))
     for name, method in plan.methods.items():
-        recorded = stored.get("methods", {}).get(name, {}).get("config")
-        if recorded is None:
-            continue
-        defaults = type(method.config)()
-        for f in dataclasses.fields(method.config):
-            if f.name not in recorded and getattr(method.config, f.name) == getattr(defaults, f.name):
-                recorded[f.name] = described[name]["config"][f.name]
+        for part, config in (("config", method.config), ("train", plan.train_configs[name])):
+            recorded = stored.get("methods", {}).get(name, {}).get(part)
+            if recorded is None:
+                continue
+            defaults = type(config)()
+            for f in dataclasses.fields(config):
+                if f.name not in recorded and getattr(config, f.name) == getattr(defaults, f.name):
+                    recorded[f.name] = described[name][part][f.name]
     return stored
 
 

@@ -1,7 +1,7 @@
 """One training loop for every alignment method, on accelerate.
 
-The policy is a trainable copy of the base UNet; the reference is the base UNet itself, frozen (both
-share the Backbone's encoders, schedule and NFE counter). The policy's weights are float32 whatever the
+The policy is a trainable copy of the base UNet (or LoRA adapters on it, below); the reference is the base UNet
+itself, frozen (both share the Backbone's encoders, schedule and NFE counter). The policy's weights are float32 whatever the
 base's storage (a half-precision base keeps its frozen UNet in half, as Diffusion-DPO's `train.py` keeps
 its reference UNet in `weight_dtype`, so the policy starts from the half-rounded weights); the loss runs
 under `mixed_precision`'s autocast, reference forwards included, so policy and reference compute alike
@@ -11,6 +11,22 @@ evaluated with the same arithmetic (in half precision, as the papers' fp16 infer
 than half a unit in the last place of a weight does not survive). Per optimizer step: `grad_accum`
 micro-batches drawn by `BatchSampler`, prompt dropout (the empty prompt replaces a pair's or image's
 prompt with probability p), `method.loss`, backward, gradient clipping, AdamW, linear warmup.
+
+LoRA (`lora_rank` r > 0; Hu et al. 2021, through peft, as Flow-GRPO's and DiffusionNFT's SD3 recipes: r 32, α 64,
+"gaussian" init, the attention projections): the policy is the base denoiser with peft LoRA adapters on the Linear
+layers `lora_targets` names, W x + (α / r) B A x, and only the adapters train (float32, the optimizer over them alone).
+Where the adapters live: on a copy of the base denoiser's *modules* whose frozen weights are the base's own tensors
+(`copy.deepcopy` with the parameters and buffers in its memo), so the frozen weights cost no memory and stay in the
+base's dtype (no second float32 copy, as the recipes' single transformer), while peft's wrapping, train mode, gradient
+checkpointing and accelerate's prepare (autocast wrapper, DDP) touch the copy only. The reference is `self.base`: the
+same frozen tensors without the adapters, i.e. the denoiser with its adapters disabled (bit for bit what peft's
+`disable_adapter` computes: a disabled LoRA layer is its base layer). Chosen over injecting into `self.base.unet` in
+place because the base is shared by the run (its evaluation, other methods, probes, milestones' copies, checkpoints,
+fingerprints): in place, its module tree, requires_grad flags, forward (accelerate's wrapper) and DDP would have to be
+undone on every exit path; here `fit()` only restores the requires_grad flags peft cleared on the shared tensors. A
+checkpoint holds the adapters only; milestones and `fit()` hand over a frozen copy of the base with the adapters merged
+(W + (α / r) B A in the adapters' float32, then the base's dtype), evaluated as the base model is. Both A inits leave B = 0, so
+training starts at the base (DPO's first loss is ln 2); the adapters are drawn from the run's seed.
 
 The budget meter decides before each step whether it fits; every step's cost is measured (steps,
 images, NFE from the Backbone's counter, seconds). A checkpoint (policy, optimizer, LR schedule,
@@ -39,11 +55,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from transformers.optimization import Adafactor
 
 from bench.core.backbone import Backbone
 from bench.core.budget import Budget, BudgetMeter, Usage
-from bench.core.config import TrainConfig
+from bench.core.config import LORA_INITS, TrainConfig, split_list
 from bench.core.progress import progress_bar
 from bench.core.records import atomic_output
 from bench.harness.batches import BatchSampler, ExperienceSampler
@@ -82,6 +100,53 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
         return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_threshold=1.0, scale_parameter=False,
                          relative_step=False)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+
+
+LORA_ADAPTER = "default"  # peft's adapter name: parameters are `<layer>.lora_A.default.weight`, `.lora_B.`
+
+
+def lora_config(cfg: TrainConfig) -> LoraConfig:
+    """peft's LoraConfig of `cfg` (lora_rank > 0): rank r, α (None: r), the target names, the initialisation."""
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_rank,
+                      target_modules=split_list(cfg.lora_targets), init_lora_weights=LORA_INITS[cfg.lora_init],
+                      lora_dropout=0.0, bias="none")
+
+
+def lora_target_layers(denoiser: torch.nn.Module, targets: str) -> dict[str, torch.nn.Linear]:
+    """The layers LoRA adapts in `denoiser`, by module name: each whose name is one of the comma-separated `targets`
+    or ends with "." + one (peft's rule for a list of target_modules). A target the denoiser lacks (an SD3 name in a
+    UNet) is skipped; ValueError if none matches or a match is not a Linear layer."""
+    names = split_list(targets)
+    layers = {name: module for name, module in denoiser.named_modules()
+              if any(name == t or name.endswith(f".{t}") for t in names)}
+    if not layers:
+        raise ValueError(f"lora_targets {targets!r} match no module of the {type(denoiser).__name__}")
+    for name, module in layers.items():
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(f"lora_targets: {name} is a {type(module).__name__}; LoRA here adapts Linear layers")
+    return layers
+
+
+def lora_parameter_count(denoiser: torch.nn.Module, cfg: TrainConfig) -> int:
+    """Adapter parameters LoRA of rank r adds: r (in + out) per adapted Linear layer (A is r x in, B out x r)."""
+    return sum(cfg.lora_rank * (layer.in_features + layer.out_features)
+               for layer in lora_target_layers(denoiser, cfg.lora_targets).values())
+
+
+def lora_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The LoRA adapter weights of `module` by name (`...to_q.lora_A.default.weight`)."""
+    return {name: p for name, p in module.named_parameters() if ".lora_A." in name or ".lora_B." in name}
+
+
+def merged_lora_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapted layers' weights with their adapters merged, W + (α / r) B A, in the adapters' dtype, keyed as in the
+    base denoiser's state dict (`...to_q.weight`)."""
+    merged = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, LoraLayer):
+            delta = layer.get_delta_weight(LORA_ADAPTER)  # (out, in), scaled by α / r
+            merged[f"{name}.weight"] = layer.get_base_layer().weight.to(delta.dtype) + delta
+    return merged
 
 
 class Trainer:
@@ -134,20 +199,49 @@ class Trainer:
         GradientState._reset_state()
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=self.micro_batches,
                                   cpu=self.base.device.type == "cpu")
-        # trainable weights in float32 (float64 for a float64 base), whatever the frozen base's storage
-        unet = torch.nn.Module.to(copy.deepcopy(self.base.unet), self.base.latent_dtype).train().requires_grad_(True)
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        params = [p for p in unet.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, cfg)
-        warmup = max(cfg.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-        policy = self.base.with_unet(unet)
-        reference = self.base if self.method.needs_reference else None
+        base_flags = [(p, p.requires_grad) for p in self.base.unet.parameters()]
+        try:
+            if cfg.lora_rank:
+                unet = self._lora_policy()
+            else:  # trainable weights in float32 (float64 for a float64 base), whatever the frozen base's storage
+                unet = torch.nn.Module.to(copy.deepcopy(self.base.unet), self.base.latent_dtype).train().requires_grad_(True)
+            if cfg.gradient_checkpointing:
+                unet.enable_gradient_checkpointing()
+            params = [p for p in unet.parameters() if p.requires_grad]
+            optimizer = make_optimizer(params, cfg)
+            warmup = max(cfg.warmup_steps, 1)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            unet, optimizer = accelerator.prepare(unet, optimizer)
+            policy = self.base.with_unet(unet)
+            # with LoRA the base is the policy's denoiser with its adapters disabled: the same frozen tensors
+            reference = self.base if self.method.needs_reference else None
 
-        with sharded(accelerator.process_index, accelerator.num_processes):
-            return self._loop(accelerator, unet, optimizer, schedule, params, policy, reference)
+            with sharded(accelerator.process_index, accelerator.num_processes):
+                return self._loop(accelerator, unet, optimizer, schedule, params, policy, reference)
+        finally:  # the LoRA policy shares the base's tensors, and peft froze them: as they were
+            for param, flag in base_flags:
+                param.requires_grad_(flag)
+
+    def _lora_policy(self) -> torch.nn.Module:
+        """The base denoiser with peft LoRA adapters on `lora_targets`: a copy of its modules whose frozen weights are
+        the base's own tensors (no memory), so adapters, train mode, gradient checkpointing and accelerate's wrapping
+        stay on the copy. The adapters are drawn from the run's seed (not the global generator) in `latent_dtype`."""
+        cfg, base = self.config, self.base.unet
+        lora_target_layers(base, cfg.lora_targets)  # one-line ValueError if no Linear layer matches
+        shared = {id(t): t for t in (*base.parameters(), *base.buffers())}
+        unet = copy.deepcopy(base, memo=shared)
+        devices = [self.base.device] if self.base.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            inject_adapter_in_model(lora_config(cfg), unet, LORA_ADAPTER)  # marks only the adapters trainable
+        for layer in unet.modules():
+            if isinstance(layer, LoraLayer):  # float32 adapters (float64 for a float64 base), as full fine-tuning
+                torch.nn.Module.to(layer.lora_A, self.base.latent_dtype)
+                torch.nn.Module.to(layer.lora_B, self.base.latent_dtype)
+        adapters = {id(p) for p in lora_parameters(unet).values()}
+        for param in unet.parameters():
+            param.requires_grad_(id(param) in adapters)
+        return unet.train()
 
     def _loop(self, accelerator, unet, optimizer, schedule, params, policy, reference) -> TrainResult:
         cfg, world = self.config, accelerator.num_processes
@@ -171,7 +265,7 @@ class Trainer:
                             "start instead", self.method.name, self.checkpoint_path,
                             ", ".join(map(str, (*self.milestones, self.budget))))
             else:
-                accelerator.unwrap_model(unet).load_state_dict(state["policy"])
+                self._load_policy(accelerator.unwrap_model(unet), state["policy"])
                 optimizer.load_state_dict(state["optimizer"])
                 schedule.load_state_dict(state["schedule"])
                 rng.set_state(state["rng"])
@@ -246,8 +340,11 @@ class Trainer:
         bar.close()
         if self.checkpoint_path is not None and saved != step:
             checkpoint()
-        final = accelerator.unwrap_model(unet, keep_fp32_wrapper=False).eval().requires_grad_(False)
-        torch.nn.Module.to(final, self.base.dtype)  # evaluated as the base model is
+        if self.config.lora_rank:  # the adapters merged into a copy of the base, evaluated as the base model is
+            final = self._frozen_copy(accelerator.unwrap_model(unet))
+        else:
+            final = accelerator.unwrap_model(unet, keep_fp32_wrapper=False).eval().requires_grad_(False)
+            torch.nn.Module.to(final, self.base.dtype)  # evaluated as the base model is
         return TrainResult(self.base.with_unet(final), meter.used, step, history)
 
     def _reach(self, milestone: Budget, accelerator, unet, meter: BudgetMeter, step: int, history: list[dict]) -> None:
@@ -262,13 +359,45 @@ class Trainer:
         """`fn(result)` with the policy so far (a frozen copy in the base's dtype, as `fit()` casts it), the usage, steps
         and history, under a forked global RNG (CPU and the device's): training goes on from the same weights and
         generator states."""
-        trained = accelerator.unwrap_model(unet)  # the module itself, its autocast wrapper left in place
-        frozen = copy.deepcopy(self.base.unet)  # in the base's storage dtype, frozen, in eval mode
-        frozen.load_state_dict(trained.state_dict())  # float32 -> the base's dtype, rounded as `fit()`'s .to() rounds
+        frozen = self._frozen_copy(accelerator.unwrap_model(unet))  # the module itself, its autocast wrapper in place
         result = TrainResult(self.base.with_unet(frozen), meter.used, step, list(history))
         devices = [self.base.device] if self.base.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             return fn(result)
+
+    def _frozen_copy(self, trained: torch.nn.Module) -> torch.nn.Module:
+        """A frozen copy of the base denoiser, in eval mode and the base's storage dtype, holding the trained weights:
+        the policy's (float32 -> the base's dtype, rounded as `fit()`'s .to() rounds), or with LoRA the base's with
+        the adapters merged (W + (α / r) B A, computed in the adapters' dtype, then rounded alike)."""
+        frozen = copy.deepcopy(self.base.unet).eval().requires_grad_(False)
+        if not self.config.lora_rank:
+            frozen.load_state_dict(trained.state_dict())
+            return frozen
+        result = frozen.load_state_dict(merged_lora_weights(trained), strict=False)
+        if result.unexpected_keys:
+            raise RuntimeError(f"merged LoRA weights not in the base denoiser: {', '.join(result.unexpected_keys[:3])}")
+        return frozen
+
+    def _policy_state(self, trained: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the policy: its weights, or with LoRA only the adapters' (the base is frozen)."""
+        if self.config.lora_rank:
+            return {name: p.detach() for name, p in lora_parameters(trained).items()}
+        return trained.state_dict()
+
+    def _load_policy(self, trained: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Restore `_policy_state` into the policy; a checkpoint of the other kind (full weights for LoRA, adapters of
+        another rank or targets) is an error, not a silent partial load."""
+        if not self.config.lora_rank:
+            trained.load_state_dict(state)
+            return
+        adapters = lora_parameters(trained)
+        shapes = {name: tuple(p.shape) for name, p in adapters.items()}
+        if shapes != {name: tuple(t.shape) for name, t in state.items()}:
+            raise ValueError(f"checkpoint {self.checkpoint_path} does not hold this run's LoRA adapters (rank "
+                             f"{self.config.lora_rank} on {self.config.lora_targets}); remove it to train from the start")
+        with torch.no_grad():
+            for name, param in adapters.items():
+                param.copy_(state[name])
 
     def _trained_past_a_stop(self, state: dict, declared: float) -> bool:
         """Whether a checkpoint went on training after one of this run's milestones or its budget would have stopped
@@ -298,7 +427,7 @@ class Trainer:
 
     def _save(self, accelerator, unet, optimizer, schedule, rng, sampler, meter, meter_before, history, step) -> None:
         state = {
-            "policy": accelerator.unwrap_model(unet).state_dict(),
+            "policy": self._policy_state(accelerator.unwrap_model(unet)),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": rng.get_state(),
