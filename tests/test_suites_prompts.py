@@ -19,8 +19,11 @@ def test_suite_overrides_fit_the_method_configs(name):
     for method in METHODS.names():
         apply_overrides(METHODS.get(method).Config(), suite.method_args.get(method, {}))
         apply_overrides(suite.train, suite.train_args.get(method, {}))
-    for method in set(suite.method_args) | set(suite.train_args):
-        assert method in METHODS, method
+    for label in set(suite.method_args) | set(suite.train_args):  # a method, or a tuned variant's label of one
+        method = suite.variants.get(label, label)
+        assert method in METHODS, label
+        apply_overrides(METHODS.get(method).Config(), suite.method_args.get(label, {}))
+        apply_overrides(suite.train, suite.train_args.get(label, {}))
 
 
 def test_optional_fields_take_a_value_or_none_from_the_command_line():
