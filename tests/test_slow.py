@@ -66,6 +66,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(tmp_path):
     assert [h["loss"] for h in a["training"]["history"]] == [h["loss"] for h in b["training"]["history"]]
 
 
+def _one_and_two_processes(tmp_path, common: list[str], batch: int, env: dict) -> subprocess.CompletedProcess:
+    """`bench run COMMON` in one process at batch 2·`batch` (run dir "one") and under torchrun with 2 CPU processes
+    at `batch` each ("two"): the same global batch."""
+    one = _run(common + ["--train-arg", f"batch_size={2 * batch}", "--run-dir", "one"], tmp_path, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "bench.cli", *common, "--train-arg", f"batch_size={batch}", "--run-dir", "two"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    return two
+
+
 def test_two_processes_equal_one_process_for_the_same_global_batch(tmp_path):
     """torchrun with 2 CPU processes (gloo) and batch 8 each vs 1 process with batch 16: the same draws
     (made for the global batch, then sharded), all-reduced gradients, evaluation sharded and gathered.
@@ -73,12 +85,7 @@ def test_two_processes_equal_one_process_for_the_same_global_batch(tmp_path):
     shard-aware draws beyond DPO's. Tolerance: float32 reductions summed in a different order."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["run", "--methods", "dpo,kto,inpo", "--budget", "12steps", "-q"]
-    one = _run(common + ["--train-arg", "batch_size=16", "--run-dir", "one"], tmp_path, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "bench.cli", *common, "--train-arg", "batch_size=8", "--run-dir", "two"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = _one_and_two_processes(tmp_path, common, 8, env)
     assert two.stdout.count("oracle win rate vs base") == 1  # one process reports
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
     for method in ("dpo", "kto", "inpo"):
@@ -94,7 +101,6 @@ def test_two_processes_equal_one_process_for_the_same_global_batch(tmp_path):
         assert max(abs(x - y) for x, y in zip(sa, sb)) < 1e-4, method
 
 
-
 def test_online_methods_in_two_processes_equal_one_process(tmp_path):
     """Online methods under torchrun with 2 CPU processes of 2 prompts per collection vs 1 process of 4: prompts drawn
     for the global collection and sharded with their whole groups, every draw (initial and step noise, trained-step
@@ -107,12 +113,7 @@ def test_online_methods_in_two_processes_equal_one_process(tmp_path):
     methods = ("grpo", "ddpo", "dense-reward", "draft")
     common = ["run", "--methods", ",".join(methods), "--budget", "3steps", "--prompts", str(prompts),
               "--set-metrics", "", "--curve-every", "0", "-q"]
-    one = _run(common + ["--train-arg", "batch_size=4", "--run-dir", "one"], tmp_path, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "bench.cli", *common, "--train-arg", "batch_size=2", "--run-dir", "two"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
-    assert two.returncode == 0, two.stderr[-2000:]
+    _one_and_two_processes(tmp_path, common, 2, env)
     for method in methods:
         a = json.loads((tmp_path / "one" / f"{method}-3steps-s0.json").read_text())
         b = json.loads((tmp_path / "two" / f"{method}-3steps-s0.json").read_text())

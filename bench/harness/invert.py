@@ -117,7 +117,8 @@ def load_inputs(pipeline: str | None = None, images_dir: Path | None = None, pro
     return backbone, images, [prompt] * len(images)
 
 
-def _time_call(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of `fn`, after one untimed warm-up call."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -130,7 +131,7 @@ def _time_call(fn, repeats: int) -> float:
 def _forward_time(backbone: Backbone, x: torch.Tensor, cond: Conditioning, guidance: float, repeats: int) -> float:
     """Median seconds of one UNet invocation at the batch shape `eps` uses (2B under CFG)."""
     with torch.no_grad():
-        return _time_call(lambda: backbone.eps(x, 500, cond, guidance), repeats)
+        return median_seconds(lambda: backbone.eps(x, 500, cond, guidance), repeats)
 
 
 def _psnr(mse: float) -> float:
@@ -187,8 +188,8 @@ def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: l
     reference = None
     if 1.0 in cfg.guidances:
         ours = SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels).latents
-        ours_seconds = _time_call(lambda: SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels), 1)
-        theirs_seconds = _time_call(lambda: diffusers_ddim_inversion(backbone, x0, cond, cfg.steps), 1)
+        ours_seconds = median_seconds(lambda: SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels), 1)
+        theirs_seconds = median_seconds(lambda: diffusers_ddim_inversion(backbone, x0, cond, cfg.steps), 1)
         theirs = diffusers_ddim_inversion(backbone, x0, cond, cfg.steps)
         reference = {"implementation": "diffusers.DDIMInverseScheduler", "max_abs_latent_diff":
                      (ours - theirs).abs().max().item(), "seconds_ours": ours_seconds, "seconds_diffusers": theirs_seconds,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from bench.core.backbone import Backbone
 from bench.core.budget import Budget
 from bench.core.config import PIPELINE_DTYPES
 from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
+from bench.harness.invert import median_seconds
 from bench.harness.reward import ScorerReward
 from bench.harness.run import RunSetupError, plan_run
 from bench.harness.suites import Suite
@@ -41,14 +41,8 @@ def forward_seconds(backbone: Backbone, batch: int, repeats: int = 3) -> float:
         backbone.device, backbone.latent_dtype)
     cond = backbone.encode_prompts([""] * batch)
     t = backbone.num_train_timesteps // 2
-    times = []
     with torch.no_grad():
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            backbone.model_output(x, t, cond)
-            if i:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(lambda: backbone.model_output(x, t, cond), repeats)
 
 
 def floor_seconds(calls: dict[tuple[int, bool], int], t_fwd: dict[int, float]) -> float:
