@@ -12,23 +12,28 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.core.budget import Budget
-from bench.core.real_configs import SD15, SDXL
+from bench.core.config import LORA_TARGETS
+from bench.core.real_configs import FLUX_DEV, RECIPE_LAUNCH, SD15, SD35_MEDIUM, SDXL
 from bench.harness.dryrun import (
     DryRunError,
     activation_bytes,
     budget_plan,
+    buffer_count,
     build_on_meta,
     check_consistency,
     component_configs,
     dry_run,
+    module_family,
     optimizer_state_bytes,
     parameter_count,
+    text_shapes,
 )
 from bench.harness.run import plan_run
-from bench.harness.suites import get_suite
+from bench.harness.suites import FLUX_LORA_TARGETS, get_suite
 from methods.alignment import METHODS
 
 runner = CliRunner()
+GiB = 2**30
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +49,8 @@ def _plan(suite: str, methods: list[str], tmp_path: Path, **kwargs):
 def _pipeline_dir(root: Path, configs: dict[str, dict]) -> Path:
     files = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
              "text_encoder": "text_encoder/config.json", "text_encoder_2": "text_encoder_2/config.json",
-             "scheduler": "scheduler/scheduler_config.json"}
+             "scheduler": "scheduler/scheduler_config.json", "transformer": "transformer/config.json",
+             "text_encoder_3": "text_encoder_3/config.json"}
     for name, config in configs.items():
         (root / files[name]).parent.mkdir(parents=True, exist_ok=True)
         (root / files[name]).write_text(json.dumps(config))
@@ -216,3 +222,135 @@ def test_toy_dry_run(tmp_path, tiny_toy_dir, monkeypatch):
     result = runner.invoke(app, ["run", "--dry-run", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "config files in" in " ".join(result.output.split()) and not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------- SD3.5 Medium, FLUX.1-dev
+SD35_COUNTS = {"transformer": 2_243_171_520, "vae": 83_819_683, "text_encoder": 123_650_304,  # CLIP-L + projection
+               "text_encoder_2": 694_659_840, "text_encoder_3": 4_762_310_656}  # CLIP-G + projection, T5-XXL encoder
+SD35_POS_EMBED = 384 * 384 * 1536  # the sin-cos table, a persistent buffer: 2,469,663,936 with the parameters ("2.5B")
+FLUX_COUNTS = {"transformer": 11_901_408_320, "vae": 83_819_683, "text_encoder": 123_060_480,
+               "text_encoder_2": 4_762_310_656}
+
+
+@pytest.mark.parametrize("pipeline, family, expected, classes", [
+    ("stabilityai/stable-diffusion-3.5-medium", "sd3", SD35_COUNTS,
+     ["SD3Transformer2DModel", "AutoencoderKL", "CLIPTextModelWithProjection", "CLIPTextModelWithProjection",
+      "T5EncoderModel"]),
+    ("black-forest-labs/FLUX.1-dev", "flux", FLUX_COUNTS,
+     ["FluxTransformer2DModel", "AutoencoderKL", "CLIPTextModel", "T5EncoderModel"]),
+])
+def test_flow_transformer_configs_build_on_meta_with_the_published_counts(pipeline, family, expected, classes):
+    configs, source = component_configs(pipeline)
+    modules = build_on_meta(configs)
+    assert "built-in" in source and module_family(modules) == family
+    assert {name: parameter_count(m) for name, m in modules.items()} == expected
+    assert [type(m).__name__ for m in modules.values()] == classes
+    assert all(p.device.type == "meta" for m in modules.values() for p in m.parameters())
+    buffers = {name: buffer_count(m) for name, m in modules.items()}
+    assert buffers == {name: SD35_POS_EMBED if (family, name) == ("sd3", "transformer") else 0 for name in expected}
+    assert expected["transformer"] + buffers["transformer"] == {"sd3": 2_469_663_936, "flux": 11_901_408_320}[family]
+    check_consistency(modules)
+    text = text_shapes(modules)  # SD3: 77 CLIP + 256 T5 tokens at 4096, pooled 768 + 1280; FLUX: 512 T5, CLIP-L's 768
+    assert (text.width, text.tokens, text.pooled) == {"sd3": (4096, 333, 2048), "flux": (4096, 512, 768)}[family]
+
+
+def test_sd3_without_its_t5_builds_from_a_local_directory(tmp_path):
+    index = {k: v for k, v in SD35_MEDIUM["model_index"].items() if k not in ("text_encoder_3", "tokenizer_3")}
+    pipeline = _pipeline_dir(tmp_path / "pipe", {**SD35_MEDIUM, "model_index": index})  # a stale text_encoder_3/
+    configs, source = component_configs(str(pipeline))
+    modules = build_on_meta(configs)
+    assert "config files in" in source and "text_encoder_3" not in modules and module_family(modules) == "sd3"
+    check_consistency(modules)  # Backbone feeds zeros in T5's place: the same 333 tokens
+    assert text_shapes(modules).tokens == 333
+
+
+def test_flow_suites_follow_their_reference_recipes():
+    sd35, flux = get_suite("sd35-medium"), get_suite("flux-dev")
+    assert sd35.pipeline == "stabilityai/stable-diffusion-3.5-medium" and sd35.default_methods == ("dpo",)
+    assert sd35.train.batch_size * sd35.train.grad_accum * RECIPE_LAUNCH["sd35-medium"][0] == 2048  # Diffusion-DPO
+    assert sd35.train.lora_rank == 0 and sd35.method_args["dpo"]["beta"] == 100.0  # Flow-DPO's velocity-space β
+    assert sd35.train_args["dpo-lora"]["lora_rank"] == 32 and sd35.train_args["dpo-lora"]["lora_alpha"] == 64.0
+    assert RECIPE_LAUNCH["flux-dev"] == (32, 576) and flux.dtype == "bf16" == flux.train.mixed_precision
+    assert flux.train.batch_size * flux.train.grad_accum * 32 == 576  # Flow-GRPO pickscore_flux: 32 x 3 x 6
+    assert (flux.train.lora_rank, flux.train.lora_alpha, flux.train.lora_targets) == (64, 128.0, FLUX_LORA_TARGETS)
+    assert flux.train_args["dpo-full"]["lora_rank"] == 0 and flux.variants == {"dpo-full": "dpo"}
+
+
+def test_sd35_medium_dry_run_full_against_lora(tmp_path):
+    report = dry_run(_plan("sd35-medium", ["dpo", "dpo-lora=dpo"], tmp_path))
+    assert report.family == "sd3" and report.processes == 16 and report.latent_shape == (16, 128, 128)
+    assert {c["component"]: c["parameters"] for c in report.components if c["component"] != "scheduler"} == SD35_COUNTS
+    full, lora = report.methods
+    frozen = 2 * (sum(SD35_COUNTS.values()) - SD35_COUNTS["vae"] + SD35_POS_EMBED) + 4 * SD35_COUNTS["vae"]  # fp16
+    assert full["trainable_parameters"] == SD35_COUNTS["transformer"] and full["lora"] is None
+    full_mem, mem = full["memory_bytes"], lora["memory_bytes"]
+    assert full_mem["weights_trainable"] == full_mem["gradients"] == 4 * SD35_COUNTS["transformer"]
+    assert full_mem["weights_frozen"] == frozen + 4 * SD35_POS_EMBED  # the fp32 trainable copy holds its table too
+    assert full_mem["autocast_copies"] == 2 * SD35_COUNTS["transformer"] and full["optimizer"] == "adafactor"
+    # LoRA r 32 on the 243 attention projections (1536 -> 1536) of the 24 joint blocks (the last without to_add_out)
+    # and of the 13 dual-attention blocks' second attention: 243 x 32 x (1536 + 1536)
+    adapters = 243 * 32 * (1536 + 1536)
+    assert lora["trainable_parameters"] == adapters == 23_887_872
+    assert lora["lora"] == {"rank": 32, "alpha": 64.0, "targets": LORA_TARGETS, "layers": 243}
+    assert mem["weights_trainable"] == mem["gradients"] == 4 * adapters and mem["optimizer"] == 8 * adapters
+    assert mem["weights_frozen"] == frozen and mem["autocast_copies"] == 2 * adapters  # fp16 base: no frozen casts
+    assert 0 < mem["activations"] < full_mem["activations"] < 4 * GiB  # 1 pair = 2 latents, checkpointed
+    assert mem["total"] < full_mem["total"] and full_mem["total"] == sum(v for k, v in full_mem.items() if k != "total")
+    assert full["nfe_per_step"] == lora["nfe_per_step"] == 2048 * 8
+
+
+def test_flux_dev_dry_run_lora_against_full(tmp_path):
+    report = dry_run(_plan("flux-dev", ["dpo", "dpo-full=dpo"], tmp_path))
+    assert report.family == "flux" and report.processes == 32 and report.latent_shape == (16, 128, 128)
+    assert {c["component"]: c["parameters"] for c in report.components if c["component"] != "scheduler"} == FLUX_COUNTS
+    assert any("no FLUX family" in note for note in report.notes)
+    lora, full = report.methods
+    # r 64 on Flow-GRPO's targets: per double block 8 attention projections (3072 -> 3072) and 4 feed-forward layers
+    # (3072 <-> 12288), per single block to_q, to_k, to_v (3072 -> 3072)
+    adapters = 64 * (19 * (8 * 6144 + 4 * 15360) + 38 * 3 * 6144)
+    assert lora["trainable_parameters"] == adapters == 179_306_496
+    assert lora["lora"] == {"rank": 64, "alpha": 128.0, "targets": FLUX_LORA_TARGETS, "layers": 19 * 12 + 38 * 3}
+    frozen = 2 * (sum(FLUX_COUNTS.values()) - FLUX_COUNTS["vae"]) + 4 * FLUX_COUNTS["vae"]  # bf16, the VAE fp32
+    mem, full_mem = lora["memory_bytes"], full["memory_bytes"]
+    assert mem["weights_frozen"] == full_mem["weights_frozen"] == frozen  # FLUX has no floating buffers
+    assert mem["weights_trainable"] == 4 * adapters and mem["optimizer"] == 8 * adapters
+    assert full["trainable_parameters"] == FLUX_COUNTS["transformer"] and full["lora"] is None
+    assert full_mem["optimizer"] == 8 * FLUX_COUNTS["transformer"] and full_mem["total"] > 200 * GiB > mem["total"]
+    assert 0 < mem["activations"] < full_mem["activations"]
+    assert lora["micro_batch_latents"] == 6 and lora["nfe_per_step"] == 576 * 8  # 3 pairs per micro-batch
+
+
+@pytest.mark.parametrize("suite, configs, message", [
+    ("sd35-medium", _broken(SD35_MEDIUM, "transformer", joint_attention_dim=2048),
+     "transformer joint_attention_dim 2048 != text_encoder_3 (T5) d_model 4096"),
+    ("sd35-medium", _broken(SD35_MEDIUM, "transformer", pooled_projection_dim=1280),
+     "transformer pooled_projection_dim 1280 != text_encoder + text_encoder_2 projection_dim 768 + 1280"),
+    ("sd35-medium", _broken(SD35_MEDIUM, "vae", latent_channels=4), "vae latent_channels 4 != transformer in_channels 16"),
+    ("flux-dev", _broken(FLUX_DEV, "transformer", in_channels=16),
+     "vae latent_channels 16 x 4 (2 x 2 packing) != transformer in_channels 16"),
+    ("flux-dev", _broken(FLUX_DEV, "transformer", pooled_projection_dim=2048),
+     "transformer pooled_projection_dim 2048 != text_encoder hidden size 768"),
+    ("flux-dev", _broken(FLUX_DEV, "text_encoder_2", d_model=2048),
+     "transformer joint_attention_dim 4096 != text_encoder_2 (T5) d_model 2048"),
+])
+def test_inconsistent_transformer_configs_exit_2(tmp_path, suite, configs, message):
+    pipeline = _pipeline_dir(tmp_path / "pipe", configs)
+    result = runner.invoke(app, ["run", "--suite", suite, "--methods", "dpo", "--pipeline", str(pipeline), "--dry-run",
+                                 "--run-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_dry_run_of_sd35_medium_prints_parameters_and_memory(tmp_path):
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["run", "--suite", "sd35-medium", "--methods", "dpo", "--dry-run", "--json", str(out),
+                                 "--run-dir", str(tmp_path / "run")], env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 0, result.output
+    for text in ("2,243,171,520", "226,492,416", "4,762,310,656", "694,659,840", "estimated memory per process",
+                 "SD3Transformer2DModel", "T5EncoderModel"):
+        assert text in result.output
+    report = json.loads(out.read_text())
+    assert report["kind"] == "dry-run" and report["family"] == "sd3" and report["processes"] == 16
+    assert report["methods"][0]["memory_bytes"]["total"] > 0 and not (tmp_path / "run").exists()
+

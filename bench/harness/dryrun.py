@@ -1,9 +1,25 @@
 """`bench run --dry-run`: a recipe's real shapes, step cost, memory and GPU-hours, with no weights.
 
 Every component of the suite's pipeline is built from its config on the meta device (shapes only: no
-memory, no weights, no hub): a local diffusers directory's config files, or, for the SD 1.5 and SDXL
-hub ids, the official configs in `bench.core.real_configs`. Inconsistent configs, launch shapes or
+memory, no weights, no hub): a local diffusers directory's config files, or, for the SD 1.5, SDXL, SD3.5 Medium
+and FLUX.1-dev hub ids, the official configs in `bench.core.real_configs`. Inconsistent configs, launch shapes or
 arguments raise `DryRunError` (a `RunSetupError`: one line, exit code 2 from the CLI).
+
+Four families (the report's `family`), told apart by the denoiser's folder and class:
+
+    sd, sdxl   unet/ UNet2DConditionModel; CLIP-L (SDXL: + CLIP-G with projection, pooled + 6 time ids);
+               cross_attention_dim = the encoders' hidden sizes, in/out channels = the VAE's latent channels
+    sd3        transformer/ SD3Transformer2DModel (Backbone's flow family); CLIP-L and CLIP-G with projections, T5
+               optional; joint_attention_dim = T5's d_model (the CLIPs' 768 + 1280 zero-padded to it), pooled
+               projections = the two projections (768 + 1280 = 2048), in/out channels = the VAE's (16); the forward
+               takes 77 CLIP + 256 T5 tokens, as Backbone encodes them
+    flux       transformer/ FluxTransformer2DModel (dry run only: no FLUX Backbone yet); CLIP-L without projection
+               and T5; joint_attention_dim = T5's d_model, pooled_projection_dim = CLIP-L's hidden size (768),
+               in_channels = 4 x the VAE's 16 (2 x 2 latent patches packed into one token); the forward (as diffusers'
+               FluxPipeline calls it) takes the packed latents with their position ids, 512 T5 tokens, CLIP-L's
+               pooled output, σ and the distilled guidance scale
+
+The "UNet" below is whichever denoiser the family has; "NFE" counts its evaluations of one latent.
 
 Step cost, from each method's own declaration (`bench.harness.trainer.declared_step_cost`):
 
@@ -26,7 +42,8 @@ text encoder parameters, V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp1
                              and autocasts), and the frozen base UNet and text encoder(s) in the run's dtype
                              and the VAE in fp32, as `bench run` loads them (`Backbone.from_pretrained`); the
                              trainer copies the base UNet for every method, so the frozen UNet is there even
-                             without a reference
+                             without a reference. Floating-point buffers count as frozen weights (SD3's 226 M-value
+                             sin-cos position table: in F at b, and in the fp32 trainable copy at 4)
     gradients    4 P
     optimizer    AdamW: 8 P (two fp32 moments). Adafactor as `make_optimizer` builds it (β1 = None: no
                  first moment): 4 x Σ over ≥2-D tensors of (prod(shape[:-1]) + prod(shape[:-2]) x shape[-1])
@@ -67,10 +84,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 from peft import inject_adapter_in_model
 from rich.table import Table
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from bench.core.budget import Budget
 from bench.core.config import PIPELINE_DTYPES, TrainConfig
@@ -89,14 +106,58 @@ class DryRunError(RunSetupError):
 
 
 # ---------------------------------------------------------------------------------------------- configs and shapes
+DENOISERS = {"UNet2DConditionModel": UNet2DConditionModel, "SD3Transformer2DModel": SD3Transformer2DModel,
+             "FluxTransformer2DModel": FluxTransformer2DModel}
+TRANSFORMER_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "SD3Transformer2DModel": "sd3",
+                        "FluxTransformer2DModel": "flux"}
+FAMILY_DENOISER = {"sd": "UNet2DConditionModel", "sdxl": "UNet2DConditionModel", "sd3": "SD3Transformer2DModel",
+                   "flux": "FluxTransformer2DModel"}
+TEXT_ENCODERS = {"CLIPTextModel": lambda c: CLIPTextModel(CLIPTextConfig.from_dict(c)),
+                 "CLIPTextModelWithProjection": lambda c: CLIPTextModelWithProjection(CLIPTextConfig.from_dict(c)),
+                 "T5EncoderModel": lambda c: T5EncoderModel(T5Config.from_dict(c))}
+# The text encoders of each transformer family by folder, where model_index.json does not name their classes
+FAMILY_TEXT_ENCODERS = {"sd3": {"text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection",
+                                "text_encoder_3": "T5EncoderModel"},
+                        "flux": {"text_encoder": "CLIPTextModel", "text_encoder_2": "T5EncoderModel"}}
+# T5 tokens of the text sequence: SD3 as `Backbone` encodes it (CLIP's 77 then T5's `max_sequence_length` = 256, the
+# default of diffusers' StableDiffusion3Pipeline, zeros without a T5); FLUX.1-dev as diffusers' FluxPipeline (512, its
+# default for dev; there is no FLUX Backbone yet). Flow-GRPO's recipes encode 128 T5 tokens for both.
+T5_TOKENS = {"sd3": 256, "flux": 512}
+FLUX_PACKING = 2  # FLUX packs 2 x 2 latent patches into one token: in_channels = 4 x the VAE's latent channels
+
+
+def denoiser_key(configs: dict) -> str:
+    """The folder of the pipeline's denoiser: "transformer" (SD3, FLUX) or "unet"."""
+    return "transformer" if "transformer" in configs else "unet"
+
+
+def pipeline_family(configs: dict) -> str:
+    """"sd" or "sdxl" for UNet pipelines (SDXL: a second text encoder), "sd3" or "flux" for transformer pipelines: the
+    pipeline class model_index.json names, else the transformer config's `_class_name`, else its keys (FLUX's
+    single-stream blocks)."""
+    if denoiser_key(configs) == "unet":
+        return "sdxl" if "text_encoder_2" in configs else "sd"
+    transformer = configs["transformer"]
+    for name in (configs.get("model_index", {}).get("_class_name"), transformer.get("_class_name")):
+        if name in TRANSFORMER_FAMILIES:
+            return TRANSFORMER_FAMILIES[name]
+    return "flux" if "num_single_layers" in transformer else "sd3"
+
+
 def component_configs(pipeline: str) -> tuple[dict[str, dict], str]:
     """The pipeline's component configs and where they came from: a local diffusers directory's files,
     else the built-in official config of a known hub id."""
     path = Path(pipeline)
     if path.is_dir():
+        transformer = (path / "transformer/config.json").is_file()
         files = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
                  "text_encoder": "text_encoder/config.json", "text_encoder_2": "text_encoder_2/config.json",
                  "scheduler": "scheduler/scheduler_config.json"}
+        extra_encoders = ["text_encoder_2"]  # used only where model_index.json names them
+        if transformer:  # SD3 / FLUX: transformer/ instead of unet/, and SD3's T5 in text_encoder_3/
+            files = {"transformer": "transformer/config.json", **files, "text_encoder_3": "text_encoder_3/config.json"}
+            del files["unet"]
+            extra_encoders.append("text_encoder_3")
         configs = {}
         for name, rel in files.items():
             if (path / rel).is_file():
@@ -104,10 +165,11 @@ def component_configs(pipeline: str) -> tuple[dict[str, dict], str]:
                     configs[name] = json.loads((path / rel).read_text())
                 except json.JSONDecodeError as err:
                     raise DryRunError(f"{path / rel} is not valid JSON: {err}") from None
-            elif name not in ("text_encoder_2", "model_index"):
+            elif name not in ("model_index", *extra_encoders):
                 raise DryRunError(f"pipeline directory {path} has no {rel}")
-        if "text_encoder_2" in configs and not (configs.get("model_index", {}).get("text_encoder_2") or [None])[0]:
-            configs.pop("text_encoder_2")  # a stale folder the pipeline does not use (as Backbone.from_pretrained)
+        for name in extra_encoders:
+            if name in configs and not (configs.get("model_index", {}).get(name) or [None])[0]:
+                configs.pop(name)  # a stale folder the pipeline does not use (as Backbone.from_pretrained)
         return configs, f"config files in {path}"
     if pipeline in PIPELINE_CONFIGS:
         return json.loads(json.dumps(PIPELINE_CONFIGS[pipeline])), f"built-in official config of {pipeline}"
@@ -115,12 +177,32 @@ def component_configs(pipeline: str) -> tuple[dict[str, dict], str]:
                       f"or one of {', '.join(PIPELINE_CONFIGS)}")
 
 
+def _text_encoder_class(name: str, config: dict, configs: dict, family: str) -> str:
+    """A transformer pipeline's text encoder class: as model_index.json names it, else by its config (a T5), else the
+    family's (`FAMILY_TEXT_ENCODERS`)."""
+    named = (configs.get("model_index", {}).get(name) or [None, None])[-1]
+    if named in TEXT_ENCODERS:
+        return named
+    if config.get("model_type") == "t5" or "d_model" in config:
+        return "T5EncoderModel"
+    return FAMILY_TEXT_ENCODERS[family].get(name, "CLIPTextModelWithProjection")
+
+
 def build_on_meta(configs: dict[str, dict]) -> dict[str, torch.nn.Module]:
-    """UNet, VAE and text encoder(s) built from their configs on the meta device (the classes Backbone loads)."""
-    builders = {"unet": lambda c: UNet2DConditionModel.from_config(c),
-                "vae": lambda c: AutoencoderKL.from_config(c),
-                "text_encoder": lambda c: CLIPTextModel(CLIPTextConfig.from_dict(c)),
-                "text_encoder_2": lambda c: CLIPTextModelWithProjection(CLIPTextConfig.from_dict(c))}
+    """The denoiser (UNet, SD3 or FLUX transformer), VAE and text encoder(s) built from their configs on the meta device
+    (the classes Backbone loads; for FLUX, those of diffusers' FluxPipeline)."""
+    family = pipeline_family(configs)
+    builders = {"vae": lambda c: AutoencoderKL.from_config(c)}
+    if family in ("sd", "sdxl"):
+        builders = {"unet": lambda c: UNet2DConditionModel.from_config(c), **builders,
+                    "text_encoder": TEXT_ENCODERS["CLIPTextModel"],
+                    "text_encoder_2": TEXT_ENCODERS["CLIPTextModelWithProjection"]}
+    else:
+        denoiser = DENOISERS[FAMILY_DENOISER[family]]
+        builders = {"transformer": lambda c: denoiser.from_config(c), **builders}
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if name in configs:
+                builders[name] = TEXT_ENCODERS[_text_encoder_class(name, configs[name], configs, family)]
     modules = {}
     for name, build in builders.items():
         if name not in configs:
@@ -134,10 +216,20 @@ def build_on_meta(configs: dict[str, dict]) -> dict[str, torch.nn.Module]:
     return modules
 
 
+def module_family(modules: dict[str, torch.nn.Module]) -> str:
+    """"sd", "sdxl", "sd3" or "flux" of built components (`pipeline_family` of their configs)."""
+    if "unet" in modules:
+        return "sdxl" if "text_encoder_2" in modules else "sd"
+    return "flux" if isinstance(modules["transformer"], FluxTransformer2DModel) else "sd3"
+
+
 def check_consistency(modules: dict[str, torch.nn.Module]) -> None:
-    """The checks a real load would fail on only after minutes of downloading: the UNet's cross-attention width
-    is the text encoders' (concatenated for SDXL), its channels are the VAE's latent channels, SDXL's added
-    embedding matches the second encoder's projection plus six time ids."""
+    """The checks a real load would fail on only after minutes of downloading: the denoiser's text width is the text
+    encoders', its channels are the VAE's latent channels (FLUX: x 4, 2 x 2 patches packed), its pooled input the
+    encoders' pooled width (SDXL: plus six time ids)."""
+    if "unet" not in modules:
+        _check_transformer(modules, module_family(modules))
+        return
     unet, vae = modules["unet"].config, modules["vae"].config
     sdxl = unet.get("addition_embed_type") == "text_time"
     if sdxl != ("text_encoder_2" in modules):
@@ -162,8 +254,104 @@ def check_consistency(modules: dict[str, torch.nn.Module]) -> None:
                               f"!= text_encoder_2 projection_dim + 6 x addition_time_embed_dim = {expected}")
 
 
+def _width(encoder: torch.nn.Module) -> int:
+    """A text encoder's per-token width: CLIP's hidden_size, T5's d_model."""
+    config = encoder.config
+    return config.d_model if isinstance(encoder, T5EncoderModel) else config.hidden_size
+
+
+def _check_transformer(modules: dict[str, torch.nn.Module], family: str) -> None:
+    """SD3: CLIP-L and CLIP-G with projections (their hidden states concatenated, zero-padded to joint_attention_dim,
+    then T5's tokens), pooled projections = both projections; FLUX: CLIP-L's pooled output and T5's tokens. Latent
+    channels: SD3's in/out = the VAE's; FLUX's = 4 x the VAE's (2 x 2 packing), rotary axes summing to the head width."""
+    transformer, vae = modules["transformer"].config, modules["vae"].config
+    t5_name = "text_encoder_3" if family == "sd3" else "text_encoder_2"
+    t5 = modules.get(t5_name)
+    clips = [modules[n] for n in (("text_encoder", "text_encoder_2") if family == "sd3" else ("text_encoder",))
+             if n in modules]
+    expected = {"sd3": ["CLIPTextModelWithProjection"] * 2, "flux": ["CLIPTextModel"]}[family]
+    shaped = {"sd3": "an SD3", "flux": "a FLUX"}[family]
+    if [type(m).__name__ for m in clips] != expected:
+        names = " and ".join(("text_encoder", "text_encoder_2")[: len(expected)])
+        raise DryRunError(f"{shaped}-shaped pipeline needs {names} as {' and '.join(expected)}")
+    if family == "flux" and t5 is None:
+        raise DryRunError(f"{shaped}-shaped pipeline needs its T5 encoder in text_encoder_2")
+    if t5 is not None and not isinstance(t5, T5EncoderModel):
+        raise DryRunError(f"{t5_name} is a {type(t5).__name__}; expected a T5EncoderModel")
+    joint = transformer.joint_attention_dim
+    if t5 is not None and _width(t5) != joint:
+        raise DryRunError(f"transformer joint_attention_dim {joint} != {t5_name} (T5) d_model {_width(t5)}")
+    clip_width = sum(_width(m) for m in clips)
+    if family == "sd3" and clip_width > joint:
+        raise DryRunError(f"transformer joint_attention_dim {joint} < the CLIP hidden sizes "
+                          f"{' + '.join(str(_width(m)) for m in clips)} it pads")
+    pooled = (sum(m.config.projection_dim for m in clips) if family == "sd3" else clip_width)
+    if transformer.pooled_projection_dim != pooled:
+        what = ("text_encoder + text_encoder_2 projection_dim " + " + ".join(str(m.config.projection_dim) for m in clips)
+                if family == "sd3" else f"text_encoder hidden size {clip_width}")
+        raise DryRunError(f"transformer pooled_projection_dim {transformer.pooled_projection_dim} != {what}")
+    pack = FLUX_PACKING ** 2 if family == "flux" else 1
+    for side in ("in_channels", "out_channels"):
+        channels = getattr(transformer, side) or transformer.in_channels  # FLUX: out_channels None = in_channels
+        if channels != vae.latent_channels * pack:
+            packing = f" x {pack} (2 x 2 packing)" if pack > 1 else ""
+            raise DryRunError(f"vae latent_channels {vae.latent_channels}{packing} != transformer {side} {channels}")
+    factor = 2 ** (len(vae.block_out_channels) - 1)
+    if vae.sample_size % factor:
+        raise DryRunError(f"vae sample_size {vae.sample_size} is not divisible by its downsampling factor {factor}")
+    size = vae.sample_size // factor
+    patch = transformer.patch_size if family == "sd3" else FLUX_PACKING
+    if size % patch:
+        raise DryRunError(f"latent size {size} is not divisible by the transformer's {patch} x {patch} patches")
+    if family == "sd3" and transformer.pos_embed_max_size and size // patch > transformer.pos_embed_max_size:
+        raise DryRunError(f"{size // patch} patches per side exceed the transformer's pos_embed_max_size "
+                          f"{transformer.pos_embed_max_size}")
+    if family == "flux" and sum(transformer.axes_dims_rope) != transformer.attention_head_dim:
+        raise DryRunError(f"transformer axes_dims_rope {list(transformer.axes_dims_rope)} do not sum to "
+                          f"attention_head_dim {transformer.attention_head_dim}")
+
+
+def latent_shape_of(modules: dict[str, torch.nn.Module]) -> tuple[int, int, int]:
+    """One image's latent (C, h, w) at the VAE's sample size, as Backbone holds it (FLUX packs it only for the
+    transformer's forward)."""
+    vae = modules["vae"].config
+    factor = 2 ** (len(vae.block_out_channels) - 1)
+    channels = modules["unet"].config.in_channels if "unet" in modules else vae.latent_channels
+    return (channels, vae.sample_size // factor, vae.sample_size // factor)
+
+
+@dataclass(frozen=True)
+class TextShapes:
+    """The conditioning the denoiser's forward takes: per-token width and count, and the pooled width (None: none)."""
+    width: int
+    tokens: int
+    pooled: int | None
+
+
+def text_shapes(modules: dict[str, torch.nn.Module]) -> TextShapes:
+    """SD: CLIP's hidden states (77 tokens); SDXL: both CLIPs' concatenated, pooled = CLIP-G's projection; SD3: 77 CLIP +
+    256 T5 tokens at joint_attention_dim, pooled = both projections; FLUX: 512 T5 tokens, pooled = CLIP-L's output."""
+    family = module_family(modules)
+    first = modules["text_encoder"].config
+    if family in ("sd", "sdxl"):
+        encoders = [modules[n] for n in ("text_encoder", "text_encoder_2") if n in modules]
+        pooled = encoders[-1].config.projection_dim if family == "sdxl" else None
+        return TextShapes(sum(e.config.hidden_size for e in encoders), first.max_position_embeddings, pooled)
+    transformer = modules["transformer"].config
+    if family == "sd3":
+        pooled = sum(modules[n].config.projection_dim for n in ("text_encoder", "text_encoder_2"))
+        return TextShapes(transformer.joint_attention_dim, first.max_position_embeddings + T5_TOKENS["sd3"], pooled)
+    return TextShapes(transformer.joint_attention_dim, T5_TOKENS["flux"], first.hidden_size)
+
+
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def buffer_count(module: torch.nn.Module) -> int:
+    """Floating-point buffer values: weights that do not train but are stored and held (SD3's 226 M-value sin-cos
+    position table); integer buffers (CLIP's position ids) are not counted."""
+    return sum(b.numel() for b in module.buffers() if b.is_floating_point())
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -230,40 +418,74 @@ class _SavedBytes:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
+def denoiser_class(config: dict) -> type[torch.nn.Module]:
+    """The diffusers class of a denoiser config: its `_class_name`, else by its keys (FLUX's single-stream blocks, SD3's
+    caption projection), else a UNet."""
+    if config.get("_class_name") in DENOISERS:
+        return DENOISERS[config["_class_name"]]
+    if "num_single_layers" in config:
+        return FluxTransformer2DModel
+    return SD3Transformer2DModel if "caption_projection_dim" in config else UNet2DConditionModel
+
+
+def denoiser_inputs(denoiser: torch.nn.Module, text: TextShapes, latent_shape: tuple[int, int, int], latents: int,
+                    dtype: torch.dtype) -> dict:
+    """Meta tensors for one training forward of `latents` latents, as each family's call takes them (Backbone's UNet and
+    SD3 calls; diffusers' FluxPipeline call for FLUX)."""
+    def empty(*shape, dtype=dtype):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    x = empty(latents, *latent_shape)  # (B, C, h, w)
+    embeds = empty(latents, text.tokens, text.width)  # (B, L, D)
+    if isinstance(denoiser, UNet2DConditionModel):
+        added = None
+        if text.pooled is not None:  # SDXL: pooled text embedding (B, D2) and time ids (B, 6)
+            added = {"text_embeds": empty(latents, text.pooled), "time_ids": empty(latents, 6)}
+        t = torch.zeros(latents, dtype=torch.long, device="meta")
+        return {"sample": x, "timestep": t, "encoder_hidden_states": embeds, "added_cond_kwargs": added}
+    inputs = {"encoder_hidden_states": embeds, "pooled_projections": empty(latents, text.pooled),
+              "timestep": empty(latents, dtype=torch.float32), "return_dict": False}  # SD3: 1000 σ, float32
+    if isinstance(denoiser, SD3Transformer2DModel):
+        return {"hidden_states": x, **inputs}
+    channels, h, w = latent_shape  # FLUX: 2 x 2 patches packed into tokens, with their (0, row, column) ids
+    tokens = (h // FLUX_PACKING) * (w // FLUX_PACKING)
+    inputs["timestep"] = empty(latents)  # σ in [0, 1], in the latents' dtype (FluxPipeline's call)
+    if denoiser.config.guidance_embeds:  # FLUX.1-dev's distilled guidance scale (B,)
+        inputs["guidance"] = empty(latents, dtype=torch.float32)
+    return {"hidden_states": empty(latents, tokens, channels * FLUX_PACKING ** 2), **inputs,  # (B, h w / 4, 4 C)
+            "img_ids": empty(tokens, 3), "txt_ids": empty(text.tokens, 3)}
+
+
 def activation_bytes(unet_config: dict, text_width: int, text_tokens: int, pooled_width: int | None,
                      latent_shape: tuple[int, int, int], latents: int, dtype: torch.dtype, checkpointing: bool,
                      lora: TrainConfig | None = None) -> int:
     """Bytes autograd holds after one training forward of `latents` latents (module docstring), traced on meta; with
-    `lora` (a config with lora_rank > 0) of the UNet with its adapters, only they trainable."""
+    `lora` (a config with lora_rank > 0) of the denoiser with its adapters, only they trainable. `unet_config` is the
+    denoiser's config (a UNet's, or by its `_class_name` an SD3 or FLUX transformer's); `latent_shape` one image's
+    latent as the VAE makes it (C, h, w)."""
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config)
+        denoiser = denoiser_class(unet_config).from_config(unet_config)
         if lora is not None and lora.lora_rank:
-            inject_adapter_in_model(lora_config(lora), unet, low_cpu_mem_usage=True)  # only the adapters trainable
-    torch.nn.Module.to(unet, dtype).train()
-    params = {id(p) for p in unet.parameters()}
-    outer, blocks = _SavedBytes(params), []
+            inject_adapter_in_model(lora_config(lora), denoiser, low_cpu_mem_usage=True)  # only the adapters trainable
+    torch.nn.Module.to(denoiser, dtype).train()
+    weights = {id(t) for t in (*denoiser.parameters(), *denoiser.buffers())}
+    outer, blocks = _SavedBytes(weights), []
 
     def counting_checkpoint(module, *args):
-        block = _SavedBytes(params)
+        block = _SavedBytes(weights)
         with torch.autograd.graph.saved_tensors_hooks(block.pack, lambda t: t):
             out = module(*args)
         blocks.append((block.bytes, args))
         return out
 
     if checkpointing:
-        unet.enable_gradient_checkpointing(gradient_checkpointing_func=counting_checkpoint)
-    x = torch.empty(latents, *latent_shape, device="meta", dtype=dtype)  # (B, C, h, w)
-    t = torch.zeros(latents, dtype=torch.long, device="meta")
-    embeds = torch.empty(latents, text_tokens, text_width, device="meta", dtype=dtype)  # (B, L, D)
-    added = None
-    if pooled_width is not None:  # SDXL: pooled text embedding (B, D2) and time ids (B, 6)
-        added = {"text_embeds": torch.empty(latents, pooled_width, device="meta", dtype=dtype),
-                 "time_ids": torch.empty(latents, 6, device="meta", dtype=dtype)}
+        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=counting_checkpoint)
+    inputs = denoiser_inputs(denoiser, TextShapes(text_width, text_tokens, pooled_width), latent_shape, latents, dtype)
     with unittest.mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), \
             torch.autograd.graph.saved_tensors_hooks(outer.pack, lambda t: t):
-        unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added)
-    for _, args in blocks:  # checkpointed blocks keep their inputs for the recomputation
-        outer.add(args)
+        denoiser(**inputs)
+    for _, args in blocks:  # checkpointed blocks keep their inputs (FLUX's rotary (cos, sin) pair too) to recompute
+        outer.add(arg for a in args for arg in (a if isinstance(a, tuple) else (a,)))
     return outer.bytes + max((b for b, _ in blocks), default=0)
 
 
@@ -319,19 +541,20 @@ def budget_plan(budget: Budget, nfe_step: float, samples_step: float, processes:
 
 
 def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processes: int, budgets: list[Budget],
-                  seconds_per_nfe: float | None, unet: torch.nn.Module, frozen_bytes: int, frozen_width: int,
+                  seconds_per_nfe: float | None, denoiser: torch.nn.Module, frozen_bytes: int, frozen_width: int,
                   activations) -> dict:
     autocast = cfg.mixed_precision != "no"
     if cfg.lora_rank:
         try:
-            shapes = lora_shapes(unet, cfg)
+            shapes = lora_shapes(denoiser, cfg)
         except ValueError as err:
             raise DryRunError(f"{name}: {err}") from None
-        trainable = lora_parameter_count(unet, cfg)
-        # autocast's casts of a frozen fp32 UNet are kept for the backward to the adapters (module docstring)
-        frozen_casts = 2 * parameter_count(unet) if autocast and frozen_width == 4 else 0
+        trainable = lora_parameter_count(denoiser, cfg)
+        # autocast's casts of a frozen fp32 denoiser are kept for the backward to the adapters (module docstring)
+        frozen_casts = 2 * parameter_count(denoiser) if autocast and frozen_width == 4 else 0
     else:
-        shapes, trainable, frozen_casts = [tuple(p.shape) for p in unet.parameters()], parameter_count(unet), 0
+        shapes, trainable, frozen_casts = [tuple(p.shape) for p in denoiser.parameters()], parameter_count(denoiser), 0
+        frozen_bytes += 4 * buffer_count(denoiser)  # the trainable copy's buffers (SD3's position table), fp32
     micro_latents = declared_step_cost(method, dataclasses.replace(cfg, grad_accum=1), "samples")  # per process
     nfe_step = declared_step_cost(method, cfg, "nfe", processes)
     samples_step = declared_step_cost(method, cfg, "samples", processes)
@@ -351,6 +574,28 @@ def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processe
             "mixed_precision": cfg.mixed_precision, "gradient_checkpointing": cfg.gradient_checkpointing,
             "optimizer": cfg.optimizer, "memory_bytes": memory,
             "budgets": [budget_plan(b, nfe_step, samples_step, processes, seconds_per_nfe) for b in budgets]}
+
+
+def _scheduler_entry(config: dict, family: str) -> dict:
+    """The scheduler row: the class Backbone builds from the pipeline's scheduler config."""
+    given = str(config.get("_class_name", "?"))
+    if family in ("sd", "sdxl"):
+        described = f"DDIMScheduler (as Backbone loads it), from {given}"
+    else:
+        shift = "dynamic shift" if config.get("use_dynamic_shifting") else f"shift {config.get('shift', 1.0):g}"
+        described = f"{given} ({shift}{', as Backbone loads it' if family == 'sd3' else ''})"
+    return {"component": "scheduler", "class": described, "parameters": 0, "buffers": 0, "trainable": False}
+
+
+def _family_assumptions(family: str, text: TextShapes, latent_shape: tuple[int, int, int]) -> list[str]:
+    """What the activation trace of a transformer family feeds it."""
+    if family == "sd3":
+        return [f"SD3 forward: latents {'x'.join(map(str, latent_shape))} in 2 x 2 patches, {text.tokens} text tokens "
+                f"(CLIP 77 + T5 {T5_TOKENS['sd3']}, as Backbone encodes them) x {text.width}, pooled {text.pooled}"]
+    channels, h, w = latent_shape
+    return [f"FLUX forward: latents {channels}x{h}x{w} packed 2 x 2 into {h * w // FLUX_PACKING ** 2} tokens of "
+            f"{channels * FLUX_PACKING ** 2}, {text.tokens} T5 tokens x {text.width} (FluxPipeline's max_sequence_length), "
+            f"pooled CLIP {text.pooled}, distilled guidance embedded (no CFG batch)"]
 
 
 def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: float | None = None) -> DryRunReport:
@@ -375,39 +620,36 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
     configs, source = component_configs(plan.pipeline)
     modules = build_on_meta(configs)
     check_consistency(modules)
-    unet, vae = modules["unet"], modules["vae"]
-    encoders = [modules[n] for n in ("text_encoder", "text_encoder_2") if n in modules]
-    sdxl = "text_encoder_2" in modules
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent_shape = (unet.config.in_channels, vae.config.sample_size // factor, vae.config.sample_size // factor)
+    family, key = module_family(modules), denoiser_key(modules)
+    denoiser, text, latent_shape = modules[key], text_shapes(modules), latent_shape_of(modules)
     components = [{"component": name, "class": type(module).__name__, "parameters": parameter_count(module),
-                   "trainable": name == "unet"} for name, module in modules.items()]
+                   "buffers": buffer_count(module), "trainable": name == key} for name, module in modules.items()]
     if "scheduler" in configs:
-        components.append({"component": "scheduler", "class": "DDIMScheduler (as Backbone loads it), from "
-                           + str(configs["scheduler"].get("_class_name", "?")), "parameters": 0, "trainable": False})
-    frozen_width = PIPELINE_DTYPES[plan.dtype].itemsize  # the base UNet and text encoders; the VAE is fp32
-    frozen_bytes = sum(c["parameters"] * (4 if c["component"] == "vae" else frozen_width) for c in components)
+        components.append(_scheduler_entry(configs["scheduler"], family))
+    frozen_width = PIPELINE_DTYPES[plan.dtype].itemsize  # the base denoiser and text encoders; the VAE is fp32
+    frozen_bytes = sum((c["parameters"] + c["buffers"]) * (4 if c["component"] == "vae" else frozen_width)
+                       for c in components)
 
     traced: dict[tuple, int] = {}
 
     def activations(latents: int, dtype: torch.dtype, checkpointing: bool, lora: TrainConfig | None) -> int:
         key = (latents, dtype, checkpointing, lora and (lora.lora_rank, lora.lora_targets))
         if key not in traced:
-            traced[key] = activation_bytes(dict(unet.config), sum(e.config.hidden_size for e in encoders),
-                                           encoders[0].config.max_position_embeddings,
-                                           encoders[-1].config.projection_dim if sdxl else None,
-                                           latent_shape, latents, dtype, checkpointing, lora)
+            config = {**dict(denoiser.config), "_class_name": type(denoiser).__name__}
+            traced[key] = activation_bytes(config, text.width, text.tokens, text.pooled, latent_shape, latents, dtype,
+                                           checkpointing, lora)
         return traced[key]
 
-    methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, unet,
+    methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, denoiser,
                              frozen_bytes, frozen_width, activations) for name, method in plan.methods.items()]
+    part = "UNet" if key == "unet" else "transformer"
     assumptions = [
-        "weights: trainable UNet fp32 (mixed precision autocasts, keeps fp32 weights); frozen base UNet and text "
-        f"encoders {plan.dtype} (--dtype), VAE fp32, as `bench run` loads them (the base UNet stays for evaluation even "
+        f"weights: trainable {part} fp32 (mixed precision autocasts, keeps fp32 weights); frozen base {part} and text "
+        f"encoders {plan.dtype} (--dtype), VAE fp32, as `bench run` loads them (the base {part} stays for evaluation even "
         "without a reference)",
         "gradients fp32; AdamW 2 fp32 moments; Adafactor without first moment, factored fp32 second moment",
         "LoRA (lora_rank > 0): only the fp32 adapters train (weights, gradients, optimizer state, autocast casts); the "
-        "policy's frozen weights are the base UNet's tensors, counted once at their dtype, and a frozen fp32 UNet's "
+        f"policy's frozen weights are the base {part}'s tensors, counted once at their dtype, and a frozen fp32 {part}'s "
         "autocast casts are kept for the backward",
         "autocast: fp16/bf16 casts of the trainable weights, held for backward",
         "activations: one policy forward of the per-process micro-batch (batch x images per item latents), traced on "
@@ -415,12 +657,19 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
         "largest block; accumulation does not add (one micro-batch alive)",
         "total = sum of the rows, an upper bound on the peak; CUDA context and allocator slack (~1 GiB) not counted",
         "NFE per step: the method's declared worst case x batch x accumulation x processes (a backward counts 2)",
-        "GPU-h = NFE x seconds-per-NFE / 3600 (device-seconds per UNet evaluation of one latent); wall-clock = GPU-h / "
+        f"GPU-h = NFE x seconds-per-NFE / 3600 (device-seconds per {part} evaluation of one latent); wall-clock = GPU-h / "
         "processes",
     ]
+    if key == "transformer":
+        assumptions += _family_assumptions(family, text, latent_shape)
+        if any(c["buffers"] for c in components):
+            assumptions.append("buffers (SD3's sin-cos position table) are weights too: frozen at --dtype, and the full "
+                               "fine-tuning copy's in fp32")
+    if family == "flux":
+        notes.append("dry run only: Backbone has no FLUX family yet, so `bench run` cannot load this pipeline")
     if seconds_per_nfe is None:
-        notes.append("pass --seconds-per-nfe (device-seconds per UNet evaluation of one latent) for GPU-hours")
-    return DryRunReport(suite, plan.pipeline, source, "sdxl" if sdxl else "sd", processes, latent_shape, components,
+        notes.append(f"pass --seconds-per-nfe (device-seconds per {part} evaluation of one latent) for GPU-hours")
+    return DryRunReport(suite, plan.pipeline, source, family, processes, latent_shape, components,
                         methods, seconds_per_nfe, assumptions, notes)
 
 
@@ -437,7 +686,7 @@ def _maybe(value, fmt: str) -> str:
 
 
 def _trains(entry: dict) -> str:
-    """What a method trains: every UNet weight, or LoRA adapters (rank, α, adapter parameters)."""
+    """What a method trains: every denoiser weight, or LoRA adapters (rank, α, adapter parameters)."""
     lora = entry.get("lora")
     if not lora:
         return "all"
@@ -451,7 +700,8 @@ def report_tables(report: DryRunReport) -> list:
     for column in ("component", "class", "parameters", "trainable"):
         parts.add_column(column, justify="right" if column == "parameters" else "left")
     for c in report.components:
-        parts.add_row(c["component"], c["class"], _count(c["parameters"]), "yes" if c["trainable"] else "no")
+        buffers = f" + {_count(c['buffers'])} buffer values" if c.get("buffers") else ""
+        parts.add_row(c["component"], c["class"], _count(c["parameters"]) + buffers, "yes" if c["trainable"] else "no")
 
     cost = Table(title="step cost and estimated memory per process (GiB)")
     for column in ("method", "data", "ref", "batch x accum x procs = items", "NFE/item", "NFE/step", "precision", "grad ckpt",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.core.budget import Budget
-from bench.core.config import EvalConfig, TrainConfig
+from bench.core.config import LORA_TARGETS, EvalConfig, TrainConfig
 from bench.core.registry import Registry
 from bench.core.search_space import FloatRange, Space
 from bench.harness.prompts import PromptSource
@@ -138,11 +138,11 @@ _KTO_TRAIN = {"lr": 1e-7, "batch_size": 2, "grad_accum": 1, "warmup_steps": 1000
 def pickapic_suite(**recipe) -> Suite:
     """A suite on Pick-a-Pic v2 at real scale: its training pairs, its unique test and validation captions, the
     real scorers, Diffusion-DPO's compute and fp16 frozen weights (`train.py`'s weight_dtype for the frozen
-    reference UNet and text encoder); `recipe` gives the other Suite fields."""
+    reference UNet and text encoder; a recipe may give another `dtype`); `recipe` gives the other Suite fields."""
     return Suite(preference_data=_PICKAPIC,
                  eval_prompts=PromptSource(_PICKAPIC, split="test_unique", column="caption"),
                  validation_prompts=PromptSource(_PICKAPIC, split="validation_unique", column="caption"),
-                 metrics=_REAL_METRICS, budget=_DPO_BUDGET, dtype="fp16", **recipe)
+                 metrics=_REAL_METRICS, budget=_DPO_BUDGET, **{"dtype": "fp16", **recipe})
 
 
 @SUITES.register("sd15-pickapic")
@@ -186,4 +186,85 @@ def sdxl_pickapic_suite() -> Suite:
         eval=EvalConfig(images_per_prompt=1, steps=50, guidance=5.0, batch_size=8),
         method_args={name: {"beta": 5000.0} for name in ("dpo", "dpo-gamma-t", "inpo", "kto", "dspo")},
         train_args={"kto": dict(_KTO_TRAIN)},
+    )
+
+
+# Flow-DPO's β for SD3.5 Medium (yifan123/flow_grpo_refactor config/dpo.py, mirror ltt0716/flow_grpo_official @a646ae3):
+# Diffusion-DPO's loss on the velocity errors ‖v̂ − (ε − x0)‖², the flow models' native space
+_FLOW_DPO_BETA = 100.0
+
+
+@SUITES.register("sd35-medium")
+def sd35_medium_suite() -> Suite:
+    """SD3.5 Medium on Pick-a-Pic v2, offline DPO with Diffusion-DPO's recipe (configuration only: needs the weights and GPUs).
+
+    The offline recipe is Diffusion-DPO's for a denoiser of SDXL's size (`launchers/sdxl.sh`; `bench.core.real_configs`
+    RECIPE_LAUNCH): 2048 pairs per step (16 processes x 1 pair x 128 accumulation), lr 2.048e-5 after 200 warmup steps,
+    Adafactor, gradient checkpointing, fp16, every weight of the 2.24 B-parameter MMDiT-X trained at the pipeline's
+    1024²; β = 100, Flow-DPO's for SD3.5 Medium on velocity errors. Evaluation as Flow-GRPO evaluates SD3.5 Medium: 40
+    steps, CFG 4.5. The variant `dpo-lora` (`--methods dpo,dpo-lora=dpo`) trains LoRA adapters instead, as every
+    published SD3.5 Medium alignment recipe does (Flow-GRPO, Flow-DPO, DiffusionNFT): r 32, α 64, Gaussian init on the
+    attention projections to_q, to_k, to_v, to_out.0 and the context projections add_q_proj, add_k_proj, add_v_proj,
+    to_add_out (TrainConfig's default lora_targets; Flow-GRPO scripts/train_sd3.py @74db691), at Flow-GRPO's LoRA lr
+    3e-4 (config/base.py @54809b5).
+
+    Flow-GRPO with PickScore (yifan123/flow_grpo config/grpo.py `pickscore_sd3` @31c71b9) is not a registered method
+    yet, so the suite's methods are the offline ones for now. Its recipe, for when it is: 32 processes, 9 images per
+    micro-batch, 2 accumulation (576 images per step; 48 groups of 24 images per epoch, 2 steps per epoch), 10 sampling
+    steps (SDE noise level 0.7), CFG 4.5, 512², KL β 0.01, PPO clip 1e-4, lr 3e-4, fp16, the LoRA above.
+    """
+    return pickapic_suite(
+        name="sd35-medium",
+        description="SD3.5 Medium + Pick-a-Pic v2, offline DPO with Diffusion-DPO's recipe; dpo-lora=dpo for LoRA "
+                    "(Flow-GRPO with PickScore is not a registered method yet; GPUs and the weights required)",
+        pipeline="stabilityai/stable-diffusion-3.5-medium",
+        train=TrainConfig(**_DPO_TRAIN, warmup_steps=200, optimizer="adafactor", gradient_checkpointing=True),
+        eval=EvalConfig(images_per_prompt=1, steps=40, guidance=4.5, batch_size=8),
+        method_args={"dpo": {"beta": _FLOW_DPO_BETA}},
+        train_args={"dpo-lora": {"lr": 3e-4, "optimizer": "adamw", "lora_rank": 32, "lora_alpha": 64.0}},
+        variants={"dpo-lora": "dpo"},
+        default_methods=("dpo",),
+    )
+
+
+# Flow-GRPO's FLUX.1-dev LoRA (yifan123/flow_grpo scripts/train_flux.py @74db691): r 64, α 128, Gaussian init, on the
+# double-stream blocks' attention (image and context projections) and both feed-forwards, and the single-stream blocks'
+# attention projections (peft's suffix match: "attn.to_q" adapts both kinds of block)
+FLUX_LORA_TARGETS = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_q_proj,attn.add_v_proj,"
+                     "attn.to_add_out,ff.net.0.proj,ff.net.2,ff_context.net.0.proj,ff_context.net.2")
+
+
+@SUITES.register("flux-dev")
+def flux_dev_suite() -> Suite:
+    """FLUX.1-dev on Pick-a-Pic v2 with Flow-GRPO's FLUX LoRA recipe (configuration for `--dry-run` only: there is no
+    FLUX Backbone yet, and the weights and GPUs are required).
+
+    Flow-GRPO's `pickscore_flux` (yifan123/flow_grpo config/grpo.py @31c71b9, config/base.py @54809b5,
+    scripts/train_flux.py @74db691): 32 processes, 3 items per micro-batch, 6 accumulation (576 per step;
+    `bench.core.real_configs` RECIPE_LAUNCH), AdamW lr 3e-4, weight decay 1e-4, clip 1, bf16, LoRA r 64, α 128,
+    Gaussian init on `FLUX_LORA_TARGETS`; evaluation 28 steps at distilled guidance 3.5 (FLUX.1-dev embeds the guidance
+    scale, `EvalConfig.guidance` here; no CFG batch). Offline methods train on Pick-a-Pic v2 pairs (an item is a pair:
+    1152 images per step where Flow-GRPO's online step has 576); β = 100 as for SD3.5 Medium (velocity errors, Flow-DPO),
+    no prompt dropout (a guidance-distilled model has no unconditional branch to train). Differences from the reference:
+    the pipeline's 1024² rather than Flow-GRPO's 512² (`bench run` trains at the VAE's sample size), hence gradient
+    checkpointing (Flow-GRPO runs without it at 512²); checkpoints every 60 steps (its save_freq: 30 epochs of 2 steps).
+
+    The variant `dpo-full` (`--methods dpo,dpo-full=dpo`) fine-tunes every weight instead, as DanceGRPO's FLUX recipe
+    does under FSDP (XueZeyue/DanceGRPO scripts/finetune/finetune_flux_grpo.sh @22b85ef: 720², 16 sampling steps, 12
+    images per prompt, lr 1e-5, weight decay 1e-4, bf16, 4 accumulation); the dry run estimates it unsharded.
+    """
+    return pickapic_suite(
+        name="flux-dev",
+        description="FLUX.1-dev + Pick-a-Pic v2, Flow-GRPO's FLUX LoRA recipe; dpo-full=dpo fine-tunes every weight "
+                    "(dry run only: no FLUX Backbone yet)",
+        pipeline="black-forest-labs/FLUX.1-dev",
+        train=TrainConfig(lr=3e-4, batch_size=3, grad_accum=6, weight_decay=1e-4, prompt_dropout=0.0,
+                          mixed_precision="bf16", checkpoint_every=60, gradient_checkpointing=True, lora_rank=64,
+                          lora_alpha=128.0, lora_targets=FLUX_LORA_TARGETS),
+        eval=EvalConfig(images_per_prompt=1, steps=28, guidance=3.5, batch_size=8),
+        method_args={"dpo": {"beta": _FLOW_DPO_BETA}},
+        train_args={"dpo-full": {"lr": 1e-5, "lora_rank": 0, "lora_alpha": None, "lora_targets": LORA_TARGETS}},
+        variants={"dpo-full": "dpo"},
+        default_methods=("dpo",),
+        dtype="bf16",
     )
