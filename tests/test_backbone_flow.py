@@ -120,7 +120,7 @@ def test_encode_prompts_equals_diffusers_encode_prompt(tiny_sd3_backbone, tiny_s
 
 
 def test_euler_sampling_through_the_backbone_equals_diffusers(tiny_sd3_backbone):
-    """Four guided steps x_{t'} = a' x̂0 + s' ε̂ with the Backbone's ε̂ (which on the flow schedule is Euler's
+    """Four guided steps x_{t'} = a' x̂0 + s' ε̂ with the Backbone's denoised pair (which on the flow schedule is Euler's
     x + (σ' − σ) u) against StableDiffusion3Pipeline's own loop (FlowMatchEulerDiscreteScheduler.step), then decoded."""
     b, guidance = tiny_sd3_backbone, 3.0
     noise = torch.randn(2, *b.latent_shape, generator=torch.Generator().manual_seed(1))
@@ -139,15 +139,43 @@ def test_euler_sampling_through_the_backbone_equals_diffusers(tiny_sd3_backbone)
     with torch.no_grad():
         for t, t_next in zip(levels, next_levels):
             out_u, out_c = b.model_output(torch.cat([x, x]), t, Conditioning.cat([uncond, cond])).chunk(2)
-            guided = out_u + guidance * (out_c - out_u)  # guidance commutes with the (affine) conversions
-            eps_hat = b.eps(x, t, cond, guidance)
-            assert (eps_hat - b.convert(guided, x, t, "eps")).abs().max().item() < 1e-5
+            guided = out_u + guidance * (out_c - out_u)  # the pipeline guides the velocity
+            x0_hat, eps_hat = b.denoise(x, t, cond, guidance)
+            assert torch.equal(x0_hat, b.convert(guided, x, t, "x0")) and torch.equal(eps_hat, b.convert(guided, x, t, "eps"))
             a_next, s_next = b.coefficients(t_next.view(1), x)
-            x = a_next * b.convert(guided, x, t, "x0") + s_next * eps_hat
-    assert b.nfe.forward == 4 * (4 + 4)  # per step: one CFG call of 2B for the output, one for ε̂
+            x = a_next * x0_hat + s_next * eps_hat
+    assert b.nfe.forward == 4 * (4 + 4)  # per step: one CFG call of 2B for the output, one for the pair
     difference = (x - expected).abs().max().item()
     assert difference < 1e-5, difference
     assert (b.decode(x) - expected_images).abs().max().item() < 1e-5  # latents / scale + shift, as the pipeline decodes
+
+
+def test_denoise_solves_the_guided_velocity_without_dividing_by_a(tiny_sd3_backbone, tiny_backbone):
+    """Flow: (x̂0, ε̂) = (x − σ u, x + (1 − σ) u) of the guided velocity, finite at σ = 1 (where ε̂ = x), with eps's
+    calls and NFE, and `eps` is its ε̂. VP: ε̂ is `eps` bit for bit (guided in ε, as every sampler has read it) and
+    x̂0 = (x − s ε̂)/a."""
+    b, guidance = tiny_sd3_backbone, 2.5
+    x = torch.randn(2, *b.latent_shape, generator=torch.Generator().manual_seed(2))
+    cond = b.encode_prompts(PROMPTS)
+    with torch.no_grad():
+        for t in (1000.0, 602.1506):
+            sigma = t / 1000
+            out_u, out_c = b.model_output(torch.cat([x, x]), t, Conditioning.cat([b.null_conditioning(2), cond])).chunk(2)
+            velocity = out_u + guidance * (out_c - out_u)
+            b.nfe.reset()
+            x0_hat, eps_hat = b.denoise(x, t, cond, guidance)
+            assert (b.nfe.forward, b.nfe.calls) == (4, 1)  # one CFG call of 2B latents, as eps
+            assert torch.isfinite(x0_hat).all() and torch.isfinite(eps_hat).all()
+            assert (x0_hat - (x - sigma * velocity)).abs().max().item() < 1e-6
+            assert (eps_hat - (x + (1 - sigma) * velocity)).abs().max().item() < 1e-6
+            assert torch.equal(eps_hat, b.eps(x, t, cond, guidance))
+        assert torch.equal(b.denoise(x, 1000.0, cond)[1], x)  # a = 0: ε̂ = x + 0 · u
+        vp, level = tiny_backbone, torch.tensor([751.0, 1.0], dtype=torch.float64)
+        x_vp, cond_vp = torch.randn(2, *vp.latent_shape, generator=torch.Generator().manual_seed(2)), vp.encode_prompts(PROMPTS)
+        x0_vp, eps_vp = vp.denoise(x_vp, level, cond_vp, guidance)
+        assert torch.equal(eps_vp, vp.eps(x_vp, level, cond_vp, guidance))
+        a, s = vp.coefficients(level, x_vp)
+        assert torch.equal(x0_vp, (x_vp - s * eps_vp) / a)
 
 
 def test_vae_shift_and_scale(tiny_sd3_backbone):

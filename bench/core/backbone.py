@@ -54,7 +54,8 @@ The v and flow rows are written for their own schedule, on which the factor they
 space converts to any other in one place (`convert`): `native_space` is the model's own, `prediction(x_t, t, c,
 space)` is its output in a given space, `target(x_0, ε, t, space)` the regression target there, and `eps()` is ε, in
 which samplers and inverters work whatever the parametrisation. (ε from a flow prediction is x_t + a_t y, defined
-at every level; x_0 from ε divides by a_t, which is 0 at σ = 1, the first flow sampling level.)
+at every level; x_0 from ε divides by a_t, which is 0 at σ = 1, the first flow sampling level: `denoise(x_t, t, c)`
+gives the pair (x̂0, ε̂) a sampling step needs, each from the space's own solve.)
 
 `alphas_cumprod` is diffusers' table promoted to float64: the same numbers diffusers uses, with all further
 coefficient arithmetic in float64 (VP only; `alpha_bar` refuses a flow backbone).
@@ -549,8 +550,8 @@ class Backbone:
 
     def training_levels(self, n: int, rng: torch.Generator) -> torch.Tensor:
         """n training levels (n,) float64 drawn from `rng`, uniform over the family's training table: VP t ~ U{0, ...,
-        T−1} (the draw `methods.shards.sample_timesteps` makes), flow the scheduler's T training timesteps 1000·σ_j
-        (shifted as its `sigmas`). One process's draw: sharding is the caller's."""
+        T−1}, flow the scheduler's T training timesteps 1000·σ_j
+        (shifted as its `sigmas`). One process's draw: `methods.shards.sample_levels` shards it."""
         if not self.is_flow:
             return torch.randint(0, self.num_train_timesteps, (n,), generator=rng).to(torch.float64)
         table = type(self.scheduler).from_config(self.scheduler.config).timesteps.to(torch.float64)  # (T,) descending
@@ -706,10 +707,21 @@ class Backbone:
         """Convert a raw model output to ε."""
         return self.convert(output, x_t, t, "eps")
 
-    def prediction(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, space: str) -> torch.Tensor:
-        """The model's prediction at (x_t, t, c) in `space` (no guidance): one counted denoiser call, (B, C, H, W)."""
-        t = self._as_batch_timesteps(t, x_t.shape[0])
-        return self.convert(self.model_output(x_t, t, cond), x_t, t, space)
+    def prediction(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, space: str,
+                   guidance: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
+        """The model's prediction at (x_t, t, c) in `space`, (B, C, H, W), with classifier-free guidance
+        y_u + w (y_c − y_u) in that space when w ≠ 1 (Ho & Salimans 2022; `uncond` defaults to the empty prompt).
+
+        At w = 1 only the conditional branch is evaluated (B NFE, one call); otherwise both branches run in one batched
+        denoiser call (2B NFE)."""
+        batch = x_t.shape[0]
+        t = self._as_batch_timesteps(t, batch)
+        if guidance == 1.0:
+            return self.convert(self.model_output(x_t, t, cond), x_t, t, space)
+        uncond = uncond if uncond is not None else self.null_conditioning(batch)
+        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+        pred_u, pred_c = self.convert(self.model_output(x2, t2, Conditioning.cat([uncond, cond])), x2, t2, space).chunk(2)
+        return pred_u + guidance * (pred_c - pred_u)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, space: str) -> torch.Tensor:
         """The regression target in `space` for x_t = a_t x0 + s_t ε (as `add_noise`): ε, v = a_t ε − s_t x0, x0 or
@@ -721,19 +733,30 @@ class Backbone:
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, guidance: float = 1.0,
             uncond: Conditioning | None = None) -> torch.Tensor:
-        """ε̂(x_t, t, c), with classifier-free guidance ε_u + w (ε_c − ε_u) when w ≠ 1.
+        """ε̂(x_t, t, c), with classifier-free guidance when w ≠ 1: ε_u + w (ε_c − ε_u) on a VP schedule; on a flow
+        schedule the ε̂ of `denoise`, from the guided velocity u_u + w (u_c − u_u) (what StableDiffusion3Pipeline
+        guides; CFG is affine, so the two agree up to rounding). Same calls and NFE as `prediction`."""
+        if self.is_flow:
+            return self.denoise(x_t, t, cond, guidance, uncond)[1]
+        return self.prediction(x_t, t, cond, "eps", guidance, uncond)
 
-        At w = 1 only the conditional branch is evaluated (B NFE); otherwise both branches run in
-        one batched denoiser call (2B NFE). `uncond` defaults to the empty prompt.
-        """
-        batch = x_t.shape[0]
-        t = self._as_batch_timesteps(t, batch)
-        if guidance == 1.0:
-            return self.to_eps(self.model_output(x_t, t, cond), x_t, t)
-        uncond = uncond if uncond is not None else self.null_conditioning(batch)
-        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-        eps_u, eps_c = self.to_eps(self.model_output(x2, t2, Conditioning.cat([uncond, cond])), x2, t2).chunk(2)
-        return eps_u + guidance * (eps_c - eps_u)
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, guidance: float = 1.0,
+                uncond: Conditioning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂0, ε̂), each (B, C, H, W): the pair x_t = a_t x̂0 + s_t ε̂ that the (guided) prediction at (x_t, t, c)
+        implies, what a DDIM step x' = a' x̂0 + s' ε̂ reads (`methods.inversion.base.ddim_step`). Each comes from the
+        space's own solve (module docstring), never dividing by an a_t that can be 0:
+
+            VP    ε̂ = `eps`, guided in ε                 x̂0 = (x_t − s_t ε̂) / a_t      (a_t > 0 at every VP level)
+            flow  u = the velocity, guided in u          x̂0 = x_t − σ u,  ε̂ = x_t + (1 − σ) u
+
+        On a flow schedule a_t = 0 at σ = 1, the first sampling level, where ε̂ = x_t says nothing of x̂0: both come
+        from the velocity. Same calls and NFE as `eps`."""
+        t = self._as_batch_timesteps(t, x_t.shape[0])
+        a, s = self.coefficients(t.cpu(), x_t)
+        if self.is_flow:
+            velocity = self.prediction(x_t, t, cond, self.native_space, guidance, uncond)
+            return SPACES[self.native_space].solve(velocity, x_t, a, s)  # the native space is on its own schedule
+        return SPACES["eps"].solve(self.eps(x_t, t, cond, guidance, uncond), x_t, a, s)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
         """Move (and/or cast) every module in place; returns self."""

@@ -12,8 +12,9 @@ where the NFE are UNet evaluations per image, t_fwd is one guided evaluation of 
 call on B latents, or on 2B under classifier-free guidance, where g = 2; else g = 1) timed in the
 same run, so the compute floor is 1.0. Samplers that batch more latents into one call than that
 (edit-friendly DDPM inverts all steps at once) can beat the floor's shape and report their time
-against it all the same. At guidance 1 a DDIM loop run by diffusers' own `DDIMInverseScheduler` on
-the same pipeline is reported beside ours: the largest latent difference and the speed ratio.
+against it all the same. At guidance 1 on a VP pipeline a DDIM loop run by diffusers' own `DDIMInverseScheduler` on
+the same pipeline is reported beside ours: the largest latent difference and the speed ratio (diffusers has no
+inverse scheduler for a flow schedule, so a flow pipeline's record has none).
 
 Each sampler runs with its Config (`bench invert --sampler-arg NAME.FIELD=VALUE`; default: the paper's
 settings), and the result's `config.sampler_configs` records every field of each.
@@ -139,7 +140,11 @@ def _psnr(mse: float) -> float:
 
 
 def diffusers_ddim_inversion(backbone: Backbone, x0: torch.Tensor, cond: Conditioning, steps: int) -> torch.Tensor:
-    """The same DDIM inversion (w = 1) run by diffusers' `DDIMInverseScheduler` loop, for comparison."""
+    """The same DDIM inversion (w = 1) run by diffusers' `DDIMInverseScheduler` loop, for comparison. VP only:
+    ValueError on a flow schedule (the inverse scheduler reads `alphas_cumprod`)."""
+    if backbone.is_flow:
+        raise ValueError("diffusers' DDIMInverseScheduler runs the VP (alphas_cumprod) schedule; this backbone's is a "
+                         "flow schedule, so there is no diffusers DDIM inversion to compare with")
     inverse = DDIMInverseScheduler.from_config(backbone.scheduler.config)
     inverse.register_to_config(prediction_type="epsilon")  # we hand it ε whatever the model predicts
     inverse.set_timesteps(steps)
@@ -186,7 +191,7 @@ def run_inversion_benchmark(backbone: Backbone, images: torch.Tensor, prompts: l
             records.append(_sampler_record(backbone, cfg.sampler(name), x0, reference_pixels, cond, levels,
                                            guidance, t_fwd, cfg))
     reference = None
-    if 1.0 in cfg.guidances:
+    if 1.0 in cfg.guidances and not backbone.is_flow:  # diffusers' reference is VP only
         ours = SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels).latents
         ours_seconds = median_seconds(lambda: SAMPLERS.get("ddim")().invert(backbone, x0, cond, levels), 1)
         theirs_seconds = median_seconds(lambda: diffusers_ddim_inversion(backbone, x0, cond, cfg.steps), 1)

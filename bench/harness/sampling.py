@@ -2,13 +2,14 @@
 
 Each image's initial noise comes from its own generator seeded with its seed, so an image does not
 depend on its batch (the same prompt and seed give the same image for every method and the base
-model). The update is diffusers' `DDIMScheduler.step` fed the Backbone's ε (so ε- and
-v-prediction models sample through the same code).
+model). The update is the DDIM map x' = a' x̂0 + s' ε̂ of the Backbone's denoised pair
+(`methods.inversion.base.denoising_step`), on the levels of `Backbone.timesteps` and then the clean end, so every
+family and parametrisation samples through the same code: on a VP schedule it is diffusers' `DDIMScheduler.step`
+(η = 0) up to the rounding of its float32 coefficients, on a flow schedule the Euler step x + (σ' − σ) u of
+`FlowMatchEulerDiscreteScheduler.step` (tests/test_flow_samplers.py).
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 
@@ -16,6 +17,7 @@ from bench.core.backbone import Backbone, Conditioning
 from bench.core.progress import progress_bar
 from methods.alignment.base import Reward
 from methods.inference import InferenceTimeMethod
+from methods.inversion.base import denoising_step, sampling_levels
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -24,22 +26,15 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype: torch.dtype =
                         for s in seeds])
 
 
-def eps_ddim_scheduler(backbone: Backbone, steps: int):
-    scheduler = copy.deepcopy(backbone.scheduler)
-    scheduler.register_to_config(prediction_type="epsilon")  # we hand it ε whatever the model predicts
-    scheduler.set_timesteps(steps)
-    return scheduler
-
-
 @torch.no_grad()
 def sample_latents(backbone: Backbone, cond: Conditioning, seeds: list[int], *, steps: int,
                    guidance: float) -> torch.Tensor:
-    """DDIM sampling from seeded noise; returns latents (B, C, h, w)."""
-    scheduler = eps_ddim_scheduler(backbone, steps)
+    """Deterministic DDIM sampling (the Euler step on a flow schedule) from seeded noise; returns latents
+    (B, C, h, w)."""
     x = initial_noise(seeds, backbone.latent_shape).to(backbone.device, backbone.latent_dtype)
-    for t in scheduler.timesteps:
-        eps = backbone.eps(x, int(t), cond, guidance)
-        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+    path = sampling_levels(backbone, steps).flip(0)  # (N+1,) the sampling levels, descending, then the clean end
+    for src, dst in zip(path[:-1], path[1:]):
+        x = denoising_step(backbone, x, src, dst, cond, guidance)
     return x
 
 

@@ -6,12 +6,19 @@ levels[0] the start (a negative level is the clean end of the chain, see `Backbo
 a sampler walks it back down. Per-sample paths let InPO invert every pair to its own t in one batch;
 a step whose level does not change is skipped without evaluating the model (`walk`).
 
-DDIM map from level j to level k (Song et al. 2021, Eq. 12 with η = 0):
+DDIM map to level k (Song et al. 2021, Eq. 12 with η = 0) from the denoised pair (x̂0, ε̂) of a latent z at
+level j, z = a_j x̂0 + s_j ε̂, with (a, s) = `Backbone.noise_levels` in float64 coefficients:
 
-    Φ_{j→k}(z, ε) = a_k (z − s_j ε) / a_j + s_k ε,       (a, s) = `Backbone.noise_levels`, in float64 coefficients
+    z_k = a_k x̂0 + s_k ε̂                                                          (`ddim_step`)
 
-(a = √ᾱ, s = √(1 − ᾱ) on the VP schedule; a = 1 − σ, s = σ on a flow schedule, where Φ is the Euler step
-z + (σ_k − σ_j) u of the velocity u = ε − x̂0, and divides by a_j = 0 from σ_j = 1).
+(a = √ᾱ, s = √(1 − ᾱ) on the VP schedule; a = 1 − σ, s = σ on a flow schedule, where it is the Euler step
+z + (σ_k − σ_j) u of the velocity u = ε̂ − x̂0). A sampling step takes the pair from the model at z's own level,
+`Backbone.denoise(z, j)` (`denoising_step`), which never divides by a_j (0 at σ = 1, a flow schedule's first level).
+An inversion step evaluates ε̂ elsewhere (DDIM's target level, say); z's pair is then x̂0 = (z − s_j ε̂) / a_j:
+
+    Φ_{j→k}(z, ε) = a_k (z − s_j ε) / a_j + s_k ε                                  (`ddim_map`)
+
+which needs a_j > 0, as holds at the source of every inversion step (it lies below the top of the path).
 
 `TwoStepSampler` is the mechanism BDIA and O-BELM share: an exact linear two-step update whose
 forward and inverse use the same float64 coefficients, with the pair of latents as the state.
@@ -172,16 +179,29 @@ def as_latent_scale(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tens
     return coefficient.view(-1, *([1] * (like.ndim - 1))).to(like)
 
 
+def ddim_step(backbone: Backbone, x0_hat: torch.Tensor, eps_hat: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """The DDIM map a_dst x̂0 + s_dst ε̂ (module docstring) of a denoised pair (n, C, h, w) to levels dst (n,)."""
+    return backbone.add_noise(x0_hat, eps_hat, dst)
+
+
+def denoising_step(backbone: Backbone, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, cond: Conditioning,
+                   guidance: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
+    """One deterministic DDIM sampling step of z (n, C, h, w) from levels src to dst (n,), or one level each:
+    `ddim_step` of the pair `Backbone.denoise(z, src)`; on a flow schedule the Euler step z + (σ_dst − σ_src) u."""
+    return ddim_step(backbone, *backbone.denoise(z, src, cond, guidance, uncond), dst)
+
+
 def ddim_map(backbone: Backbone, z: torch.Tensor, eps: torch.Tensor, src: torch.Tensor,
              dst: torch.Tensor) -> torch.Tensor:
-    """Φ_{src→dst}(z, ε) with per-sample levels src, dst (B,)."""
+    """Φ_{src→dst}(z, ε) with per-sample levels src, dst (B,): the DDIM map of z's pair x̂0 = (z − s_src ε) / a_src,
+    for an ε evaluated at another level than src (an inversion step); a_src > 0 (module docstring)."""
     a_src, s_src = backbone.coefficients(src, z)
-    a_dst, s_dst = backbone.coefficients(dst, z)
-    return a_dst * (z - s_src * eps) / a_src + s_dst * eps
+    return ddim_step(backbone, (z - s_src * eps) / a_src, eps, dst)
 
 
 def ddim_coefficients(backbone: Backbone, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Φ_{src→dst}(z, ε) = c_z z + c_ε ε: (c_z, c_ε) = (a_dst / a_src, s_dst − a_dst s_src / a_src), float64 (n,)."""
+    """Φ_{src→dst}(z, ε) = c_z z + c_ε ε: (c_z, c_ε) = (a_dst / a_src, s_dst − a_dst s_src / a_src), float64 (n,);
+    a_src > 0, as for `ddim_map`."""
     (a_src, s_src), (a_dst, s_dst) = backbone.noise_levels(src), backbone.noise_levels(dst)
     c_z = a_dst / a_src
     return c_z, s_dst - c_z * s_src
@@ -216,15 +236,14 @@ class TwoStepSampler(InversionSampler, exact=True):
     a DDIM step (inversion: ε at the target level, as DDIM inversion). The state is therefore the pair
     (z_K, z_{K−1}) (`extra["previous"]`); reconstruction from the pair never evaluates the top level.
     Without `previous` (sampling from z_K alone) the first sampling step is DDIM, which is not exact.
-    A path of a single step is one DDIM step whose pair holds x0 itself.
+    A path of a single step is one DDIM step whose pair holds x0 itself. A step whose c_hi is 0 (O-BELM from the top
+    of a flow schedule, where σ̄ = s/a is infinite) does not depend on z_hi, so no inversion step reaches z_hi:
+    `invert` refuses it.
     """
 
     @abstractmethod
     def coefficients(self, backbone: Backbone, lo: torch.Tensor, mid: torch.Tensor, hi: torch.Tensor) -> StepCoefficients:
         """(c_hi, c_mid, c_ε), each float64 (n,), of the sampling step to level lo from hi > mid > lo."""
-
-    def _latent_coefficients(self, backbone: Backbone, lo, mid, hi, like: torch.Tensor) -> list[torch.Tensor]:
-        return [as_latent_scale(c, like) for c in self.coefficients(backbone, lo, mid, hi)]
 
     @torch.no_grad()
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
@@ -239,7 +258,12 @@ class TwoStepSampler(InversionSampler, exact=True):
             new = torch.empty_like(zs)
             new[ddim] = ddim_map(backbone, zs[ddim], eps[ddim], src[ddim], dst[ddim])
             two, rows = ~ddim, active[~ddim]
-            c_hi, c_mid, c_eps = self._latent_coefficients(backbone, below_level[rows], src[two], dst[two], zs)
+            coefficients = self.coefficients(backbone, below_level[rows], src[two], dst[two])  # float64 (n,) each
+            if (coefficients[0] == 0).any():
+                level = dst[two][coefficients[0] == 0][0].item()
+                raise ValueError(f"{self.name} cannot invert to level {level:g}: its sampling step from there gives the "
+                                 "latent at that level weight 0, so no inversion step reaches it; invert to a lower level")
+            c_hi, c_mid, c_eps = (as_latent_scale(c, zs) for c in coefficients)
             new[two] = (below[rows] - c_mid * zs[two] - c_eps * eps[two]) / c_hi
             below[active], below_level[active] = zs, src
             z[active] = new
@@ -256,11 +280,12 @@ class TwoStepSampler(InversionSampler, exact=True):
         z = state.latents.clone() if previous is None else previous.clone()
         for i, active, src, dst in walk(levels, down=True, skip=None if previous is None else top):
             zs, ddim = z[active], top[i, active]  # ddim: rows taking their first step (only without the pair)
-            eps = backbone.eps(zs, src, cond[active], guidance)
+            x0_hat, eps = backbone.denoise(zs, src, cond[active], guidance)
             new = torch.empty_like(zs)
-            new[ddim] = ddim_map(backbone, zs[ddim], eps[ddim], src[ddim], dst[ddim])
+            new[ddim] = ddim_step(backbone, x0_hat[ddim], eps[ddim], dst[ddim])
             two, rows = ~ddim, active[~ddim]
-            c_hi, c_mid, c_eps = self._latent_coefficients(backbone, dst[two], src[two], above_level[rows], zs)
+            coefficients = self.coefficients(backbone, dst[two], src[two], above_level[rows])  # float64 (n,) each
+            c_hi, c_mid, c_eps = (as_latent_scale(c, zs) for c in coefficients)
             new[two] = c_hi * above[rows] + c_mid * zs[two] + c_eps * eps[two]
             above[active], above_level[active] = zs, src
             z[active] = new

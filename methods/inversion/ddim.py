@@ -10,7 +10,8 @@ Inversion step from level j to the next level k > j:
 Optionally `noise_scale · σ_{j→k} · N(0, I)` is added after each step, σ² = (1 − ᾱ_j)/(1 − ᾱ_k) ·
 (1 − ᾱ_k/ᾱ_j) (DDPM posterior variance), as InPO's `inversion_eta = 0.1` does
 (JaydenLyh/InPO @a9cfc4d `train.py` L1010-1011).
-Reconstruction walks the path down with z_j = Φ_{k→j}(z_k, ε̂(z_k, k)) (DDIM sampling, η = 0).
+Reconstruction walks the path down with z_j = Φ_{k→j}(z_k, ε̂(z_k, k)) (DDIM sampling, η = 0), computed as
+a_j x̂0 + s_j ε̂ from z_k's denoised pair (`denoising_step`), which is finite at a_k = 0 (σ = 1 on a flow schedule).
 Not exact: each inversion step errs by (s_k − a_k s_j / a_j)(ε̂(z_j, k) − ε̂(z_k, k)).
 Cost: one model call per step and direction (two UNet evaluations per latent under CFG).
 """
@@ -29,6 +30,7 @@ from methods.inversion.base import (
     as_latent_scale,
     ddim_map,
     ddpm_variance,
+    denoising_step,
     per_sample_levels,
     walk,
 )
@@ -83,5 +85,5 @@ class DDIMInversion(InversionSampler, name="ddim", config=DDIMConfig):
                     guidance: float = 1.0) -> torch.Tensor:
         z = state.latents.clone()
         for _, active, src, dst in walk(state.levels, down=True):
-            z[active] = ddim_map(backbone, z[active], backbone.eps(z[active], src, cond[active], guidance), src, dst)
+            z[active] = denoising_step(backbone, z[active], src, dst, cond[active], guidance)
         return z

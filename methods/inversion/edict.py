@@ -18,6 +18,11 @@ Exact for any p in (0, 1]; rounding errors grow by about 1/p² per inversion ste
 p = 0.93 as the official `EDICT_editing` and diffusers' `mixing_coeff` (its `recon_test` uses p = 1).
 Cost: two sequential model calls per step and direction; under CFG each is one batched call of both
 branches (the official code always evaluates both, also at w = 1, which we skip).
+
+The coupling needs a_t > 0 at every level it samples from: at a_t = 0 (σ = 1, the top of a flow schedule) its slope
+A = a_t'/a_t is infinite, and on a flow, where ε̂(x', t) = x' there, y' = A (y − x') + ... diverges unless y = x', which
+the first coupling breaks even from tied chains. Not a division to rewrite away: EDICT is undefined there, and
+`invert` and `reconstruct` refuse such a path (BDIA is exact through it).
 """
 
 from __future__ import annotations
@@ -62,6 +67,14 @@ class EDICT(InversionSampler, name="edict", config=EDICTConfig, exact=True):
     def inversion_calls_per_step(self) -> int:
         return 2
 
+    @staticmethod
+    def _require_coupling(backbone: Backbone, levels: torch.Tensor) -> None:
+        """ValueError unless a > 0 at every level above the clean end of the paths `levels` (K+1, B)."""
+        a, _ = backbone.noise_levels(levels[1:])
+        if (a == 0).any():
+            raise ValueError(f"EDICT's coupling x' = (a_t'/a_t) x + ... is unbounded at level {levels[1:][a == 0][0].item():g} "
+                             "(a_t = 0: σ = 1 on a flow schedule); run it on a path below that level, or use bdia")
+
     def _swaps(self, levels: torch.Tensor) -> torch.Tensor:
         """(K, B) bool: steps whose coupling updates y first (odd sampling-step index, with leapfrog)."""
         return (steps_above(levels) % 2 == 1) & self.config.leapfrog
@@ -70,6 +83,7 @@ class EDICT(InversionSampler, name="edict", config=EDICTConfig, exact=True):
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
                guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
         levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
+        self._require_coupling(backbone, levels)
         swaps = self._swaps(levels)
         p = self.config.p
         x, y = x0.clone(), x0.clone()  # (B, C, h, w) each
@@ -89,6 +103,7 @@ class EDICT(InversionSampler, name="edict", config=EDICTConfig, exact=True):
                          guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Both chains at levels[0]; without `extra["y"]` the chains start equal (sampling from noise)."""
         levels, p = state.levels, self.config.p
+        self._require_coupling(backbone, levels)
         swaps = self._swaps(levels)
         x, y = state.latents.clone(), state.extra.get("y", state.latents).clone()
         for i, active, src, dst in walk(levels, down=True):

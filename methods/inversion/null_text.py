@@ -8,7 +8,9 @@
 
        ‖Φ_{t→t'}(z̄_t, ε̂_w(z̄_t, t, c, ∅_i)) − z*_{t'}‖²  (mean),   ε̂_w = ε_∅ + w (ε_c − ε_∅),
 
-   stopping early once the loss is below 1e-5 + i·2e-5; then z̄_{t'} = Φ_{t→t'}(z̄_t, ε̂_w(·, ∅_i)).
+   stopping early once the loss is below 1e-5 + i·2e-5; then z̄_{t'} = Φ_{t→t'}(z̄_t, ε̂_w(·, ∅_i)). Φ is taken as
+   a_t' x̂0 + s_t' ε̂ of the guided denoised pair (`base.ddim_step`): CFG is affine in the prediction, so it combines
+   the branches' pairs (x̂0, ε̂) as it combines their ε̂, and no step divides by a_t (0 at σ = 1 on a flow schedule).
 3. Reconstruction is DDIM sampling with CFG at w and ∅_i at step i (`extra["uncond_embeds"]`).
 
 w is the `guidance` argument (p2p: 7.5; at w = 1 there is nothing to optimise) and must be the same
@@ -31,7 +33,8 @@ from methods.checks import require
 from methods.inversion.base import (
     InversionSampler,
     InversionState,
-    ddim_map,
+    ddim_step,
+    denoising_step,
     per_sample_levels,
     steps_above,
     walk,
@@ -79,18 +82,19 @@ class NullTextInversion(InversionSampler, name="null-text", config=NullTextConfi
         z = pivots[-1].clone()  # z̄
         for i, active, src, dst in walk(levels, down=True):
             zs, c = z[active], cond[active]
-            eps_c = backbone.eps(zs, src, c)
+            denoised_c = backbone.denoise(zs, src, c)  # (x̂0, ε̂) of the conditional branch, each (n, C, h, w)
             start = Conditioning(embeds[active], null[active].added)
-            uncond = self._optimise(backbone, zs, src, dst, eps_c, start, pivots[i][active], from_top[i, active],
+            uncond = self._optimise(backbone, zs, src, dst, denoised_c, start, pivots[i][active], from_top[i, active],
                                     guidance)
             embeds[active] = per_step[i, active] = uncond.embeds
-            z[active] = ddim_map(backbone, zs, backbone.eps(zs, src, c, guidance, uncond=uncond), src, dst)
+            z[active] = denoising_step(backbone, zs, src, dst, c, guidance, uncond=uncond)
         return state
 
     def _optimise(self, backbone: Backbone, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                  eps_c: torch.Tensor, start: Conditioning, target: torch.Tensor, from_top: torch.Tensor,
-                  guidance: float) -> Conditioning:
-        """Adam on each sample's ∅ (n, L, D) from `start` until its loss is below the early-stop bound."""
+                  denoised_c: tuple[torch.Tensor, torch.Tensor], start: Conditioning, target: torch.Tensor,
+                  from_top: torch.Tensor, guidance: float) -> Conditioning:
+        """Adam on each sample's ∅ (n, L, D) from `start` until its loss is below the early-stop bound; `denoised_c`
+        is the conditional branch's (x̂0, ε̂)."""
         params = [e.clone().requires_grad_(True) for e in start.embeds]  # n × (L, D)
         config = self.config
         optim = torch.optim.Adam([{"params": [p], "lr": config.lr * (1 - i / LR_DECAY)} for p, i in
@@ -100,9 +104,10 @@ class NullTextInversion(InversionSampler, name="null-text", config=NullTextConfi
         with torch.enable_grad():
             for _ in range(config.inner_steps):
                 trial = Conditioning(torch.stack(params), start.added)[todo]
-                eps_u = backbone.eps(z[todo], src[todo], trial)  # ε_∅: the UNet's conditional branch given ∅
-                eps = eps_u + guidance * (eps_c[todo] - eps_u)
-                loss = ((ddim_map(backbone, z[todo], eps, src[todo], dst[todo]) - target[todo]) ** 2).flatten(1).mean(1)
+                denoised_u = backbone.denoise(z[todo], src[todo], trial)  # the UNet's conditional branch given ∅
+                x0_hat, eps = (part_u + guidance * (part_c[todo] - part_u)  # the guided pair (x̂0, ε̂)
+                               for part_u, part_c in zip(denoised_u, denoised_c))
+                loss = ((ddim_step(backbone, x0_hat, eps, dst[todo]) - target[todo]) ** 2).flatten(1).mean(1)
                 grads = torch.autograd.grad(loss.sum(), [params[j] for j in todo])
                 optim.zero_grad()  # grads of stopped samples stay None: Adam leaves them untouched
                 for j, grad in zip(todo.tolist(), grads):
@@ -122,6 +127,5 @@ class NullTextInversion(InversionSampler, name="null-text", config=NullTextConfi
         z = state.latents.clone()
         for i, active, src, dst in walk(levels, down=True):
             uncond = Conditioning(per_step[i, active], null[active].added)
-            eps = backbone.eps(z[active], src, cond[active], guidance, uncond=uncond)
-            z[active] = ddim_map(backbone, z[active], eps, src, dst)
+            z[active] = denoising_step(backbone, z[active], src, dst, cond[active], guidance, uncond=uncond)
         return z
