@@ -76,9 +76,10 @@ def _local(draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
     return full[:, shard.rows(per_block)].reshape(n, *full.shape[2:])
 
 
-def sample_timesteps(backbone, n: int, rng: torch.Generator) -> torch.Tensor:
-    """t ~ U{0, ..., T-1} for n local samples, shape (n,)."""
-    return _local(lambda rows: torch.randint(0, backbone.num_train_timesteps, (rows,), generator=rng), n)
+def sample_levels(backbone, n: int, rng: torch.Generator) -> torch.Tensor:
+    """n local training levels (n,) float64: `Backbone.training_levels` of the global batch, this process's rows (VP:
+    t ~ U{0, ..., T−1} as floats; flow: uniform over the scheduler's shifted training table)."""
+    return _local(lambda rows: backbone.training_levels(rows, rng), n)
 
 
 def sample_noise(like: torch.Tensor, rng: torch.Generator) -> torch.Tensor:

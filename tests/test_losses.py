@@ -349,3 +349,22 @@ def test_method_configs_validate():
         METHODS.get("inpo").Config(mode="exact", inversion="ddmi")
     with pytest.raises(ValueError, match="cal_beta"):
         METHODS.get("cal-dpo").Config(cal_beta=0.0)
+
+
+def test_vp_training_levels_are_the_integer_uniform_draw_bit_for_bit(tiny_backbone):
+    """Levels now come from `Backbone.training_levels` (float64, so that flow levels 1000·σ fit): on a VP backbone
+    they are the draw t ~ U{0..T−1} made before, value for value, and so are ε and x_t, for pairs and for images."""
+    from methods.alignment.base import noise_images, noise_pairs
+
+    batch = _pair_batch(tiny_backbone)
+    pairs = noise_pairs(tiny_backbone, batch, "v", torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 1000, (3,), generator=g)
+    noise = torch.randn(batch.winner.shape, generator=g)
+    x0 = torch.cat([batch.winner, batch.loser])
+    assert pairs.t.dtype == torch.float64 and torch.equal(pairs.t, t.repeat(2).double())
+    assert torch.equal(pairs.x_t, tiny_backbone.add_noise(x0, noise.repeat(2, 1, 1, 1), t.repeat(2)))
+
+    images = ImageBatch(batch.winner, batch.cond, torch.ones(3, dtype=torch.bool))
+    noised = noise_images(tiny_backbone, images, "eps", torch.Generator().manual_seed(7))
+    assert torch.equal(noised.t, t.double()) and torch.equal(noised.target, noise)

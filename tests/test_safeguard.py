@@ -208,3 +208,13 @@ def test_every_pair_method_takes_the_safeguard(tiny_backbone, name):
     assert cls.Config(safeguard=True).safeguard_margin("sdxl") == 0.6
     assert cls.Config(safeguard=True, safeguard_mu=0.3).safeguard_margin("sdxl") == 0.3
     assert cls.Config(safeguard_mu=0.3).safeguard_margin("sd") is None  # off: μ is not used
+
+
+@pytest.mark.parametrize("name", [n for n in SAFEGUARDED if n != "dspo"])
+def test_a_family_the_repo_never_launched_takes_its_sdxl_mu(name):
+    """Diffusion-SDPO launched SD 1.5 and SDXL only: SD3 (and any other flow family) takes SDXL's 0.6, the μ of both
+    its SDXL launchers (dpo.py, `UNLAUNCHED_FAMILY_MU_FROM`), where it had been a KeyError; DSPO keys μ by its form."""
+    config = METHODS.get(name).Config(safeguard=True)
+    assert config.safeguard_margin("sd3") == 0.6 and config.safeguard_margin("flux") == 0.6
+    assert METHODS.get(name).Config(safeguard=True, safeguard_mu=0.3).safeguard_margin("sd3") == 0.3
+    assert METHODS.get("dspo").Config(safeguard=True).safeguard_margin("sd15", DSPO_SAFEGUARD_MU) == 0.2

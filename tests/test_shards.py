@@ -6,17 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.shards import sample_categorical, sample_noise, sample_timesteps, sample_uniform, sharded, stacked
+from methods.shards import sample_categorical, sample_noise, sample_levels, sample_uniform, sharded, stacked
 
 
 class _Backbone:
-    num_train_timesteps = 1000
+    @staticmethod
+    def training_levels(n: int, rng: torch.Generator) -> torch.Tensor:  # as a VP Backbone draws them
+        return torch.randint(0, 1000, (n,), generator=rng).to(torch.float64)
 
 
 def _draws(rng: torch.Generator, n: int) -> dict[str, torch.Tensor]:
     """Every kind of draw for a local batch of n rows, and a stacked (2n, ...) tensor of pairs."""
     out = {
-        "t": sample_timesteps(_Backbone(), n, rng),
+        "t": sample_levels(_Backbone(), n, rng),
         "eps": sample_noise(torch.zeros(n, 2, 3, 3), rng),
         "u": sample_uniform(n, rng),
         "cat": sample_categorical(torch.tensor([0.2, 0.3, 0.5]), n, rng),

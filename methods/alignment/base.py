@@ -8,14 +8,28 @@ crosses its limit. `loss(batch, policy, reference, rng)` returns the loss and sc
 
 Every loss is a function of per-sample errors in one prediction space (`bench.core.backbone.SPACES`),
 
-    L = mean over (C, H, W) of (ŷ_θ(x_t, t, c) − y)²,     y = ε, v = a_t ε − s_t x0, or x0,
+    L = mean over (C, H, W) of (ŷ_θ(x_t, t, c) − y)²,     y = ε, v = a_t ε − s_t x0, x0, or u = ε − x0,
 
 chosen by the config's `loss_space` (`MethodConfig`): "native" (the default) is the space the backbone
 predicts in, what it was pretrained to regress (ε for SD 1.5 and SDXL, so there every loss is exactly
-its paper's; v for the toy), or an explicit "eps", "v" or "x0". Spaces weigh the timesteps differently:
-ε̂ − ε = a_t (v̂ − v), so ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t, and a β tuned in one space acts 1/ᾱ_t times
-as strongly per t in v-space. `AlignmentMethod.loss_space(backbone)` resolves "native", and run records
-store the resolved space (`describe(native_space)`).
+its paper's; v for the toy; the velocity u = ε − x0 for the SD3-shaped flow family, as Flow-DPO's loss,
+research notes §7), or an explicit "eps", "v", "x0" or "flow". Spaces weigh the timesteps differently:
+ε̂ − ε = a_t (v̂ − v) on a VP schedule and ε̂ − ε = a_t (û − u) on a flow one (ε̂ = x_t + a_t û, a_t = 1 − σ),
+so ‖ŷ − y‖² = ‖ε̂ − ε‖² / a_t² in v- and flow-space (1/ᾱ_t, 1/(1 − σ)²), and a β tuned in ε-space acts
+1/a_t² times as strongly per t there. `AlignmentMethod.loss_space(backbone)` resolves "native", and run
+records store the resolved space (`describe(native_space)`). Methods never branch on the model family: the
+backbone converts, and every loss reads the same on both families.
+
+Noise levels. Training levels come from `Backbone.training_levels`, uniform over the family's training table
+(`sample_levels`): on VP t ~ U{0, ..., T−1}, Diffusion-DPO's draw (`train.py` L1044) and, bit for bit, the draw
+made here before the flow family; on a flow schedule the scheduler's T training timesteps 1000·σ_j, shifted
+(σ_j = s·u / (1 + (s − 1)·u), u = j/T, j = 1, ..., T, shift s = 3 on SD3.5), each with probability 1/T: diffusers' SD3 training
+draw with `weighting_scheme="none"` (`noise_scheduler.timesteps[(u·T).long()]`, u ~ U[0, 1)). Flow-DPO draws the
+table index from a logit-normal u instead (SD3's default, `compute_density_for_timestep_sampling("logit_normal")`,
+research notes §7). The backbone does not offer that draw, and we keep uniform: it is the offline methods' own
+recipe (Diffusion-DPO and the methods forked from it, InPO and DSPO, draw t uniformly over the training table)
+carried to the flow schedule, with its shift as the one flow-specific choice, whereas Flow-DPO is an online method
+whose paper form we have not read (§7, UNVERIFIED).
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ import torch
 from bench.core.backbone import SPACES, Backbone, Conditioning
 from bench.core.registry import Registry
 from methods.checks import require
-from methods.shards import sample_noise, sample_timesteps
+from methods.shards import sample_levels, sample_noise
 
 METHODS: Registry[type[AlignmentMethod]] = Registry("method", entry_point_group="diffusion_align_bench.methods")
 
@@ -45,8 +59,8 @@ class MethodConfig:
     `__post_init__` of your own)."""
 
     loss_space: str = field(default=NATIVE, kw_only=True, metadata={
-        "help": "prediction space of the loss: 'native' (the backbone's own: ε for SD 1.5/SDXL, v for the toy), "
-                "'eps', 'v' or 'x0'"})
+        "help": "prediction space of the loss: 'native' (the backbone's own: ε for SD 1.5/SDXL, v for the toy, the "
+                "velocity ε − x0 for SD3), 'eps', 'v', 'x0' or 'flow'"})
 
     def __post_init__(self):
         require(self.loss_space in LOSS_SPACES, "loss_space", f"one of {LOSS_SPACES}", self.loss_space)
@@ -222,8 +236,8 @@ class NoisyLatents:
 
 
 def noise_images(backbone: Backbone, batch: ImageBatch, space: str, rng: torch.Generator) -> NoisyLatents:
-    """Noise every image with its own t ~ U{0..T−1} and ε (drawn after t)."""
-    t = sample_timesteps(backbone, len(batch), rng)  # (B,)
+    """Noise every image with its own level t (`sample_levels`) and ε (drawn after t)."""
+    t = sample_levels(backbone, len(batch), rng)  # (B,)
     noise = sample_noise(batch.latents, rng)  # (B, C, h, w)
     x_t = backbone.add_noise(batch.latents, noise, t)
     return NoisyLatents(x_t, t, batch.cond, backbone.target(batch.latents, noise, t, space), space)
@@ -232,9 +246,9 @@ def noise_images(backbone: Backbone, batch: ImageBatch, space: str, rng: torch.G
 def noise_pairs(backbone: Backbone, batch: PairBatch, space: str, rng: torch.Generator,
                 t: torch.Tensor | None = None) -> NoisyLatents:
     """Stack winners and losers as [winners; losers] (2B, ...) and noise them with one (t, ε) shared within each
-    pair, as Diffusion-DPO does (`train.py` L1044, L1054-1055). `t` (B,) defaults to t ~ U{0..T−1}; ε is drawn
-    after t."""
-    t = (sample_timesteps(backbone, len(batch), rng) if t is None else t).repeat(2)
+    pair, as Diffusion-DPO does (`train.py` L1044, L1054-1055) and Flow-DPO shares (σ, ε) (research notes §7). `t`
+    (B,) defaults to `sample_levels`; ε is drawn after t."""
+    t = (sample_levels(backbone, len(batch), rng) if t is None else t).repeat(2)
     noise = sample_noise(batch.winner, rng).repeat(2, 1, 1, 1)
     x0 = torch.cat([batch.winner, batch.loser])
     cond = Conditioning.cat([batch.cond, batch.cond])

@@ -35,6 +35,8 @@ the scale of Diffusion-DPO's logit. The default β_c = 1, targets r = ±½ and a
 choice on that scale, not a published value. Also
 adapted: r is a one-step, one-noise Monte-Carlo estimate, not a sequence log-ratio, so the squares penalise its
 noise over (t, ε) as well as its mean's distance to the target (E(r − c)² = (E r − c)² + Var r).
+On a flow model (SD3) e is the velocity error ‖v̂ − (ε − x0)‖² with one (σ, ε) per pair (`base.py`), so z is
+Flow-DPO's logit (`dpo.py`) and r its per-image term.
 `safeguard=true` adds Diffusion-SDPO's rescaling of the losers' gradient (`dpo.py`), which here acts on both terms.
 Cost per pair: as DPO, policy forward+backward on 2 latents (6F) and a reference forward on 2 (2F) = 8F.
 """

@@ -16,6 +16,12 @@ On a v-model the default is v-space, where ‖v̂ − v‖² = ‖ε̂ − ε‖
 The ½ is the official repo's (`scale_term = -0.5 * beta_dpo`). diffusers' port
 (examples/research_projects/diffusion_dpo) omits it, so its β is half of ours.
 Defaults: β = 5000 (repo default and SDXL; the paper's SD 1.5 run used 2000).
+On a flow model (SD3: x_σ = (1 − σ) x0 + σ ε) the native loss space is the velocity, y = u = ε − x0, with one
+(σ, ε) per pair: the loss above is then Flow-DPO's (research notes §7, flow_grpo_refactor `train_sd3_dpo.py`
+@7be03dc: e = mean_elems(v̂ − u)² for θ and ref, z = −½β[(e_θ^w − e_ref^w) − (e_θ^l − e_ref^l)], no CFG in the
+training forward, constant β), on offline pairs, with σ drawn uniformly over the shifted training table where
+Flow-DPO draws a logit-normal index (`base.py`). Flow-DPO's β is 100 (its config, online SD3.5-M pairs);
+‖û − u‖² = ‖ε̂ − ε‖² / (1 − σ)², so an ε-space β acts 1/(1 − σ)² times as strongly per σ in velocity space.
 Cost per pair: policy forward+backward on 2 latents (6F) and a reference forward on 2 (2F) = 8F.
 
 Winner-preserving safeguard (`safeguard=true`; Fu et al. 2025, "Diffusion-SDPO: Safeguarded Direct Preference
@@ -37,7 +43,8 @@ errors are in the loss space (ε in the repo). Where we differ: the sums are ove
 repo: each process's own micro-batch), so λ does not depend on the number of processes; it is computed in
 float64. μ: the repo's argparse default is 0 (which only keeps the winners' error from rising); its launchers use
 0.9 for SD 1.5 Diffusion-DPO, 0.6 for SDXL (`scripts/train/sd15_diffusion_dpo.sh`, `sdxl_diffusion_dpo.sh`), which are
-the defaults here by model family; DSPO's launchers use 0.2 (SD 1.5) and 0.6 (SDXL). With `safeguard=false`
+the defaults here by model family (a family it never launched, SD3 among them, takes SDXL's 0.6: `SAFEGUARD_MU`);
+DSPO's launchers use 0.2 (SD 1.5) and 0.6 (SDXL). With `safeguard=false`
 (the default) the loss and its gradient are those of the plain method, bit for bit.
 """
 
@@ -66,6 +73,11 @@ BETA_SEARCH = FloatRange(10.0, 2e4, log=True)
 # Diffusion-SDPO's μ by model family (`Backbone.family`): its Diffusion-DPO launchers, scripts/train/sd15_diffusion_dpo.sh
 # and sdxl_diffusion_dpo.sh (the toy is SD-shaped: 0.9).
 SAFEGUARD_MU = {"sd": 0.9, "sdxl": 0.6}
+# A family the repo never launched (the flow families: SD3, FLUX) takes its SDXL value, our rule, not a published
+# value: SDXL is the repo's only 1024² model, the nearest to SD3.5-M (2.5B) and FLUX in resolution and size, and 0.6
+# is the μ of both its SDXL launchers (Diffusion-DPO and DSPO), so it does not hinge on the loss; μ bounds a ratio of
+# output-space gradient products (λ ∇B·∇A ≤ (1 − μ) ‖∇A‖²), dimensionless in any prediction space.
+UNLAUNCHED_FAMILY_MU_FROM = "sdxl"
 SAFEGUARD_EPS = 1e-9  # `get_adaptive_lose_l_scale`'s eps in the denominator
 
 
@@ -79,7 +91,8 @@ class SafeguardConfig(MethodConfig):
                 "the winners' error to first order"})
     safeguard_mu: float | None = field(default=None, kw_only=True, metadata={
         "help": "safeguard margin μ in [0, 1] (larger: more conservative); None: Diffusion-SDPO's launcher value "
-                "for the model family (SD 1.5 and the toy 0.9, SDXL 0.6)"})
+                "for the model family (SD 1.5 and the toy 0.9, SDXL 0.6; families it never launched, e.g. SD3: "
+                "SDXL's 0.6)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,10 +100,13 @@ class SafeguardConfig(MethodConfig):
                 self.safeguard_mu)
 
     def safeguard_margin(self, family: str, launcher_values: dict[str, float] = SAFEGUARD_MU) -> float | None:
-        """μ of the safeguard, or None when it is off: `safeguard_mu`, else `launcher_values[family]`."""
+        """μ of the safeguard, or None when it is off: `safeguard_mu`, else `launcher_values[family]`, and for a
+        family without a launcher value the SDXL one (`UNLAUNCHED_FAMILY_MU_FROM`)."""
         if not self.safeguard:
             return None
-        return self.safeguard_mu if self.safeguard_mu is not None else launcher_values[family]
+        if self.safeguard_mu is not None:
+            return self.safeguard_mu
+        return launcher_values.get(family, launcher_values[UNLAUNCHED_FAMILY_MU_FROM])
 
 
 @dataclass

@@ -21,6 +21,10 @@ steps, which shape the layout, carry more weight; γ = 1 gives uniform steps. Th
 spaces differ most: ‖v̂ − v‖² = ‖ε̂ − ε‖² / ᾱ_t, and ᾱ_t is about 0.006 at t = 981, so on a v-model the
 default v-space loss weighs these steps far more than the ε-space one (mean ᾱ_t under γ = 0.9, 50
 steps, is 0.075 on SD's schedule). On ε-models (SD 1.5, SDXL) the default is ε-space, as in Diffusion-DPO.
+On a flow model (SD3) the grid is the flow sampler's shifted σ levels (`Backbone.timesteps`; SD3.5, shift 3:
+t_0 = 1000, σ = 1, pure noise) and the default space the velocity u = ε − x0: at σ = 1 both images of a pair sit at
+the same x_σ = ε, and their errors differ only through their targets ε − x0 (in ε-space they would both be 0 there,
+ε̂ = x_σ + (1 − σ) û = ε exactly, so `loss_space=eps` gives the noisiest step no signal on a flow model).
 Defaults: γ = 0.9 and N = 50 (the paper's single-prompt setting); β = 5000 as in `dpo.py`.
 `safeguard=true` adds Diffusion-SDPO's winner-preserving rescaling of the losers' gradient (see `dpo.py`).
 Cost per pair: as DPO, 8F.

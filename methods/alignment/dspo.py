@@ -18,17 +18,33 @@ y = v = a_t ε − s_t x0 in v-space, the toy's native space),
 In v-space R_w, D_w are the ε-space ones divided by a_t (ε̂ − ε = a_t (v̂ − v)), so the squared terms,
 the DPO errors in z and the drift the SDXL form compares with 0.1 all scale by 1/ᾱ_t; at real scale
 (ε-models) nothing changes. DSPO issue #6 notes the repo has no v-prediction support.
-The repo picks the form with its `--sdxl` flag; `form="auto"` follows `policy.family`. β enters z
+The repo picks the form with its `--sdxl` flag; `form="auto"` follows `policy.family` (the SDXL form on SDXL,
+the SD 1.5 form on every other family, the flow family included: below). β enters z
 with the DPO ½ but the SD 1.5 loss without it (the scale question of DSPO issue #3): at the
 launcher's β = 0.001, z ≈ 0 and the loss is ≈ ‖R_w − 0.0005 D_w‖², almost SFT on the winners.
 Defaults: β = 0.001 for the SD 1.5 form (`launchers/sd15.sh`; README grid {0.001, 0.01, 0.05}),
 5000 for the SDXL form (`launchers/sdxl.sh` and the argparse default; README grid 1000-5000).
 Cost per pair: policy forward+backward on 2 latents (6F) and a reference forward on 2 (2F) = 8F.
 
+Flow form (our adaptation; DSPO is published for SD 1.5 and SDXL ε-models only, and its repo has no v- or
+flow-prediction, issue #6). On a flow-matching backbone (SD3: x_σ = (1 − σ) x0 + σ ε, levels t = 1000·σ from
+`Backbone.training_levels`, see `base.py`) the native loss space is the velocity: one (σ, ε) per pair, shared by
+both images as DPO shares (t, ε), the target u = ε − x0 and the predictions velocities v̂, so
+
+    R_w   = v̂_θ(x_σ^w) − u^w,     D_w = v̂_θ(x_σ^w) − v̂_ref(x_σ^w),     e = mean_{C,H,W} ‖v̂ − u‖² in z
+    loss  = mean_{B,C,H,W} (R_w − β (1 − σ(z)) D_w)²                     (the SD 1.5 form, `form="auto"`)
+
+Read as score matching, the SD 1.5 form regresses v̂_θ onto u + β (1 − σ(z)) D_w, the denoising target moved along
+the policy's drift from the reference by the preference weight 1 − σ(z). It is the repo's default path (without
+`--sdxl`); the SDXL form (no R_w, and a switch on mean D_w² ≥ 0.1, a threshold set on SDXL's ε scale) is tied to
+SDXL by its flag and that threshold, so `auto` takes the SD 1.5 form, with its β = 0.001, on a flow model (`form`
+picks either explicitly). As in v-space, ε̂ − ε = (1 − σ)(v̂ − u), so R_w, D_w are the ε-space ones divided by
+1 − σ and every squared term scales by 1/(1 − σ)².
+
 `safeguard=true`: Diffusion-SDPO's winner-preserving rescaling (see `dpo.py`), as its repo drops it into DSPO
 (AIDC-AI/Diffusion-SDPO @1c83c65, `train.py`, `train_method == 'dspo'`): the losers' errors enter z with their
 gradient scaled by λ; R_w and D_w are untouched. μ defaults to that repo's DSPO launchers, 0.2 for the SD 1.5 form
-and 0.6 for the SDXL form (`scripts/train/sd15_dspo.sh`, `sdxl_dspo.sh`).
+and 0.6 for the SDXL form (`scripts/train/sd15_dspo.sh`, `sdxl_dspo.sh`), by the form used (so 0.2 on a flow model).
 """
 
 from __future__ import annotations
@@ -97,7 +113,8 @@ def dspo_loss(policy_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.T
 
 class DSPO(AlignmentMethod, name="dspo", data_kind="pairs", needs_reference=True, config=DSPOConfig):
     def form_for(self, policy: Backbone) -> str:
-        """The loss form used with this policy ("sd15" or "sdxl")."""
+        """The loss form used with this policy ("sd15" or "sdxl"): `form`, or with "auto" the repo's `--sdxl` flag
+        (the SDXL form on the SDXL family, the SD 1.5 form on SD, the toy and flow models; module docstring)."""
         if self.config.form != "auto":
             return self.config.form
         return "sdxl" if policy.family == "sdxl" else "sd15"

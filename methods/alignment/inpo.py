@@ -32,6 +32,27 @@ labels of InPO in one run (an ablation) can invert differently, and suites, `ben
 carry them with the rest of the method's config. Records store them resolved: every field of the
 inverter's Config (in faithful mode, the official DDIM settings).
 
+Flow form (our adaptation; InPO is published for SD 1.5 and SDXL only). On a flow-matching backbone (SD3:
+x_σ = (1 − σ) x0 + σ ε, native prediction the velocity u = ε − x0, levels t = 1000·σ drawn by
+`Backbone.training_levels`, see `base.py`) the same code runs with the backbone's (a_t, s_t) = (1 − σ, σ):
+
+    inversion   z_k = Φ_{j→k}(z_j, ε̂(z_j, τ)) = z_j + (σ_k − σ_j) v_θ(z_j, σ_τ) (1 − σ_τ) / (1 − σ_j),   from x0 at σ = 0
+                (ε̂ = z + (1 − σ_τ) v_θ(z, σ_τ), the policy's; with τ = j, `eval_at=source`, it is the Euler step
+                z_j + (σ_k − σ_j) v_θ(z_j, σ_j) of the probability-flow ODE dz/dσ = v_θ(z, σ), integrated upward
+                from the image as flow inversion does, research notes §8)
+    noise       ε̂ = (x_σ − (1 − σ) x0) / σ                     the noise that explains x_σ at the drawn σ
+    target      û = ε̂ − x0 = (x_σ − x0) / σ                     the implied velocity, the flow-space target
+    error       e = mean_{C,H,W} ‖v̂(x_σ, σ, c) − û‖²            for the policy and the reference, then DPO's z
+
+(σ > 0 at every flow training level: the smallest is 3·0.001/1.002 = 0.003 at shift 3.) `mode=exact
+inversion_args=eval_at=source` is this policy ODE inversion to exactly σ (with the path's grid points below σ as
+Euler steps): the flow form. The default `faithful` mode runs there too, as the official grid read in levels,
+σ ∈ {0 (level −99, the clean end), 0.001, 0.101, ..., 0.801} in steps of 0.1, Euler steps with the velocity at the
+source, 0.1 times the posterior standard deviation (VDM form, `ddpm_variance`) added per step and the latent
+ending at σ_τ = (largest grid σ below σ_t) + 0.1 while the target uses σ_t: the VP repo's quirk transcribed, not a
+flow method of its own. In velocity space ‖v̂ − û‖² = ‖ε̂_θ − ε̂‖² / (1 − σ)², so β acts 1/(1 − σ)² times as strongly
+per σ as in ε-space (`loss_space=eps` gives the ε-space loss on a flow model).
+
 Defaults: β = 2000 (official SD 1.5 example; SDXL uses 5000), 10 grid steps, noise 0.1.
 `safeguard=true` adds Diffusion-SDPO's winner-preserving rescaling of the losers' gradient (see `dpo.py`).
 Cost per pair: 8F as DPO, plus the inverter's no-grad forwards: one per image per inversion step with
@@ -46,7 +67,7 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.config import OverrideError, apply_overrides, as_dict
-from methods.alignment.base import AlignmentMethod, LossOutput, NoisyLatents, PairBatch, sample_timesteps
+from methods.alignment.base import AlignmentMethod, LossOutput, NoisyLatents, PairBatch, sample_levels
 from methods.alignment.dpo import BETA_SEARCH, SafeguardConfig, pair_preference_loss
 from methods.checks import require
 from methods.inversion.base import SAMPLERS
@@ -123,7 +144,7 @@ def inversion_levels(t: torch.Tensor, num_train_timesteps: int, grid_steps: int,
 
 def inverted_noise(x_t: torch.Tensor, x0: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """ε̂ = (x_t − a_t x0) / s_t, with `levels` = (a_t, s_t) (B,) float64 (`Backbone.noise_levels`; on SD
-    a_t = √ᾱ_t, s_t = √(1 − ᾱ_t))."""
+    a_t = √ᾱ_t, s_t = √(1 − ᾱ_t); on a flow schedule a_t = 1 − σ, s_t = σ)."""
     a, s = (c.view(-1, *([1] * (x0.ndim - 1))) for c in levels)
     return ((x_t.double() - a * x0.double()) / s).to(x_t.dtype)
 
@@ -135,7 +156,7 @@ class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True
         self.inverter = SAMPLERS.get(name)(self.config.inverter_config())
 
     def loss(self, batch: PairBatch, policy: Backbone, reference: Backbone, rng: torch.Generator) -> LossOutput:
-        t = sample_timesteps(policy, len(batch), rng).repeat(2)  # (2B,) shared within each pair
+        t = sample_levels(policy, len(batch), rng).repeat(2)  # (2B,) shared within each pair
         x0 = torch.cat([batch.winner, batch.loser])  # (2B, C, h, w)
         cond = Conditioning.cat([batch.cond, batch.cond])
         levels = inversion_levels(t, policy.num_train_timesteps, self.config.grid_steps, self.config.resolved_mode)

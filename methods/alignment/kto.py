@@ -15,6 +15,8 @@ times as strongly per t as in ε-space):
 `reference_point="mismatched"` instead estimates z0 on the same x_t with the batch's prompts rolled by
 one (`torch.roll(prompt_embeds, 1)`, the repo's `bce_offset=original`, the "unrelated pairs" of paper
 §4.1), without gradient, at 2F extra per image.
+On a flow model (SD3) the native space is the velocity: L(θ, x) = ‖v̂_θ(x_σ, σ, c) − (ε − x0)‖², each image with its
+own (σ, ε), σ from `Backbone.training_levels` (`base.py`); ‖û − u‖² = ‖ε̂ − ε‖² / (1 − σ)².
 Desirable images are drawn with probability γ = 0.8 (`WeightedRandomSampler`, L737).
 Defaults: β = 5000 (paper App. A.1; the repo's example script leaves its default 1000).
 Cost per image: policy forward+backward (3F) + reference forward (1F) = 4F (+2F mismatched).

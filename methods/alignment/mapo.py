@@ -11,11 +11,14 @@ y = ε in ε-space or v = a_t ε − s_t x0 in v-space:
     loss   = mean_B L_w − β · mean_B log σ(T · margin)
 
 γ = 0.5 (`--snr_value`), β = 0.1 (`--beta_mapo`) and T = the scheduler's `num_train_timesteps`
-(1000 for SD/SDXL; "multiplying T [...] maximize[s] the margin throughout the denoising process").
+(1000 for SD/SDXL, and for SD3's flow scheduler; "multiplying T [...] maximize[s] the margin throughout the
+denoising process").
 No reference model. The repo takes the MSE against the model's own target (ε or v,
 `noise_scheduler.config.prediction_type`), which is the default "native" space here: ε for SDXL (what
 MaPO trained) and SD 1.5, v for the toy. An explicit space changes more than a scale: L_v = L_ε / ᾱ_t,
 a per-t rescaling that the nonlinear s(·) does not absorb (large v errors at the noisy end saturate s).
+On a flow model (SD3) the native space is the velocity, y = u = ε − x0 (MaPO trained no flow model: our
+adaptation), with one (σ, ε) per pair (`base.py`); L_u = L_ε / (1 − σ)².
 Cost per pair: policy forward+backward on 2 latents = 6F.
 """
 
