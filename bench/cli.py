@@ -378,6 +378,35 @@ def _method_speed(methods: str, suite: str, steps: int, warmup: int, repeats: in
         write_json_atomic(json_path, {"suite": suite, "steps": steps, "warmup": warmup, "methods": timings})
 
 
+@app.command("gpu-check")
+def gpu_check(
+    device: str = typer.Option("cuda", help="torch device: cuda (the real shapes) or cpu (with --tiny)"),
+    tiny: bool = typer.Option(False, "--tiny", help="tiny shapes in float32: the same code in under a minute on a CPU"),
+    families: str = typer.Option("sd15,sdxl", help="pipeline shapes: sd15 (suite sd15-pickapic), sdxl (sdxl-pickapic)"),
+    methods: str = typer.Option(None, "--methods", "-m", help="alignment methods to time (default: every one that trains)"),
+    steps: int = typer.Option(None, help="timed optimizer steps per method, median (default: 1)"),
+    warmup: int = typer.Option(None, help="untimed optimizer steps first (default: 1; 0 with --tiny)"),
+    repeats: int = typer.Option(None, help="timed repeats of sampling and scoring, median (default: 2; 1 with --tiny)"),
+    json_path: Path = typer.Option(Path("gpu-check.json"), "--json", callback=_output_file, help="where the record goes"),
+) -> None:
+    """Measured step time and peak memory of every method at SD 1.5 / SDXL shapes (random weights) beside the dry
+    run's estimate; sampling and scoring throughput against diffusers' pipeline and a per-image scorer loop."""
+    _quiet_libraries()
+    from bench.harness.gpu_check import GpuCheckConfig, report_tables  # deferred: loads diffusers
+    from bench.harness.gpu_check import gpu_check as run_check
+
+    try:
+        cfg = GpuCheckConfig(device=device, tiny=tiny, families=tuple(split_list(families)), steps=steps, warmup=warmup,
+                             repeats=repeats, methods=tuple(split_list(methods)) if methods else None)
+        record = run_check(cfg, progress=lambda phase: console.print(f"[dim]gpu-check: {phase}[/]", highlight=False))
+    except _user_errors() as err:
+        _fail(str(err))
+    write_json_atomic(json_path, record)
+    for table in report_tables(record):
+        console.print(table)
+    console.print(f"record written to {json_path}")
+
+
 @app.command()
 def report(
     paths: list[Path] = typer.Argument(..., help="run records or directories of them"),

@@ -33,6 +33,14 @@ MODEL = WeightSpec("pickscore", "yuvalkirstain/PickScore_v1", None,
 PROCESSOR = WeightSpec("pickscore", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "preprocessor_config.json",
                        "PickScore's image processor; optional: the same values are built in")
 TEXT_TOKENS = 77
+# laion/CLIP-ViT-H-14-laion2B-s32B-b79K's config.json (PickScore_v1 fine-tunes that model; same shapes): 986 M parameters
+CLIP_H_CONFIG = {
+    "projection_dim": 1024,
+    "text_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                    "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu", "projection_dim": 1024},
+    "vision_config": {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 16, "num_hidden_layers": 32,
+                      "patch_size": 14, "image_size": 224, "hidden_act": "gelu", "projection_dim": 1024},
+}
 
 
 def pickscore(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -46,6 +54,7 @@ class PickScoreConfig(BatchedScorerConfig):
 
 
 class PickScoreScorer(ClipBackboneScorer, name="pickscore", config=PickScoreConfig, higher_is_better=True,
+                      differentiable=True,
                       scale="exp(logit_scale) x cos(image, text), logit_scale.exp() ~ 100; real images ~20-23"):
     """PickScore v1: exp(logit_scale) * cos(image, text) of a CLIP-H fine-tuned on Pick-a-Pic (~20-23)."""
 
@@ -70,6 +79,27 @@ class PickScoreScorer(ClipBackboneScorer, name="pickscore", config=PickScoreConf
     @classmethod
     def weight_specs(cls) -> list[WeightSpec]:
         return [MODEL, PROCESSOR]
+
+    @classmethod
+    def from_config(cls, clip_config: dict | None = None, *, seed: int = 0, batch_size: int = 16,
+                    device: str | torch.device | None = "cpu") -> PickScoreScorer:
+        """Random weights (seeded), built on `device`, on a transformers `CLIPConfig` dict (default PickScore's CLIP-H,
+        `CLIP_H_CONFIG`): the scoring path without the checkpoint (throughput checks, tests)."""
+        from transformers import CLIPConfig, CLIPModel
+
+        from bench.core.clip_bpe import clip_bpe_tokenizer
+
+        torch.manual_seed(seed)
+        config = CLIPConfig.from_dict(clip_config if clip_config is not None else CLIP_H_CONFIG)
+        with torch.device(device or default_device()):
+            model = CLIPModel(config)
+        scorer = cls.__new__(cls)
+        scorer.config, scorer.weight_files = PickScoreConfig(batch_size=batch_size), []
+        length = min(config.text_config.max_position_embeddings, TEXT_TOKENS)
+        scorer.backbone = ClipBackbone(model, "transformers", clip_bpe_tokenizer(length),
+                                       ClipPreprocess(size=config.vision_config.image_size), length,
+                                       "random weights", device or default_device())
+        return scorer
 
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         return pickscore(*self.features(prompts, images), self.backbone.logit_scale.cpu())

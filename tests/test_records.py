@@ -171,7 +171,7 @@ def test_every_record_kind_is_built_and_read_through_one_module(tmp_path):
     `read_record` migrates a kind's unversioned files (the first `invert.json`s) and names a kind mismatch."""
     from bench.core.records import ALIGNMENT_RUN, INVERT, KINDS, TUNING, RecordError, new_record, read_record
 
-    assert len(KINDS) == 6 and all(name == kind.name for name, kind in KINDS.items())
+    assert len(KINDS) == 7 and all(name == kind.name for name, kind in KINDS.items())
     record = new_record(INVERT, config={"steps": 10}, records=[])
     assert (record["kind"], record["schema_version"]) == ("invert", 1)
     assert {"commit", "dirty"} <= set(record["environment"]["git"]) and record["created"].endswith("+00:00")

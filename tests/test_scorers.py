@@ -110,6 +110,34 @@ def test_pickscore_is_exp_logit_scale_times_cosine(tiny_clip_dir):
     assert set(described["weights"][0]["files"]) >= {"config.json", "model.safetensors"}
 
 
+def test_pickscore_is_differentiable_in_the_pixels_as_its_features_are(tiny_clip_dir):
+    """Reward backpropagation (draft) on PickScore: the gradient of the score reaches the pixels and equals autograd
+    through the formula on the model's own features (transformers' processor replaced by ours, which resizes with
+    torch ops)."""
+    scorer = PickScoreScorer(weights=tiny_clip_dir, device="cpu")
+    assert PickScoreScorer.differentiable
+    images = _images(n=2).requires_grad_(True)
+    (grad,) = torch.autograd.grad(scorer.score(PROMPTS[:2], images).sum(), images)
+    pixels = scorer.backbone.preprocess(images)
+    model = scorer.backbone.model
+    image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+    _, text = _reference_features(model, PROMPTS[:2], images.detach())
+    cos = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    (expected,) = torch.autograd.grad((model.logit_scale.exp() * cos).sum(), images)
+    assert grad.abs().max() > 0 and torch.allclose(grad, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_pickscore_from_config_scores_with_random_weights_of_a_given_shape():
+    """The random-weight constructor (`bench gpu-check`'s throughput) computes the same score as loading a saved model
+    of that config does."""
+    scorer = PickScoreScorer.from_config(_tiny_clip().config.to_dict(), seed=0, batch_size=2, device="cpu")
+    assert scorer.weight_files == [] and scorer.backbone.name == "random weights"
+    images = _images()
+    image, text = _reference_features(scorer.backbone.model, PROMPTS, images)
+    expected = scorer.backbone.model.logit_scale.exp() * torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    assert torch.allclose(scorer.score(PROMPTS, images), expected, atol=1e-4)
+
+
 def test_clip_score_clamps_at_zero_and_scales_by_100(tiny_clip_dir):
     image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0]])
     text = torch.tensor([[-1.0, 0.2], [2.0, 0.0], [4.0, 3.0]])

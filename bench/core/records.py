@@ -300,4 +300,5 @@ EVAL = RecordKind("bench-eval", 1, ("source", "prompts", "scores", "aggregates",
 INVERT = RecordKind("invert", 1, ("config", "records"), {None: _versioned("invert", 1)})
 TUNING = RecordKind("tuning", 1, ("suite", "budget", "trials", "objective", "methods"))
 DRY_RUN = RecordKind("dry-run", 1, ("suite", "pipeline", "methods"), {None: _versioned("dry-run", 1)})
-KINDS = {kind.name: kind for kind in (ALIGNMENT_RUN, RUN_MANIFEST, EVAL, INVERT, TUNING, DRY_RUN)}
+GPU_CHECK = RecordKind("gpu-check", 1, ("device", "families", "sampling", "scoring", "phases"))
+KINDS = {kind.name: kind for kind in (ALIGNMENT_RUN, RUN_MANIFEST, EVAL, INVERT, TUNING, DRY_RUN, GPU_CHECK)}

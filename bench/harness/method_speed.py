@@ -23,14 +23,14 @@ import torch
 
 from bench.core.backbone import Backbone
 from bench.core.budget import Budget
-from bench.core.config import PIPELINE_DTYPES
-from bench.harness.data import encode_preferences, load_pickapic, preference_pairs
+from bench.core.config import PIPELINE_DTYPES, TrainConfig
+from bench.harness.data import EncodedPreferences, encode_preferences, load_pickapic, preference_pairs
 from bench.harness.invert import median_seconds
 from bench.harness.reward import ScorerReward
 from bench.harness.run import RunSetupError, plan_run
 from bench.harness.suites import Suite
 from bench.harness.trainer import Trainer
-from methods.alignment.base import OnlineMethod
+from methods.alignment.base import AlignmentMethod, OnlineMethod, Reward
 from methods.inference import InferenceTimeMethod
 from metrics.build import ScorerOptions
 
@@ -56,10 +56,9 @@ def time_methods(suite: Suite, methods: list[str], *, steps: int = 3, warmup: in
     timed step's numbers (see the module docstring)."""
     if steps < 1 or warmup < 0:
         raise RunSetupError(f"--train-steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
-    budget = Budget("steps", warmup + steps)
     with tempfile.TemporaryDirectory() as tmp:
-        plan = plan_run(suite, methods, budgets=[budget], run_dir=Path(tmp) / "speed", progress=False,
-                        method_args=method_args, train_args=train_args, set_metrics=[])
+        plan = plan_run(suite, methods, budgets=[Budget("steps", warmup + steps)], run_dir=Path(tmp) / "speed",
+                        progress=False, method_args=method_args, train_args=train_args, set_metrics=[])
     for name, method in plan.methods.items():
         if isinstance(method, InferenceTimeMethod):
             raise RunSetupError(f"{name} is an inference-time method: it has no optimizer step to time")
@@ -70,31 +69,44 @@ def time_methods(suite: Suite, methods: list[str], *, steps: int = 3, warmup: in
     if any(isinstance(m, OnlineMethod) for m in plan.methods.values()):
         reward = ScorerReward(plan.reward, ScorerOptions())
     t_fwd: dict[int, float] = {}
-    out = []
-    for name, method in plan.methods.items():
-        per_step: list[dict] = []
+    return [summarise(name, step_timings(method, backbone, data, plan.train_configs[name], steps=steps, warmup=warmup,
+                                         reward=reward if isinstance(method, OnlineMethod) else None),
+                      backbone, t_fwd, repeats)
+            for name, method in plan.methods.items()]
 
-        def record(step: int, logs: dict, per_step=per_step) -> None:  # the step's UNet calls, then a fresh count
-            per_step.append({"step": step, "calls": dict(backbone.nfe.calls_by_batch), "nfe": backbone.nfe.total})
-            backbone.nfe.reset()
 
+def step_timings(method: AlignmentMethod, backbone: Backbone, data: EncodedPreferences, config: TrainConfig, *,
+                 steps: int, warmup: int = 1, reward: Reward | None = None) -> list[dict]:
+    """Train `warmup + steps` optimizer steps as `bench run` does and return the last `steps`: each step's seconds
+    (its collection included; the Trainer's clock), NFE and UNet calls by (batch, graded)."""
+    per_step: list[dict] = []
+
+    def record(step: int, logs: dict) -> None:  # the step's UNet calls, then a fresh count
+        per_step.append({"step": step, "calls": dict(backbone.nfe.calls_by_batch), "nfe": backbone.nfe.total})
         backbone.nfe.reset()
-        result = Trainer(method, backbone, data, plan.train_configs[name], budget, seed=0, progress=False,
-                         callbacks=[record], reward=reward if isinstance(method, OnlineMethod) else None).fit()
-        seconds = [b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}, *result.history], result.history)]
-        timed = []
-        for entry, step_seconds in list(zip(per_step, seconds))[warmup:]:
-            for batch, _ in entry["calls"]:
-                if batch not in t_fwd:
-                    t_fwd[batch] = forward_seconds(backbone, batch, repeats)
-            floor = floor_seconds(entry["calls"], t_fwd)
-            timed.append({"step": entry["step"], "seconds": step_seconds, "nfe": entry["nfe"], "floor_seconds": floor,
-                          "overhead": step_seconds / floor if floor else None,
-                          "calls": {f"{b}{'+grad' if g else ''}": n for (b, g), n in sorted(entry["calls"].items())}})
-        out.append({"method": name, "steps": len(timed),
-                    "seconds_per_step": statistics.median(t["seconds"] for t in timed),
-                    "nfe_per_step": statistics.median(t["nfe"] for t in timed),
-                    "floor_seconds_per_step": statistics.median(t["floor_seconds"] for t in timed),
-                    "overhead": statistics.median(t["overhead"] for t in timed if t["overhead"] is not None),
-                    "timed_steps": timed})
-    return out
+
+    backbone.nfe.reset()
+    result = Trainer(method, backbone, data, config, Budget("steps", warmup + steps), seed=0, progress=False,
+                     callbacks=[record], reward=reward).fit()
+    seconds = [b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}, *result.history], result.history)]
+    return [{**entry, "seconds": step_seconds} for entry, step_seconds in list(zip(per_step, seconds))[warmup:]]
+
+
+def summarise(name: str, timed: list[dict], backbone: Backbone, t_fwd: dict[int, float], repeats: int = 3) -> dict:
+    """Medians over the timed steps of seconds, NFE, floor seconds and overhead (module docstring), with each step's
+    numbers; `t_fwd` caches the forward time per batch size across methods."""
+    rows = []
+    for entry in timed:
+        for batch, _ in entry["calls"]:
+            if batch not in t_fwd:
+                t_fwd[batch] = forward_seconds(backbone, batch, repeats)
+        floor = floor_seconds(entry["calls"], t_fwd)
+        rows.append({"step": entry["step"], "seconds": entry["seconds"], "nfe": entry["nfe"], "floor_seconds": floor,
+                     "overhead": entry["seconds"] / floor if floor else None,
+                     "calls": {f"{b}{'+grad' if g else ''}": n for (b, g), n in sorted(entry["calls"].items())}})
+    return {"method": name, "steps": len(rows),
+            "seconds_per_step": statistics.median(t["seconds"] for t in rows),
+            "nfe_per_step": statistics.median(t["nfe"] for t in rows),
+            "floor_seconds_per_step": statistics.median(t["floor_seconds"] for t in rows),
+            "overhead": statistics.median(t["overhead"] for t in rows if t["overhead"] is not None),
+            "timed_steps": rows}

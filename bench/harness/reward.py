@@ -15,6 +15,7 @@ import torch
 
 from bench.core.config import OverrideError, split_list
 from metrics import SCORERS
+from metrics.base import Scorer
 from metrics.build import ScorerOptions, build_scorers
 
 
@@ -38,10 +39,14 @@ def parse_reward(spec: str) -> dict[str, float]:
 class ScorerReward:
     """r(images, prompts) = Σ_k w_k s_k(prompts, images) over the scorers of `spec`."""
 
-    def __init__(self, spec: str, options: ScorerOptions | None = None):
+    def __init__(self, spec: str, options: ScorerOptions | None = None, *, scorers: dict[str, Scorer] | None = None):
+        """`scorers`: already-built scorers by name (e.g. random weights of a real shape for `bench gpu-check`'s
+        timings) instead of building those `spec` names from their weights."""
         self.weights = parse_reward(spec)
         self.name = ",".join(f"{name}:{weight:g}" for name, weight in self.weights.items())
-        self.scorers = build_scorers(list(self.weights), options)
+        self.scorers = scorers if scorers is not None else build_scorers(list(self.weights), options)
+        if set(self.scorers) != set(self.weights):
+            raise ValueError(f"reward {self.name}: scorers given for {', '.join(sorted(self.scorers))}")
         self.differentiable = all(scorer.differentiable for scorer in self.scorers.values())
         self.calls, self.seconds = 0, 0.0
 
