@@ -18,6 +18,9 @@ Advantages and the clipped surrogate (PPO, Schulman et al. 2017, as DDPO and Dan
 
     A_i = (r_i − mean_g r) / (std_g r + δ)         over the samples g of one prompt
     L   = mean max(−A ρ, −A clip(ρ, 1 − ε, 1 + ε)),  ρ = exp(log π_θ − log π_old)
+
+The last section holds the same pieces for rectified-flow backbones: Flow-GRPO's SDE step with its log-probability,
+its rollouts (optionally SDE on a window of steps only, Flow-GRPO-Fast) and its per-prompt advantages.
 """
 
 from __future__ import annotations
@@ -265,3 +268,116 @@ class PolicyGradient(OnlineMethod):
                 reference: Backbone | None) -> tuple[torch.Tensor, dict[str, float]]:
         """An extra term (0 by default)."""
         return mean.new_zeros(()), {}
+
+
+# ---------------------------------------------------------------------------------------------------- flow models
+# Policy-gradient pieces for rectified-flow backbones (x_σ = (1 − σ) x0 + σ ε, velocity u = ε − x0, levels t = 1000σ;
+# `Backbone.is_flow`), shared by Flow-GRPO and DiffusionNFT (`methods.alignment.flow_grpo`, `.diffusionnft`).
+#
+# Flow-GRPO's SDE step (Liu et al. 2025, "Flow-GRPO: Training Flow Matching Models via Online RL", yifan123/flow_grpo
+# `flow_grpo/diffusers_patch/sd3_sde_with_logprob.py` `sde_step_with_logprob` @54809b5): the reverse-time SDE whose
+# marginals are the ODE's, dx = [u + σ_t²/(2σ) (x + (1 − σ) u)] dσ + σ_t dw, one Euler-Maruyama step σ → σ' (dσ < 0):
+#
+#     σ_t = a √(σ / (1 − σ))                    (σ = 1 is replaced by σ_max, the schedule's second σ, in 1 − σ only)
+#     μ   = x (1 + σ_t² dσ / (2σ)) + u (1 + σ_t² (1 − σ) / (2σ)) dσ,     s = σ_t √(−dσ),     x' = μ + s z
+#     log π(x' | x, c) = mean over (C, H, W) of [ −(x' − μ)²/(2s²) − ln s − ln √(2π) ]
+#
+# a = 0 is the Euler step of the ODE, x' = x + dσ u (no noise: a step outside Flow-GRPO-Fast's window).
+
+
+def flow_sde_step_distribution(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                               *, noise_level: float,
+                               sigma_max: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(μ, s, σ_t) of Flow-GRPO's SDE step from x (B, C, h, w) at σ (B,) to σ' (B,) with the velocity u (module
+    comment above): μ (B, C, h, w), the step's std s = σ_t √(σ − σ') and σ_t itself, each (B, 1, 1, 1) in x's dtype
+    (Flow-GRPO computes the step in float32 whatever the model's precision)."""
+    shape = (-1, *([1] * (x.ndim - 1)))
+    sigma64 = sigma.to(torch.float64).view(shape)
+    dt = sigma_next.to(torch.float64).view(shape) - sigma64  # < 0
+    denominator = 1 - torch.where(sigma64 == 1, torch.full_like(sigma64, sigma_max), sigma64)
+    sde_std = noise_level * (sigma64 / denominator).sqrt()
+    sigma_x, dt_x, sde_std_x = sigma64.to(x), dt.to(x), sde_std.to(x)
+    mean = (x * (1 + sde_std_x**2 / (2 * sigma_x) * dt_x)
+            + velocity * (1 + sde_std_x**2 * (1 - sigma_x) / (2 * sigma_x)) * dt_x)
+    return mean, (sde_std * (-dt).sqrt()).to(x), sde_std_x
+
+
+@dataclass
+class FlowRollout:
+    """Trajectories of Flow-GRPO's SDE sampler: the latents around the stored steps (all N, or Flow-GRPO-Fast's window
+    of W) and each stored step's log-probability under the sampler."""
+
+    latents: torch.Tensor  # (B, S + 1, C, h, w): latents[:, k] before stored step k, latents[:, k + 1] after it
+    log_probs: torch.Tensor  # (B, S) log π_old(latents[:, k + 1] | latents[:, k])
+    levels: torch.Tensor  # (S,) float64 level t = 1000σ of each stored step
+    next_levels: torch.Tensor  # (S,) the level each step goes to (−1: the clean end, σ = 0)
+    samples: torch.Tensor  # (B, C, h, w) the final latents x̂0 (after the ODE steps that follow a window)
+    cond: Conditioning  # (B,)
+    sigma_max: float  # the schedule's second σ (stands in for σ = 1 in σ_t's denominator)
+
+
+def flow_policy_step(backbone: Backbone, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, cond: Conditioning,
+                     *, noise_level: float, guidance: float,
+                     sigma_max: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(μ, s, σ_t) of π(· | x, c) at per-sample levels t → t' (B,): one guided velocity u_u + w (u_c − u_u) (B NFE,
+    2B with guidance), then `flow_sde_step_distribution`."""
+    velocity = backbone.prediction(x, t, cond, "flow", guidance)
+    return flow_sde_step_distribution(x, velocity, backbone.sigmas(t.cpu()), backbone.sigmas(t_next.cpu()),
+                                      noise_level=noise_level, sigma_max=sigma_max)
+
+
+@torch.no_grad()
+def flow_rollout(backbone: Backbone, cond: Conditioning, noise: torch.Tensor, *, steps: int, noise_level: float,
+                 guidance: float, rng: torch.Generator, window: tuple[int, int] | None = None) -> FlowRollout:
+    """Sample the backbone's N = `steps` flow levels from `noise` (B, C, h, w) (σ = 1) to σ = 0: the steps k with
+    window[0] <= k < window[1] (default all) take the SDE step with noise level a and are stored with their
+    log-probabilities; the others are Euler steps of the ODE (a = 0; Flow-GRPO-Fast). The step noise z is drawn from
+    `rng` for the global batch (`methods.shards`). Every step costs one guided velocity (B or 2B NFE)."""
+    levels = backbone.timesteps(steps)  # (N,) descending, float64
+    next_levels = torch.cat([levels[1:], torch.tensor([-1.0], dtype=torch.float64)])
+    start, end = window if window is not None else (0, steps)
+    sigma_max = float(backbone.sigmas(next_levels[0]))  # the schedule's second σ (0 for one step)
+    x, batch = noise, noise.shape[0]
+    latents, log_probs = [], []
+    for k, (t, t_next) in enumerate(zip(levels.tolist(), next_levels.tolist())):
+        stored = start <= k < end
+        mean, std, _ = flow_policy_step(backbone, x, torch.full((batch,), t, dtype=torch.float64),
+                                        torch.full((batch,), t_next, dtype=torch.float64), cond,
+                                        noise_level=noise_level if stored else 0.0, guidance=guidance,
+                                        sigma_max=sigma_max)
+        if stored:
+            latents.append(x)
+            x = mean + std * sample_noise(x, rng)
+            log_probs.append(gaussian_log_prob(x, mean, std))
+            if k == end - 1:
+                latents.append(x)  # after the window's last step
+        else:
+            x = mean
+    return FlowRollout(torch.stack(latents, dim=1), torch.stack(log_probs, dim=1), levels[start:end],
+                       next_levels[start:end], x, cond, sigma_max)
+
+
+def flow_step_log_prob(backbone: Backbone, rollout: FlowRollout, step: torch.Tensor, *, noise_level: float,
+                       guidance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log π(x_{k+1} | x_k) under `backbone` (with gradients if enabled) at stored step k = step[i] of each trajectory
+    i (B,), with the step's (μ, s, σ_t): one guided velocity of the B latents."""
+    rows = torch.arange(len(step))
+    x, x_next = rollout.latents[rows, step], rollout.latents[rows, step + 1]
+    mean, std, sde_std = flow_policy_step(backbone, x, rollout.levels[step], rollout.next_levels[step], rollout.cond,
+                                          noise_level=noise_level, guidance=guidance, sigma_max=rollout.sigma_max)
+    return gaussian_log_prob(x_next, mean, std), mean, std, sde_std
+
+
+def prompt_advantages(rewards: torch.Tensor, groups: torch.Tensor, *, global_std: bool,
+                      delta: float = 1e-4) -> torch.Tensor:
+    """Flow-GRPO's per-prompt statistics (`flow_grpo/stat_tracking.py` `PerPromptStatTracker.update` @94e23ee, cleared
+    every epoch): A = (r − mean_g r) / (std + δ) per sample (B,), g the sample's group (its prompt), std the population
+    std of the group's rewards, or with `global_std` of all the rewards given (the whole collection). DiffusionNFT
+    uses the same tracker."""
+    r = rewards.double()
+    advantages = torch.zeros_like(r)
+    for g in groups.unique():
+        members = groups == g
+        std = r.std(unbiased=False) if global_std else r[members].std(unbiased=False)
+        advantages[members] = (r[members] - r[members].mean()) / (std + delta)
+    return advantages.to(rewards.dtype)

@@ -32,6 +32,7 @@ def test_tiny_cpu_check_times_every_method_beside_its_dry_run_estimate(tiny_chec
     record, output = tiny_check
     trained = trained_methods(None)
     assert "doodl" not in trained and {"dpo", "grpo", "draft", "kto"} <= set(trained)
+    assert "flow-grpo" not in trained and "diffusionnft" not in trained  # flow-only: not on SD 1.5 / SDXL
     for family, suite in FAMILIES.items():
         rows = {r["method"]: r for r in record["families"][family]}
         assert list(rows) == trained
@@ -93,6 +94,9 @@ def test_random_preferences_pair_images_of_one_prompt():
     (["--device", "cpu", "--tiny", "--families", "sd2"], "--families: expected some of sd15, sdxl, got sd2"),
     (["--device", "cpu", "--tiny", "--methods", "doodl"], "doodl is an inference-time method"),
     (["--device", "cpu", "--tiny", "--methods", "nope"], "nope"),
+    (["--device", "cpu", "--tiny", "--methods", "dpo,flow-grpo"],
+     "flow-grpo trains flow-matching backbones (x_σ = (1 − σ) x0 + σ ε, e.g. SD3); this pipeline predicts eps on a vp "
+     "schedule (SD 1.5 / SDXL)"),
     (["--device", "cpu", "--tiny", "--steps", "0"], "steps and repeats must be >= 1"),
 ])
 def test_bad_requests_fail_in_one_line_with_exit_code_2(args, message, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.shards import sample_categorical, sample_noise, sample_levels, sample_uniform, sharded, stacked
+from methods.shards import sample_categorical, sample_levels, sample_noise, sample_uniform, sharded, stacked
 
 
 class _Backbone:

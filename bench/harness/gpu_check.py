@@ -147,6 +147,7 @@ class GpuCheckConfig:
             raise RunSetupError("--device cuda: no CUDA device here; pass --device cpu --tiny to run the check on the CPU")
         if device.type == "cpu" and not self.tiny:
             raise RunSetupError("--device cpu builds SDXL-sized random models on the CPU (hours): add --tiny")
+        trained_methods(self.methods)  # unknown, inference-time or flow-only methods: before any work
 
     @property
     def dtype(self) -> str:
@@ -225,12 +226,17 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
 
 # ---------------------------------------------------------------------------------------------- the four checks
 def trained_methods(names: tuple[str, ...] | None) -> list[str]:
-    """The named methods, or every registered method that trains (inference-time ones have no step)."""
-    names = list(names) if names is not None else [n for n in METHODS.names()
-                                                  if not issubclass(METHODS.get(n), InferenceTimeMethod)]
+    """The named methods, or every registered method that trains SD 1.5 / SDXL (inference-time ones have no step;
+    flow-only ones do not train these variance-preserving pipelines)."""
+    names = list(names) if names is not None else [
+        n for n in METHODS.names() if not issubclass(METHODS.get(n), InferenceTimeMethod) and "vp" in METHODS.get(n).schedules]
     for name in names:
         if issubclass(METHODS.get(name), InferenceTimeMethod):
             raise RunSetupError(f"{name} is an inference-time method: it has no optimizer step to time")
+        try:
+            METHODS.get(name).check_schedule("eps")  # SD 1.5 and SDXL predict ε on a VP schedule
+        except ValueError as err:
+            raise RunSetupError(f"{err} (SD 1.5 / SDXL)") from None
     return names
 
 

@@ -220,13 +220,20 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
         raise RunSetupError(str(err)) from None
     if prompts is not None and split != "test":
         raise RunSetupError("--prompts replaces the test prompts; validation prompts are the suite's own")
+    native_space = Backbone.native_space_of(pipeline or suite.pipeline)  # None: not readable offline (hub id)
+    for name, method in methods.items():
+        if native_space is not None:
+            try:
+                method.check_schedule(native_space)
+            except ValueError as err:
+                raise RunSetupError(f"{name}: {err} ({pipeline or suite.pipeline})") from None
     plan = RunPlan(suite, methods, train_configs, budgets, seeds, Path(run_dir), resume, progress,
                    pipeline or suite.pipeline, preference_data or suite.preference_data, suite.eval,
                    *resolve_prompts(prompts if prompts is not None else source), split, dtype, scorer_options,
                    tuning={name: suite.tuning[key] for name, a in algorithms.items()
                            if (key := name if suite.variants.get(name) == a else a) in suite.tuning},
                    algorithms={name: a for name, a in algorithms.items() if name != a},
-                   native_space=Backbone.native_space_of(pipeline or suite.pipeline),  # records "native" resolved
+                   native_space=native_space,  # records "native" resolved
                    reward=reward or suite.primary_metric,
                    curve_every=suite.curve_every if curve_every is None else curve_every,
                    set_metrics=suite.set_metrics if set_metrics is None else tuple(set_metrics))

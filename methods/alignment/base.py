@@ -66,9 +66,20 @@ class MethodConfig:
         require(self.loss_space in LOSS_SPACES, "loss_space", f"one of {LOSS_SPACES}", self.loss_space)
 
 
+SCHEDULES = ("vp", "flow")  # the noise schedules a method may train on: variance-preserving (SD 1.5, SDXL) or flow
+
+
 def _check_data_kind(cls: type[AlignmentMethod]) -> None:
     if getattr(cls, "data_kind", None) not in DATA_KINDS:
         raise ValueError(f"{cls.__name__}.data_kind must be one of {DATA_KINDS}")
+    if not cls.schedules or set(cls.schedules) - set(SCHEDULES):
+        raise ValueError(f"{cls.__name__}.schedules must be some of {SCHEDULES}, got {cls.schedules}")
+
+
+def schedule_of(native_space: str) -> str:
+    """The schedule of a backbone whose native prediction space is `native_space` (flow predictions need a flow
+    schedule, and a flow schedule's models predict velocities: `bench.core.backbone`)."""
+    return "flow" if native_space == "flow" else "vp"
 
 
 def resolve_loss_space(loss_space: str, native_space: str) -> str:
@@ -117,10 +128,22 @@ class AlignmentMethod(ABC):
     Config: ClassVar[type]
     kind: ClassVar[str] = "offline"  # how it uses data: "offline" (a fixed dataset), "online" (its own rollouts) or
     # "inference-time" (compute spent per evaluated image); the leaderboard page filters on it
+    schedules: ClassVar[tuple[str, ...]] = SCHEDULES  # what it trains on; ("flow",): flow-matching models only
 
     def __init_subclass__(cls, **keywords):
         super().__init_subclass__()
-        METHODS.declare(cls, keywords, ("name", "data_kind", "needs_reference", "Config", "kind"), check=_check_data_kind)
+        METHODS.declare(cls, keywords, ("name", "data_kind", "needs_reference", "Config", "kind", "schedules"),
+                        check=_check_data_kind)
+
+    @classmethod
+    def check_schedule(cls, native_space: str) -> None:
+        """ValueError (one line) unless the method trains on the schedule of a backbone with this native space: a
+        capability, checked when a run is planned and again on the backbone itself."""
+        if schedule_of(native_space) not in cls.schedules:
+            needs = {"flow": "flow-matching backbones (x_σ = (1 − σ) x0 + σ ε, e.g. SD3)",
+                     "vp": "variance-preserving backbones (SD 1.5, SDXL)"}[cls.schedules[0]]
+            raise ValueError(f"{cls.name} trains {needs}; this pipeline predicts {native_space} on a "
+                             f"{schedule_of(native_space)} schedule")
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
