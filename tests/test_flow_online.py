@@ -5,19 +5,17 @@ weights, the declared NFE), and their one-line refusal of a variance-preserving 
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from conftest import build_tiny_sd3_backbone
-from test_online_methods import RedReward
+from test_online_methods import PROMPTS, RedReward, prompt_batch, trainable
 
 from bench.core.budget import Budget
 from bench.core.config import TrainConfig
 from bench.harness.data import EncodedPreferences
 from bench.harness.trainer import Trainer, declared_step_cost
-from methods.alignment.base import PromptBatch
 from methods.alignment.diffusionnft import (
     DiffusionNFT,
     DiffusionNFTConfig,
@@ -36,7 +34,6 @@ from methods.policy_gradient import (
     prompt_advantages,
 )
 
-PROMPTS = ["a red circle", "a blue square"]
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -47,16 +44,6 @@ def scalar(value: float) -> torch.Tensor:
 
 def levels(*sigmas: float) -> torch.Tensor:
     return torch.tensor(sigmas, dtype=torch.float64)
-
-
-def trainable(backbone):
-    """The policy as the trainer builds it: a trainable copy of the denoiser over the frozen rest."""
-    return backbone.with_unet(copy.deepcopy(backbone.unet).requires_grad_(True))
-
-
-def prompt_batch(backbone, reward=None) -> PromptBatch:
-    return PromptBatch(backbone.encode_prompts(PROMPTS), list(PROMPTS), torch.arange(len(PROMPTS)),
-                       reward if reward is not None else RedReward())
 
 
 # ---------------------------------------------------------------------------------------------------- Flow-GRPO
