@@ -208,20 +208,24 @@ def sd35_medium_suite() -> Suite:
     to_add_out (TrainConfig's default lora_targets; Flow-GRPO scripts/train_sd3.py @74db691), at Flow-GRPO's LoRA lr
     3e-4 (config/base.py @54809b5).
 
-    Flow-GRPO with PickScore (yifan123/flow_grpo config/grpo.py `pickscore_sd3` @31c71b9) is not a registered method
-    yet, so the suite's methods are the offline ones for now. Its recipe, for when it is: 32 processes, 9 images per
-    micro-batch, 2 accumulation (576 images per step; 48 groups of 24 images per epoch, 2 steps per epoch), 10 sampling
-    steps (SDE noise level 0.7), CFG 4.5, 512², KL β 0.01, PPO clip 1e-4, lr 3e-4, fp16, the LoRA above.
+    Online: `flow-grpo` and `diffusionnft` run their Configs' defaults, which are Flow-GRPO's `pickscore_sd3` (yifan123/
+    flow_grpo config/grpo.py @31c71b9: 10 sampling steps, SDE noise level 0.7, CFG 4.5, groups of 24, KL β 0.01, PPO
+    clip 1e-4) and DiffusionNFT's `sd3_pickscore`, with the LoRA above at lr 3e-4 and one prompt group per process per
+    micro-batch: 16 processes x 24 images = 384 images per step, where Flow-GRPO takes 576 on 32 processes (9 images per
+    micro-batch, 2 accumulation; its groups span processes, ours stay in one). Both train on `--reward` (default
+    PickScore) at the pipeline's 1024² (Flow-GRPO samples 512²).
     """
     return pickapic_suite(
         name="sd35-medium",
         description="SD3.5 Medium + Pick-a-Pic v2, offline DPO with Diffusion-DPO's recipe; dpo-lora=dpo for LoRA "
-                    "(Flow-GRPO with PickScore is not a registered method yet; GPUs and the weights required)",
+                    "and flow-grpo / diffusionnft with LoRA (GPUs and the weights required)",
         pipeline="stabilityai/stable-diffusion-3.5-medium",
         train=TrainConfig(**_DPO_TRAIN, warmup_steps=200, optimizer="adafactor", gradient_checkpointing=True),
         eval=EvalConfig(images_per_prompt=1, steps=40, guidance=4.5, batch_size=8),
         method_args={"dpo": {"beta": _FLOW_DPO_BETA}},
-        train_args={"dpo-lora": {"lr": 3e-4, "optimizer": "adamw", "lora_rank": 32, "lora_alpha": 64.0}},
+        train_args={name: {"lr": 3e-4, "optimizer": "adamw", "lora_rank": 32, "lora_alpha": 64.0,
+                           **({} if name == "dpo-lora" else {"batch_size": 1, "grad_accum": 1})}
+                    for name in ("dpo-lora", "flow-grpo", "diffusionnft")},
         variants={"dpo-lora": "dpo"},
         default_methods=("dpo",),
     )
