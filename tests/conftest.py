@@ -92,13 +92,26 @@ def tiny_sdxl_backbone(tiny_arch):
                     text_encoder_2=modules[3], tokenizer_2=tokenizer, source="random-sdxl")
 
 
+def build_tiny_t5():
+    """A 1-layer T5 encoder (d_model 32, 2 heads of 8) over a 50-piece unigram vocabulary of the toy captions' words, and
+    its tokenizer, as SD3's and FLUX's pipeline tests build theirs (random weights from torch's global generator)."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    pieces = ["▁" + w for w in "a an the small large red green blue cyan circle square triangle on left right center "
+              "of black gray white background".split()] + ["▁", *"abcdefghijklmnopqrstuvwxyz,."]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -float(len(p))) for p in pieces]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    return encoder, tokenizer
+
+
 def build_tiny_sd3_backbone(t5: bool = True, seed: int = 0):
     """A randomly initialised SD3-shaped backbone: an SD3 transformer (1 layer, 2 heads of 8, patch 2) on 4x8x8
     latents, a VAE with SD3's shift and scale, CLIP-L/G-shaped encoders with projections (16 + 16 = the pooled 32),
     optionally a 1-layer T5 over a 50-piece unigram vocabulary, and SD3.5's flow schedule (shift 3), as diffusers'
     SD3 pipeline tests build it."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from bench.core.backbone import Backbone
     from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
@@ -121,12 +134,7 @@ def build_tiny_sd3_backbone(t5: bool = True, seed: int = 0):
     modules = [transformer, vae, clip_l, clip_g]
     t5_encoder = t5_tokenizer = None
     if t5:
-        pieces = ["▁" + w for w in "a an the small large red green blue cyan circle square triangle on left right center "
-                  "of black gray white background".split()] + ["▁", *"abcdefghijklmnopqrstuvwxyz,."]
-        vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -float(len(p))) for p in pieces]
-        t5_tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
-        t5_encoder = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=32, num_layers=1,
-                                             num_heads=2))
+        t5_encoder, t5_tokenizer = build_tiny_t5()
         modules.append(t5_encoder)
     for module in modules:
         module.requires_grad_(False).eval()
@@ -146,3 +154,43 @@ def tiny_sd3_backbone():
 def tiny_sd3_backbone_no_t5():
     """The tiny SD3-shaped backbone without T5 (zeros stand in for its sequence, as in diffusers)."""
     return build_tiny_sd3_backbone(t5=False)
+
+
+def build_tiny_flux_backbone(seed: int = 0, guidance_embeds: bool = True):
+    """A randomly initialised FLUX-shaped backbone, as diffusers' FLUX pipeline tests build it: a FLUX transformer
+    (1 double-stream + 1 single-stream block, 2 heads of 16, rotary axes 4 + 6 + 6, guidance-distilled) on 16x8x8
+    latents packed into 16 tokens of 64 channels, a 16-channel VAE with FLUX's scale and shift, a CLIP-L-shaped
+    `CLIPTextModel` (its pooled 16 = pooled_projection_dim), the tiny T5 (512 tokens, FluxPipeline's default for dev) and
+    FLUX.1-dev's scheduler config (dynamic shifting)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from bench.core.backbone import Backbone
+    from bench.core.clip_bpe import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
+    from bench.core.real_configs import FLUX_DEV
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 16, 16), layers_per_block=1, latent_channels=16, norm_num_groups=16, sample_size=32,
+        mid_block_add_attention=False, scaling_factor=0.3611, shift_factor=0.1159,  # FLUX's VAE factors
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16))
+    t5_encoder, t5_tokenizer = build_tiny_t5()
+    for module in (transformer, vae, clip, t5_encoder):
+        module.requires_grad_(False).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(FLUX_DEV["scheduler"])
+    return Backbone(transformer, vae, clip, clip_bpe_tokenizer(16), scheduler, text_encoder_3=t5_encoder,
+                    tokenizer_3=t5_tokenizer, source="random-flux")
+
+
+@pytest.fixture()
+def tiny_flux_backbone():
+    """A randomly initialised FLUX-shaped backbone (`build_tiny_flux_backbone`)."""
+    return build_tiny_flux_backbone()

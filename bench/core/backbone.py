@@ -1,7 +1,7 @@
 """One object over a Stable-Diffusion-shaped pipeline's parts; methods and samplers talk only to it.
 
 A `Backbone` holds a denoiser, an `AutoencoderKL`, the text encoder(s) with their tokenizers and the noise
-schedule. Three families share the interface (`family`):
+schedule. Four families share the interface (`family`):
 
 - "sd": a diffusers `UNet2DConditionModel`, a transformers `CLIPTextModel` + `CLIPTokenizer` and the DDIM
   schedule. The toy pipeline and SD 1.5 are the same class with other weights (`Backbone.from_pretrained(dir_or_hub_id)`).
@@ -19,12 +19,31 @@ schedule. Three families share the interface (`family`):
   zeros of (B, `max_sequence_length` = 256, joint_attention_dim)); the pooled projection is both CLIPs' `text_embeds`
   concatenated (`Conditioning.added["pooled_projections"]`); the unconditional branch of CFG is the encoded empty
   prompt (SD3 does not zero it). Its VAE has a `shift_factor`: latents = (z − shift) · scale.
+- "flux": FLUX-shaped pipelines (Black Forest Labs' FLUX.1; diffusers' `pipelines/flux/pipeline_flux.py`): a
+  `FluxTransformer2DModel` on the same rectified-flow schedule, guidance-distilled (FLUX.1-dev), a CLIP-L
+  (`CLIPTextModel`) whose pooled output is the transformer's `pooled_projections`, and a T5 (`T5EncoderModel`,
+  required) whose last hidden states over `max_sequence_length` = 512 tokens are the per-token embeddings, as
+  `FluxPipeline.encode_prompt` does; the VAE has 16 channels and FLUX's scale and shift (0.3611, 0.1159). The Backbone
+  holds the T5 and its tokenizer as `text_encoder_3`/`tokenizer_3` in every family (diffusers' FLUX folders are
+  `text_encoder_2/`, `tokenizer_2/`; `from_pretrained`/`save_pretrained` map them). Latents stay (B, C, h, w) in the
+  interface, as every family's; only `model_output` packs them into FLUX's sequence of 2×2 patches (B, h/2 · w/2, 4C)
+  with their position ids (0, row, column) and the text's zero ids, and unpacks the output (FluxPipeline's
+  `_pack_latents`, `_prepare_latent_image_ids`, `_unpack_latents`).
 
-The attribute `unet` holds the denoiser whatever the family: a UNet, or an SD3 transformer.
+  Guidance on FLUX. A guidance-distilled transformer takes the guidance scale w as an input (its `guidance` embedding,
+  FluxPipeline's `guidance_scale`, 3.5 by default for dev) and was distilled to approximate classifier-free guidance at
+  scale w with one forward. So `prediction(..., guidance=w)` (and `eps`, `denoise`) on FLUX passes w as the embedded
+  guidance and runs no unconditional branch: 1 NFE per latent at every w, and w = 1 is the (approximate) conditional
+  prediction, as CFG's w = 1 is on the other families. There is no unconditional branch for an `uncond` to enter: a
+  guided call with one (null-text inversion) is refused. A FLUX transformer without the embedding (`guidance_embeds`
+  False, FLUX.1-schnell-shaped) takes w = 1 only.
+
+The attribute `unet` holds the denoiser whatever the family: a UNet, an SD3 or a FLUX transformer.
 
 Levels. A noise level t is a float64 value of the denoiser's own timestep: the integer DDPM timestep on the
 variance-preserving (VP) schedule of the UNet families (the UNet receives it as an integer, as diffusers passes it),
-1000·σ on the flow schedule (what `StableDiffusion3Pipeline` passes to the transformer). t < 0 (by convention −1)
+1000·σ on the flow schedule (what `StableDiffusion3Pipeline` passes to the transformer; FluxPipeline passes
+t / 1000 = σ, which the FLUX transformer multiplies back by 1000). t < 0 (by convention −1)
 is the clean end of the chain. `noise_levels(t)` gives (a_t, s_t) of x_t = a_t x_0 + s_t ε, float64, the schedule
 every method and sampler reads:
 
@@ -35,8 +54,11 @@ every method and sampler reads:
 with ᾱ_t = `alphas_cumprod[t]` (DDIM notation, Song et al. 2021) and σ = t / `num_train_timesteps`, so that on the
 flow schedule x_σ = (1 − σ) x_0 + σ ε (σ = 1 pure noise). `timesteps(N)` is the family's N sampling levels, descending:
 DDIM's (981, 961, ..., 1 for 50 on SD), or the shifted `FlowMatchEulerDiscreteScheduler` ones (1000, ..., for
-SD3.5's shift 3: 1000, 960.1, 913.3, ... for 10 steps). `training_levels(n, rng)` draws levels as each family's
-training does.
+SD3.5's shift 3: 1000, 960.1, 913.3, ... for 10 steps). With resolution-dependent ("dynamic") shifting (FLUX.1-dev)
+the shift comes from the image's token count n as the pipelines compute it (`calculate_shift`: μ linear in n between
+(base_image_seq_len, base_shift) and (max_image_seq_len, max_shift); σ' = e^μ / (e^μ + 1/σ − 1)), and on FLUX the
+unshifted σ are FluxPipeline's linspace(1, 1/N, N) (FLUX.1-dev at 1024²: n = 4096, μ = 1.15). `training_levels(n,
+rng)` draws levels as each family's training does.
 
 Prediction spaces. The UNet may predict ε (`epsilon`), v = a_t ε − s_t x_0 (`v_prediction`, Salimans & Ho 2022;
 SD 2.x) or x_0 (`sample`); the SD3 transformer predicts the flow velocity u = ε − x_0 (diffusers'
@@ -72,6 +94,8 @@ fp16, which is why that repo's SDXL launcher swaps in `madebyollin/sdxl-vae-fp16
 denoiser's dtype and its output back to the latents' dtype, so schedules, losses and samplers never run in
 half precision whatever the denoiser's storage. The SD3 transformer's timestep goes in as float32 (what diffusers
 passes, and what its sinusoidal embedding computes in) whatever the weights' dtype: fp16 would round 960.13 to 960.
+FLUX's σ and guidance go in as float32 too; its transformer casts both to its weights' dtype itself, as under
+FluxPipeline.
 """
 
 from __future__ import annotations
@@ -88,12 +112,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
 )
@@ -108,8 +134,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Conditioning:
     """Text conditioning for a batch: per-token embeddings and the denoiser's extra inputs: for SDXL-shaped UNets
-    the `added_cond_kwargs` (pooled text embeddings "text_embeds", micro-conditioning "time_ids"), for SD3 the
-    transformer's "pooled_projections"."""
+    the `added_cond_kwargs` (pooled text embeddings "text_embeds", micro-conditioning "time_ids"), for SD3 and FLUX the
+    transformer's "pooled_projections" (FLUX's text position ids are zeros, made in `Backbone.model_output`)."""
 
     embeds: torch.Tensor  # (B, L, D)
     added: dict[str, torch.Tensor] | None = None  # name -> (B, ...)
@@ -181,6 +207,10 @@ SPACES: dict[str, PredictionSpace] = {space.name: space for space in (
 # a FlowMatchEulerDiscreteScheduler has no prediction_type, `Backbone.prediction_type` reports this one for it)
 PREDICTION_TYPE_SPACES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)  # scheduler classes whose levels are 1000·σ of a flow
+MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512}  # T5 tokens: diffusers' pipelines' defaults (FluxPipeline's for dev)
+FLUX_PATCH = 2  # FLUX packs 2 x 2 latent patches into one token of 4 C channels (FluxPipeline._pack_latents)
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
+                    "flux": "FluxPipeline"}
 
 
 def is_flow_scheduler(class_name: str) -> bool:
@@ -195,6 +225,31 @@ def space_of(prediction_type: str) -> str:
     except KeyError:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of "
                          f"{', '.join(PREDICTION_TYPE_SPACES)}") from None
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> FLUX's token sequence (B, h/2 · w/2, 4C) of 2×2 patches, row-major over patches, channels
+    (c, dy, dx) within one (`FluxPipeline._pack_latents`)."""
+    batch, channels, height, width = latents.shape
+    patches = latents.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(batch, (height // 2) * (width // 2), channels * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """FLUX's token sequence (B, h/2 · w/2, 4C) -> latents (B, C, h, w), the inverse of `pack_latents`
+    (`FluxPipeline._unpack_latents`)."""
+    batch, _, features = tokens.shape
+    patches = tokens.view(batch, height // 2, width // 2, features // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(batch, features // 4, height, width)
+
+
+def latent_image_ids(rows: int, columns: int) -> torch.Tensor:
+    """FLUX's position ids of the packed image tokens (rows · columns, 3): (0, row, column), float32
+    (`FluxPipeline._prepare_latent_image_ids`; the text tokens' ids are zeros)."""
+    ids = torch.zeros(rows, columns, 3)
+    ids[..., 1] = torch.arange(rows)[:, None]
+    ids[..., 2] = torch.arange(columns)[None, :]
+    return ids.reshape(rows * columns, 3)
 
 
 @dataclass
@@ -225,7 +280,7 @@ class Backbone:
 
     def __init__(
         self,
-        unet: UNet2DConditionModel | SD3Transformer2DModel,
+        unet: UNet2DConditionModel | SD3Transformer2DModel | FluxTransformer2DModel,
         vae: AutoencoderKL,
         text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
         tokenizer: CLIPTokenizer,
@@ -235,18 +290,20 @@ class Backbone:
         tokenizer_2: CLIPTokenizer | None = None,
         text_encoder_3: T5EncoderModel | None = None,
         tokenizer_3=None,
-        max_sequence_length: int = 256,
+        max_sequence_length: int | None = None,
         force_zeros_for_empty_prompt: bool = True,
         source: str = "",
         counter: NFECounter | None = None,
     ):
-        """`unet` is the denoiser: a `UNet2DConditionModel` ("sd", "sdxl") or an `SD3Transformer2DModel` ("sd3").
-        `text_encoder_3`/`tokenizer_3` are SD3's optional T5 and its tokenizer, `max_sequence_length` its token count
-        (diffusers' default 256; the zeros that stand in for T5 when it is absent have that length too)."""
+        """`unet` is the denoiser: a `UNet2DConditionModel` ("sd", "sdxl"), an `SD3Transformer2DModel` ("sd3") or a
+        `FluxTransformer2DModel` ("flux"). `text_encoder_3`/`tokenizer_3` are the T5 and its tokenizer (optional for
+        SD3, required for FLUX, whose only other encoder is `text_encoder`, CLIP-L), `max_sequence_length` its token
+        count (None: diffusers' default, 256 for SD3, 512 for FLUX; the zeros that stand in for SD3's T5 when it is
+        absent have that length too)."""
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         self.text_encoder_3, self.tokenizer_3 = text_encoder_3, tokenizer_3
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length = max_sequence_length or MAX_SEQUENCE_LENGTH.get(self.family, 256)
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.scheduler = scheduler
         self.source = source
@@ -254,6 +311,9 @@ class Backbone:
         if self.family in ("sdxl", "sd3") and (text_encoder_2 is None or tokenizer_2 is None):
             shape = "an SDXL-shaped UNet (addition_embed_type='text_time')" if self.family == "sdxl" else "an SD3 transformer"
             raise BackboneLoadError(f"{shape} needs text_encoder_2 and tokenizer_2")
+        if self.family == "flux" and (text_encoder_3 is None or text_encoder_2 is not None):
+            raise BackboneLoadError("a FLUX transformer takes CLIP-L (text_encoder) and a T5 (text_encoder_3), "
+                                    "and no second CLIP")
         if (text_encoder_3 is None) != (tokenizer_3 is None):
             raise BackboneLoadError("text_encoder_3 (T5) and tokenizer_3 come together")
         for tok, enc in self._text_encoders():
@@ -292,8 +352,9 @@ class Backbone:
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> Backbone:
         """Load a diffusers-format pipeline from a local directory or a hub id: SD-1.5- or SDXL-shaped (`unet/`, DDIM
-        schedule), or SD3-shaped (model_index `_class_name` "StableDiffusion3Pipeline", `transformer/`, flow schedule;
-        `text_encoder_3/` T5 optional).
+        schedule), SD3-shaped (model_index `_class_name` "StableDiffusion3Pipeline", `transformer/`, flow schedule;
+        `text_encoder_3/` T5 optional) or FLUX-shaped ("FluxPipeline", `transformer/` a FluxTransformer2DModel, CLIP-L in
+        `text_encoder/`, the T5 in `text_encoder_2/` with its tokenizer in `tokenizer_2/`).
 
         `dtype` is the denoiser's and text encoders' (fp16/bf16 halve the frozen weights' memory); the VAE is
         always loaded in float32.
@@ -310,13 +371,17 @@ class Backbone:
         text_encoder_3 = tokenizer_3 = None
         try:
             index = DiffusionPipeline.load_config(source)
-            sd3 = index.get("_class_name") == "StableDiffusion3Pipeline" or "transformer" in index
-            if sd3:
+            flux = (index.get("_class_name") == PIPELINE_CLASSES["flux"]
+                    or (index.get("transformer") or [None, None])[1] == "FluxTransformer2DModel")
+            sd3 = not flux and (index.get("_class_name") == PIPELINE_CLASSES["sd3"] or "transformer" in index)
+            if sd3 or flux:
                 if local and not (Path(source) / "transformer").is_dir():
-                    raise BackboneLoadError(f"{source} is an SD3-shaped pipeline (StableDiffusion3Pipeline) without "
-                                            "its transformer/ folder")
-                unet = SD3Transformer2DModel.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
-                text_encoder = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+                    shape = "FLUX-shaped (FluxPipeline)" if flux else "SD3-shaped (StableDiffusion3Pipeline)"
+                    raise BackboneLoadError(f"{source} is a {shape} pipeline without its transformer/ folder")
+                transformer_class, clip_class = ((FluxTransformer2DModel, CLIPTextModel) if flux else
+                                                 (SD3Transformer2DModel, CLIPTextModelWithProjection))
+                unet = transformer_class.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
+                text_encoder = clip_class.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
                 scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
             else:
                 unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
@@ -324,7 +389,10 @@ class Backbone:
                 scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler")
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
             text_encoder_2 = None
-            if (index.get("text_encoder_2") or [None])[0] is not None:
+            if flux:  # the T5 is FLUX's second encoder: held as text_encoder_3 (module docstring)
+                text_encoder_3 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", dtype=dtype)
+                tokenizer_3 = AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2")
+            elif (index.get("text_encoder_2") or [None])[0] is not None:
                 text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=dtype)
             if sd3 and (index.get("text_encoder_3") or [None])[0] is not None:
                 text_encoder_3 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", dtype=dtype)
@@ -358,12 +426,16 @@ class Backbone:
                         include_tokenizer: bool = True) -> None:
         """Write a diffusers-format directory (one `DiffusionPipeline.from_pretrained` of the family's pipeline class
         loads too). Without the tokenizers, `from_pretrained` rebuilds the CLIP BPE tokenizer from open_clip's
-        vocabulary (so no third-party files are written); SD3's T5 tokenizer cannot be rebuilt and is always written."""
-        sd3 = self.family == "sd3"
-        modules = {"transformer" if sd3 else "unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
-                   "text_encoder_2": self.text_encoder_2}
-        tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2}
-        if sd3:
+        vocabulary (so no third-party files are written); a T5 tokenizer cannot be rebuilt and is always written. FLUX's
+        T5 goes to diffusers' `text_encoder_2/`, `tokenizer_2/` (module docstring)."""
+        family = self.family
+        transformer = family in ("sd3", "flux")
+        t5_tokenizer = {"sd3": "tokenizer_3", "flux": "tokenizer_2"}.get(family)
+        second = (self.text_encoder_3, self.tokenizer_3) if family == "flux" else (self.text_encoder_2, self.tokenizer_2)
+        modules = {"transformer" if transformer else "unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+                   "text_encoder_2": second[0]}
+        tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": second[1]}
+        if family == "sd3":
             modules["text_encoder_3"], tokenizers["tokenizer_3"] = self.text_encoder_3, self.tokenizer_3
         for name, module in modules.items():
             if module is None:
@@ -373,22 +445,20 @@ class Backbone:
                 saved = torch.nn.Module.to(copy.deepcopy(module), dtype)
             saved.save_pretrained(Path(path) / name, safe_serialization=True)
         self.scheduler.save_pretrained(Path(path) / "scheduler")
-        kept = {name: tok is not None and (include_tokenizer or name == "tokenizer_3") for name, tok in tokenizers.items()}
+        kept = {name: tok is not None and (include_tokenizer or name == t5_tokenizer) for name, tok in tokenizers.items()}
         for name, tok in tokenizers.items():
             if kept[name]:
                 tok.save_pretrained(Path(path) / name)
-        pipeline = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                    "sd3": "StableDiffusion3Pipeline"}[self.family]
-        index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
+        index = {"_class_name": PIPELINE_CLASSES[family], "_diffusers_version": diffusers.__version__,
                  "scheduler": ["diffusers", type(self.scheduler).__name__]}
         for name, module in {**modules, **tokenizers}.items():
-            if module is not None or name in ("text_encoder_2", "tokenizer_2") and self.family == "sdxl" or sd3:
+            if module is not None or name in ("text_encoder_2", "tokenizer_2") and family == "sdxl" or transformer:
                 library = "diffusers" if name in ("unet", "transformer", "vae") else "transformers"
                 keep = module is not None and kept.get(name, True)
                 index[name] = [library, type(module).__name__] if keep else [None, None]
-        if self.family == "sdxl":
+        if family == "sdxl":
             index["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
-        elif sd3:
+        elif transformer:
             index.update(image_encoder=[None, None], feature_extractor=[None, None])
         else:
             index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
@@ -453,11 +523,14 @@ class Backbone:
 
     @property
     def family(self) -> str:
-        """"sd3" for an SD3 transformer, "sdxl" for UNets with SDXL's text-time micro-conditioning, else "sd"
-        (SD 1.x/2.x-shaped)."""
+        """"sd3" for an SD3 transformer, "flux" for a FLUX transformer, "sdxl" for UNets with SDXL's text-time
+        micro-conditioning, else "sd" (SD 1.x/2.x-shaped)."""
         denoiser = getattr(self.unet, "module", self.unet)  # through DDP
-        if isinstance(getattr(denoiser, "_orig_mod", denoiser), SD3Transformer2DModel):  # through torch.compile
+        denoiser = getattr(denoiser, "_orig_mod", denoiser)  # through torch.compile
+        if isinstance(denoiser, SD3Transformer2DModel):
             return "sd3"
+        if isinstance(denoiser, FluxTransformer2DModel):
+            return "flux"
         return "sdxl" if self.unet_config.get("addition_embed_type") == "text_time" else "sd"
 
     @property
@@ -475,8 +548,18 @@ class Backbone:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one image's latents as the interface holds them (FLUX's unpacked: C = in_channels / 4)."""
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)  # the VAE's downsampling
-        return (self.unet_config.in_channels, self.image_size // factor, self.image_size // factor)
+        channels = self.unet_config.in_channels // (FLUX_PATCH ** 2 if self.family == "flux" else 1)
+        return (channels, self.image_size // factor, self.image_size // factor)
+
+    @property
+    def image_tokens(self) -> int:
+        """The transformer's image sequence length: (h / p) (w / p) for SD3's patch p or FLUX's 2 x 2 packing (1 patch
+        per latent pixel for a UNet)."""
+        _, height, width = self.latent_shape
+        patch = FLUX_PATCH if self.family == "flux" else self.unet_config.get("patch_size", 1)
+        return (height // patch) * (width // patch)
 
     def fingerprint(self, part: str) -> str:
         """sha256 over the weights of "unet" (the denoiser), "vae" or "text" (every text encoder); keys caches of
@@ -526,32 +609,37 @@ class Backbone:
         return a.view(shape).to(like), s.view(shape).to(like)
 
     def _sampling_scheduler(self, num_steps: int):
-        """A copy of the scheduler after `set_timesteps(num_steps)`; a flow scheduler with resolution-dependent
-        shifting gets μ from the latents' token count, as `StableDiffusion3Pipeline.__call__` computes it."""
+        """A copy of the scheduler after `set_timesteps(num_steps)` as the family's pipeline calls it: a flow scheduler
+        with resolution-dependent shifting gets μ from the image's token count (`StableDiffusion3Pipeline.__call__`,
+        `FluxPipeline.__call__`), and FLUX's unshifted σ are FluxPipeline's linspace(1, 1/N, N)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         scheduler = copy.deepcopy(self.scheduler)
         kwargs = {}
         if self.is_flow and scheduler.config.get("use_dynamic_shifting"):
-            _, height, width = self.latent_shape
-            patch = self.unet_config.get("patch_size", 1)
-            tokens = (height // patch) * (width // patch)
-            config = scheduler.config  # diffusers' calculate_shift: μ linear in the token count
-            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
-            kwargs["mu"] = tokens * slope + config.base_shift - slope * config.base_image_seq_len
+            config = scheduler.config  # diffusers' calculate_shift (and its defaults): μ linear in the token count
+            slope = ((config.get("max_shift", 1.15) - config.get("base_shift", 0.5))
+                     / (config.get("max_image_seq_len", 4096) - config.get("base_image_seq_len", 256)))
+            intercept = config.get("base_shift", 0.5) - slope * config.get("base_image_seq_len", 256)
+            kwargs["mu"] = self.image_tokens * slope + intercept
+        if self.family == "flux" and not scheduler.config.get("use_flow_sigmas"):
+            kwargs["sigmas"] = np.linspace(1.0, 1 / num_steps, num_steps)  # FluxPipeline's, before the shift
         scheduler.set_timesteps(num_steps, **kwargs)
         return scheduler
 
     def timesteps(self, num_steps: int) -> torch.Tensor:
         """The `num_steps` sampling levels, descending, float64: DDIM's timesteps (981, 961, ..., 1 for 50 on SD),
-        or the flow scheduler's shifted 1000·σ (SD3.5, shift 3, 10 steps: 1000, 960.13, ..., 8.93). A sampler's
-        last step goes to the clean end (−1)."""
+        or the flow scheduler's shifted 1000·σ (SD3.5, shift 3, 10 steps: 1000, 960.13, ..., 8.93; FLUX.1-dev at
+        1024², μ = 1.15, 28 steps: 1000, 988.41, 976.22, ..., 104.72). A sampler's last step goes to the
+        clean end (−1)."""
         return self._sampling_scheduler(num_steps).timesteps.to(torch.float64)
 
     def training_levels(self, n: int, rng: torch.Generator) -> torch.Tensor:
         """n training levels (n,) float64 drawn from `rng`, uniform over the family's training table: VP t ~ U{0, ...,
-        T−1}, flow the scheduler's T training timesteps 1000·σ_j
-        (shifted as its `sigmas`). One process's draw: `methods.shards.sample_levels` shards it."""
+        T−1}, flow the scheduler's T training timesteps 1000·σ_j, σ_j = j/T shifted as its `sigmas` with a static
+        shift (SD3.5: 3), unshifted with dynamic shifting (FLUX.1-dev), the table diffusers' training scripts
+        (train_dreambooth_sd3.py, train_dreambooth_flux.py, weighting "none") index. One process's draw:
+        `methods.shards.sample_levels` shards it."""
         if not self.is_flow:
             return torch.randint(0, self.num_train_timesteps, (n,), generator=rng).to(torch.float64)
         table = type(self.scheduler).from_config(self.scheduler.config).timesteps.to(torch.float64)  # (T,) descending
@@ -567,11 +655,12 @@ class Backbone:
         max_len = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
         ids = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
                         return_tensors="pt").input_ids
-        return encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=self.family != "sd")
+        return encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=self.family not in ("sd", "flux"))
 
     def _t5_embeds(self, prompts: list[str]) -> torch.Tensor:
-        """SD3's T5 sequence (B, max_sequence_length, D): T5's last hidden states (no attention mask, as diffusers'
-        `_get_t5_prompt_embeds`), or zeros of the transformer's joint_attention_dim when the pipeline has no T5."""
+        """The T5 sequence (B, max_sequence_length, D): T5's last hidden states (no attention mask, as diffusers'
+        `_get_t5_prompt_embeds` of SD3 and FLUX), or zeros of the transformer's joint_attention_dim when an SD3 pipeline
+        has no T5."""
         if self.text_encoder_3 is None:
             clip = self.text_encoder
             return torch.zeros(len(prompts), self.max_sequence_length, self.unet_config.joint_attention_dim,
@@ -582,10 +671,14 @@ class Backbone:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
-        """Per-token text embeddings (B, L, D); for SDXL also the pooled embedding and time ids, for SD3 the pooled
-        projections (module docstring)."""
+        """Per-token text embeddings (B, L, D); for SDXL also the pooled embedding and time ids, for SD3 and FLUX the
+        pooled projections (module docstring)."""
         if self.family == "sd":
             return Conditioning(self._encode_text(self.tokenizer, self.text_encoder, prompts).last_hidden_state.to(self.dtype))
+        if self.family == "flux":  # FluxPipeline.encode_prompt: T5's tokens, CLIP-L's pooled output
+            pooled = self._encode_text(self.tokenizer, self.text_encoder, prompts).pooler_output  # (B, P)
+            t5 = self._t5_embeds(prompts)  # (B, max_sequence_length, D_joint)
+            return Conditioning(t5.to(self.dtype), {"pooled_projections": pooled.to(t5.device, self.dtype)})
         first = self._encode_text(self.tokenizer, self.text_encoder, prompts)
         second = self._encode_text(self.tokenizer_2, self.text_encoder_2, prompts)
         embeds = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # (B, L, D1 + D2)
@@ -653,13 +746,21 @@ class Backbone:
         t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
         return t.expand(batch) if t.ndim == 0 else t
 
-    def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning) -> torch.Tensor:
-        """The denoiser's raw prediction (its own parametrisation) in x_t's dtype, counted in `nfe`.
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, *,
+                     guidance: float = 1.0) -> torch.Tensor:
+        """The denoiser's raw prediction (its own parametrisation) at x_t (B, C, h, w), in x_t's shape and dtype, counted
+        in `nfe`. `guidance` is FLUX's embedded guidance scale (module docstring); the other families take none here
+        (their guidance is CFG's two branches, `prediction`).
 
         Inputs are cast to the denoiser's weights' dtype (a half-precision frozen UNet takes half inputs; a float32
         policy under mixed precision takes float32 and autocasts itself). A UNet takes the levels as integer
-        timesteps; the SD3 transformer takes 1000·σ as float32 (`StableDiffusion3Pipeline`'s call).
+        timesteps; the SD3 transformer takes 1000·σ as float32 (`StableDiffusion3Pipeline`'s call); the FLUX
+        transformer takes σ = float32(t) / 1000 and w as float32 (FluxPipeline's call), on the packed latents.
         """
+        flux = self.family == "flux"
+        if guidance != 1.0 and not (flux and self.unet_config.guidance_embeds):
+            raise ValueError(f"guidance {guidance} is an input only of a guidance-distilled FLUX transformer "
+                             f"(guidance_embeds); this {self.family} denoiser takes CFG's branches (`prediction`)")
         batch = x_t.shape[0]
         self.nfe.calls += 1
         self.nfe.forward += batch
@@ -672,6 +773,19 @@ class Backbone:
         self.nfe.calls_by_batch[key] = self.nfe.calls_by_batch.get(key, 0) + 1
         cond = cond.to(weights.dtype)
         levels = self._as_batch_timesteps(t, batch)  # (B,) float64
+        if flux:
+            _, _, height, width = x_t.shape
+            embedded = None
+            if self.unet_config.guidance_embeds:
+                embedded = torch.full((batch,), guidance, dtype=torch.float32, device=x_t.device)
+            tokens = self.unet(hidden_states=pack_latents(x_t.to(weights.dtype)),  # (B, h/2 · w/2, 4C)
+                               timestep=levels.to(torch.float32) / 1000, guidance=embedded,
+                               pooled_projections=cond.added["pooled_projections"], encoder_hidden_states=cond.embeds,
+                               txt_ids=torch.zeros(cond.embeds.shape[1], 3, device=x_t.device, dtype=weights.dtype),
+                               img_ids=latent_image_ids(height // FLUX_PATCH, width // FLUX_PATCH).to(x_t.device,
+                                                                                                       weights.dtype),
+                               return_dict=False)[0]
+            return unpack_latents(tokens, height, width).to(x_t.dtype)
         if self.family == "sd3":
             return self.unet(hidden_states=x_t.to(weights.dtype), timestep=levels.to(torch.float32),
                              encoder_hidden_states=cond.embeds, pooled_projections=cond.added["pooled_projections"],
@@ -713,9 +827,15 @@ class Backbone:
         y_u + w (y_c − y_u) in that space when w ≠ 1 (Ho & Salimans 2022; `uncond` defaults to the empty prompt).
 
         At w = 1 only the conditional branch is evaluated (B NFE, one call); otherwise both branches run in one batched
-        denoiser call (2B NFE)."""
+        denoiser call (2B NFE). A guidance-distilled FLUX transformer takes w as its embedded guidance instead: one
+        call, B NFE, at every w, and no `uncond` at w ≠ 1 (module docstring)."""
         batch = x_t.shape[0]
         t = self._as_batch_timesteps(t, batch)
+        if self.family == "flux":
+            if uncond is not None and guidance != 1.0:
+                raise ValueError("a guidance-distilled FLUX transformer embeds the guidance scale and runs no "
+                                 "unconditional branch for `uncond` to enter")
+            return self.convert(self.model_output(x_t, t, cond, guidance=guidance), x_t, t, space)
         if guidance == 1.0:
             return self.convert(self.model_output(x_t, t, cond), x_t, t, space)
         uncond = uncond if uncond is not None else self.null_conditioning(batch)
