@@ -26,6 +26,7 @@ import sys
 
 import pytest
 import torch
+from conftest import build_tiny_sd3_backbone
 from test_inversion import _float64_eps_backbone
 from test_online_methods import RedReward
 
@@ -315,6 +316,17 @@ def eps_backbone(tiny_arch):
     return _float64_eps_backbone(tiny_arch)
 
 
+@pytest.fixture(scope="module")
+def flow_backbone():
+    return build_tiny_sd3_backbone(t5=False).to(dtype=torch.float64)
+
+
+def _backbone_for(request, name: str):
+    """The float64 backbone a sampler's contract is checked on: the ε backbone where the sampler declares the VP
+    schedule, else (a flow-only sampler) the tiny SD3 one."""
+    return request.getfixturevalue("eps_backbone" if "vp" in SAMPLERS.get(name).schedules else "flow_backbone")
+
+
 def _latents(backbone, batch: int) -> torch.Tensor:
     return torch.randn((batch, *backbone.latent_shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
@@ -324,39 +336,43 @@ def test_sampler_declares_its_kind(name):
     cls = SAMPLERS.get(name)
     assert isinstance(cls.exact, bool) and isinstance(cls.stochastic, bool)
     assert cls.max_steps is None or (isinstance(cls.max_steps, int) and cls.max_steps >= 1)
+    assert cls.schedules and set(cls.schedules) <= {"vp", "flow"}
     calls = cls().inversion_calls_per_step
     assert isinstance(calls, int) and calls >= 1
 
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
-def test_sampler_inverts_at_the_declared_calls_per_step(eps_backbone, name):
-    """At guidance 1, N steps of B latents cost N · B · `inversion_calls_per_step` NFE: the worst case per latent
-    that InPO's budget declaration uses."""
-    cond = eps_backbone.encode_prompts([PROMPT] * 2)
+def test_sampler_inverts_at_the_declared_calls_per_step(request, name):
+    """At guidance 1, N steps of B latents cost B · `inversion_calls(N)` NFE, N · B · `inversion_calls_per_step` (the
+    worst case per latent that InPO's budget declaration uses) unless steps share calls (FireFlow: N + 1)."""
+    backbone = _backbone_for(request, name)
+    cond = backbone.encode_prompts([PROMPT] * 2)
     sampler = SAMPLERS.get(name)()
-    eps_backbone.nfe.reset()
-    sampler.invert(eps_backbone, _latents(eps_backbone, 2), cond, sampling_levels(eps_backbone, 4), guidance=1.0,
+    backbone.nfe.reset()
+    sampler.invert(backbone, _latents(backbone, 2), cond, sampling_levels(backbone, 4), guidance=1.0,
                    rng=torch.Generator().manual_seed(0))
-    assert eps_backbone.nfe.total == 4 * 2 * sampler.inversion_calls_per_step
+    assert backbone.nfe.total == 2 * sampler.inversion_calls(4) <= 4 * 2 * sampler.inversion_calls_per_step
 
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
-def test_sampler_draws_noise_only_if_declared_stochastic(eps_backbone, name):
-    cond = eps_backbone.encode_prompts([PROMPT] * 2)
-    x0, levels, sampler = _latents(eps_backbone, 2), sampling_levels(eps_backbone, 3), SAMPLERS.get(name)()
-    one, other = (sampler.invert(eps_backbone, x0, cond, levels, guidance=1.0,
+def test_sampler_draws_noise_only_if_declared_stochastic(request, name):
+    backbone = _backbone_for(request, name)
+    cond = backbone.encode_prompts([PROMPT] * 2)
+    x0, levels, sampler = _latents(backbone, 2), sampling_levels(backbone, 3), SAMPLERS.get(name)()
+    one, other = (sampler.invert(backbone, x0, cond, levels, guidance=1.0,
                                  rng=torch.Generator().manual_seed(seed)).latents for seed in (0, 1))
     assert torch.equal(one, other) != sampler.stochastic
 
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
-def test_sampler_stored_size_counts_what_the_state_holds(eps_backbone, name):
+def test_sampler_stored_size_counts_what_the_state_holds(request, name):
     """`stored_size` (the storage column of `bench invert`) equals an independent count of the state's tensors,
     in latents per image, without and with guidance."""
-    cond = eps_backbone.encode_prompts([PROMPT] * 2)
-    x0 = _latents(eps_backbone, 2)
+    backbone = _backbone_for(request, name)
+    cond = backbone.encode_prompts([PROMPT] * 2)
+    x0 = _latents(backbone, 2)
     for steps, guidance in ((3, 1.0), (6, 3.0)):
-        state = SAMPLERS.get(name)().invert(eps_backbone, x0, cond, sampling_levels(eps_backbone, steps),
+        state = SAMPLERS.get(name)().invert(backbone, x0, cond, sampling_levels(backbone, steps),
                                             guidance=guidance, rng=torch.Generator().manual_seed(0))
         held = sum(t.numel() for t in (state.latents, *state.extra.values())) / x0.numel()
         assert state.stored_size().total == pytest.approx(held), (steps, guidance)

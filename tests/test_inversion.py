@@ -130,13 +130,16 @@ def test_inpo_refuses_a_stochastic_inverter_by_name():
     from methods.alignment.inpo import InPOConfig
     from methods.inversion import SAMPLERS
 
-    assert [name for name in SAMPLERS if SAMPLERS.get(name).stochastic] == ["ddpm-ef"]
+    stochastic = [name for name in SAMPLERS if SAMPLERS.get(name).stochastic]
+    assert stochastic == ["ddpm-ef", "rf-inversion"]  # rf-inversion: its inversion steers to drawn noise (γ > 0)
     with pytest.raises(ValueError) as err:
         InPOConfig(inversion="ddpm-ef")
     message = str(err.value)
     assert message.startswith("inversion=ddpm-ef: InPO needs a deterministic inverter; ddpm-ef's inverted latent is "
                               "fresh noise") and "\n" not in message
-    assert "(use bdia, belm, ddim, edict, npi, null-text, renoise)" in message
+    usable = [name for name in SAMPLERS if name not in stochastic]
+    assert {"bdia", "belm", "ddim", "edict", "npi", "null-text", "renoise"} <= set(usable)
+    assert f"(use {', '.join(usable)})" in message
     for name in ("ddim", "bdia", "belm", "edict", "npi", "null-text", "renoise"):
         InPOConfig(inversion=name)
 

@@ -22,6 +22,11 @@ which needs a_j > 0, as holds at the source of every inversion step (it lies bel
 
 `TwoStepSampler` is the mechanism BDIA and O-BELM share: an exact linear two-step update whose
 forward and inverse use the same float64 coefficients, with the pair of latents as the state.
+
+A sampler declares the noise schedules it is defined on (`schedules`, as an alignment method does): the solvers of
+the flow ODE dx/dσ = u(x, σ) in σ (`FlowODESampler`: Euler, RF-Solver, FireFlow; RF-Inversion) are flow-only and
+refuse a VP backbone in one line (`check_schedule`); they read the velocity u = ε̂ − x̂0 of `Backbone.prediction` in
+the "flow" space at model level 1000 σ (the clean end at σ = 0, `flow_velocity`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,18 @@ from bench.core.backbone import Backbone, Conditioning
 from bench.core.registry import Registry
 
 SAMPLERS: Registry[type[InversionSampler]] = Registry("sampler", entry_point_group="diffusion_align_bench.samplers")
+SCHEDULES = ("vp", "flow")  # the noise schedules a sampler may be defined on: variance-preserving, or flow matching
+
+
+def schedule_of(native_space: str) -> str:
+    """The schedule of a backbone whose native prediction space is `native_space` (as `methods.alignment.base`'s: a
+    flow-matching model predicts the velocity, every VP model something else)."""
+    return "flow" if native_space == "flow" else "vp"
+
+
+def _check_schedules(cls: type) -> None:
+    if not cls.schedules or set(cls.schedules) - set(SCHEDULES):
+        raise ValueError(f"{cls.__name__}.schedules must be some of {SCHEDULES}, got {cls.schedules}")
 
 
 @dataclass(frozen=True)
@@ -106,10 +123,24 @@ class InversionSampler(ABC):
     exact: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
     max_steps: ClassVar[int | None] = None  # the most sampling steps the method is defined for (None: any)
+    # The noise schedules it is defined on (as `AlignmentMethod.schedules`): ("flow",) for a solver of the flow ODE
+    # dx/dσ = u(x, σ) in σ itself (Euler, RF-Solver, FireFlow, RF-Inversion), which refuses a VP backbone in one line
+    schedules: ClassVar[tuple[str, ...]] = SCHEDULES
 
     def __init_subclass__(cls, **keywords):
         super().__init_subclass__()
-        SAMPLERS.declare(cls, keywords, ("name", "Config", "exact", "stochastic", "max_steps"))
+        SAMPLERS.declare(cls, keywords, ("name", "Config", "exact", "stochastic", "max_steps", "schedules"),
+                         check=_check_schedules)
+
+    @classmethod
+    def check_schedule(cls, native_space: str) -> None:
+        """ValueError (one line) unless the sampler is defined on the schedule of a backbone with this native space
+        (`Backbone.native_space`): a capability, as `AlignmentMethod.check_schedule`."""
+        if schedule_of(native_space) not in cls.schedules:
+            needs = {"flow": "flow-matching backbones (x_σ = (1 − σ) x0 + σ ε, e.g. SD3)",
+                     "vp": "variance-preserving backbones (SD 1.5, SDXL)"}[cls.schedules[0]]
+            raise ValueError(f"{cls.name} inverts {needs}; this pipeline predicts {native_space} on a "
+                             f"{schedule_of(native_space)} schedule")
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -120,6 +151,11 @@ class InversionSampler(ABC):
     def inversion_calls_per_step(self) -> int:
         """Sequential model calls per inversion step at guidance 1 (the budget's worst case per latent)."""
         return 1
+
+    def inversion_calls(self, steps: int) -> int:
+        """Sequential model calls of one latent's inversion along a path of `steps` steps at guidance 1: `steps` ·
+        `inversion_calls_per_step` unless the sampler shares calls between steps (FireFlow: steps + 1)."""
+        return steps * self.inversion_calls_per_step
 
     @abstractmethod
     def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
@@ -290,3 +326,65 @@ class TwoStepSampler(InversionSampler, exact=True):
             above[active], above_level[active] = zs, src
             z[active] = new
         return z
+
+
+# ----------------------------------------------------------------------------------------------- flow ODE solvers
+# The solvers of the flow ODE dx/dσ = u(x, σ) in σ itself (rectified flow, SD3/FLUX: x_σ = (1 − σ) x0 + σ ε and
+# u = ε − x0; inversion integrates σ upward from 0, sampling downward from 1). Their steps read the velocity of
+# `Backbone.prediction` in the "flow" space, guided in u (as StableDiffusion3Pipeline), at model level 1000 σ.
+
+
+def flow_model_levels(levels: torch.Tensor) -> torch.Tensor:
+    """The denoiser levels (n,) float64 of path levels on a flow schedule: 1000 σ, the clean end (−1) at σ = 0, where
+    the flow solvers' reference code evaluates the velocity (their inversions start with u(x0, 0))."""
+    return levels.clamp(min=0)
+
+
+def flow_velocity(backbone: Backbone, z: torch.Tensor, levels: torch.Tensor, cond: Conditioning,
+                  guidance: float = 1.0) -> torch.Tensor:
+    """u(z, σ) (n, C, h, w) at path levels (n,) on a flow backbone, classifier-free guided in u when w ≠ 1."""
+    return backbone.prediction(z, flow_model_levels(levels), cond, "flow", guidance)
+
+
+def flow_sigmas(backbone: Backbone, levels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """σ at path levels (n,), shaped (n, 1, 1, 1) in the dtype of `like` (the clean end is σ = 0)."""
+    return as_latent_scale(backbone.sigmas(levels), like)
+
+
+class FlowODESampler(InversionSampler, schedules=("flow",)):
+    """A one-step solver of the flow ODE run up the path to invert and down it to reconstruct, the same `step` both
+    ways (as RF-Solver-Edit and FireFlow run one `denoise` loop with the timesteps reversed for inversion); the state
+    is the last latent alone. `step` gets the velocity at its start, evaluated here, or, for rows where the previous
+    step handed one on (FireFlow's reuse), that one instead; walking down starts afresh."""
+
+    @abstractmethod
+    def step(self, backbone: Backbone, z: torch.Tensor, velocity: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+             cond: Conditioning, guidance: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z (n, C, h, w) at levels src to levels dst (n,), either direction, from `velocity` u(z, src); returns z at
+        dst and the velocity the next step may start from (None: the next step evaluates its own)."""
+
+    @torch.no_grad()
+    def integrate(self, backbone: Backbone, z: torch.Tensor, levels: torch.Tensor, cond: Conditioning,
+                  guidance: float = 1.0, down: bool = False) -> torch.Tensor:
+        """Walk z (B, C, h, w) along the paths `levels` (K+1, B), up (inversion) or down (sampling)."""
+        self.check_schedule(backbone.native_space)
+        z = z.clone()
+        handed, has_handed = torch.zeros_like(z), torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+        for _, active, src, dst in walk(levels, down=down):
+            zs, velocity = z[active], handed[active].clone()
+            fresh = ~has_handed[active]  # rows whose starting velocity the model gives
+            if fresh.any():
+                velocity[fresh] = flow_velocity(backbone, zs[fresh], src[fresh], cond[active[fresh]], guidance)
+            z[active], next_velocity = self.step(backbone, zs, velocity, src, dst, cond[active], guidance)
+            if next_velocity is not None:
+                handed[active], has_handed[active] = next_velocity, True
+        return z
+
+    def invert(self, backbone: Backbone, x0: torch.Tensor, cond: Conditioning, levels: torch.Tensor,
+               guidance: float = 1.0, rng: torch.Generator | None = None) -> InversionState:
+        levels = per_sample_levels(levels, x0.shape[0])  # (K+1, B)
+        return InversionState(self.integrate(backbone, x0, levels, cond, guidance), levels)
+
+    def reconstruct(self, backbone: Backbone, state: InversionState, cond: Conditioning,
+                    guidance: float = 1.0) -> torch.Tensor:
+        return self.integrate(backbone, state.latents, state.levels, cond, guidance, down=True)
