@@ -202,7 +202,11 @@ class PolicyGradient(OnlineMethod):
     """Collect: `samples_per_prompt` rollouts per prompt (stochastic DDIM, `rollout`), decode, score with the reward,
     advantages (`advantages`, clipped to ±adv_clip_max). Train: for each of `inner_epochs` passes, the trained steps of
     every trajectory in a fresh random order (per trajectory, as DDPO's `perms`), one micro-batch per step index,
-    accumulated into one optimizer step: L = clipped surrogate (+ `kl_loss`)."""
+    accumulated into one optimizer step: L = clipped surrogate (+ `kl_loss`).
+
+    VP schedules only (`schedules=("vp",)` on ddpo and grpo, and on dense-reward and draft, which roll out the same
+    way): the stochastic DDIM step's variance divides by a_t, 0 at σ = 1 on a flow schedule; flow-grpo is the flow
+    models' form of this method (its SDE step, `flow_sde_step_distribution`)."""
 
     @abstractmethod
     def advantages(self, rewards: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:

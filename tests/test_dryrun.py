@@ -305,7 +305,6 @@ def test_flux_dev_dry_run_lora_against_full(tmp_path):
     report = dry_run(_plan("flux-dev", ["dpo", "dpo-full=dpo"], tmp_path))
     assert report.family == "flux" and report.processes == 32 and report.latent_shape == (16, 128, 128)
     assert {c["component"]: c["parameters"] for c in report.components if c["component"] != "scheduler"} == FLUX_COUNTS
-    assert any("no FLUX family" in note for note in report.notes)
     lora, full = report.methods
     # r 64 on Flow-GRPO's targets: per double block 8 attention projections (3072 -> 3072) and 4 feed-forward layers
     # (3072 <-> 12288), per single block to_q, to_k, to_v (3072 -> 3072)

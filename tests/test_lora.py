@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from test_contracts import TRAINED_METHODS, VARIABLE_STEP_COST
+from test_contracts import BACKBONE_FIXTURES, FLOW_ONLY, TRAINED_METHODS, VARIABLE_STEP_COST
 
 from bench.core.backbone import Backbone
 from bench.core.budget import Budget
@@ -155,9 +155,11 @@ def test_lora_dpo_starts_at_ln2_and_adapters_start_gaussian_with_zero_b(toy_setu
 
 
 @pytest.mark.parametrize("name", TRAINED_METHODS)
-def test_every_method_trains_a_lora_step_at_its_declared_nfe(tiny_backbone, tiny_toy_dir, name):
+def test_every_method_trains_a_lora_step_at_its_declared_nfe(request, tiny_toy_dir, name):
     from test_online_methods import RedReward
 
+    # on the tiny SD-shaped UNet, or the tiny SD3 transformer for a method that trains flow models only
+    tiny_backbone = request.getfixturevalue(BACKBONE_FIXTURES["sd3" if name in FLOW_ONLY else "sd"])
     data = encode_preferences(tiny_backbone, preference_pairs(load_pickapic(tiny_toy_dir / "prefs.parquet"), max_pairs=8))
     method, config = METHODS.get(name)(), _config()
     result = Trainer(method, tiny_backbone, data, config, Budget.parse("1steps"), seed=0, progress=False,

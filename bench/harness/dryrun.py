@@ -13,7 +13,7 @@ Four families (the report's `family`), told apart by the denoiser's folder and c
                optional; joint_attention_dim = T5's d_model (the CLIPs' 768 + 1280 zero-padded to it), pooled
                projections = the two projections (768 + 1280 = 2048), in/out channels = the VAE's (16); the forward
                takes 77 CLIP + 256 T5 tokens, as Backbone encodes them
-    flux       transformer/ FluxTransformer2DModel (dry run only: no FLUX Backbone yet); CLIP-L without projection
+    flux       transformer/ FluxTransformer2DModel; CLIP-L without projection
                and T5; joint_attention_dim = T5's d_model, pooled_projection_dim = CLIP-L's hidden size (768),
                in_channels = 4 x the VAE's 16 (2 x 2 latent patches packed into one token); the forward (as diffusers'
                FluxPipeline calls it) takes the packed latents with their position ids, 512 T5 tokens, CLIP-L's
@@ -121,7 +121,7 @@ FAMILY_TEXT_ENCODERS = {"sd3": {"text_encoder": "CLIPTextModelWithProjection", "
                         "flux": {"text_encoder": "CLIPTextModel", "text_encoder_2": "T5EncoderModel"}}
 # T5 tokens of the text sequence: SD3 as `Backbone` encodes it (CLIP's 77 then T5's `max_sequence_length` = 256, the
 # default of diffusers' StableDiffusion3Pipeline, zeros without a T5); FLUX.1-dev as diffusers' FluxPipeline (512, its
-# default for dev; there is no FLUX Backbone yet). Flow-GRPO's recipes encode 128 T5 tokens for both.
+# default for dev). Flow-GRPO's recipes encode 128 T5 tokens for both.
 T5_TOKENS = {"sd3": 256, "flux": 512}
 FLUX_PACKING = 2  # FLUX packs 2 x 2 latent patches into one token: in_channels = 4 x the VAE's latent channels
 
@@ -665,8 +665,6 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
         if any(c["buffers"] for c in components):
             assumptions.append("buffers (SD3's sin-cos position table) are weights too: frozen at --dtype, and the full "
                                "fine-tuning copy's in fp32")
-    if family == "flux":
-        notes.append("dry run only: Backbone has no FLUX family yet, so `bench run` cannot load this pipeline")
     if seconds_per_nfe is None:
         notes.append(f"pass --seconds-per-nfe (device-seconds per {part} evaluation of one latent) for GPU-hours")
     return DryRunReport(suite, plan.pipeline, source, family, processes, latent_shape, components,

@@ -8,6 +8,7 @@ suite trains under the same budget.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from bench.core.config import LORA_TARGETS, EvalConfig, TrainConfig
 from bench.core.registry import Registry
 from bench.core.search_space import FloatRange, Space
 from bench.harness.prompts import PromptSource
-from bench.toy.paths import toy_dir
+from bench.toy.paths import toy_dir, toy_flow_dir
 from bench.toy.world import split_combos
 
 SUITES: Registry = Registry("suite", entry_point_group="diffusion_align_bench.suites")
@@ -112,6 +113,29 @@ def toy_suite() -> Suite:
         curve_every=1e4,
         set_metrics=("fd-toyclip", "prdc-toyclip", "vendi-toyclip"),  # in the toy CLIP's feature space
         reference="toy-renders",  # ground-truth renders of the test captions, one per evaluated image
+    )
+
+
+@SUITES.register("toy-flow")
+def toy_flow_suite() -> Suite:
+    """The toy world with a tiny SD3-shaped flow pipeline (`bench toy build --family flow`; `bench.toy.pipeline`): the
+    same world, prompts and splits, oracle and proxy scorers, set metrics, budget (4e4 NFE), training recipe and
+    evaluation as the toy suite, on the flow pipeline, its own preference pairs (sampled from the flow base model with
+    the Euler sampler, labelled as the toy's) and its cached base evaluations (`bench/toy/assets/flow/`).
+
+    Evaluation: the flow scheduler's Euler sampler at the toy's 20 steps and guidance 3 (CFG is the same linear
+    combination in velocity space as in ε space, so the scale means the same; the build samples the preference data
+    with both). Method settings: the toy suite's, tuned on the SD toy's UNet (`tuned.json` beside its pipeline; the
+    losses are computed in each model's native space, v there and the velocity ε − x0 here); untuned for this pipeline.
+    """
+    root = toy_flow_dir()
+    return dataclasses.replace(
+        toy_suite(),
+        name="toy-flow",
+        description="toy world of coloured shapes, tiny SD3-shaped flow pipeline (rectified flow), oracle reward "
+                    "(CPU, minutes); method settings tuned on the SD toy",
+        pipeline=str(root / "pipeline"),
+        preference_data=str(root / "prefs.parquet"),
     )
 
 
@@ -240,8 +264,7 @@ FLUX_LORA_TARGETS = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_pro
 
 @SUITES.register("flux-dev")
 def flux_dev_suite() -> Suite:
-    """FLUX.1-dev on Pick-a-Pic v2 with Flow-GRPO's FLUX LoRA recipe (configuration for `--dry-run` only: there is no
-    FLUX Backbone yet, and the weights and GPUs are required).
+    """FLUX.1-dev on Pick-a-Pic v2 with Flow-GRPO's FLUX LoRA recipe (configuration only: needs the weights and GPUs).
 
     Flow-GRPO's `pickscore_flux` (yifan123/flow_grpo config/grpo.py @31c71b9, config/base.py @54809b5,
     scripts/train_flux.py @74db691): 32 processes, 3 items per micro-batch, 6 accumulation (576 per step;
@@ -260,7 +283,7 @@ def flux_dev_suite() -> Suite:
     return pickapic_suite(
         name="flux-dev",
         description="FLUX.1-dev + Pick-a-Pic v2, Flow-GRPO's FLUX LoRA recipe; dpo-full=dpo fine-tunes every weight "
-                    "(dry run only: no FLUX Backbone yet)",
+                    "(GPUs and the weights required)",
         pipeline="black-forest-labs/FLUX.1-dev",
         train=TrainConfig(lr=3e-4, batch_size=3, grad_accum=6, weight_decay=1e-4, prompt_dropout=0.0,
                           mixed_precision="bf16", checkpoint_every=60, gradient_checkpointing=True, lora_rank=64,

@@ -164,6 +164,7 @@ class Trainer:
         under a forked RNG; the values it returns join that step's logs (the history: e.g. a reward curve)."""
         if isinstance(method, OnlineMethod) and reward is None:
             raise ValueError(f"{method.name} is an online method: it needs a reward to train on")
+        method.check_schedule(base.native_space)  # e.g. a DDIM-step policy gradient on a flow model: one line, no NaN
         self.method, self.base, self.data, self.config, self.budget = method, base, data, config, budget
         self.reward = reward
         # micro-batches per optimizer step: grad_accum item batches, each `accumulation()` micro-batches for an

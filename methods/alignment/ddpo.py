@@ -36,7 +36,7 @@ class DDPOConfig(PolicyGradientConfig):
         require(self.min_count >= 1, "min_count", ">= 1", self.min_count)
 
 
-class DDPO(PolicyGradient, name="ddpo", needs_reference=False, config=DDPOConfig):
+class DDPO(PolicyGradient, name="ddpo", needs_reference=False, config=DDPOConfig, schedules=("vp",)):
     """DDPO-IS: PPO-clipped policy gradient on the DDIM chain, advantages from per-prompt reward statistics."""
 
     def __init__(self, config: DDPOConfig | None = None):

@@ -113,7 +113,8 @@ class TrajectoryPairs:
         return len(self.winners)
 
 
-class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, config=DenseRewardConfig):
+class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, config=DenseRewardConfig,
+                  schedules=("vp",)):
     """Temporally discounted DPO on the policy's own trajectories, ranked by the reward."""
 
     def samples_per_prompt(self) -> int:

@@ -207,7 +207,7 @@ def doodl_update(z: torch.Tensor, grad: torch.Tensor, velocity: torch.Tensor | N
     return z, velocity
 
 
-class DOODL(InferenceTimeMethod, name="doodl", config=DOODLConfig):
+class DOODL(InferenceTimeMethod, name="doodl", config=DOODLConfig, schedules=("vp",)):
     """Optimise each image's initial noise through the EDICT chain against the reward (see the module docstring)."""
 
     def sampler(self) -> EDICT:

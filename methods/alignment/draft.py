@@ -127,7 +127,7 @@ def ddim_steps(backbone: Backbone, x: torch.Tensor, cond: Conditioning, levels: 
     return x
 
 
-class Draft(OnlineMethod, name="draft", needs_reference=False, config=DraftConfig):
+class Draft(OnlineMethod, name="draft", needs_reference=False, config=DraftConfig, schedules=("vp",)):
     """DRaFT-K or ReFL (`mode`): maximise a differentiable reward by backpropagating through the last sampling
     steps."""
 

@@ -46,7 +46,7 @@ class GRPOConfig(PolicyGradientConfig):
         require(self.kl_beta >= 0, "kl_beta", ">= 0", self.kl_beta)
 
 
-class GRPO(PolicyGradient, name="grpo", needs_reference=True, config=GRPOConfig):
+class GRPO(PolicyGradient, name="grpo", needs_reference=True, config=GRPOConfig, schedules=("vp",)):
     """Group-relative policy optimisation (DanceGRPO's SD form): G samples per prompt, group-normalised advantages."""
 
     def samples_per_prompt(self) -> int:
