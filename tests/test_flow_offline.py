@@ -227,3 +227,16 @@ def test_inpo_flow_form_by_hand(linear_flow_models, mode, expected):
     out = inpo(config).loss(_pair(policy), policy, reference, torch.Generator())
     assert out.loss.item() == pytest.approx(expected, abs=1e-6)
     assert out.logs["inversion_steps"] == 3.0
+
+
+def test_inpo_with_a_flow_only_inverter_is_refused_on_a_vp_pipeline_before_any_work(tmp_path):
+    """The inverter is part of InPO's capability: euler inverts flow models only, so a toy (v-prediction UNet) run
+    of inpo with it stops when planned, in one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--methods", "inpo", "-a", "inpo.inversion=euler",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    assert "inpo: euler inverts flow-matching backbones" in result.output and "v on a vp schedule" in result.output

@@ -234,7 +234,7 @@ def trained_methods(names: tuple[str, ...] | None) -> list[str]:
         if issubclass(METHODS.get(name), InferenceTimeMethod):
             raise RunSetupError(f"{name} is an inference-time method: it has no optimizer step to time")
         try:
-            METHODS.get(name).check_schedule("eps")  # SD 1.5 and SDXL predict ε on a VP schedule
+            METHODS.get(name)().check_schedule("eps")  # SD 1.5 and SDXL predict ε on a VP schedule
         except ValueError as err:
             raise RunSetupError(f"{err} (SD 1.5 / SDXL)") from None
     return names

@@ -135,14 +135,14 @@ class AlignmentMethod(ABC):
         METHODS.declare(cls, keywords, ("name", "data_kind", "needs_reference", "Config", "kind", "schedules"),
                         check=_check_data_kind)
 
-    @classmethod
-    def check_schedule(cls, native_space: str) -> None:
-        """ValueError (one line) unless the method trains on the schedule of a backbone with this native space: a
-        capability, checked when a run is planned and again on the backbone itself."""
-        if schedule_of(native_space) not in cls.schedules:
+    def check_schedule(self, native_space: str) -> None:
+        """ValueError (one line) unless the method, as configured, trains on the schedule of a backbone with this
+        native space (its class's `schedules`; a method may add what its settings need): a capability, checked when a
+        run is planned and again by the Trainer."""
+        if schedule_of(native_space) not in self.schedules:
             needs = {"flow": "flow-matching backbones (x_σ = (1 − σ) x0 + σ ε, e.g. SD3)",
-                     "vp": "variance-preserving backbones (SD 1.5, SDXL)"}[cls.schedules[0]]
-            raise ValueError(f"{cls.name} trains {needs}; this pipeline predicts {native_space} on a "
+                     "vp": "variance-preserving backbones (SD 1.5, SDXL)"}[self.schedules[0]]
+            raise ValueError(f"{self.name} trains {needs}; this pipeline predicts {native_space} on a "
                              f"{schedule_of(native_space)} schedule")
 
     def __init__(self, config=None):

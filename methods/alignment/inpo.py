@@ -170,6 +170,12 @@ class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True
         out.logs["inversion_steps"] = float((levels[1:] != levels[:-1]).sum(0).float().mean())
         return out
 
+    def check_schedule(self, native_space: str) -> None:
+        """As every method's, and the inverter's: a flow-only inverter cannot invert a VP model's latents (nor a
+        VP-only one a flow model's)."""
+        super().check_schedule(native_space)
+        SAMPLERS.get(self.config.inversion).check_schedule(native_space)
+
     def max_nfe_per_item(self) -> int:
         return 8 + 2 * self.config.grid_steps * self.inverter.inversion_calls_per_step
 
