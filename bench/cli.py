@@ -608,22 +608,38 @@ def list_weights(
 
 @toy_app.command("build")
 def toy_build(
-    out: Path = typer.Option(None, callback=_output_dir, help="output directory (default: the cache's toy/ directory)"),
+    out: Path = typer.Option(None, callback=_output_dir, help="output directory (default: the cache's toy/ directory; "
+                             "toy-flow/ for --family flow)"),
     reuse_pipeline: Path = typer.Option(None, "--reuse-pipeline",
                                         help="an earlier build's pipeline/ directory: skip pretraining, make only the "
                                              "preference data and the report anew (~2 min)"),
+    family: str = typer.Option("sd", help="sd: the SD-shaped UNet pipeline (suite toy); flow: an SD3-shaped "
+                               "transformer trained with the rectified-flow loss (suite toy-flow)"),
+    vae: Path = typer.Option(None, "--vae", help="--family flow: the pipeline directory whose trained vae/ it reuses "
+                             "(default: the toy build's pipeline/)"),
     quiet: Quiet = False,
 ) -> None:
     """Train the toy pipeline (deterministic, ~11 min on 2 cores), sample and label its preference data."""
     _quiet_libraries()
-    from bench.harness.toy_build.build import build_toy  # deferred: loads diffusers
+    from bench.harness.toy_build.build import ToyBuildConfig, ToyFlowBuildConfig, build_toy  # deferred: loads diffusers
 
+    if family not in ("sd", "flow"):
+        _fail(f"--family {family!r}: expected sd or flow")
+    if vae is not None and family != "flow":
+        _fail("--vae applies to --family flow only")
     if reuse_pipeline is not None and not (reuse_pipeline / "model_index.json").is_file():
         _fail(f"--reuse-pipeline {reuse_pipeline}: not a pipeline directory (no model_index.json)")
-    target = out or build_dir()
-    report = build_toy(target, progress=not quiet, reuse_pipeline=reuse_pipeline)
+    vae_from = None
+    if family == "flow" and reuse_pipeline is None:
+        vae_from = vae or toy_dir() / "pipeline"
+        if not (vae_from / "vae").is_dir():
+            _fail(f"--vae {vae_from}: no vae/ directory")
+    target = out or (build_dir().with_name("toy-flow") if family == "flow" else build_dir())
+    cfg = ToyFlowBuildConfig() if family == "flow" else ToyBuildConfig()
+    report = build_toy(target, cfg, progress=not quiet, reuse_pipeline=reuse_pipeline, vae_from=vae_from)
     console.print(json.dumps(report, indent=1))
-    console.print(f"toy build written to {target}; use it with BENCH_TOY_DIR={target} bench run ...")
+    env = "BENCH_TOY_FLOW_DIR" if family == "flow" else "BENCH_TOY_DIR"
+    console.print(f"toy build written to {target}; use it with {env}={target} bench run ...")
 
 
 @toy_app.command("build-scorers")

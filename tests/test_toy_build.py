@@ -50,5 +50,21 @@ def test_shipped_build_reports_base_below_ground_truth():
     assert base["ci_high"] < truth["ci_low"]  # headroom for alignment
     assert base["mean"] > 2.5  # recognisable shapes, not noise (blank images score <= 1)
     assert build["timings_seconds"]["total"] < 15 * 60
-    sizes = sum(p.stat().st_size for p in SHIPPED_TOY_DIR.rglob("*") if p.is_file())
+    flow = SHIPPED_TOY_DIR / "flow"  # the toy flow world's build (tests/test_toy_flow.py)
+    sizes = sum(p.stat().st_size for p in SHIPPED_TOY_DIR.rglob("*") if p.is_file() and flow not in p.parents)
     assert sizes < 20e6
+
+
+def test_cli_build_family_options(tmp_path):
+    """`bench toy build --family`: sd (default, the build above) or flow (tests/test_toy_flow.py); --vae is the flow's."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["toy", "build", "--family", "unet", "--out", str(tmp_path / "a")])
+    assert bad.exit_code == 2 and "expected sd or flow" in bad.output
+    sd_vae = runner.invoke(app, ["toy", "build", "--vae", str(tmp_path), "--out", str(tmp_path / "b")])
+    assert sd_vae.exit_code == 2 and "--family flow only" in sd_vae.output
+    no_vae = runner.invoke(app, ["toy", "build", "--family", "flow", "--vae", str(tmp_path), "--out", str(tmp_path / "c")])
+    assert no_vae.exit_code == 2 and "no vae/" in no_vae.output

@@ -303,7 +303,8 @@ class Backbone:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         self.text_encoder_3, self.tokenizer_3 = text_encoder_3, tokenizer_3
-        self.max_sequence_length = max_sequence_length or MAX_SEQUENCE_LENGTH.get(self.family, 256)
+        self.max_sequence_length = (max_sequence_length if max_sequence_length is not None
+                                    else MAX_SEQUENCE_LENGTH.get(self.family, 256))
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.scheduler = scheduler
         self.source = source
@@ -412,7 +413,7 @@ class Backbone:
         return cls(unet, vae, text_encoder, tokenizers[0], scheduler, text_encoder_2=text_encoder_2,
                    tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None, text_encoder_3=text_encoder_3,
                    tokenizer_3=tokenizer_3, force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
-                   source=source)
+                   max_sequence_length=index.get("max_sequence_length"), source=source)
 
     @staticmethod
     def _load_tokenizer(source: str, local: bool, subfolder: str, encoder) -> CLIPTokenizer:
@@ -460,6 +461,8 @@ class Backbone:
             index["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
         elif transformer:
             index.update(image_encoder=[None, None], feature_extractor=[None, None])
+            if self.max_sequence_length != MAX_SEQUENCE_LENGTH[family]:  # e.g. the toy flow pipeline's 0 (no T5)
+                index["max_sequence_length"] = self.max_sequence_length
         else:
             index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
         (Path(path) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
