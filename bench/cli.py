@@ -284,7 +284,8 @@ def invert(
     images_dir: Path = typer.Option(None, help="invert these images instead of toy renders"),
     prompt: str = typer.Option("", help="prompt for --images-dir images"),
     images: int = typer.Option(8, help="number of toy renders (held-out captions) when no --images-dir"),
-    pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
+    pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the suite's)"),
+    suite: str = typer.Option("toy", help="whose pipeline inverts (e.g. toy-flow, a flow-matching model)"),
     out: Path = typer.Option(Path("runs/invert"), callback=_output_dir, help="where the JSON, table and figures go"),
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the records here"),
     repeats: int = typer.Option(1, help="timed runs per sampler (median reported)"),
@@ -293,6 +294,7 @@ def invert(
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
     _quiet_libraries()
     from bench.harness.invert import InvertConfig, invert_record, load_inputs  # deferred: loads diffusers
+    from bench.harness.suites import get_suite
     from bench.results.inversion import write_inversion
     from bench.results.report import three_significant
     from methods.inversion import SAMPLERS
@@ -306,10 +308,15 @@ def invert(
         cfg = InvertConfig(samplers=names, steps=steps, guidances=scales, dtype=dtype, repeats=repeats,
                            sampler_configs=parse_plugin_configs(sampler_arg, "--sampler-arg", SAMPLERS, names,
                                                                 where="--samplers"))
-        backbone, pixels, prompts = load_inputs(pipeline, images_dir, prompt, images)
+        backbone, pixels, prompts = load_inputs(pipeline or get_suite(suite).pipeline, images_dir, prompt, images)
+        for name in names:  # e.g. a flow-only sampler on a VP pipeline: before any work
+            SAMPLERS.get(name).check_schedule(backbone.native_space)
     except (ValueError, FileNotFoundError, *_user_errors()) as err:
         _fail(str(err))
-    record = invert_record(backbone, pixels, prompts, cfg, progress=not quiet)
+    try:
+        record = invert_record(backbone, pixels, prompts, cfg, progress=not quiet)
+    except ValueError as err:  # a sampler whose maths has no step on this level path (e.g. belm up to σ = 1)
+        _fail(str(err))
     table = write_inversion(record, out)
     if json_path is not None:
         write_json_atomic(json_path, record)

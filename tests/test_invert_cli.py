@@ -34,9 +34,30 @@ def test_invert_rejects_bad_arguments(tmp_path):
                           (["--samplers", "ddim,null-text", "--steps", "120"], "null-text is defined for at most 100 steps"),
                           (["--images", "0"], "--images 0: the toy world has 64 held-out captions; choose 1 to 64"),
                           (["--images", "65"], "--images 65"),
-                          (["--images-dir", str(tmp_path / "file.png")], "is not a directory")):
+                          (["--images-dir", str(tmp_path / "file.png")], "is not a directory"),
+                          (["--samplers", "ddim,euler"], "euler inverts flow-matching backbones"),
+                          (["--suite", "toy-flow", "--samplers", "belm"], "belm cannot invert to level 1000"),
+                          (["--suite", "nope"], "nope")):
         result = runner.invoke(app, ["invert", *args, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "x").exists()
     result = runner.invoke(app, ["speed", "--images", "0"])
     assert result.exit_code == 2 and "--images 0" in result.output, result.output
+
+
+def test_invert_on_the_flow_toy_exact_and_approximate_samplers():
+    """Acceptance: `bench invert --suite toy-flow` in float64, Rex exact (latent MSE <= 1e-20), Euler not (> 0), each
+    with the NFE its docstring states (one model call a step each way; Rex two a step to invert, 2N - 1 to
+    reconstruct)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "inv"
+        result = runner.invoke(app, ["invert", "--suite", "toy-flow", "--samplers", "euler,rex", "--steps", "4",
+                                     "--images", "2", "--dtype", "float64", "--out", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        records = {r["sampler"]: r for r in json.loads((out / "invert.json").read_text())["records"]}
+    assert records["rex"]["latent_mse"] <= 1e-20 and records["euler"]["latent_mse"] > 1e-8
+    assert records["euler"]["nfe_invert"] == records["euler"]["nfe_reconstruct"] == 4
+    assert records["rex"]["nfe_invert"] == 2 * 4 and records["rex"]["nfe_reconstruct"] == 2 * 4 - 1
