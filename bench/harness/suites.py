@@ -127,15 +127,23 @@ def toy_flow_suite() -> Suite:
     combination in velocity space as in ε space, so the scale means the same; the build samples the preference data
     with both). Method settings: the toy suite's, tuned on the SD toy's UNet (`tuned.json` beside its pipeline; the
     losses are computed in each model's native space, v there and the velocity ε − x0 here); untuned for this pipeline.
+    Flow-only online methods at the toy's rollout scale (as grpo there: 10 steps, groups of 4, 4 prompts per
+    collection; flow-grpo at the evaluation's guidance, diffusionnft CFG-free as its paper samples), at lr 1e-4, the
+    order `bench tune` chose for grpo on the SD toy; untuned.
     """
     root = toy_flow_dir()
+    toy = toy_suite()
+    flow_online = {"flow-grpo": {"steps": 10, "guidance": 3.0, "group_size": 4},
+                   "diffusionnft": {"steps": 10, "group_size": 4}}
     return dataclasses.replace(
-        toy_suite(),
+        toy,
         name="toy-flow",
         description="toy world of coloured shapes, tiny SD3-shaped flow pipeline (rectified flow), oracle reward "
                     "(CPU, minutes); method settings tuned on the SD toy",
         pipeline=str(root / "pipeline"),
         preference_data=str(root / "prefs.parquet"),
+        method_args={**toy.method_args, **flow_online},
+        train_args={**toy.train_args, **dict.fromkeys(flow_online, {"batch_size": 4, "lr": 1e-4})},
     )
 
 
