@@ -108,9 +108,13 @@ def test_toy_flow_suite_loads_the_shipped_flow_backbone():
     suite, toy = get_suite("toy-flow"), get_suite("toy")
     assert suite.pipeline == str(SHIPPED_TOY_FLOW_DIR / "pipeline")
     assert suite.preference_data == str(SHIPPED_TOY_FLOW_DIR / "prefs.parquet")
-    for name in ("eval_prompts", "validation_prompts", "metrics", "budget", "train", "eval", "method_args",
-                 "train_args", "set_metrics", "reference"):
+    for name in ("eval_prompts", "validation_prompts", "metrics", "budget", "train", "eval", "set_metrics", "reference"):
         assert getattr(suite, name) == getattr(toy, name), name
+    flow_only = {"flow-grpo", "diffusionnft"}  # the toy's settings, plus the flow-only online methods' toy scale
+    for field in ("method_args", "train_args"):
+        assert {k: v for k, v in getattr(suite, field).items() if k not in flow_only} == getattr(toy, field)
+    assert suite.method_args["flow-grpo"]["group_size"] == suite.method_args["diffusionnft"]["group_size"] == 4
+    assert suite.train_args["flow-grpo"] == suite.train_args["diffusionnft"] == {"batch_size": 4, "lr": 1e-4}
     backbone = Backbone.from_pretrained(suite.pipeline)
     assert backbone.family == "sd3" and backbone.is_flow and backbone.max_sequence_length == 0
     assert backbone.latent_shape == (4, 8, 8)
