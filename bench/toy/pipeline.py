@@ -68,16 +68,21 @@ def sd_ddim_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     )
 
 
-def build_components(arch: ToyArchitecture, seed: int = 0):
-    """Randomly initialised (unet, vae, text_encoder, scheduler) for `arch`, deterministic in `seed`."""
-    torch.manual_seed(seed)
+def toy_vae(arch) -> AutoencoderKL:
+    """The toy's randomly initialised `AutoencoderKL` (of an SD or a flow toy architecture: the same fields)."""
     n = len(arch.vae_channels)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=arch.vae_channels, layers_per_block=1,
         latent_channels=arch.latent_channels, norm_num_groups=arch.norm_groups, sample_size=arch.image_size,
         mid_block_add_attention=False, scaling_factor=1.0,
     )
+
+
+def build_components(arch: ToyArchitecture, seed: int = 0):
+    """Randomly initialised (unet, vae, text_encoder, scheduler) for `arch`, deterministic in `seed`."""
+    torch.manual_seed(seed)
+    vae = toy_vae(arch)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE, hidden_size=arch.text_hidden, intermediate_size=4 * arch.text_hidden,
         num_hidden_layers=arch.text_layers, num_attention_heads=4, max_position_embeddings=arch.max_prompt_tokens,
@@ -85,7 +90,7 @@ def build_components(arch: ToyArchitecture, seed: int = 0):
     ))
     levels = len(arch.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=arch.image_size // 2 ** (n - 1), in_channels=arch.latent_channels,
+        sample_size=arch.image_size // 2 ** (len(arch.vae_channels) - 1), in_channels=arch.latent_channels,
         out_channels=arch.latent_channels, down_block_types=("CrossAttnDownBlock2D",) * levels,
         up_block_types=("CrossAttnUpBlock2D",) * levels, block_out_channels=arch.unet_channels, layers_per_block=1,
         cross_attention_dim=arch.text_hidden, attention_head_dim=8, norm_num_groups=arch.norm_groups,
@@ -138,20 +143,14 @@ def flow_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
 def build_flow_components(arch: ToyFlowArchitecture, seed: int = 0):
     """Randomly initialised (transformer, vae, clip_l, clip_g, scheduler) for `arch`, deterministic in `seed`."""
     torch.manual_seed(seed)
-    n = len(arch.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=arch.vae_channels, layers_per_block=1,
-        latent_channels=arch.latent_channels, norm_num_groups=arch.norm_groups, sample_size=arch.image_size,
-        mid_block_add_attention=False, scaling_factor=1.0,
-    )
+    vae = toy_vae(arch)
     text = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE, hidden_size=arch.text_hidden, intermediate_size=4 * arch.text_hidden,
         num_hidden_layers=arch.text_layers, num_attention_heads=4, max_position_embeddings=arch.max_prompt_tokens,
         projection_dim=arch.text_hidden,
     )
     clip_l, clip_g = CLIPTextModelWithProjection(text), CLIPTextModelWithProjection(text)
-    latent = arch.image_size // 2 ** (n - 1)
+    latent = arch.image_size // 2 ** (len(arch.vae_channels) - 1)
     transformer = SD3Transformer2DModel(
         sample_size=latent, patch_size=arch.patch_size, in_channels=arch.latent_channels,
         out_channels=arch.latent_channels, num_layers=arch.transformer_layers,

@@ -75,6 +75,17 @@ def pretrain_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: PretrainConfig, 
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
 
+def optimizer_step(loss: torch.Tensor, params: list, optimizer, schedule, ema, bar) -> None:
+    """One pretraining update: backward, gradient clip at 1, AdamW and lr steps, EMA of the weights, the bar's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    ema.step(params)
+    bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
 def pretrain_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, scheduler: DDIMScheduler,
                       latents: torch.Tensor, token_ids: torch.Tensor, null_ids: torch.Tensor, cfg: PretrainConfig,
                       *, progress: bool = True) -> None:
@@ -104,13 +115,7 @@ def pretrain_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, s
         target = {"epsilon": noise, "v_prediction": a * noise - s * x0, "sample": x0}[scheduler.config.prediction_type]
         pred = unet(x_t, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
         loss = ((pred - target) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        ema.step(params)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        optimizer_step(loss, params, optimizer, schedule, ema, bar)
     ema.copy_to(params)
     for m in modules:
         m.eval().requires_grad_(False)

@@ -25,7 +25,7 @@ from diffusers.training_utils import EMAModel, compute_density_for_timestep_samp
 from transformers import CLIPTextModelWithProjection
 
 from bench.core.progress import progress_bar
-from bench.harness.toy_build.pretrain import PretrainConfig, _one_cycle
+from bench.harness.toy_build.pretrain import PretrainConfig, _one_cycle, optimizer_step
 
 
 def flow_text_conditioning(clip_l: CLIPTextModelWithProjection, clip_g: CLIPTextModelWithProjection,
@@ -75,13 +75,7 @@ def pretrain_flow_denoiser(transformer: SD3Transformer2DModel, clip_l: CLIPTextM
         pred = transformer(hidden_states=x_sigma, timestep=levels[j], encoder_hidden_states=embeds,
                            pooled_projections=pooled, return_dict=False)[0]
         loss = ((pred - (noise - x0)) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        ema.step(params)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        optimizer_step(loss, params, optimizer, schedule, ema, bar)
     ema.copy_to(params)
     for m in modules:
         m.eval().requires_grad_(False)
