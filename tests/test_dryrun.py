@@ -27,6 +27,7 @@ from bench.harness.dryrun import (
     optimizer_state_bytes,
     parameter_count,
     text_shapes,
+    write_config_files,
 )
 from bench.harness.run import plan_run
 from bench.harness.suites import FLUX_LORA_TARGETS, get_suite
@@ -47,14 +48,7 @@ def _plan(suite: str, methods: list[str], tmp_path: Path, **kwargs):
 
 
 def _pipeline_dir(root: Path, configs: dict[str, dict]) -> Path:
-    files = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
-             "text_encoder": "text_encoder/config.json", "text_encoder_2": "text_encoder_2/config.json",
-             "scheduler": "scheduler/scheduler_config.json", "transformer": "transformer/config.json",
-             "text_encoder_3": "text_encoder_3/config.json"}
-    for name, config in configs.items():
-        (root / files[name]).parent.mkdir(parents=True, exist_ok=True)
-        (root / files[name]).write_text(json.dumps(config))
-    return root
+    return write_config_files(configs, root)
 
 
 @pytest.mark.parametrize("pipeline, expected", [

@@ -144,20 +144,32 @@ def pipeline_family(configs: dict) -> str:
     return "flux" if "num_single_layers" in transformer else "sd3"
 
 
+# a diffusers pipeline directory's config file of each component
+CONFIG_FILES = {"model_index": "model_index.json", "unet": "unet/config.json", "transformer": "transformer/config.json",
+                "vae": "vae/config.json", "text_encoder": "text_encoder/config.json",
+                "text_encoder_2": "text_encoder_2/config.json", "text_encoder_3": "text_encoder_3/config.json",
+                "scheduler": "scheduler/scheduler_config.json"}
+
+
+def write_config_files(configs: dict[str, dict], path: Path) -> Path:
+    """Component configs as a diffusers directory without weights, what `component_configs` reads back."""
+    for name, config in configs.items():
+        (path / CONFIG_FILES[name]).parent.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILES[name]).write_text(json.dumps(config))
+    return path
+
+
 def component_configs(pipeline: str) -> tuple[dict[str, dict], str]:
     """The pipeline's component configs and where they came from: a local diffusers directory's files,
     else the built-in official config of a known hub id."""
     path = Path(pipeline)
     if path.is_dir():
-        transformer = (path / "transformer/config.json").is_file()
-        files = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
-                 "text_encoder": "text_encoder/config.json", "text_encoder_2": "text_encoder_2/config.json",
-                 "scheduler": "scheduler/scheduler_config.json"}
+        transformer = (path / CONFIG_FILES["transformer"]).is_file()
         extra_encoders = ["text_encoder_2"]  # used only where model_index.json names them
         if transformer:  # SD3 / FLUX: transformer/ instead of unet/, and SD3's T5 in text_encoder_3/
-            files = {"transformer": "transformer/config.json", **files, "text_encoder_3": "text_encoder_3/config.json"}
-            del files["unet"]
             extra_encoders.append("text_encoder_3")
+        skipped = ("unet",) if transformer else ("transformer", "text_encoder_3")
+        files = {name: rel for name, rel in CONFIG_FILES.items() if name not in skipped}
         configs = {}
         for name, rel in files.items():
             if (path / rel).is_file():

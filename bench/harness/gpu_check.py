@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import platform
 import statistics
 import tempfile
@@ -62,7 +61,7 @@ from bench.core.config import PIPELINE_DTYPES
 from bench.core.real_configs import PIPELINE_CONFIGS
 from bench.core.records import GPU_CHECK, new_record
 from bench.harness.data import EncodedPreferences
-from bench.harness.dryrun import GiB, dry_run
+from bench.harness.dryrun import GiB, dry_run, write_config_files
 from bench.harness.method_speed import step_timings, time_methods
 from bench.harness.reward import ScorerReward
 from bench.harness.run import RunSetupError, plan_run
@@ -163,17 +162,6 @@ def family_configs(family: str, tiny: bool) -> dict[str, dict]:
     return copy.deepcopy(PIPELINE_CONFIGS[get_suite(FAMILIES[family]).pipeline])
 
 
-def write_configs(configs: dict[str, dict], path: Path) -> Path:
-    """The configs as a diffusers directory without weights (what `dry_run` reads for a local pipeline)."""
-    files = {"model_index": "model_index.json", "unet": "unet/config.json", "vae": "vae/config.json",
-             "text_encoder": "text_encoder/config.json", "text_encoder_2": "text_encoder_2/config.json",
-             "scheduler": "scheduler/scheduler_config.json"}
-    for name, config in configs.items():
-        (path / files[name]).parent.mkdir(parents=True, exist_ok=True)
-        (path / files[name]).write_text(json.dumps(config))
-    return path
-
-
 def random_backbone(configs: dict[str, dict], device: str, dtype: torch.dtype, seed: int = 0) -> Backbone:
     """A Backbone of random weights (seeded) built on `device` from component configs: the denoiser and text encoders
     stored in `dtype`, the VAE in float32, as `Backbone.from_pretrained(dtype=...)` loads a real pipeline."""
@@ -250,7 +238,7 @@ def check_methods(family: str, backbone: Backbone, configs: dict[str, dict], cfg
         plan = plan_run(get_suite(FAMILIES[family]), names, budgets=[Budget("steps", cfg.warmup + cfg.steps)],
                         run_dir=Path(tmp) / "run", progress=False, train_args=train_args, dtype=cfg.dtype,
                         prompts=["(gpu-check: prompts not loaded)"],
-                        pipeline=str(write_configs(configs, Path(tmp) / "pipeline")), set_metrics=[])
+                        pipeline=str(write_config_files(configs, Path(tmp) / "pipeline")), set_metrics=[])
         estimates = {m["method"]: m for m in dry_run(plan, processes=1).methods}
     reward_bytes = sum(p.numel() * p.element_size() for p in reward.scorers["pickscore"].backbone.model.parameters())
     out = []

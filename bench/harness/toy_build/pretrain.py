@@ -75,6 +75,16 @@ def pretrain_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: PretrainConfig, 
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
 
+def denoiser_training(modules: list[torch.nn.Module], cfg: PretrainConfig):
+    """(params, AdamW, one-cycle lr schedule, EMA) for pretraining `modules` jointly, set to train mode."""
+    for m in modules:
+        m.train().requires_grad_(True)
+    params = [p for m in modules for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.denoiser_lr, weight_decay=0.0)
+    schedule = _one_cycle(optimizer, cfg.denoiser_lr, cfg.denoiser_steps)
+    return params, optimizer, schedule, EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+
+
 def optimizer_step(loss: torch.Tensor, params: list, optimizer, schedule, ema, bar) -> None:
     """One pretraining update: backward, gradient clip at 1, AdamW and lr steps, EMA of the weights, the bar's loss."""
     optimizer.zero_grad(set_to_none=True)
@@ -95,12 +105,7 @@ def pretrain_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, s
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     modules = [unet, text_encoder]
-    for m in modules:
-        m.train().requires_grad_(True)
-    params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.denoiser_lr, weight_decay=0.0)
-    schedule = _one_cycle(optimizer, cfg.denoiser_lr, cfg.denoiser_steps)
-    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+    params, optimizer, schedule, ema = denoiser_training(modules, cfg)
     abar = scheduler.alphas_cumprod.to(torch.float64)
     bar = progress_bar(range(cfg.denoiser_steps), enabled=progress, desc="toy UNet")
     for _ in bar:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
+from diffusers.training_utils import compute_density_for_timestep_sampling
 from transformers import CLIPTextModelWithProjection
 
 from bench.core.progress import progress_bar
-from bench.harness.toy_build.pretrain import PretrainConfig, _one_cycle, optimizer_step
+from bench.harness.toy_build.pretrain import PretrainConfig, denoiser_training, optimizer_step
 
 
 def flow_text_conditioning(clip_l: CLIPTextModelWithProjection, clip_g: CLIPTextModelWithProjection,
@@ -51,12 +51,7 @@ def pretrain_flow_denoiser(transformer: SD3Transformer2DModel, clip_l: CLIPTextM
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     modules = [transformer, clip_l, clip_g]
-    for m in modules:
-        m.train().requires_grad_(True)
-    params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.denoiser_lr, weight_decay=0.0)
-    schedule = _one_cycle(optimizer, cfg.denoiser_lr, cfg.denoiser_steps)
-    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+    params, optimizer, schedule, ema = denoiser_training(modules, cfg)
     table = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)  # the training table, no set_timesteps
     sigmas, levels = table.sigmas.to(torch.float32), table.timesteps.to(torch.float32)  # (T+1,), (T,) descending
     joint_dim = transformer.config.joint_attention_dim
