@@ -405,13 +405,18 @@ def gpu_check(
     try:
         cfg = GpuCheckConfig(device=device, tiny=tiny, families=tuple(split_list(families)), steps=steps, warmup=warmup,
                              repeats=repeats, methods=tuple(split_list(methods)) if methods else None)
-        record = run_check(cfg, progress=lambda phase: console.print(f"[dim]gpu-check: {phase}[/]", highlight=False))
+        record = run_check(cfg, progress=lambda phase: console.print(f"[dim]gpu-check: {phase}[/]", highlight=False),
+                           save=lambda partial: write_json_atomic(json_path, partial))
     except _user_errors() as err:
         _fail(str(err))
     write_json_atomic(json_path, record)
     for table in report_tables(record):
         console.print(table)
     console.print(f"record written to {json_path}")
+    failed = [f"{family} {r['method']}" for family, rows in record["families"].items() for r in rows if "error" in r]
+    if failed:
+        console.print(f"[red]gpu-check: {len(failed)} method(s) failed: {', '.join(failed)} (errors in the record)[/]")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -8,18 +8,24 @@ frozen denoiser and text encoders in fp16 as the real suites hold them (`dtype` 
 1. methods. Each alignment method trains `warmup + steps` optimizer steps with the suite's settings at its
    per-process micro-batch (`batch_size`; one micro-batch per step, `grad_accum` = 1: a recipe step of `grad_accum`
    micro-batches takes about `grad_accum` times as long), the batch halved on CUDA out-of-memory (the batch used is
-   recorded). Measured: seconds per step (median of the timed steps, `bench.harness.method_speed.step_timings`) and
-   the peak of `torch.cuda.max_memory_allocated` over training, the pipeline's resident weights included as the dry
-   run counts them, beside the dry run's estimate of the same configuration on one process
-   (`bench.harness.dryrun.dry_run`): ratio = (peak − reward model) / estimate. The preference data are random latents
-   of the pipeline's shape (the compute does not depend on their values); online methods train on a PickScore-shaped
-   reward with random weights (`PickScoreScorer.from_config`), resident beside the pipeline, which the dry run does
-   not count: its bytes are reported and subtracted before the ratio.
+   recorded). Under fp16 mixed precision the loss scaler skips the optimizer step while the scaled gradients overflow
+   (random weights often do at its initial scale): then no optimizer state exists and the peak would miss it, so
+   while every step was skipped the warm-up is doubled and the method rerun (up to `MAX_WARMUP` steps); the warm-up
+   used and the skipped steps are recorded, and a peak without any optimizer step gets no ratio. Measured: seconds
+   per step (median of the timed steps, `bench.harness.method_speed.step_timings`) and the peak of
+   `torch.cuda.max_memory_allocated` over training, the pipeline's resident weights included as the dry run counts
+   them, beside the dry run's estimate of the same configuration on one process (`bench.harness.dryrun.dry_run`):
+   ratio = (peak − reward model) / estimate. The preference data are random latents of the pipeline's shape (the
+   compute does not depend on their values); online methods train on a PickScore-shaped reward with random weights
+   (`PickScoreScorer.from_config`), built once per family and resident beside the pipeline while every method
+   trains; the dry run counts no reward model, so its bytes are reported and subtracted from every peak.
 2. sampling. Images per second of the suite's sampler (`bench.harness.sampling.sample_latents`: DDIM η = 0 with
    classifier-free guidance) against diffusers' `StableDiffusionPipeline` / `StableDiffusionXLPipeline` built on the
    same modules and scheduler, both given the same prompt embeddings and initial noise and returning latents (no
    decode): 50 steps, CFG 7.5, batch 8 by default. Reported: the ratio of seconds ours / reference and the largest
-   latent difference (the two compute the same chain; fp16 rounding aside).
+   latent difference (the two compute the same chain: in float32 they agree to rounding; with fp16 weights ours
+   keeps the latents in float32 and the pipeline in fp16, so they part by its rounding, ours the nearer to the exact
+   chain).
 3. scoring. Images per second of `hps` and `pickscore` (random weights of their real towers: open_clip ViT-H-14,
    transformers CLIP ViT-H/14) batched at 32 against a per-image loop of the same model on the same images (as
    `hpsv2.score` loops): the ratio loop / batched of seconds and the largest score difference.
@@ -36,11 +42,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -228,9 +235,14 @@ def trained_methods(names: tuple[str, ...] | None) -> list[str]:
     return names
 
 
+MAX_WARMUP = 16  # warm-up steps at most while the fp16 loss scaler skips every optimizer step (check_methods)
+
+
 def check_methods(family: str, backbone: Backbone, configs: dict[str, dict], cfg: GpuCheckConfig,
-                  reward: ScorerReward) -> list[dict]:
-    """Per method: batch used, seconds per step, peak device memory and the dry run's estimate (module docstring)."""
+                  reward: ScorerReward) -> Iterator[dict]:
+    """Per method, as each finishes: batch used, seconds per step, peak device memory and the dry run's estimate
+    (module docstring). A method whose step fails (other than by running out of memory at a batch that can still be
+    halved) yields its row with `error` set, and the others still run."""
     device = torch.device(cfg.device)
     train_args = {"*": {"grad_accum": "1", **({} if cfg.dtype == "fp16" else {"mixed_precision": "no"})}}
     names = trained_methods(cfg.methods)
@@ -241,35 +253,45 @@ def check_methods(family: str, backbone: Backbone, configs: dict[str, dict], cfg
                         pipeline=str(write_config_files(configs, Path(tmp) / "pipeline")), set_metrics=[])
         estimates = {m["method"]: m for m in dry_run(plan, processes=1).methods}
     reward_bytes = sum(p.numel() * p.element_size() for p in reward.scorers["pickscore"].backbone.model.parameters())
-    out = []
     for name, method in plan.methods.items():
         train = plan.train_configs[name]
         online = isinstance(method, OnlineMethod)
-        while True:
-            data = random_preferences(backbone, max(train.batch_size, 2), seed=0)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            try:
-                steps = step_timings(method, backbone, data, train, steps=cfg.steps, warmup=cfg.warmup,
-                                     reward=reward if online else None)
-                break
-            except torch.cuda.OutOfMemoryError:
-                if train.batch_size == 1:
-                    raise
-                train = dataclasses.replace(train, batch_size=train.batch_size // 2)
+        row = {"method": name, "recipe_batch_size": train.batch_size, "grad_accum": 1,
+               "recipe_grad_accum": get_suite(FAMILIES[family]).train.grad_accum}
+        warmup = cfg.warmup
+        try:
+            while True:
+                data = random_preferences(backbone, max(train.batch_size, 2), seed=0)
+                gc.collect()  # the previous method's policy and optimizer sit in reference cycles (Trainer.fit)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    row["allocated_before_bytes"] = torch.cuda.memory_allocated(device)  # the pipeline, reward model
+                try:
+                    steps = step_timings(method, backbone, data, train, steps=cfg.steps, warmup=warmup,
+                                         reward=reward if online else None)
+                    if steps[-1]["skipped_so_far"] < warmup + cfg.steps or warmup >= MAX_WARMUP:
+                        break
+                    warmup = min(max(2 * warmup, 1), MAX_WARMUP)  # no step taken: no optimizer state in the peak
+                except torch.cuda.OutOfMemoryError:
+                    if train.batch_size == 1:
+                        raise
+                    train = dataclasses.replace(train, batch_size=train.batch_size // 2)
+        except Exception as err:  # noqa: BLE001 -- recorded in the row; the other methods are still measured
+            yield {**row, "batch_size": train.batch_size, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+            continue
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         estimate = estimates[name]["memory_bytes"]["total"] if train.batch_size == plan.train_configs[name].batch_size \
             else None  # the dry run's estimate is of the recipe's batch
-        resident = reward_bytes if online else 0
-        out.append({"method": name, "batch_size": train.batch_size, "recipe_batch_size": plan.train_configs[name].batch_size,
-                    "grad_accum": 1, "recipe_grad_accum": get_suite(FAMILIES[family]).train.grad_accum,
-                    "mixed_precision": train.mixed_precision,
-                    "seconds_per_step": statistics.median(s["seconds"] for s in steps),
-                    "nfe_per_step": statistics.median(s["nfe"] for s in steps),
-                    "peak_bytes": peak, "reward_model_bytes": resident, "estimated_bytes": estimate,
-                    "measured_over_estimated": (peak - resident) / estimate if peak is not None and estimate else None})
-    return out
+        skipped = steps[-1]["skipped_so_far"]
+        stepped = skipped < warmup + cfg.steps  # else the peak lacks the optimizer's state: no ratio
+        yield {**row, "batch_size": train.batch_size, "mixed_precision": train.mixed_precision, "warmup": warmup,
+               "optimizer_steps_skipped": skipped,
+               "seconds_per_step": statistics.median(s["seconds"] for s in steps),
+               "nfe_per_step": statistics.median(s["nfe"] for s in steps),
+               "peak_bytes": peak, "reward_model_bytes": reward_bytes, "estimated_bytes": estimate,
+               "measured_over_estimated": (peak - reward_bytes) / estimate if peak is not None and estimate and stepped
+               else None}
 
 
 def reference_pipeline(backbone: Backbone):
@@ -337,19 +359,28 @@ def check_scoring(cfg: GpuCheckConfig) -> list[dict]:
     return [*out, scoring_throughput("pickscore", pick, prompts, images, cfg)]
 
 
-def gpu_check(cfg: GpuCheckConfig, progress: Callable[[str], None] = lambda message: None) -> dict:
-    """Run the four checks (module docstring) and return the `gpu-check` record."""
+def gpu_check(cfg: GpuCheckConfig, progress: Callable[[str], None] = lambda message: None,
+              save: Callable[[dict], None] = lambda record: None) -> dict:
+    """Run the four checks (module docstring) and return the `gpu-check` record. `save` receives the record so far
+    (`complete` False) after every method and phase, so a run stopped part-way keeps what it measured."""
     device = torch.device(cfg.device)
     phases: dict[str, float] = {}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    report: dict = {"families": {}, "sampling": [], "scoring": [], "toy": None}
+
+    def record(complete: bool) -> dict:
+        return new_record(GPU_CHECK, config=dataclasses.asdict(cfg), device={"type": device.type, "name": name,
+                          "threads": torch.get_num_threads()}, phases=dict(phases), complete=complete,
+                          **copy.deepcopy(report))
 
     @contextlib.contextmanager
-    def phase(name: str):
-        progress(name)
+    def phase(label: str):
+        progress(label)
         start = time.perf_counter()
         yield
-        phases[name] = time.perf_counter() - start
+        phases[label] = time.perf_counter() - start
+        save(record(complete=False))
 
-    report: dict = {"families": {}, "sampling": [], "scoring": [], "toy": None}
     for family in cfg.families:
         configs = family_configs(family, cfg.tiny)
         with phase(f"{family}: build"):
@@ -357,7 +388,13 @@ def gpu_check(cfg: GpuCheckConfig, progress: Callable[[str], None] = lambda mess
             reward = ScorerReward("pickscore", scorers={
                 "pickscore": PickScoreScorer.from_config(TINY_PICKSCORE if cfg.tiny else None, device=cfg.device)})
         with phase(f"{family}: methods"):
-            report["families"][family] = check_methods(family, backbone, configs, cfg, reward)
+            rows = report["families"][family] = []
+            for row in check_methods(family, backbone, configs, cfg, reward):
+                rows.append(row)
+                progress(f"{family}: {row['method']} " + (f"failed: {row['error']}" if "error" in row else
+                         f"{row['seconds_per_step']:.3f} s / step at batch {row['batch_size']}, peak "
+                         f"{_gib(row['peak_bytes'])} GiB, dry run {_gib(row['estimated_bytes'])} GiB"))
+                save(record(complete=False))
         del reward
         with phase(f"{family}: sampling"):
             report["sampling"].append(check_sampling(family, backbone, cfg))
@@ -370,9 +407,7 @@ def gpu_check(cfg: GpuCheckConfig, progress: Callable[[str], None] = lambda mess
         with phase("toy dpo"):
             report["toy"] = time_methods(get_suite("toy"), ["dpo"], steps=cfg.steps, warmup=cfg.warmup,
                                          repeats=cfg.repeats)[0]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return new_record(GPU_CHECK, config=dataclasses.asdict(cfg), device={"type": device.type, "name": name,
-                      "threads": torch.get_num_threads()}, phases=phases, **report)
+    return record(complete=True)
 
 
 # ---------------------------------------------------------------------------------------------- the tables
@@ -391,14 +426,18 @@ def report_tables(record: dict) -> list[Table]:
     for family, rows in record["families"].items():
         table = Table(title=f"{family} ({'tiny shapes' if record['config']['tiny'] else 'real shapes'}, random "
                             f"weights) on {device}: one micro-batch per step; peak = max_memory_allocated")
-        for column in ("method", "batch", "s / step", "NFE / step", "peak GiB", "reward model GiB", "dry-run GiB",
-                       "measured / estimate"):
+        for column in ("method", "batch", "warm-up (skipped)", "s / step", "NFE / step", "peak GiB", "reward model GiB",
+                       "dry-run GiB", "measured / estimate"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for r in rows:
+            if "error" in r:
+                table.add_row(r["method"], str(r["batch_size"]), "-", f"[red]failed: {r['error']}[/]", *["-"] * 5)
+                continue
             batch = str(r["batch_size"]) + ("" if r["batch_size"] == r["recipe_batch_size"]
                                             else f" (recipe {r['recipe_batch_size']})")
-            table.add_row(r["method"], batch, f"{r['seconds_per_step']:.3f}", f"{r['nfe_per_step']:.0f}",
-                          _gib(r["peak_bytes"]), _gib(r["reward_model_bytes"] or None), _gib(r["estimated_bytes"]),
+            table.add_row(r["method"], batch, f"{r['warmup']} ({r['optimizer_steps_skipped']})",
+                          f"{r['seconds_per_step']:.3f}", f"{r['nfe_per_step']:.0f}", _gib(r["peak_bytes"]),
+                          _gib(r["reward_model_bytes"]), _gib(r["estimated_bytes"]),
                           _ratio(r["measured_over_estimated"]))
         tables.append(table)
     sampling = Table(title="sampling: images / s of the suite's sampler and of diffusers' pipeline, same weights")

@@ -24,15 +24,15 @@ import torch
 from bench.core.backbone import Backbone
 from bench.core.budget import Budget
 from bench.core.config import PIPELINE_DTYPES, TrainConfig
+from bench.core.processes import processes
 from bench.harness.data import EncodedPreferences, encode_preferences, load_pickapic, preference_pairs
 from bench.harness.invert import median_seconds
-from bench.harness.reward import ScorerReward
+from bench.harness.reward import ScorerReward, parse_reward
 from bench.harness.run import RunSetupError, plan_run
 from bench.harness.suites import Suite
 from bench.harness.trainer import Trainer
 from methods.alignment.base import AlignmentMethod, OnlineMethod, Reward
 from methods.inference import InferenceTimeMethod
-from metrics.build import ScorerOptions
 
 
 def forward_seconds(backbone: Backbone, batch: int, repeats: int = 3) -> float:
@@ -62,12 +62,13 @@ def time_methods(suite: Suite, methods: list[str], *, steps: int = 3, warmup: in
     for name, method in plan.methods.items():
         if isinstance(method, InferenceTimeMethod):
             raise RunSetupError(f"{name} is an inference-time method: it has no optimizer step to time")
-    backbone = Backbone.from_pretrained(plan.pipeline, dtype=PIPELINE_DTYPES[plan.dtype])
+    # the device `bench run` trains on (accelerate's process state): the toy on a GPU when one is there
+    backbone = Backbone.from_pretrained(plan.pipeline, device=processes().device, dtype=PIPELINE_DTYPES[plan.dtype])
     data = encode_preferences(backbone, preference_pairs(load_pickapic(plan.preference_data, suite.preference_split),
                                                          suite.max_pairs))
     reward = None
     if any(isinstance(m, OnlineMethod) for m in plan.methods.values()):
-        reward = ScorerReward(plan.reward, ScorerOptions())
+        reward = ScorerReward(plan.reward, plan.scorer_options.subset(list(parse_reward(plan.reward))))
     t_fwd: dict[int, float] = {}
     return [summarise(name, step_timings(method, backbone, data, plan.train_configs[name], steps=steps, warmup=warmup,
                                          reward=reward if isinstance(method, OnlineMethod) else None),
@@ -78,11 +79,14 @@ def time_methods(suite: Suite, methods: list[str], *, steps: int = 3, warmup: in
 def step_timings(method: AlignmentMethod, backbone: Backbone, data: EncodedPreferences, config: TrainConfig, *,
                  steps: int, warmup: int = 1, reward: Reward | None = None) -> list[dict]:
     """Train `warmup + steps` optimizer steps as `bench run` does and return the last `steps`: each step's seconds
-    (its collection included; the Trainer's clock), NFE and UNet calls by (batch, graded)."""
+    (its collection included; the Trainer's clock), NFE, UNet calls by (batch, graded) and the number of steps so far,
+    warm-up included, whose optimizer step the fp16 loss scaler skipped (`skipped_so_far`)."""
     per_step: list[dict] = []
 
     def record(step: int, logs: dict) -> None:  # the step's UNet calls, then a fresh count
-        per_step.append({"step": step, "calls": dict(backbone.nfe.calls_by_batch), "nfe": backbone.nfe.total})
+        skipped = (per_step[-1]["skipped_so_far"] if per_step else 0) + int(logs.get("optimizer_step_skipped", 0))
+        per_step.append({"step": step, "calls": dict(backbone.nfe.calls_by_batch), "nfe": backbone.nfe.total,
+                         "skipped_so_far": skipped})
         backbone.nfe.reset()
 
     backbone.nfe.reset()

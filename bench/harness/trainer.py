@@ -45,6 +45,7 @@ does (e.g. evaluate) leaves training as it was.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import os
 import time
@@ -194,6 +195,9 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.config
+        # a previous fit's policy, optimizer and accelerate's autocast wrapper (model.forward bound to the model) form
+        # reference cycles that hold their device memory until collected: collect them before this run allocates
+        gc.collect()
         # accelerate keeps one process-wide state; each method of a run may choose its own mixed precision
         # and accumulation, so start from a clean state (the process group, PartialState, is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -316,6 +320,8 @@ class Trainer:
                     images += len(batch) * (2 if isinstance(batch, PairBatch) else 1) * world
                 for key, value in out.logs.items():
                     logs[key] = logs.get(key, 0.0) + value / self.micro_batches
+            if accelerator.optimizer_step_was_skipped:  # fp16: the loss scaler found inf/NaN gradients and lowered
+                logs["optimizer_step_skipped"] = 1.0    # its scale instead of stepping (the first steps often do)
             if isinstance(self.method, OnlineMethod):  # the images it sampled and scored this step
                 images = sampler.images - scored_before
                 logs["reward_images"] = float(sampler.images)
