@@ -121,6 +121,28 @@ def test_toy_flow_suite_loads_the_shipped_flow_backbone():
     assert len(load_pickapic(suite.preference_data)) == 1440
 
 
+def test_toy_flow_suite_takes_its_own_tuning_run_over_the_sd_toys(tmp_path, monkeypatch):
+    """A `tuned.json` beside the flow pipeline (`bench tune --suite toy-flow --export`) sets the methods it holds;
+    the others keep the SD toy's settings and the flow-only methods their toy scale."""
+    from bench.harness.suites import get_suite
+    from bench.toy.paths import TOY_FLOW_DIR_ENV
+
+    tuning = {"objective": "oracle", "trials": 8, "budget_per_trial": "40000nfe", "study": "toy-flow/dpo"}
+    (tmp_path / "tuned.json").write_text(json.dumps({"methods": {
+        "dpo": {"method": "dpo", "method_args": {"beta": 7.0}, "train_args": {"lr": 2e-5}, "tuning": tuning},
+        "flow-grpo": {"method": "flow-grpo", "method_args": {"clip_range": 0.1}, "train_args": {"lr": 3e-5},
+                      "tuning": {**tuning, "study": "toy-flow/flow-grpo"}}}}))
+    toy = get_suite("toy")
+    monkeypatch.setenv(TOY_FLOW_DIR_ENV, str(tmp_path))
+    suite = get_suite("toy-flow")
+    assert suite.method_args["dpo"] == {"beta": 7.0} and suite.train_args["dpo"] == {"lr": 2e-5}
+    assert suite.tuning["dpo"]["study"] == "toy-flow/dpo" and suite.tuning["kto"] == toy.tuning["kto"]
+    assert suite.method_args["kto"] == toy.method_args["kto"] and suite.train_args["kto"] == toy.train_args["kto"]
+    assert suite.method_args["flow-grpo"] == {"steps": 10, "guidance": 3.0, "group_size": 4, "clip_range": 0.1}
+    assert suite.train_args["flow-grpo"] == {"batch_size": 4, "lr": 3e-5}
+    assert "tuned on this pipeline" in suite.description and suite.pipeline == str(tmp_path / "pipeline")
+
+
 def test_backbone_from_pretrained_reads_the_t5_less_sequence_length():
     from bench.core.backbone import Backbone
 

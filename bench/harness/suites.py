@@ -103,13 +103,8 @@ def toy_suite() -> Suite:
         budget=Budget.parse("4e4nfe"),
         train=TrainConfig(lr=3e-5, batch_size=16, weight_decay=0.0, prompt_dropout=0.1, checkpoint_every=50),
         eval=EvalConfig(images_per_prompt=4, steps=20, guidance=3.0, seed=0, batch_size=128),
-        method_args={m: {**online_args.get(m, {}), **tuned.get(m, {}).get("method_args", {})}
-                     for m in {*online_args, *tuned}},  # the tuned values over the suite's rollout settings
-        train_args={m: {**train_args.get(m, {}), **tuned.get(m, {}).get("train_args", {})}
-                    for m in {*train_args, *tuned}},
+        **with_tuned(online_args, train_args, tuned),  # the tuned values over the suite's rollout settings
         search={"train.lr": FloatRange(1e-5, 3e-4, log=True)},  # ~300 steps of AdamW on a 4 M-parameter UNet
-        tuning={m: t["tuning"] for m, t in tuned.items()},
-        variants={m: t["method"] for m, t in tuned.items() if t.get("method", m) != m},
         curve_every=1e4,
         set_metrics=("fd-toyclip", "prdc-toyclip", "vendi-toyclip"),  # in the toy CLIP's feature space
         reference="toy-renders",  # ground-truth renders of the test captions, one per evaluated image
@@ -125,26 +120,40 @@ def toy_flow_suite() -> Suite:
 
     Evaluation: the flow scheduler's Euler sampler at the toy's 20 steps and guidance 3 (CFG is the same linear
     combination in velocity space as in ε space, so the scale means the same; the build samples the preference data
-    with both). Method settings: the toy suite's, tuned on the SD toy's UNet (`tuned.json` beside its pipeline; the
-    losses are computed in each model's native space, v there and the velocity ε − x0 here); untuned for this pipeline.
-    Flow-only online methods at the toy's rollout scale (as grpo there: 10 steps, groups of 4, 4 prompts per
-    collection; flow-grpo at the evaluation's guidance, diffusionnft CFG-free as its paper samples), at lr 1e-4, the
-    order `bench tune` chose for grpo on the SD toy; untuned.
+    with both). Method settings: those of this pipeline's own tuning run (`tuned.json` beside it: `bench tune --suite
+    toy-flow --trials 8 --export ...`, the same effort for every method) where it has them; else the toy suite's,
+    tuned on the SD toy's UNet (the losses are computed in each model's native space, v there and the velocity
+    ε − x0 here), untuned for this pipeline. Flow-only online methods at the toy's rollout scale (as grpo there:
+    10 steps, groups of 4, 4 prompts per collection; flow-grpo at the evaluation's guidance, diffusionnft CFG-free as
+    its paper samples), at lr 1e-4 (the order `bench tune` chose for grpo on the SD toy) unless tuned here.
     """
     root = toy_flow_dir()
     toy = toy_suite()
+    tuned = tuned_settings(root / "tuned.json")
     flow_online = {"flow-grpo": {"steps": 10, "guidance": 3.0, "group_size": 4},
                    "diffusionnft": {"steps": 10, "group_size": 4}}
+    fields = with_tuned({**toy.method_args, **flow_online},
+                        {**toy.train_args, **dict.fromkeys(flow_online, {"batch_size": 4, "lr": 1e-4})}, tuned)
     return dataclasses.replace(
         toy,
         name="toy-flow",
         description="toy world of coloured shapes, tiny SD3-shaped flow pipeline (rectified flow), oracle reward "
-                    "(CPU, minutes); method settings tuned on the SD toy",
+                    f"(CPU, minutes); method settings {'tuned on this pipeline' if tuned else 'tuned on the SD toy'}",
         pipeline=str(root / "pipeline"),
         preference_data=str(root / "prefs.parquet"),
-        method_args={**toy.method_args, **flow_online},
-        train_args={**toy.train_args, **dict.fromkeys(flow_online, {"batch_size": 4, "lr": 1e-4})},
+        **{**fields, "tuning": {**toy.tuning, **fields["tuning"]}, "variants": {**toy.variants, **fields["variants"]}},
     )
+
+
+def with_tuned(method_args: dict[str, dict], train_args: dict[str, dict], tuned: dict[str, dict]) -> dict:
+    """The Suite fields `method_args`, `train_args`, `tuning` and `variants`: a committed tuning run's chosen values
+    (`tuned_settings`) over the suite's own per-method settings."""
+    return {"method_args": {m: {**method_args.get(m, {}), **tuned.get(m, {}).get("method_args", {})}
+                            for m in {*method_args, *tuned}},
+            "train_args": {m: {**train_args.get(m, {}), **tuned.get(m, {}).get("train_args", {})}
+                           for m in {*train_args, *tuned}},
+            "tuning": {m: t["tuning"] for m, t in tuned.items()},
+            "variants": {m: t["method"] for m, t in tuned.items() if t.get("method", m) != m}}
 
 
 def tuned_settings(path: Path) -> dict[str, dict]:
