@@ -49,13 +49,31 @@ text encoder parameters, V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp1
                  first moment): 4 x Σ over ≥2-D tensors of (prod(shape[:-1]) + prod(shape[:-2]) x shape[-1])
                  (its factored second moment) + 4 x numel of 1-D tensors
     autocast     2 P under fp16/bf16: the half-precision casts of the trainable weights, held for backward
-    activations  the bytes autograd saves in one policy forward of a micro-batch (batch_size x images per
-                 item latents), traced on the meta device in the compute dtype (fp32 without mixed
-                 precision), with fused attention (flash / memory-efficient SDPA saves q, k, v, the output
-                 and an fp32 log-sum-exp, not the L x L matrix). With gradient checkpointing: the saves
-                 outside checkpointed blocks + every block's inputs + the largest block's saves (recomputed
-                 one block at a time in backward)
-    total        the sum: an upper bound on the step's peak (gradients build up as activations are freed)
+    activations  the bytes autograd saves for one micro-batch's backward: the graded denoiser forwards alive
+                 together, and the VAE decoder's saves where the loss backpropagates through the decode (each method
+                 declares them: `AlignmentMethod.graded_forward`), traced on the meta device in the compute dtype
+                 (fp32 without mixed precision), with fused attention (flash / memory-efficient SDPA saves q, k, v,
+                 the output and an fp32 log-sum-exp, not the L x L matrix). Per method, with B = batch_size and c = 2
+                 under classifier-free guidance (w ≠ 1: the cond and uncond branches run as one call of 2x the
+                 latents, `Backbone.prediction`), 1 without it and on FLUX (guidance embedded, one branch):
+                   offline        one forward of B x images per item latents (a pair is 2)
+                   ddpo, grpo,    one forward of B x G x c latents (G = samples_per_prompt): every trajectory
+                   flow-grpo      at one step; each trained step is its own micro-batch, backpropagated before
+                                  the next, so one graph is alive (a KL reference forward has no gradient)
+                   diffusionnft   one forward of B x G latents (conditional; θ_old's forward has no gradient)
+                   dense-reward   S = logit_steps forwards of 2 x B x pairs_per_prompt x c latents alive together
+                                  ([winners; losers] at each drawn step; z sums the S log-ratios before the backward)
+                   draft          K forwards of B x c latents (the last K sampling steps, chained; refl: 1), and
+                                  the VAE decoder's saves for B images (decoded with gradients)
+                 Why: gpu-check on one H200 measured the online methods 1.10 (ddpo) to 1.75 (grpo) over an estimate
+                 of one forward of B x samples_per_prompt latents, which missed CFG's second branch, dense-reward's
+                 S graphs and draft's decode; the peak of simultaneously saved bytes measured on the tiny CPU shapes
+                 is 0.96-0.97 of this estimate for each (tests/test_dryrun.py). With gradient checkpointing, per graph:
+                 the saves outside checkpointed blocks + every block's inputs, and once the largest block's saves
+                 (recomputed one block at a time in backward)
+    total        the sum: an upper bound on the step's peak (gradients build up as activations are freed), reached
+                 where micro-batches accumulate (ddpo's and grpo's one per trained step: the gradients are whole
+                 while the next micro-batch's activations are alive)
 
 LoRA (`--train-arg lora_rank=r`, `bench.harness.trainer`): the trainable parameters are the adapters, A = Σ r (in +
 out) over the Linear layers that `lora_targets` names (`lora_parameter_count`), in fp32; the policy's frozen weights
@@ -69,8 +87,13 @@ are the base UNet's own tensors, so there is no trainable copy and the frozen we
     activations  traced as above with the adapters injected (peft, on meta), only they requiring grad: a frozen
                  layer keeps no input for a weight gradient, an adapter keeps its input and its r-wide projection
 
-Not counted: the CUDA context and allocator slack (~1 GiB), transient no-grad reference forwards,
-autocast's fp32 islands (norms, softmax), the preference data (kept on the CPU) and evaluation.
+Not counted: the CUDA context and allocator slack (~1 GiB), transient no-grad forwards (rollouts, references, the
+reward's scoring), the reward model and, where draft backpropagates through it, its saves (PickScore's ViT-H/14:
+0.2 GiB per image in fp16), the preference data (kept on the CPU) and evaluation. Nor autocast's fp32 islands: under
+CUDA fp16 autocast, group / layer norms run in fp32 and save fp32 inputs, and the SiLU after a norm saves that fp32
+output, so the SD 1.5 UNet saves 1.31x its fp16 trace and the VAE decoder 1.68x (traced with fake CUDA tensors, the
+weights' fp16 casts aside). Where activations dominate, that is what remains: SD 1.5 grpo's 29.3 GiB x 0.31 = 9.2 GiB,
+its H200 peak 8.7 GiB over this estimate's 45.8.
 """
 
 from __future__ import annotations
@@ -470,11 +493,12 @@ def denoiser_inputs(denoiser: torch.nn.Module, text: TextShapes, latent_shape: t
 
 def activation_bytes(unet_config: dict, text_width: int, text_tokens: int, pooled_width: int | None,
                      latent_shape: tuple[int, int, int], latents: int, dtype: torch.dtype, checkpointing: bool,
-                     lora: TrainConfig | None = None) -> int:
-    """Bytes autograd holds after one training forward of `latents` latents (module docstring), traced on meta; with
-    `lora` (a config with lora_rank > 0) of the denoiser with its adapters, only they trainable. `unet_config` is the
-    denoiser's config (a UNet's, or by its `_class_name` an SD3 or FLUX transformer's); `latent_shape` one image's
-    latent as the VAE makes it (C, h, w)."""
+                     lora: TrainConfig | None = None, graphs: int = 1) -> int:
+    """Bytes autograd holds after `graphs` training forwards of `latents` latents each, alive together (module
+    docstring), traced on meta; with `lora` (a config with lora_rank > 0) of the denoiser with its adapters, only they
+    trainable. `unet_config` is the denoiser's config (a UNet's, or by its `_class_name` an SD3 or FLUX transformer's);
+    `latent_shape` one image's latent as the VAE makes it (C, h, w). With checkpointing each graph keeps its saves
+    outside the blocks and its blocks' inputs, and one block's saves are recomputed at a time."""
     with torch.device("meta"):
         denoiser = denoiser_class(unet_config).from_config(unet_config)
         if lora is not None and lora.lora_rank:
@@ -498,7 +522,23 @@ def activation_bytes(unet_config: dict, text_width: int, text_tokens: int, poole
         denoiser(**inputs)
     for _, args in blocks:  # checkpointed blocks keep their inputs (FLUX's rotary (cos, sin) pair too) to recompute
         outer.add(arg for a in args for arg in (a if isinstance(a, tuple) else (a,)))
-    return outer.bytes + max((b for b, _ in blocks), default=0)
+    return graphs * outer.bytes + max((b for b, _ in blocks), default=0)
+
+
+def decoder_activation_bytes(vae_config: dict, latent_shape: tuple[int, int, int], images: int,
+                             dtype: torch.dtype) -> int:
+    """Bytes autograd holds after decoding `images` latents with gradients to them through the frozen VAE decoder
+    (`Backbone.decode(grad=True)`: reward backpropagation), traced on meta in `dtype` with fused attention; the weights
+    are not counted."""
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(vae_config)
+    torch.nn.Module.to(vae, dtype).eval().requires_grad_(False)
+    saved = _SavedBytes({id(t) for t in (*vae.parameters(), *vae.buffers())})
+    z = torch.empty(images, *latent_shape, device="meta", dtype=dtype, requires_grad=True)
+    with unittest.mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), \
+            torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        ((vae.decode(z / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+    return saved.bytes
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -554,7 +594,7 @@ def budget_plan(budget: Budget, nfe_step: float, samples_step: float, processes:
 
 def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processes: int, budgets: list[Budget],
                   seconds_per_nfe: float | None, denoiser: torch.nn.Module, frozen_bytes: int, frozen_width: int,
-                  activations) -> dict:
+                  activations, decoder_activations, family: str) -> dict:
     autocast = cfg.mixed_precision != "no"
     if cfg.lora_rank:
         try:
@@ -570,11 +610,17 @@ def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processe
     micro_latents = declared_step_cost(method, dataclasses.replace(cfg, grad_accum=1), "samples")  # per process
     nfe_step = declared_step_cost(method, cfg, "nfe", processes)
     samples_step = declared_step_cost(method, cfg, "samples", processes)
+    per_item = method.graded_forward(embedded_guidance=family == "flux")  # FLUX takes its guidance as an input
+    graded = dataclasses.replace(per_item, latents=cfg.batch_size * per_item.latents,
+                                 decoded=cfg.batch_size * per_item.decoded)
+    dtype = COMPUTE_DTYPES[cfg.mixed_precision]
+    denoiser_saves = activations(graded.latents, dtype, cfg.gradient_checkpointing, cfg if cfg.lora_rank else None,
+                                 graded.graphs)
+    decoder_saves = decoder_activations(graded.decoded, dtype) if graded.decoded else 0
     memory = {"weights_trainable": 4 * trainable, "weights_frozen": frozen_bytes, "gradients": 4 * trainable,
               "optimizer": optimizer_state_bytes_of(shapes, cfg.optimizer),
               "autocast_copies": (2 * trainable if autocast else 0) + frozen_casts,
-              "activations": activations(micro_latents, COMPUTE_DTYPES[cfg.mixed_precision], cfg.gradient_checkpointing,
-                                         cfg if cfg.lora_rank else None)}
+              "activations": denoiser_saves + decoder_saves}
     memory["total"] = sum(memory.values())
     lora = ({"rank": cfg.lora_rank, "alpha": cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_rank,
              "targets": cfg.lora_targets, "layers": len(shapes) // 2} if cfg.lora_rank else None)
@@ -583,6 +629,8 @@ def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processe
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
             "items_per_step": cfg.batch_size * cfg.grad_accum * processes, "nfe_per_item": method.max_nfe_per_item(),
             "nfe_per_step": nfe_step, "samples_per_step": samples_step, "micro_batch_latents": micro_latents,
+            "graded_forward": {"latents": graded.latents, "graphs": graded.graphs, "decoded_images": graded.decoded,
+                               "denoiser_bytes": denoiser_saves, "vae_decoder_bytes": decoder_saves},
             "mixed_precision": cfg.mixed_precision, "gradient_checkpointing": cfg.gradient_checkpointing,
             "optimizer": cfg.optimizer, "memory_bytes": memory,
             "budgets": [budget_plan(b, nfe_step, samples_step, processes, seconds_per_nfe) for b in budgets]}
@@ -644,16 +692,24 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
 
     traced: dict[tuple, int] = {}
 
-    def activations(latents: int, dtype: torch.dtype, checkpointing: bool, lora: TrainConfig | None) -> int:
-        key = (latents, dtype, checkpointing, lora and (lora.lora_rank, lora.lora_targets))
+    def activations(latents: int, dtype: torch.dtype, checkpointing: bool, lora: TrainConfig | None,
+                    graphs: int = 1) -> int:
+        key = (latents, dtype, checkpointing, lora and (lora.lora_rank, lora.lora_targets), graphs)
         if key not in traced:
             config = {**dict(denoiser.config), "_class_name": type(denoiser).__name__}
             traced[key] = activation_bytes(config, text.width, text.tokens, text.pooled, latent_shape, latents, dtype,
-                                           checkpointing, lora)
+                                           checkpointing, lora, graphs)
+        return traced[key]
+
+    def decoder_activations(images: int, dtype: torch.dtype) -> int:
+        key = ("vae", images, dtype)
+        if key not in traced:
+            traced[key] = decoder_activation_bytes(dict(modules["vae"].config), latent_shape, images, dtype)
         return traced[key]
 
     methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, denoiser,
-                             frozen_bytes, frozen_width, activations) for name, method in plan.methods.items()]
+                             frozen_bytes, frozen_width, activations, decoder_activations, family)
+               for name, method in plan.methods.items()]
     part = "UNet" if key == "unet" else "transformer"
     assumptions = [
         f"weights: trainable {part} fp32 (mixed precision autocasts, keeps fp32 weights); frozen base {part} and text "
@@ -664,9 +720,10 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
         f"policy's frozen weights are the base {part}'s tensors, counted once at their dtype, and a frozen fp32 {part}'s "
         "autocast casts are kept for the backward",
         "autocast: fp16/bf16 casts of the trainable weights, held for backward",
-        "activations: one policy forward of the per-process micro-batch (batch x images per item latents), traced on "
-        "meta in the compute dtype, fused attention (no L x L matrix); checkpointing keeps block inputs + the "
-        "largest block; accumulation does not add (one micro-batch alive)",
+        "activations: the graded forwards of one per-process micro-batch alive together (offline: batch x images per "
+        "item latents; online: as each method's loss runs them, classifier-free guidance's two branches and draft's "
+        "VAE decode included), traced on meta in the compute dtype, fused attention (no L x L matrix); checkpointing "
+        "keeps block inputs + the largest block; accumulation does not add (one micro-batch alive)",
         "total = sum of the rows, an upper bound on the peak; CUDA context and allocator slack (~1 GiB) not counted",
         "NFE per step: the method's declared worst case x batch x accumulation x processes (a backward counts 2)",
         f"GPU-h = NFE x seconds-per-NFE / 3600 (device-seconds per {part} evaluation of one latent); wall-clock = GPU-h / "

@@ -107,6 +107,18 @@ class ImageBatch:
         return self.latents.shape[0]
 
 
+@dataclass(frozen=True)
+class GradedForward:
+    """What one item of a micro-batch holds for its loss's backward, as the dry run prices activations
+    (`bench.harness.dryrun`): `graphs` denoiser forwards of `latents` latents each alive together (classifier-free
+    guidance's cond and uncond branches run as one call of twice the latents, and count), and `decoded` images decoded
+    by the VAE with gradients."""
+
+    latents: int
+    graphs: int = 1
+    decoded: int = 0
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar, differentiable w.r.t. the policy
@@ -155,6 +167,12 @@ class AlignmentMethod(ABC):
     @abstractmethod
     def max_nfe_per_item(self) -> int:
         """Worst-case NFE per training item (pair or image), a backward counting as 2."""
+
+    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
+        """Per item, what its loss holds for the backward (`GradedForward`): by default one forward of the item's
+        images (a pair's two). `embedded_guidance`: the backbone takes the guidance scale as an input (FLUX), so a
+        guided prediction is one branch."""
+        return GradedForward(2 if self.data_kind == "pairs" else 1)
 
     def loss_space(self, backbone: Backbone) -> str:
         """The prediction space this method's loss uses on `backbone` ("eps", "v" or "x0")."""
@@ -228,6 +246,10 @@ class OnlineMethod(AlignmentMethod, data_kind="prompts", kind="online"):
     def samples_per_prompt(self) -> int:
         """Images a collection samples (and scores) per prompt."""
         return 1
+
+    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
+        """By default one forward of every sample of a prompt at one step."""
+        return GradedForward(self.samples_per_prompt())
 
     def check_reward(self, reward: Reward) -> None:
         """ValueError (one line) if this method cannot train on `reward` (e.g. reward backpropagation on a reward

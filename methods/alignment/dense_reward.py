@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import LossOutput, OnlineMethod, PromptBatch
+from methods.alignment.base import GradedForward, LossOutput, OnlineMethod, PromptBatch
 from methods.checks import require
 from methods.policy_gradient import Rollout, RolloutConfig, rollout, step_log_prob
 from methods.shards import sample_categorical, sample_noise, sample_permutations, stacked
@@ -119,6 +119,12 @@ class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, confi
 
     def samples_per_prompt(self) -> int:
         return self.config.rollouts_per_prompt
+
+    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
+        """[winners; losers] of every kept pair, guided, at each of the S = logit_steps drawn steps, alive together
+        (z sums the S log-ratios before the backward)."""
+        c = 1 if embedded_guidance else self.config.guidance_factor()
+        return GradedForward(2 * self.config.pairs_per_prompt * c, graphs=self.config.logit_steps)
 
     def max_nfe_per_item(self) -> int:
         cfg, c = self.config, self.config.guidance_factor()

@@ -48,7 +48,7 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.search_space import FloatRange
-from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch
+from methods.alignment.base import GradedForward, LossOutput, MethodConfig, OnlineMethod, PromptBatch
 from methods.checks import require
 from methods.policy_gradient import prompt_advantages
 from methods.shards import current, gather_rows, sample_noise, sample_permutations
@@ -196,6 +196,10 @@ class DiffusionNFT(OnlineMethod, name="diffusionnft", needs_reference=True, conf
 
     def accumulation(self) -> int:
         return self.trained_steps()
+
+    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
+        """Every sample at one level, conditional (CFG-free; θ_old's forward has no gradient)."""
+        return GradedForward(self.samples_per_prompt())
 
     def max_nfe_per_item(self) -> int:
         cfg = self.config

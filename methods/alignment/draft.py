@@ -52,7 +52,15 @@ import torch.nn.functional as F
 
 from bench.core.backbone import SPACES, Backbone, Conditioning
 from bench.core.search_space import IntRange
-from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch, Reward, require_differentiable
+from methods.alignment.base import (
+    GradedForward,
+    LossOutput,
+    MethodConfig,
+    OnlineMethod,
+    PromptBatch,
+    Reward,
+    require_differentiable,
+)
 from methods.checks import require
 from methods.policy_gradient import policy_step
 from methods.shards import sample_noise
@@ -138,6 +146,11 @@ class Draft(OnlineMethod, name="draft", needs_reference=False, config=DraftConfi
 
     def guidance_factor(self) -> int:
         return 1 if self.config.setting("guidance") == 1 else 2
+
+    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
+        """The last K sampling steps chained with gradients (ReFL: one), guided, then the VAE decode of the image."""
+        c = 1 if embedded_guidance else self.guidance_factor()
+        return GradedForward(c, graphs=self.config.k if self.config.mode == "draft" else 1, decoded=1)
 
     def max_nfe_per_item(self) -> int:
         c, cfg = self.guidance_factor(), self.config
