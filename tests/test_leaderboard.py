@@ -332,16 +332,16 @@ def test_report_by_a_papers_protocol(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "report"
-    result = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy-tuned"), "--protocol", "imagereward",
+    result = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy"), "--protocol", "imagereward",
                                  "--out", str(out), "--format", "csv"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "protocol-imagereward-oracle.csv")
-    dpo = json.loads((RESULTS / "runs" / "toy-tuned" / "dpo-40000nfe-s0.json").read_text())
+    dpo = json.loads((RESULTS / "runs" / "toy" / "dpo-40000nfe-s0.json").read_text())
     row = table[(table["method"] == "dpo") & (table["seed"] == 0) & (table["budget"] == "40000nfe")].iloc[0]
     scores = dpo["evaluation"]["scores"]["oracle"]
     assert row["oracle_imagereward"] == pytest.approx(sum(scores) / len(scores), rel=1e-5)
     assert row["ci_low"] < row["oracle_imagereward"] < row["ci_high"] and row["prompts"] == 64
-    even = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy-tuned"), "--protocol", "kto-median-of-k",
+    even = runner.invoke(app, ["report", str(RESULTS / "runs" / "toy"), "--protocol", "kto-median-of-k",
                                "--out", str(tmp_path / "k")])
     assert even.exit_code == 2 and "needs an odd number of images per prompt" in even.output
 
