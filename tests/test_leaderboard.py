@@ -85,6 +85,25 @@ def test_an_inference_time_methods_cost_per_image_sits_beside_sampling_cost():
     assert table.loc["doodl", "inference_nfe_per_image"] == 1360.0
 
 
+def test_pairs_table_draws_enough_resamples_for_holm_over_its_rows(monkeypatch):
+    """By default a table of m comparisons draws max(PAIR_RESAMPLES, 50 m) resamples, so its smallest p, 2 / (B + 1),
+    times Holm's m stays below 0.05; an explicit count is used as given."""
+    import bench.results.report as report
+
+    records = [_record("base", None, (0, 0, 0, 0)), *(_record(m, 0, (i, i, 1, 1)) for i, m in enumerate(
+        ("dpo", "kto", "sft", "inpo")))]  # 4 methods: m = 6 comparisons
+    drawn = []
+    real = report.compare_methods
+    monkeypatch.setattr(report, "compare_methods", lambda *a, resamples, **k: (drawn.append(resamples),
+                                                                                real(*a, resamples=resamples, **k))[1])
+    monkeypatch.setattr(report, "PAIR_RESAMPLES", 100)
+    table = report.pairs_table(records)
+    assert len(table) == 6 and set(drawn) == {300}  # 50 x 6 > 100
+    drawn.clear()
+    report.pairs_table(records, resamples=40)
+    assert set(drawn) == {40}
+
+
 def test_pairs_table_pairs_shared_seeds_and_adjusts_over_the_table():
     from bench.core.stats import compare_methods, holm
     from bench.results.report import pairs_table

@@ -47,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.results.figures import PALETTE
-from bench.results.report import budget_label, directions, metric_names, pairs_table
+from bench.results.report import PAIR_RESAMPLES, budget_label, directions, metric_names, pairs_table
 from bench.results.reward_hacking import row_reward
 from methods.alignment import METHODS
 
@@ -181,7 +181,7 @@ def _pairs(records: list[dict], metrics: list[str], primary_pairs: pd.DataFrame)
     holm = {(r["budget"], r["metric"], r["method_a"], r["method_b"]): r["p_holm"]
             for r in primary_pairs.to_dict("records")}
     out: dict = {}
-    for r in pairs_table(records, metrics=metrics).to_dict("records"):
+    for r in pairs_table(records, metrics=metrics, resamples=PAIR_RESAMPLES).to_dict("records"):  # CIs; p from Holm's
         entry = {"d": r["delta"], "lo": r["delta_ci_low"], "hi": r["delta_ci_high"], "w": r["win"],
                  "wlo": r["win_ci_low"], "whi": r["win_ci_high"], "seeds": r["seeds"],
                  "sig": ci_sign(r["delta_ci_low"], r["delta_ci_high"])}

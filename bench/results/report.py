@@ -197,7 +197,8 @@ def comparison_table(records: list[dict], group_by: tuple[str, ...] = ("suite", 
     return mark(df.drop(columns=["_base_last", "_budget_sort"]).reset_index(drop=True), records)
 
 
-PAIR_RESAMPLES = 10000  # a p-value is at least 2 / (B + 1): Holm over m comparisons needs B + 1 > 40 m to reach 0.05
+PAIR_RESAMPLES = 10000  # at least; a p-value is at least 2 / (B + 1): Holm over m comparisons needs B + 1 > 40 m to
+HOLM_RESAMPLES_PER_COMPARISON = 50  # reach 0.05, so by default a table of m rows draws max(PAIR_RESAMPLES, 50 m)
 
 
 def _runs_by_method(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict]]]:
@@ -214,7 +215,7 @@ def _runs_by_method(records: list[dict]) -> dict[tuple, dict[str, dict[int, dict
     return runs
 
 
-def pairs_table(records: list[dict], metrics: list[str] | None = None, resamples: int = PAIR_RESAMPLES,
+def pairs_table(records: list[dict], metrics: list[str] | None = None, resamples: int | None = None,
                 seed: int = 0) -> pd.DataFrame:
     """Method-vs-method paired comparisons: for every suite and budget, every pair of trained methods on the
     training seeds both have (run s of one paired with run s of the other) and the same images, for the suite's
@@ -223,10 +224,12 @@ def pairs_table(records: list[dict], metrics: list[str] | None = None, resamples
     One row per (suite, budget, metric, method_a < method_b): the mean difference A − B with its 95% CI and
     two-sided bootstrap p-value, the paired win rate of A over B (ties half) with its CI, each from the clustered
     bootstrap of `bench.core.stats.compare_methods` (shared seeds, then prompts), and `p_holm`, the Holm-adjusted
-    p-value over every row of the table. Records evaluated on other prompts or seeds are refused (RecordError).
+    p-value over every row of the table. `resamples` None draws max(PAIR_RESAMPLES, 50 m) resamples for a table of
+    m rows, so that the smallest p the bootstrap can give, 2 / (B + 1), survives Holm's factor m at 0.05. Records
+    evaluated on other prompts or seeds are refused (RecordError).
     """
     _check_metrics(records, metrics)
-    rows = []
+    comparisons = []  # (suite, budget, name, secondary, method_a, method_b, seeds, runs_a, runs_b), counted first
     for (suite, budget), methods in _runs_by_method(records).items():
         for runs in methods.values():
             first, *others = runs.values()
@@ -242,20 +245,24 @@ def pairs_table(records: list[dict], metrics: list[str] | None = None, resamples
                 _check_same_images(runs_a[0], runs_b[0])
                 primary = runs_a[0]["config"]["metrics"][0]
                 for name in dict.fromkeys([primary, *(metrics or [])]):
-                    if not all(name in r["evaluation"]["scores"] for r in (runs_a[0], runs_b[0])):
-                        continue
-                    scores_a, scores_b = (torch.tensor([r["evaluation"]["scores"][name] for r in runs],
-                                                       dtype=torch.float64) for runs in (runs_a, runs_b))  # (S, N)
-                    higher = _higher(runs_a[0], name)
-                    win, delta = compare_methods(scores_a, scores_b, groups=runs_a[0]["evaluation"]["prompts"],
-                                                 higher_is_better=higher, resamples=resamples, seed=seed)
-                    rows.append({"suite": suite, "budget": budget, "metric": name, "higher_is_better": higher,
-                                 "method_a": method_a, "method_b": method_b, "seeds": len(seeds),
-                                 "seed_list": " ".join(map(str, seeds)), "n": delta["n"], "prompts": delta["clusters"],
-                                 "delta": delta["mean"], "delta_ci_low": delta["ci_low"],
-                                 "delta_ci_high": delta["ci_high"], "win": win["mean"], "win_ci_low": win["ci_low"],
-                                 "win_ci_high": win["ci_high"], "p_value": delta["p_value"],
-                                 "_budget_sort": runs_a[0]["budget"]["limit"], "_primary": name != primary})
+                    if all(name in r["evaluation"]["scores"] for r in (runs_a[0], runs_b[0])):
+                        comparisons.append((suite, budget, name, name != primary, method_a, method_b, seeds, runs_a,
+                                            runs_b))
+    if resamples is None:
+        resamples = max(PAIR_RESAMPLES, HOLM_RESAMPLES_PER_COMPARISON * len(comparisons))
+    rows = []
+    for suite, budget, name, secondary, method_a, method_b, seeds, runs_a, runs_b in comparisons:
+        scores_a, scores_b = (torch.tensor([r["evaluation"]["scores"][name] for r in runs], dtype=torch.float64)
+                              for runs in (runs_a, runs_b))  # (S, N)
+        higher = _higher(runs_a[0], name)
+        win, delta = compare_methods(scores_a, scores_b, groups=runs_a[0]["evaluation"]["prompts"],
+                                     higher_is_better=higher, resamples=resamples, seed=seed)
+        rows.append({"suite": suite, "budget": budget, "metric": name, "higher_is_better": higher,
+                     "method_a": method_a, "method_b": method_b, "seeds": len(seeds),
+                     "seed_list": " ".join(map(str, seeds)), "n": delta["n"], "prompts": delta["clusters"],
+                     "delta": delta["mean"], "delta_ci_low": delta["ci_low"], "delta_ci_high": delta["ci_high"],
+                     "win": win["mean"], "win_ci_low": win["ci_low"], "win_ci_high": win["ci_high"],
+                     "p_value": delta["p_value"], "_budget_sort": runs_a[0]["budget"]["limit"], "_primary": secondary})
     columns = ["suite", "budget", "metric", "higher_is_better", "method_a", "method_b", "seeds", "seed_list", "n",
                "prompts", "delta", "delta_ci_low", "delta_ci_high", "win", "win_ci_low", "win_ci_high", "p_value",
                "p_holm"]
