@@ -33,7 +33,7 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.search_space import FloatRange
-from methods.alignment.base import GradedForward, LossOutput, MethodConfig, OnlineMethod, PromptBatch
+from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch
 from methods.checks import require
 from methods.shards import current, gather_rows, sample_noise, sample_permutations
 
@@ -233,11 +233,6 @@ class PolicyGradient(OnlineMethod):
     def max_nfe_per_item(self) -> int:
         c = self.config.guidance_factor()
         return self.samples_per_prompt() * (self.config.steps * c + self.trained_steps() * self.train_nfe_per_step())
-
-    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
-        """Every trajectory at one trained step, guided; each trained step is its own micro-batch, backpropagated
-        before the next (one graph alive)."""
-        return GradedForward(self.samples_per_prompt() * (1 if embedded_guidance else self.config.guidance_factor()))
 
     def train_nfe_per_step(self) -> int:
         """NFE per trajectory of one trained step: a guided forward with gradients (c) and its backward (2c)."""

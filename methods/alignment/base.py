@@ -247,9 +247,20 @@ class OnlineMethod(AlignmentMethod, data_kind="prompts", kind="online"):
         """Images a collection samples (and scores) per prompt."""
         return 1
 
+    def guidance_factor(self) -> int:
+        """Denoiser evaluations per latent of a guided prediction in its rollouts: 2 with classifier-free guidance, 1
+        without (its config's `guidance_factor`, where the config has one)."""
+        factor = getattr(self.config, "guidance_factor", None)
+        return factor() if factor is not None else 1
+
+    def guided_branches(self, embedded_guidance: bool) -> int:
+        """Latents per sample in a guided forward: `guidance_factor`, or 1 where the backbone takes the guidance scale
+        as an input (FLUX)."""
+        return 1 if embedded_guidance else self.guidance_factor()
+
     def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
-        """By default one forward of every sample of a prompt at one step."""
-        return GradedForward(self.samples_per_prompt())
+        """By default one forward of every sample of a prompt at one step, guided as its rollouts are."""
+        return GradedForward(self.samples_per_prompt() * self.guided_branches(embedded_guidance))
 
     def check_reward(self, reward: Reward) -> None:
         """ValueError (one line) if this method cannot train on `reward` (e.g. reward backpropagation on a reward

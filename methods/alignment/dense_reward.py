@@ -123,8 +123,8 @@ class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, confi
     def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
         """[winners; losers] of every kept pair, guided, at each of the S = logit_steps drawn steps, alive together
         (z sums the S log-ratios before the backward)."""
-        c = 1 if embedded_guidance else self.config.guidance_factor()
-        return GradedForward(2 * self.config.pairs_per_prompt * c, graphs=self.config.logit_steps)
+        return GradedForward(2 * self.config.pairs_per_prompt * self.guided_branches(embedded_guidance),
+                             graphs=self.config.logit_steps)
 
     def max_nfe_per_item(self) -> int:
         cfg, c = self.config, self.config.guidance_factor()

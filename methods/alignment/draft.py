@@ -149,8 +149,8 @@ class Draft(OnlineMethod, name="draft", needs_reference=False, config=DraftConfi
 
     def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
         """The last K sampling steps chained with gradients (ReFL: one), guided, then the VAE decode of the image."""
-        c = 1 if embedded_guidance else self.guidance_factor()
-        return GradedForward(c, graphs=self.config.k if self.config.mode == "draft" else 1, decoded=1)
+        return GradedForward(self.guided_branches(embedded_guidance), graphs=self.config.k if self.config.mode == "draft"
+                             else 1, decoded=1)
 
     def max_nfe_per_item(self) -> int:
         c, cfg = self.guidance_factor(), self.config

@@ -47,7 +47,7 @@ import torch
 
 from bench.core.backbone import Backbone
 from bench.core.search_space import FloatRange
-from methods.alignment.base import GradedForward, LossOutput, MethodConfig, OnlineMethod, PromptBatch
+from methods.alignment.base import LossOutput, MethodConfig, OnlineMethod, PromptBatch
 from methods.checks import require
 from methods.policy_gradient import (
     FlowRollout,
@@ -149,10 +149,6 @@ class FlowGRPO(OnlineMethod, name="flow-grpo", needs_reference=True, config=Flow
 
     def accumulation(self) -> int:
         return self.trained_steps()
-
-    def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
-        """Every trajectory at one trained step, guided (the reference's forward has no gradient); one graph alive."""
-        return GradedForward(self.samples_per_prompt() * (1 if embedded_guidance else self.config.guidance_factor()))
 
     def max_nfe_per_item(self) -> int:
         cfg, c = self.config, self.config.guidance_factor()
