@@ -42,7 +42,7 @@ class InferenceTimeMethod(AlignmentMethod, data_kind="prompts", needs_reference=
     def check_reward(self, reward: Reward) -> None:
         """ValueError (one line) if this method cannot use `reward`; the harness asks before any work."""
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         """An inference-time method trains on nothing: 0 NFE per training item."""
         return 0
 

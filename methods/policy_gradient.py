@@ -230,13 +230,15 @@ class PolicyGradient(OnlineMethod):
                            dtype=policy.latent_dtype)
         return sample_noise(like, rng)
 
-    def max_nfe_per_item(self) -> int:
-        c = self.config.guidance_factor()
-        return self.samples_per_prompt() * (self.config.steps * c + self.trained_steps() * self.train_nfe_per_step())
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
+        c = self.guided_branches(embedded_guidance)
+        return self.samples_per_prompt() * (self.config.steps * c + self.trained_steps() *
+                                            self.train_nfe_per_step(embedded_guidance))
 
-    def train_nfe_per_step(self) -> int:
-        """NFE per trajectory of one trained step: a guided forward with gradients (c) and its backward (2c)."""
-        return 3 * self.config.guidance_factor()
+    def train_nfe_per_step(self, embedded_guidance: bool = False) -> int:
+        """NFE per trajectory of one trained step: a guided forward with gradients (c = `guided_branches`) and its
+        backward (2c)."""
+        return 3 * self.guided_branches(embedded_guidance)
 
     @torch.no_grad()
     def collect(self, policy: Backbone, batch: PromptBatch, rng: torch.Generator) -> list[StepBatch]:

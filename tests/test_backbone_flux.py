@@ -34,6 +34,7 @@ from bench.harness.data import EncodedPreferences
 from bench.harness.sampling import initial_noise, sample_latents
 from bench.harness.trainer import Trainer, declared_step_cost
 from methods.alignment import METHODS
+from methods.alignment.flow_grpo import FlowGRPO, FlowGRPOConfig
 from methods.inversion import SAMPLERS
 from methods.inversion.base import InversionState, per_sample_levels, sampling_levels
 
@@ -186,8 +187,10 @@ def test_save_and_load_round_trip_with_diffusers(tiny_flux_backbone, tmp_path):
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
     assert index["text_encoder_2"] == ["transformers", "T5EncoderModel"] and "text_encoder_3" not in index
     assert Backbone.native_space_of(tmp_path / "pipe") == "flow"
+    assert Backbone.embeds_guidance_of(tmp_path / "pipe")  # read from transformer/config.json, nothing loaded
     loaded = Backbone.from_pretrained(tmp_path / "pipe")
     assert loaded.family == "flux" and loaded.text_encoder_3 is not None and loaded.text_encoder_2 is None
+    assert loaded.embeds_guidance
     assert torch.equal(loaded.timesteps(10), b.timesteps(10))
     cond = b.encode_prompts(PROMPTS)
     assert torch.equal(loaded.encode_prompts(PROMPTS).embeds, cond.embeds)
@@ -205,8 +208,38 @@ def test_save_and_load_round_trip_with_diffusers(tiny_flux_backbone, tmp_path):
     assert index["tokenizer"] == [None, None] and index["tokenizer_2"][0] == "transformers"
     assert torch.equal(Backbone.from_pretrained(tmp_path / "bare").encode_prompts(PROMPTS).embeds, cond.embeds)
     shutil.rmtree(tmp_path / "bare" / "transformer")
+    assert not Backbone.embeds_guidance_of(tmp_path / "bare")
     with pytest.raises(BackboneLoadError, match="FLUX-shaped .* transformer/"):
         Backbone.from_pretrained(tmp_path / "bare")
+
+
+def test_a_call_without_a_guidance_scale_gets_the_default_guidance(tiny_flux_backbone):
+    """`prediction` (and so `eps`, `denoise`) without w gives the transformer `default_guidance`: 1 on the backbone, the
+    view's on `with_default_guidance`; a given w is passed as given; a transformer without the embedding (and every
+    other family: tests/test_trainer.py) computes at w = 1 whatever the default."""
+    b = tiny_flux_backbone
+    x = torch.randn(2, *b.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond = b.encode_prompts(PROMPTS)
+    view = b.with_default_guidance(FLUX_GUIDANCE)
+    seen = []
+    hook = b.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["guidance"].tolist()),
+                                            with_kwargs=True)
+    with torch.no_grad():
+        b.prediction(x, 500.0, cond, "flow")
+        view.prediction(x, 500.0, cond, "flow")
+        view.eps(x, 500.0, cond)
+        view.prediction(x, 500.0, cond, "flow", 1.0)  # an explicit w (a rollout's) is kept
+        torch.testing.assert_close(view.prediction(x, 500.0, cond, "flow"), b.prediction(x, 500.0, cond, "flow", 3.5),
+                                   rtol=0, atol=0)
+    hook.remove()
+    assert seen == [[1.0] * 2, [3.5] * 2, [3.5] * 2, [1.0] * 2, [3.5] * 2, [3.5] * 2]
+    assert b.default_guidance == 1.0 and b.embeds_guidance and view.nfe is b.nfe
+    undistilled = build_tiny_flux_backbone(guidance_embeds=False)
+    assert not undistilled.embeds_guidance
+    plain = undistilled.encode_prompts(PROMPTS)
+    with torch.no_grad():
+        assert torch.equal(undistilled.with_default_guidance(FLUX_GUIDANCE).prediction(x, 500.0, plain, "flow"),
+                           undistilled.prediction(x, 500.0, plain, "flow", 1.0))
 
 
 # ---------------------------------------------------------------------------------------------------- registries
@@ -286,8 +319,8 @@ TRAINED = [name for name in METHODS.names()
 @pytest.mark.parametrize("name", TRAINED)
 def test_every_flow_method_runs_a_trainer_step_on_flux(tiny_flux_backbone, name):
     """One trainer step of every offline method and every flow online method on the tiny FLUX backbone (online:
-    rewarded by red): a finite loss, moved weights, and no more NFE than declared (a guided FLUX evaluation costs 1
-    per latent where the methods' declarations price CFG's 2)."""
+    rewarded by red): a finite loss, moved weights, and no more NFE than declared with the guidance embedded (a guided
+    FLUX evaluation costs 1 per latent, not CFG's 2)."""
     method, config = METHODS.get(name)(), TrainConfig(lr=1e-3, batch_size=2)
     reward = RedReward() if method.kind == "online" else None
     before = {k: v.clone() for k, v in tiny_flux_backbone.unet.state_dict().items()}
@@ -297,4 +330,39 @@ def test_every_flow_method_runs_a_trainer_step_on_flux(tiny_flux_backbone, name)
     if name in LOSS_AT_INIT:  # the policy is the reference before its first update
         assert result.history[0]["loss"] == pytest.approx(LOSS_AT_INIT[name], abs=1e-6)
     assert any(not torch.equal(before[k], v) for k, v in result.policy.unet.state_dict().items())
-    assert result.usage.nfe <= declared_step_cost(method, config, "nfe")
+    assert result.usage.nfe <= declared_step_cost(method, config, "nfe", embedded_guidance=True)
+
+
+def test_flow_grpo_declares_one_branch_per_guided_forward_on_flux(tiny_flux_backbone):
+    """A guided forward of a transformer that embeds the guidance scale evaluates each latent once: Flow-GRPO's
+    declaration there, G (N + T (3 + [β > 0])) per prompt, is what the backbone meters for a collection and its
+    training, half the CFG count G (2N + T (6 + 2 [β > 0])) of the same config; the Trainer plans with it, so a budget
+    of exactly one step's NFE trains that step."""
+    method, config = FlowGRPO(FlowGRPOConfig(steps=3, group_size=2, guidance=FLUX_GUIDANCE)), TrainConfig(lr=1e-3, batch_size=2)
+    per_prompt = 2 * (3 + 2 * (3 + 1))  # G = 2, N = 3, T = ⌊3 · 0.99⌋ = 2 trained steps, β = 0.01 > 0
+    assert tiny_flux_backbone.embeds_guidance
+    assert method.max_nfe_per_item(embedded_guidance=True) == per_prompt == method.max_nfe_per_item() // 2
+    budget = Budget("nfe", declared_step_cost(method, config, "nfe", embedded_guidance=True))
+    result = Trainer(method, tiny_flux_backbone, flux_data(tiny_flux_backbone), config, budget, seed=0,
+                     progress=False, reward=RedReward()).fit()
+    assert result.steps == 1 and result.usage.nfe == budget.limit == 2 * per_prompt  # two prompts
+
+
+@pytest.mark.parametrize("train_guidance", [1.0, FLUX_GUIDANCE])
+def test_offline_training_forwards_get_the_train_guidance_on_flux(tiny_flux_backbone, train_guidance):
+    """An offline method's policy and reference forwards (DPO's) give the transformer `TrainConfig.train_guidance` as
+    its embedded scale (the flux-dev suite's 3.5, as diffusers' FLUX training scripts; 1 by default); the trained policy
+    and the base evaluate at their callers' w as before."""
+    seen = []  # (embedded guidance, with gradients) per transformer call; the policy's copy keeps the hook
+    hook = tiny_flux_backbone.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((set(kwargs["guidance"].tolist()), torch.is_grad_enabled())),
+        with_kwargs=True)
+    try:
+        result = Trainer(METHODS.get("dpo")(), tiny_flux_backbone, flux_data(tiny_flux_backbone),
+                         TrainConfig(lr=1e-3, batch_size=2, train_guidance=train_guidance), Budget.parse("1steps"),
+                         seed=0, progress=False).fit()
+    finally:
+        hook.remove()
+    assert result.steps == 1 and math.isfinite(result.history[0]["loss"])
+    assert sorted(seen, key=lambda call: call[1]) == [({train_guidance}, False), ({train_guidance}, True)]
+    assert tiny_flux_backbone.default_guidance == result.policy.default_guidance == 1.0

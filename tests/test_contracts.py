@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import math
 import sys
 
@@ -289,6 +290,22 @@ def test_method_steps_cost_the_declared_nfe(request, toy_pairs, name):
     cost = VARIABLE_STEP_COST.get(name, lambda logs, items: declared)
     assert step_nfe == [cost(logs, config.batch_size) for logs in result.history]
     assert max(step_nfe) <= declared
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_declares_its_nfe_with_one_signature_and_a_guided_forward_once_where_embedded(name):
+    """`max_nfe_per_item(embedded_guidance)` has the base class's signature in every method (the trainer and the dry run
+    pass whether the backbone takes the guidance scale as an input); where it does (FLUX.1-dev) a guided forward is one
+    branch, so an online method declares at most its CFG count, exactly that without guidance; an offline or
+    inference-time method's forwards are unguided and its declaration does not change."""
+    cls = METHODS.get(name)
+    assert inspect.signature(cls.max_nfe_per_item) == inspect.signature(AlignmentMethod.max_nfe_per_item)
+    method = cls()
+    cfg, embedded = method.max_nfe_per_item(), method.max_nfe_per_item(embedded_guidance=True)
+    if cls.kind == "online" and method.guidance_factor() > 1:
+        assert 0 < embedded < cfg
+    else:
+        assert embedded == cfg
 
 
 @pytest.mark.parametrize(("name", "family"), [(name, family) for name in TRAINED_METHODS

@@ -316,6 +316,21 @@ def test_flux_dev_dry_run_lora_against_full(tmp_path):
     assert lora["micro_batch_latents"] == 6 and lora["nfe_per_step"] == 576 * 8  # 3 pairs per micro-batch
 
 
+def test_flux_dev_dry_run_counts_a_guided_forward_once(tmp_path):
+    """FLUX.1-dev embeds the guidance scale: Flow-GRPO's guided forwards (w = 4.5 by default) are one latent's
+    evaluation each in its NFE, its GPU-hours and its activations, half what CFG costs on SD3.5; and a budget of one
+    such step plans."""
+    flow_grpo = METHODS.get("flow-grpo")()
+    per_item = 24 * (10 + 9 * (3 + 1))  # G (N + T (3 + [β > 0])): 24 samples, 10 steps, 9 trained, β = 0.01
+    assert flow_grpo.max_nfe_per_item(embedded_guidance=True) == per_item == flow_grpo.max_nfe_per_item() // 2
+    step = 576 * per_item  # 32 processes x 3 prompts x 6 accumulation
+    plan = _plan("flux-dev", ["flow-grpo"], tmp_path, budgets=[Budget("nfe", step)])  # one step: planned, not refused
+    (entry,) = dry_run(plan, seconds_per_nfe=2.0).methods
+    assert entry["nfe_per_item"] == per_item and entry["nfe_per_step"] == step
+    assert entry["budgets"][0]["steps"] == 1 and entry["budgets"][0]["gpu_hours"] == pytest.approx(step * 2.0 / 3600)
+    assert entry["graded_forward"]["latents"] == 3 * 24  # every sample of a micro-batch's 3 prompts, one branch
+
+
 @pytest.mark.parametrize("suite, configs, message", [
     ("sd35-medium", _broken(SD35_MEDIUM, "transformer", joint_attention_dim=2048),
      "transformer joint_attention_dim 2048 != text_encoder_3 (T5) d_model 4096"),

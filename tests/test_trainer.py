@@ -122,6 +122,40 @@ def test_adafactor_and_gradient_checkpointing_give_the_same_first_step_loss(toy_
     assert other.history[1]["loss"] != pytest.approx(plain.history[1]["loss"], abs=1e-9)  # a different update
 
 
+def test_train_guidance_is_ignored_by_a_denoiser_without_a_guidance_input(toy_setup):
+    """`train_guidance` reaches only a denoiser that embeds the guidance scale (FLUX.1-dev: tests/test_backbone_flux.py);
+    the toy SD pipeline trains bit for bit as without it. It is a positive scale."""
+    plain = _train(toy_setup, "dpo", "2steps")
+    distilled = _train(toy_setup, "dpo", "2steps", train_guidance=3.5)
+    assert [logs["loss"] for logs in distilled.history] == [logs["loss"] for logs in plain.history]
+    trained, other = plain.policy.unet.state_dict(), distilled.policy.unet.state_dict()
+    assert all(torch.equal(trained[k], other[k]) for k in trained)
+    with pytest.raises(ValueError, match="train_guidance must be > 0"):
+        TrainConfig(train_guidance=0.0)
+
+
+def test_a_run_started_before_train_guidance_resumes_and_not_at_another_scale(tmp_path, monkeypatch, tiny_toy_dir):
+    """run.json written before TrainConfig had train_guidance: the run trained at the default, so it resumes, and
+    asking it to resume at another scale is a different configuration."""
+    import json
+
+    from bench.core.records import RUN_MANIFEST, new_record
+    from bench.harness.run import RunSetupError, plan_run
+    from bench.harness.suites import get_suite
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_TOY_DIR", str(tiny_toy_dir))
+    suite = get_suite("toy")
+    config = json.loads(json.dumps(plan_run(suite, ["dpo"], run_dir=tmp_path / "new").config()))
+    assert config["methods"]["dpo"]["train"]["train_guidance"] == 1.0  # recorded
+    del config["methods"]["dpo"]["train"]["train_guidance"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text(json.dumps(new_record(RUN_MANIFEST, config=config)))
+    plan_run(suite, ["dpo"], run_dir=tmp_path / "old", resume=True)  # resumes
+    with pytest.raises(RunSetupError, match=r"different configuration \(methods\)"):
+        plan_run(suite, ["dpo"], run_dir=tmp_path / "old", resume=True, train_args={"dpo": {"train_guidance": "3.5"}})
+
+
 def test_half_precision_base_trains_fp32_weights_and_evaluates_like_the_base(tiny_toy_dir, tmp_path):
     """A bf16 base (frozen reference in bf16, as Diffusion-DPO's train.py) trains a float32 policy under bf16
     autocast; the policy comes back in bf16 without the autocast wrapper, so an (almost) untrained policy

@@ -36,7 +36,13 @@ schedule. Four families share the interface (`family`):
   guidance and runs no unconditional branch: 1 NFE per latent at every w, and w = 1 is the (approximate) conditional
   prediction, as CFG's w = 1 is on the other families. There is no unconditional branch for an `uncond` to enter: a
   guided call with one (null-text inversion) is refused. A FLUX transformer without the embedding (`guidance_embeds`
-  False, FLUX.1-schnell-shaped) takes w = 1 only.
+  False, FLUX.1-schnell-shaped) takes w = 1 only. `embeds_guidance` says whether the denoiser takes w as an input.
+
+  A call that passes no w (guidance None, e.g. every training forward of an offline method) gets `default_guidance` on
+  a transformer that embeds it, and w = 1 (no guidance: the conditional prediction) on every other denoiser. The base
+  is 1; the trainer's policy and reference are views at `TrainConfig.train_guidance` (`with_default_guidance`), so
+  FLUX.1-dev can be trained at the scale it samples at (3.5, as diffusers' FLUX training scripts pass it) while no
+  method names the family.
 
 The attribute `unet` holds the denoiser whatever the family: a UNet, an SD3 or a FLUX transformer.
 
@@ -213,6 +219,12 @@ PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLP
                     "flux": "FluxPipeline"}
 
 
+def takes_guidance_input(denoiser_config) -> bool:
+    """Whether a denoiser with this diffusers config takes the guidance scale as an input: a guidance-distilled FLUX
+    transformer (`guidance_embeds`, FLUX.1-dev), whose guided prediction is one forward, not CFG's two branches."""
+    return bool(denoiser_config.get("guidance_embeds", False))
+
+
 def is_flow_scheduler(class_name: str) -> bool:
     """Whether a diffusers scheduler class (by name, e.g. a config's `_class_name`) runs a rectified-flow schedule."""
     return class_name in FLOW_SCHEDULERS
@@ -277,6 +289,10 @@ class BackboneLoadError(RuntimeError):
 
 class Backbone:
     """Denoiser + VAE + text encoder(s) + tokenizer(s) + noise schedule behind one small interface."""
+
+    # the embedded guidance scale a call that passes none gets, on a denoiser that takes one (`embeds_guidance`; module
+    # docstring); 1: the conditional prediction. Views set it (`with_default_guidance`).
+    default_guidance: float = 1.0
 
     def __init__(
         self,
@@ -475,6 +491,14 @@ class Backbone:
         view._fingerprints = {k: v for k, v in self._fingerprints.items() if k != "unet"}
         return view
 
+    def with_default_guidance(self, guidance: float) -> Backbone:
+        """A view sharing everything whose calls without a guidance scale give a guidance-distilled transformer
+        `guidance` as its embedded scale (`default_guidance`); on a denoiser without that input it computes as this
+        backbone does."""
+        view = copy.copy(self)
+        view.default_guidance = float(guidance)
+        return view
+
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
@@ -524,6 +548,21 @@ class Backbone:
             return "flow"
         return space_of(config.get("prediction_type", "epsilon"))
 
+    @staticmethod
+    def embeds_guidance_of(path_or_id: str | os.PathLike) -> bool:
+        """A pipeline's `embeds_guidance` without loading it: from a local directory's `transformer/` config, the hub
+        cache (never the network), or the built-in official config of a known hub id; False where none is found (a UNet
+        pipeline has no `transformer/`)."""
+        source = str(path_or_id)
+        try:
+            with warnings.catch_warnings():  # as `native_space_of`
+                warnings.simplefilter("ignore", UserWarning)
+                config = FluxTransformer2DModel.load_config(source, subfolder="transformer", local_files_only=True)
+        except (OSError, ValueError):
+            config = PIPELINE_CONFIGS.get(source, {}).get("transformer")
+        return (config is not None and config.get("_class_name", "FluxTransformer2DModel") == "FluxTransformer2DModel"
+                and takes_guidance_input(config))
+
     @property
     def family(self) -> str:
         """"sd3" for an SD3 transformer, "flux" for a FLUX transformer, "sdxl" for UNets with SDXL's text-time
@@ -540,6 +579,18 @@ class Backbone:
     def unet_config(self):
         """The denoiser's diffusers config, through a distributed wrapper (a policy prepared by accelerate holds DDP)."""
         return getattr(self.unet, "module", self.unet).config
+
+    @property
+    def embeds_guidance(self) -> bool:
+        """Whether the denoiser takes the guidance scale as an input (a guidance-distilled FLUX transformer, FLUX.1-dev):
+        then a guided prediction is one forward per latent at every w, not classifier-free guidance's two branches."""
+        return self.family == "flux" and takes_guidance_input(self.unet_config)
+
+    def resolve_guidance(self, guidance: float | None) -> float:
+        """`guidance` as given; none: `default_guidance` where the denoiser embeds the scale, else 1 (no guidance)."""
+        if guidance is not None:
+            return guidance
+        return self.default_guidance if self.embeds_guidance else 1.0
 
     @property
     def num_train_timesteps(self) -> int:
@@ -750,10 +801,10 @@ class Backbone:
         return t.expand(batch) if t.ndim == 0 else t
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, *,
-                     guidance: float = 1.0) -> torch.Tensor:
+                     guidance: float | None = None) -> torch.Tensor:
         """The denoiser's raw prediction (its own parametrisation) at x_t (B, C, h, w), in x_t's shape and dtype, counted
-        in `nfe`. `guidance` is FLUX's embedded guidance scale (module docstring); the other families take none here
-        (their guidance is CFG's two branches, `prediction`).
+        in `nfe`. `guidance` is FLUX's embedded guidance scale (module docstring; None: `resolve_guidance`); the other
+        families take none here (their guidance is CFG's two branches, `prediction`).
 
         Inputs are cast to the denoiser's weights' dtype (a half-precision frozen UNet takes half inputs; a float32
         policy under mixed precision takes float32 and autocasts itself). A UNet takes the levels as integer
@@ -761,7 +812,8 @@ class Backbone:
         transformer takes σ = float32(t) / 1000 and w as float32 (FluxPipeline's call), on the packed latents.
         """
         flux = self.family == "flux"
-        if guidance != 1.0 and not (flux and self.unet_config.guidance_embeds):
+        guidance = self.resolve_guidance(guidance)
+        if guidance != 1.0 and not self.embeds_guidance:
             raise ValueError(f"guidance {guidance} is an input only of a guidance-distilled FLUX transformer "
                              f"(guidance_embeds); this {self.family} denoiser takes CFG's branches (`prediction`)")
         batch = x_t.shape[0]
@@ -779,7 +831,7 @@ class Backbone:
         if flux:
             _, _, height, width = x_t.shape
             embedded = None
-            if self.unet_config.guidance_embeds:
+            if self.embeds_guidance:
                 embedded = torch.full((batch,), guidance, dtype=torch.float32, device=x_t.device)
             tokens = self.unet(hidden_states=pack_latents(x_t.to(weights.dtype)),  # (B, h/2 · w/2, 4C)
                                timestep=levels.to(torch.float32) / 1000, guidance=embedded,
@@ -825,13 +877,15 @@ class Backbone:
         return self.convert(output, x_t, t, "eps")
 
     def prediction(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, space: str,
-                   guidance: float = 1.0, uncond: Conditioning | None = None) -> torch.Tensor:
+                   guidance: float | None = None, uncond: Conditioning | None = None) -> torch.Tensor:
         """The model's prediction at (x_t, t, c) in `space`, (B, C, H, W), with classifier-free guidance
         y_u + w (y_c − y_u) in that space when w ≠ 1 (Ho & Salimans 2022; `uncond` defaults to the empty prompt).
 
         At w = 1 only the conditional branch is evaluated (B NFE, one call); otherwise both branches run in one batched
         denoiser call (2B NFE). A guidance-distilled FLUX transformer takes w as its embedded guidance instead: one
-        call, B NFE, at every w, and no `uncond` at w ≠ 1 (module docstring)."""
+        call, B NFE, at every w, and no `uncond` at w ≠ 1 (module docstring). No w (None): `resolve_guidance`, i.e. 1
+        (no guidance) but on a transformer that embeds it, which gets `default_guidance`."""
+        guidance = self.resolve_guidance(guidance)
         batch = x_t.shape[0]
         t = self._as_batch_timesteps(t, batch)
         if self.family == "flux":
@@ -854,7 +908,7 @@ class Backbone:
         a, s = self.coefficients(torch.as_tensor(t).cpu(), x0)
         return SPACES[space].target(x0, noise, a, s)
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, guidance: float = 1.0,
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, guidance: float | None = None,
             uncond: Conditioning | None = None) -> torch.Tensor:
         """ε̂(x_t, t, c), with classifier-free guidance when w ≠ 1: ε_u + w (ε_c − ε_u) on a VP schedule; on a flow
         schedule the ε̂ of `denoise`, from the guided velocity u_u + w (u_c − u_u) (what StableDiffusion3Pipeline
@@ -863,8 +917,8 @@ class Backbone:
             return self.denoise(x_t, t, cond, guidance, uncond)[1]
         return self.prediction(x_t, t, cond, "eps", guidance, uncond)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning, guidance: float = 1.0,
-                uncond: Conditioning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Conditioning,
+                guidance: float | None = None, uncond: Conditioning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂0, ε̂), each (B, C, H, W): the pair x_t = a_t x̂0 + s_t ε̂ that the (guided) prediction at (x_t, t, c)
         implies, what a DDIM step x' = a' x̂0 + s' ε̂ reads (`methods.inversion.base.ddim_step`). Each comes from the
         space's own solve (module docstring), never dividing by an a_t that can be 0:

@@ -65,6 +65,10 @@ class TrainConfig:
     lora_init: str = field(default="gaussian", metadata={
         "help": "LoRA initialisation, B = 0 either way (training starts at the base): gaussian (A ~ N(0, 1/r²), peft's "
                 "'gaussian', Flow-GRPO's) or kaiming (A Kaiming-uniform, peft's default)"})
+    train_guidance: float = field(default=1.0, metadata={
+        "help": "the guidance scale a guidance-distilled backbone (FLUX.1-dev) receives as its input in training "
+                "forwards that pass none (every offline method's; online rollouts pass their own); ignored by backbones "
+                "without a guidance input. 1: the conditional prediction; diffusers' FLUX training scripts: 3.5"})
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -86,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"lora_alpha must be > 0 (or none: the rank), got {self.lora_alpha}")
         if not split_list(self.lora_targets):
             raise ValueError(f"lora_targets must name at least one module, got {self.lora_targets!r}")
+        if not self.train_guidance > 0:
+            raise ValueError(f"train_guidance must be > 0, got {self.train_guidance}")
         if self.lora_init not in LORA_INITS:
             raise ValueError(f"lora_init must be one of {tuple(LORA_INITS)}, got {self.lora_init!r}")
         unused = [name for name in ("lora_alpha", "lora_targets", "lora_init")

@@ -23,7 +23,8 @@ The "UNet" below is whichever denoiser the family has; "NFE" counts its evaluati
 
 Step cost, from each method's own declaration (`bench.harness.trainer.declared_step_cost`):
 
-    nfe_step     = batch_size x grad_accum x processes x max_nfe_per_item      (worst case)
+    nfe_step     = batch_size x grad_accum x processes x max_nfe_per_item      (worst case; on FLUX.1-dev, whose
+                   transformer embeds the guidance scale, a guided forward counts 1 per latent, not CFG's 2)
     samples_step = batch_size x grad_accum x processes x images per item        (a pair is 2)
 
 Budget -> steps as the budget meter stops (`used + step cost <= limit`, bench/core/budget.py), with s_nfe
@@ -55,7 +56,7 @@ text encoder parameters, V = VAE parameters, b = 4 for `--dtype fp32`, 2 for fp1
                  (fp32 without mixed precision), with fused attention (flash / memory-efficient SDPA saves q, k, v,
                  the output and an fp32 log-sum-exp, not the L x L matrix). Per method, with B = batch_size and c = 2
                  under classifier-free guidance (w ≠ 1: the cond and uncond branches run as one call of 2x the
-                 latents, `Backbone.prediction`), 1 without it and on FLUX (guidance embedded, one branch):
+                 latents, `Backbone.prediction`), 1 without it and on FLUX.1-dev (guidance embedded, one branch):
                    offline        one forward of B x images per item latents (a pair is 2)
                    ddpo, grpo,    one forward of B x G x c latents (G = samples_per_prompt): every trajectory
                    flow-grpo      at one step; each trained step is its own micro-batch, backpropagated before
@@ -112,6 +113,7 @@ from peft import inject_adapter_in_model
 from rich.table import Table
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
+from bench.core.backbone import takes_guidance_input
 from bench.core.budget import Budget
 from bench.core.config import PIPELINE_DTYPES, TrainConfig
 from bench.core.real_configs import PIPELINE_CONFIGS, RECIPE_LAUNCH
@@ -594,7 +596,9 @@ def budget_plan(budget: Budget, nfe_step: float, samples_step: float, processes:
 
 def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processes: int, budgets: list[Budget],
                   seconds_per_nfe: float | None, denoiser: torch.nn.Module, frozen_bytes: int, frozen_width: int,
-                  activations, decoder_activations, family: str) -> dict:
+                  activations, decoder_activations, embedded_guidance: bool) -> dict:
+    """One method's report row. `embedded_guidance`: the denoiser takes the guidance scale as an input (FLUX.1-dev's
+    `guidance_embeds`), so a guided forward is one branch, in NFE and in activations."""
     autocast = cfg.mixed_precision != "no"
     if cfg.lora_rank:
         try:
@@ -608,9 +612,9 @@ def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processe
         shapes, trainable, frozen_casts = [tuple(p.shape) for p in denoiser.parameters()], parameter_count(denoiser), 0
         frozen_bytes += 4 * buffer_count(denoiser)  # the trainable copy's buffers (SD3's position table), fp32
     micro_latents = declared_step_cost(method, dataclasses.replace(cfg, grad_accum=1), "samples")  # per process
-    nfe_step = declared_step_cost(method, cfg, "nfe", processes)
+    nfe_step = declared_step_cost(method, cfg, "nfe", processes, embedded_guidance=embedded_guidance)
     samples_step = declared_step_cost(method, cfg, "samples", processes)
-    per_item = method.graded_forward(embedded_guidance=family == "flux")  # FLUX takes its guidance as an input
+    per_item = method.graded_forward(embedded_guidance=embedded_guidance)
     graded = dataclasses.replace(per_item, latents=cfg.batch_size * per_item.latents,
                                  decoded=cfg.batch_size * per_item.decoded)
     dtype = COMPUTE_DTYPES[cfg.mixed_precision]
@@ -627,7 +631,8 @@ def _method_entry(name: str, method: AlignmentMethod, cfg: TrainConfig, processe
     return {"method": name, "data_kind": method.data_kind, "needs_reference": method.needs_reference,
             "trainable_parameters": trainable, "lora": lora,
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-            "items_per_step": cfg.batch_size * cfg.grad_accum * processes, "nfe_per_item": method.max_nfe_per_item(),
+            "items_per_step": cfg.batch_size * cfg.grad_accum * processes,
+            "nfe_per_item": method.max_nfe_per_item(embedded_guidance=embedded_guidance),
             "nfe_per_step": nfe_step, "samples_per_step": samples_step, "micro_batch_latents": micro_latents,
             "graded_forward": {"latents": graded.latents, "graphs": graded.graphs, "decoded_images": graded.decoded,
                                "denoiser_bytes": denoiser_saves, "vae_decoder_bytes": decoder_saves},
@@ -707,8 +712,9 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
             traced[key] = decoder_activation_bytes(dict(modules["vae"].config), latent_shape, images, dtype)
         return traced[key]
 
+    embedded_guidance = family == "flux" and takes_guidance_input(denoiser.config)  # as `Backbone.embeds_guidance`
     methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, denoiser,
-                             frozen_bytes, frozen_width, activations, decoder_activations, family)
+                             frozen_bytes, frozen_width, activations, decoder_activations, embedded_guidance)
                for name, method in plan.methods.items()]
     part = "UNet" if key == "unet" else "transformer"
     assumptions = [

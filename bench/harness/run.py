@@ -197,9 +197,10 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     budgets = budgets or [suite.budget]
     if len(set(budgets)) != len(budgets):
         raise RunSetupError(f"a budget is listed twice: {', '.join(map(str, budgets))}")
+    embedded_guidance = Backbone.embeds_guidance_of(pipeline or suite.pipeline)  # FLUX.1-dev: a guided forward is 1 NFE
     for budget in budgets:
         for name, method in methods.items():
-            step = declared_step_cost(method, train_configs[name], budget.unit)
+            step = declared_step_cost(method, train_configs[name], budget.unit, embedded_guidance=embedded_guidance)
             if step > budget.limit:
                 raise RunSetupError(f"budget {budget} is smaller than one {name} step ({step:g} {budget.unit} at "
                                     f"batch size {train_configs[name].batch_size}); raise the budget")

@@ -292,11 +292,18 @@ def flux_dev_suite() -> Suite:
     no prompt dropout (a guidance-distilled model has no unconditional branch to train). Differences from the reference:
     the pipeline's 1024² rather than Flow-GRPO's 512² (`bench run` trains at the VAE's sample size), hence gradient
     checkpointing (Flow-GRPO runs without it at 512²); checkpoints every 60 steps (its save_freq: 30 epochs of 2 steps).
+    Training forwards that pass no guidance scale (every offline method's; online rollouts pass their own) give the
+    transformer the same distilled guidance 3.5 (`TrainConfig.train_guidance`), as diffusers' FLUX training scripts do
+    (huggingface/diffusers examples/dreambooth/train_dreambooth_lora_flux.py @0050dea: `guidance =
+    torch.tensor([args.guidance_scale]).expand(bsz)` when `transformer.config.guidance_embeds`, `--guidance_scale`
+    3.5 by default, "the FLUX.1 dev variant is a guidance distilled model"); the default 1 would train the policy at
+    a scale this suite never samples at.
 
     The variant `dpo-full` (`--methods dpo,dpo-full=dpo`) fine-tunes every weight instead, as DanceGRPO's FLUX recipe
     does under FSDP (XueZeyue/DanceGRPO scripts/finetune/finetune_flux_grpo.sh @22b85ef: 720², 16 sampling steps, 12
     images per prompt, lr 1e-5, weight decay 1e-4, bf16, 4 accumulation); the dry run estimates it unsharded.
     """
+    guidance = 3.5  # FluxPipeline's default guidance_scale: what FLUX.1-dev samples and diffusers trains it at
     return pickapic_suite(
         name="flux-dev",
         description="FLUX.1-dev + Pick-a-Pic v2, Flow-GRPO's FLUX LoRA recipe; dpo-full=dpo fine-tunes every weight "
@@ -304,8 +311,8 @@ def flux_dev_suite() -> Suite:
         pipeline="black-forest-labs/FLUX.1-dev",
         train=TrainConfig(lr=3e-4, batch_size=3, grad_accum=6, weight_decay=1e-4, prompt_dropout=0.0,
                           mixed_precision="bf16", checkpoint_every=60, gradient_checkpointing=True, lora_rank=64,
-                          lora_alpha=128.0, lora_targets=FLUX_LORA_TARGETS),
-        eval=EvalConfig(images_per_prompt=1, steps=28, guidance=3.5, batch_size=8),
+                          lora_alpha=128.0, lora_targets=FLUX_LORA_TARGETS, train_guidance=guidance),
+        eval=EvalConfig(images_per_prompt=1, steps=28, guidance=guidance, batch_size=8),
         method_args={"dpo": {"beta": _FLOW_DPO_BETA}},
         train_args={"dpo-full": {"lr": 1e-5, "lora_rank": 0, "lora_alpha": None, "lora_targets": LORA_TARGETS}},
         variants={"dpo-full": "dpo"},

@@ -86,13 +86,16 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per-step logs
 
 
-def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str, processes: int = 1) -> float:
-    """A step's worst-case cost in `unit` from the method's declaration (time units: unknown, 0)."""
+def declared_step_cost(method: AlignmentMethod, config: TrainConfig, unit: str, processes: int = 1, *,
+                       embedded_guidance: bool = False) -> float:
+    """A step's worst-case cost in `unit` from the method's declaration (time units: unknown, 0). `embedded_guidance`:
+    the backbone takes the guidance scale as an input (`Backbone.embeds_guidance`, FLUX.1-dev), so a guided forward
+    costs 1 NFE per latent, not CFG's 2 (`AlignmentMethod.max_nfe_per_item`)."""
     items = config.batch_size * config.grad_accum * processes
     images_per_item = (method.samples_per_prompt() if isinstance(method, OnlineMethod)
                        else 2 if method.data_kind == "pairs" else 1)
-    return {"steps": 1, "samples": items * images_per_item, "nfe": items * method.max_nfe_per_item(),
-            "seconds": 0.0, "gpu-h": 0.0}[unit]
+    return {"steps": 1, "samples": items * images_per_item,
+            "nfe": items * method.max_nfe_per_item(embedded_guidance=embedded_guidance), "seconds": 0.0, "gpu-h": 0.0}[unit]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -217,9 +220,11 @@ class Trainer:
             warmup = max(cfg.warmup_steps, 1)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
             unet, optimizer = accelerator.prepare(unet, optimizer)
-            policy = self.base.with_unet(unet)
+            # training forwards that pass no guidance scale give a guidance-distilled denoiser (FLUX.1-dev) the
+            # config's `train_guidance`, policy and reference alike; views, so the base evaluates as before
+            policy = self.base.with_unet(unet).with_default_guidance(cfg.train_guidance)
             # with LoRA the base is the policy's denoiser with its adapters disabled: the same frozen tensors
-            reference = self.base if self.method.needs_reference else None
+            reference = self.base.with_default_guidance(cfg.train_guidance) if self.method.needs_reference else None
 
             with sharded(accelerator.process_index, accelerator.num_processes):
                 return self._loop(accelerator, unet, optimizer, schedule, params, policy, reference)
@@ -262,7 +267,8 @@ class Trainer:
         meter_before: dict | None = meter.state_dict()  # the meter before the last step (a checkpoint's position)
         history: list[dict] = []
         step = saved = 0
-        declared = declared_step_cost(self.method, cfg, self.budget.unit, world)
+        declared = declared_step_cost(self.method, cfg, self.budget.unit, world,
+                                      embedded_guidance=self.base.embeds_guidance)
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
             if self._trained_past_a_stop(state, declared):

@@ -165,8 +165,11 @@ class AlignmentMethod(ABC):
         """The method's loss on one batch; `rng` draws every random quantity (t, ε, ...)."""
 
     @abstractmethod
-    def max_nfe_per_item(self) -> int:
-        """Worst-case NFE per training item (pair or image), a backward counting as 2."""
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
+        """Worst-case NFE per training item (pair or image), a backward counting as 2. `embedded_guidance`: the backbone
+        takes the guidance scale as an input (`Backbone.embeds_guidance`, FLUX.1-dev), so a guided forward is one
+        latent's evaluation, not classifier-free guidance's two (`OnlineMethod.guided_branches`); a method whose
+        forwards are unguided (every offline one) ignores it."""
 
     def graded_forward(self, embedded_guidance: bool = False) -> GradedForward:
         """Per item, what its loss holds for the backward (`GradedForward`): by default one forward of the item's
@@ -233,7 +236,7 @@ class OnlineMethod(AlignmentMethod, data_kind="prompts", kind="online"):
     micro-batch to `loss` (under `accumulation()` gradient-accumulation steps per micro-batch of the optimizer step:
     e.g. one per trained timestep, as DDPO accumulates over timesteps) and collects again when they are used up.
     An item is a prompt: `max_nfe_per_item` is the worst case per prompt of an optimizer step, a collection (all its
-    samples' rollouts) included."""
+    samples' rollouts) included, each guided forward counted as `guided_branches` latents."""
 
     @abstractmethod
     def collect(self, policy: Backbone, batch: PromptBatch, rng: torch.Generator) -> list:

@@ -98,5 +98,5 @@ class CalDPO(AlignmentMethod, name="cal-dpo", data_kind="pairs", needs_reference
         return LossOutput(loss, {**errors.logs(loss, z), "reward_w": reward_w.mean().item(),
                                  "reward_l": reward_l.mean().item()})
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 8

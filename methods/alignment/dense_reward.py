@@ -35,8 +35,8 @@ Simplifications, all stated:
   unclipped warm-up (`no_reg_warmup_ratio`).
 - The learning rate, weight decay, gradient clipping and the trained weights (the repo trains LoRA rank 4, lr 3e-5,
   wd 2e-3, clip 1.0, total batch 4) are the run's `--train-arg`.
-Cost per prompt (c = 2 with guidance): rollouts R·N·c; per pair 2 trajectories × S steps × (a graded policy forward
-3c + a reference forward c) = 8Sc.
+Cost per prompt (c = 2 with guidance, 1 where the backbone embeds the guidance scale: `guided_branches`): rollouts
+R·N·c; per pair 2 trajectories × S steps × (a graded policy forward 3c + a reference forward c) = 8Sc.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ class DenseReward(OnlineMethod, name="dense-reward", needs_reference=True, confi
         return GradedForward(2 * self.config.pairs_per_prompt * self.guided_branches(embedded_guidance),
                              graphs=self.config.logit_steps)
 
-    def max_nfe_per_item(self) -> int:
-        cfg, c = self.config, self.config.guidance_factor()
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
+        cfg, c = self.config, self.guided_branches(embedded_guidance)
         return cfg.rollouts_per_prompt * cfg.steps * c + cfg.pairs_per_prompt * 2 * cfg.logit_steps * (3 * c + c)
 
     @torch.no_grad()

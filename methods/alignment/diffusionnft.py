@@ -33,8 +33,9 @@ Defaults: config/nft.py `sd3_pickscore` (β = 1, decay_type 1, adv_mode "all") a
 G = 24, adv_clip 5, fraction 0.99, train.beta = 1e-4, global std); the learning rate, LoRA (r 32, α 64) and EMA are
 the run's `--train-arg` (no EMA here). Not implemented: the other adv_modes (positive_only, negative_only, one_only,
 binary), off in every recipe.
-Cost per prompt (c = 2 with sampling guidance, 1 without): G · (N c + T (4 + [kl_beta > 0])): per trained level the
-old policy's forward, the policy's forward and backward (3) and the reference's forward.
+Cost per prompt (c = 2 with sampling guidance, 1 without and where the backbone embeds the guidance scale, FLUX.1-dev:
+`guided_branches`): G · (N c + T (4 + [kl_beta > 0])): per trained level the old policy's forward, the policy's
+forward and backward (3) and the reference's forward.
 """
 
 from __future__ import annotations
@@ -201,10 +202,10 @@ class DiffusionNFT(OnlineMethod, name="diffusionnft", needs_reference=True, conf
         """Every sample at one level, conditional (CFG-free; θ_old's forward has no gradient)."""
         return GradedForward(self.samples_per_prompt())
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         cfg = self.config
         per_level = 4 + (1 if cfg.kl_beta > 0 else 0)  # old forward, graded forward + backward, reference forward
-        return cfg.group_size * (cfg.steps * cfg.guidance_factor() + self.trained_steps() * per_level)
+        return cfg.group_size * (cfg.steps * self.guided_branches(embedded_guidance) + self.trained_steps() * per_level)
 
     def _advance_old(self, params: list[torch.nn.Parameter]) -> None:
         """θ_old ← d θ_old + (1 − d) θ after the optimizer steps of the last collection (θ_old = θ at the first)."""

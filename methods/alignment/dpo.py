@@ -202,5 +202,5 @@ class DPO(AlignmentMethod, name="dpo", data_kind="pairs", needs_reference=True, 
         return pair_preference_loss(policy, reference, pairs, self.config.beta,
                                     self.config.safeguard_margin(policy.family))
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 8

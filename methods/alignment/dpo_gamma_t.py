@@ -87,7 +87,7 @@ class DPOGammaT(AlignmentMethod, name="dpo-gamma-t", data_kind="pairs", needs_re
         out.logs["mean_t"] = t.float().mean().item()
         return out
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 8
 
 

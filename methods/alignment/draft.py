@@ -39,7 +39,8 @@ the call and x̂0 both use t_m, the level the latents are at.
 Adaptation: both modes draw x_T and m in `collect`, which samples nothing; the sampling (with gradients) happens in
 `loss`, once per optimizer step, on all the collection's prompts (no EMA, no LoRA: the learning rate and the trained
 weights are the run's `--train-arg`).
-Cost per prompt (c = 2 with guidance, 1 without; a graded forward counts 3: forward and its backward):
+Cost per prompt (c = 2 with guidance, 1 without and where the backbone embeds the guidance scale: `guided_branches`;
+a graded forward counts 3: forward and its backward):
 draft (N − K)c + 3Kc = (N + 2K)c; refl mc + 3c ≤ (39 + 3)c (VAE and reward model calls are not counted).
 """
 
@@ -152,8 +153,8 @@ class Draft(OnlineMethod, name="draft", needs_reference=False, config=DraftConfi
         return GradedForward(self.guided_branches(embedded_guidance), graphs=self.config.k if self.config.mode == "draft"
                              else 1, decoded=1)
 
-    def max_nfe_per_item(self) -> int:
-        c, cfg = self.guidance_factor(), self.config
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
+        c, cfg = self.guided_branches(embedded_guidance), self.config
         if cfg.mode == "draft":
             return (cfg.setting("steps") - cfg.k) * c + 3 * cfg.k * c
         return cfg.refl_max_step * c + 3 * c

@@ -135,5 +135,5 @@ class DSPO(AlignmentMethod, name="dspo", data_kind="pairs", needs_reference=True
             "ref_mse": ((ref_pred - target) ** 2).mean().item(),
         })
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 8

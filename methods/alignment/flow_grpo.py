@@ -35,8 +35,9 @@ training, G = 24, clip 1e-4, adv_clip 5, fraction 0.99, β = 0.01 (geneval/ocr 0
 LoRA (r 32, α 64) and EMA are the run's `--train-arg` (no EMA here).
 Not implemented: the "cps" SDE (`sde_type`, whose log-probability drops every constant) and reusing samples over
 several inner epochs (num_inner_epochs is 1 in every recipe).
-Cost per prompt (c = 2 with guidance, 1 without; a graded forward counts 3): G · (N c + T (3c + c [β > 0])), T the
-trained steps (⌊N · fraction⌋, or W).
+Cost per prompt (c = 2 with guidance, 1 without and where the backbone embeds the guidance scale, FLUX.1-dev:
+`guided_branches`; a graded forward counts 3): G · (N c + T (3c + c [β > 0])), T the trained steps (⌊N · fraction⌋,
+or W).
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ class FlowGRPO(OnlineMethod, name="flow-grpo", needs_reference=True, config=Flow
     def accumulation(self) -> int:
         return self.trained_steps()
 
-    def max_nfe_per_item(self) -> int:
-        cfg, c = self.config, self.config.guidance_factor()
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
+        cfg, c = self.config, self.guided_branches(embedded_guidance)
         per_step = 3 * c + (c if cfg.kl_beta > 0 else 0)  # graded forward + backward, the reference's forward
         return cfg.group_size * (cfg.steps * c + self.trained_steps() * per_step)
 

@@ -65,8 +65,9 @@ class GRPO(PolicyGradient, name="grpo", needs_reference=True, config=GRPOConfig,
         groups = torch.arange(len(prompt_ids)).repeat_interleave(self.config.group_size)
         return group_advantages(rewards, groups, delta=1e-8, unbiased=True)
 
-    def train_nfe_per_step(self) -> int:
-        return super().train_nfe_per_step() + (self.config.guidance_factor() if self.config.kl_beta > 0 else 0)
+    def train_nfe_per_step(self, embedded_guidance: bool = False) -> int:
+        kl = self.guided_branches(embedded_guidance) if self.config.kl_beta > 0 else 0  # the reference's guided forward
+        return super().train_nfe_per_step(embedded_guidance) + kl
 
     def kl_loss(self, batch: StepBatch, mean: torch.Tensor, std: torch.Tensor,
                 reference: Backbone | None) -> tuple[torch.Tensor, dict[str, float]]:

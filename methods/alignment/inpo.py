@@ -176,7 +176,7 @@ class InPO(AlignmentMethod, name="inpo", data_kind="pairs", needs_reference=True
         super().check_schedule(native_space)
         SAMPLERS.get(self.config.inversion).check_schedule(native_space)
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 8 + 2 * self.config.grid_steps * self.inverter.inversion_calls_per_step
 
     def describe(self, native_space: str | None = None) -> dict:

@@ -77,7 +77,7 @@ class KTO(AlignmentMethod, name="kto", data_kind="binary", needs_reference=True,
                                  "ref_mse": ref_err.mean().item(),
                                  "desirable_frac": batch.desirable.float().mean().item()})
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 6 if self.config.reference_point == "mismatched" else 4
 
     def sampling_weights(self, desirable: torch.Tensor) -> torch.Tensor:

@@ -85,5 +85,5 @@ class MaPO(AlignmentMethod, name="mapo", data_kind="pairs", needs_reference=Fals
             "loser_mse": loser_err.mean().item(),
         })
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 6

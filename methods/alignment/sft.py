@@ -36,5 +36,5 @@ class SFT(AlignmentMethod, name="sft", data_kind="images", needs_reference=False
         loss = noise_images(policy, batch, self.loss_space(policy), rng).error(policy).mean()
         return LossOutput(loss, {"loss": loss.item()})
 
-    def max_nfe_per_item(self) -> int:
+    def max_nfe_per_item(self, embedded_guidance: bool = False) -> int:
         return 3
