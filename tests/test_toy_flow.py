@@ -160,3 +160,33 @@ def test_shipped_flow_build_reports_base_below_ground_truth():
     assert build["timings_seconds"]["total"] < 20 * 60
     sizes = sum(p.stat().st_size for p in SHIPPED_TOY_FLOW_DIR.rglob("*") if p.is_file())
     assert sizes < 20e6
+
+
+def test_diffusionnft_is_evaluated_cfg_free_and_the_others_as_the_suite_samples(tiny_flow_dir, tmp_path, monkeypatch):
+    """DiffusionNFT's policy is sampled for evaluation (and its reward curve) without guidance, as upstream evaluates
+    it; flow-grpo, like every other method and the base model, at the suite's guidance: half the evaluation NFE."""
+    import dataclasses
+
+    from bench.core.budget import Budget
+    from bench.core.config import EvalConfig
+    from bench.harness.run import execute, plan_run
+    from bench.harness.suites import get_suite
+    from bench.toy.paths import TOY_FLOW_DIR_ENV
+
+    monkeypatch.setenv(TOY_FLOW_DIR_ENV, str(tiny_flow_dir))
+    flow = get_suite("toy-flow")
+    suite = dataclasses.replace(flow, eval=EvalConfig(images_per_prompt=1, steps=3, batch_size=8, bootstrap=20),
+                                set_metrics=(), eval_prompts=flow.eval_prompts[:2], curve_every=1.0)
+    small = {"steps": 2, "group_size": 2}
+    plan = plan_run(suite, ["flow-grpo", "diffusionnft"], budgets=[Budget.parse("1steps")], seeds=[0],
+                    run_dir=tmp_path, progress=False, method_args={"flow-grpo": small, "diffusionnft": small},
+                    train_args={"*": {"batch_size": "1"}})
+    execute(plan)
+    base = json.loads((tmp_path / "base.json").read_text())
+    nft = json.loads((tmp_path / "diffusionnft-1steps-s0.json").read_text())
+    grpo = json.loads((tmp_path / "flow-grpo-1steps-s0.json").read_text())
+    assert nft["sampling"] == {"steps": 3, "guidance": 1.0} and grpo["sampling"] == {"steps": 3, "guidance": 3.0}
+    images = len(base["evaluation"]["prompts"])  # 2 prompts x 1 image, 3 Euler steps
+    assert base["evaluation"]["nfe"] == grpo["evaluation"]["nfe"] == images * 3 * 2  # CFG: two branches a step
+    assert nft["evaluation"]["nfe"] == images * 3  # conditional only
+    assert nft["delta_vs_base"] and nft["evaluation"]["seeds"] == base["evaluation"]["seeds"]  # still paired

@@ -570,8 +570,10 @@ def _train_and_record(session: _Session, chain: list[Run], land, callbacks=None)
         session.data = encode_preferences(backbone, session.pairs)
     ckpt = plan.run_dir / f"{record_name(name, budget, seed)}.ckpt"
 
+    sampled = plan.methods[name].evaluation(plan.eval)  # the suite's sampling, or the method's own (CFG-free)
+
     def land_record(reached: Budget, result: TrainResult) -> None:
-        evaluation, images = evaluate(result.policy, plan.prompts, plan.eval, session.scorers, progress=plan.progress,
+        evaluation, images = evaluate(result.policy, plan.prompts, sampled, session.scorers, progress=plan.progress,
                                       desc=f"eval {name} {reached}" if milestones else f"eval {name}",
                                       features=session.sets.backbones if session.sets else None)
         data = session.data
@@ -581,10 +583,10 @@ def _train_and_record(session: _Session, chain: list[Run], land, callbacks=None)
         record = _record(plan, name, seed, _budget_summary(reached.unit, reached.limit, result.usage), training,
                          evaluation, session.scorers, session.base_eval, backbone, sample_thumbnails(images, plan),
                          session.splits, sets=session.sets)
-        land(paths[reached], record)
+        land(paths[reached], {**record, "sampling": {"steps": sampled.steps, "guidance": sampled.guidance}})
 
     def probe(result: TrainResult) -> dict[str, float]:  # the reward curve: every metric on the validation prompts
-        curve_eval = dataclasses.replace(plan.eval, images_per_prompt=1)
+        curve_eval = dataclasses.replace(sampled, images_per_prompt=1)
         evaluation, _ = evaluate(result.policy, session.validation_prompts(), curve_eval, session.scorers)
         return {f"val/{metric}": sum(values) / len(values) for metric, values in evaluation.scores.items()}
 

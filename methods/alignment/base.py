@@ -42,6 +42,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from bench.core.backbone import SPACES, Backbone, Conditioning
+from bench.core.config import EvalConfig
 from bench.core.registry import Registry
 from methods.checks import require
 from methods.shards import sample_levels, sample_noise
@@ -192,6 +193,12 @@ class AlignmentMethod(ABC):
     def sampling_weights(self, desirable: torch.Tensor) -> torch.Tensor | None:
         """For `binary` data: relative probability of drawing each image, or None for uniform."""
         return None
+
+    def evaluation(self, suite: EvalConfig) -> EvalConfig:
+        """How the trained policy is sampled when it is evaluated: the suite's sampler settings, unless the method
+        defines its own (a CFG-free method, `diffusionnft`). The base model is always sampled as the suite says, so
+        Δ vs base compares the method, sampled as its paper samples it, with the base model as the suite samples it."""
+        return suite
 
 
 class Reward(Protocol):

@@ -29,6 +29,8 @@ Here k counts collections: one collection is one optimizer step at grad_accum 1 
 epoch); with grad_accum g, θ_old moves after each of the g collections of a step. The repo keeps θ_old as a second
 LoRA adapter; here it is a copy of the trainable weights (the adapters under LoRA, every weight in full
 fine-tuning), swapped in for its forwards, and checkpointed with the run (`state_dict`).
+Evaluation: the policy is sampled as it was trained to be, CFG-free (`evaluation`), as upstream evaluates its
+checkpoints, against the base model at the suite's guidance.
 Defaults: config/nft.py `sd3_pickscore` (β = 1, decay_type 1, adv_mode "all") and config/base.py @24af555 (N = 10,
 G = 24, adv_clip 5, fraction 0.99, train.beta = 1e-4, global std); the learning rate, LoRA (r 32, α 64) and EMA are
 the run's `--train-arg` (no EMA here). Not implemented: the other adv_modes (positive_only, negative_only, one_only,
@@ -40,6 +42,7 @@ forward and backward (3) and the reference's forward.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.core.backbone import Backbone, Conditioning
+from bench.core.config import EvalConfig
 from bench.core.search_space import FloatRange
 from methods.alignment.base import GradedForward, LossOutput, MethodConfig, OnlineMethod, PromptBatch
 from methods.checks import require
@@ -65,7 +69,8 @@ class DiffusionNFTConfig(MethodConfig):
     solver: str = field(default="dpm2", metadata={
         "help": "deterministic sampler of the collections: 'dpm2' (DPM-Solver++(2M), the repo's) or 'euler'"})
     guidance: float = field(default=1.0, metadata={
-        "help": "classifier-free guidance while sampling (1: none, DiffusionNFT's); training forwards are conditional"})
+        "help": "classifier-free guidance while sampling, in collections and at evaluation (1: none, DiffusionNFT's); "
+                "training forwards are conditional"})
     group_size: int = field(default=24, metadata={"help": "samples per prompt G (a group)"})
     beta: float = field(default=1.0, metadata={"help": "strength β of the implicit policies v± (ocr recipe 0.1)",
                                                "search": FloatRange(0.05, 1.0, log=True)})
@@ -191,6 +196,15 @@ class DiffusionNFT(OnlineMethod, name="diffusionnft", needs_reference=True, conf
 
     def samples_per_prompt(self) -> int:
         return self.config.group_size
+
+    def evaluation(self, suite: EvalConfig) -> EvalConfig:
+        """The policy is evaluated as it samples, at `guidance` (1: CFG-free), with the suite's sampler and steps:
+        upstream evaluates its checkpoints without CFG (README, "Local LoRA checkpoint, w/o CFG":
+        `scripts/evaluation.py --guidance_scale 1.0`; `config/nft.py` `_get_config` sets `sample.guidance_scale =
+        1.0`, which the training script's `eval` samples with) and compares them with the base model under CFG (the
+        paper's SD3.5-M tables). So does the harness: Δ vs base is this policy without guidance against the base
+        model at the suite's guidance."""
+        return dataclasses.replace(suite, guidance=self.config.guidance)
 
     def trained_steps(self) -> int:
         return max(1, int(self.config.steps * self.config.timestep_fraction))
