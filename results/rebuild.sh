@@ -2,8 +2,8 @@
 # Rebuild the committed toy leaderboard from scratch: every method at the toy suite's tuned settings
 # (bench/toy/assets/tuned.json, from the committed tuning runs in results/tuning/toy/; tuning is not redone here),
 # trained at 2e4, 4e4 and 8e4 NFE with seeds 0, 1 and 2 and evaluated on the 256 test images, the online methods once
-# on the oracle and once on the toy-pickscore proxy, DOODL and its EDICT-only ablation at inference; then the tables,
-# figures and page (`bench leaderboard`).
+# on the oracle and once on the toy-pickscore proxy, DOODL and its EDICT-only ablation at inference, and the flow toy's
+# methods on its own pipeline; then the tables, figures and page (`bench leaderboard`).
 #
 #   results/rebuild.sh [OUT]        # OUT: where the run directories go (default results/runs); JOBS=2 workers
 #
@@ -32,6 +32,9 @@ run "$out/toy-pickscore-reward" --methods grpo,ddpo,draft,dense-reward --reward 
 # inference-time: DOODL and the EDICT chain alone (no optimisation); training budgets do not apply, one row at 4e4
 run "$out/toy-doodl" --methods doodl,edict-only=doodl -a edict-only.opt_steps=0 --budgets 4e4nfe --seeds 0,1,2 \
   --jobs "$jobs" --quiet
+# the flow toy (suite toy-flow): its own tuned settings (bench/toy/assets/flow/tuned.json, from the committed tuning run
+# in results/tuning/toy-flow/), the offline methods and the flow online methods on the oracle
+run "$out/toy-flow" --suite toy-flow --methods dpo,kto,inpo,dpo-gamma-t,flow-grpo,diffusionnft "${grid[@]}"
 if [[ $out == results/runs ]]; then
   bench leaderboard
 fi

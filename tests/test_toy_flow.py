@@ -110,11 +110,22 @@ def test_toy_flow_suite_loads_the_shipped_flow_backbone():
     assert suite.preference_data == str(SHIPPED_TOY_FLOW_DIR / "prefs.parquet")
     for name in ("eval_prompts", "validation_prompts", "metrics", "budget", "train", "eval", "set_metrics", "reference"):
         assert getattr(suite, name) == getattr(toy, name), name
-    flow_only = {"flow-grpo", "diffusionnft"}  # the toy's settings, plus the flow-only online methods' toy scale
-    for field in ("method_args", "train_args"):
-        assert {k: v for k, v in getattr(suite, field).items() if k not in flow_only} == getattr(toy, field)
+    # its own tuning run's settings for the methods it tuned, the SD toy's for the others; the flow-only online
+    # methods at the toy's rollout scale
+    tuned = json.loads((SHIPPED_TOY_FLOW_DIR / "tuned.json").read_text())["methods"]
+    assert {"dpo", "kto", "inpo", "flow-grpo", "diffusionnft"} <= set(tuned)
+    for name in {*toy.method_args, *suite.method_args}:
+        own = tuned.get(name, {})
+        assert suite.method_args[name] == {**toy.method_args.get(name, suite.method_args[name]),
+                                           **own.get("method_args", {})}, name
+    for name in set(toy.train_args) - set(tuned):
+        assert suite.train_args[name] == toy.train_args[name], name
+    for name, settings in tuned.items():
+        assert suite.tuning[name]["study"].startswith(f"toy-flow/{name}/"), name
+        assert suite.train_args[name].items() >= settings["train_args"].items(), name
     assert suite.method_args["flow-grpo"]["group_size"] == suite.method_args["diffusionnft"]["group_size"] == 4
-    assert suite.train_args["flow-grpo"] == suite.train_args["diffusionnft"] == {"batch_size": 4, "lr": 1e-4}
+    assert suite.train_args["flow-grpo"]["batch_size"] == suite.train_args["diffusionnft"]["batch_size"] == 4
+    assert "tuned on this pipeline" in suite.description
     backbone = Backbone.from_pretrained(suite.pipeline)
     assert backbone.family == "sd3" and backbone.is_flow and backbone.max_sequence_length == 0
     assert backbone.latent_shape == (4, 8, 8)
