@@ -560,8 +560,7 @@ class Backbone:
                 config = FluxTransformer2DModel.load_config(source, subfolder="transformer", local_files_only=True)
         except (OSError, ValueError):
             config = PIPELINE_CONFIGS.get(source, {}).get("transformer")
-        return (config is not None and config.get("_class_name", "FluxTransformer2DModel") == "FluxTransformer2DModel"
-                and takes_guidance_input(config))
+        return config is not None and takes_guidance_input(config)
 
     @property
     def family(self) -> str:
@@ -584,7 +583,7 @@ class Backbone:
     def embeds_guidance(self) -> bool:
         """Whether the denoiser takes the guidance scale as an input (a guidance-distilled FLUX transformer, FLUX.1-dev):
         then a guided prediction is one forward per latent at every w, not classifier-free guidance's two branches."""
-        return self.family == "flux" and takes_guidance_input(self.unet_config)
+        return takes_guidance_input(self.unet_config)
 
     def resolve_guidance(self, guidance: float | None) -> float:
         """`guidance` as given; none: `default_guidance` where the denoiser embeds the scale, else 1 (no guidance)."""

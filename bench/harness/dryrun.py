@@ -712,7 +712,7 @@ def dry_run(plan: RunPlan, *, processes: int | None = None, seconds_per_nfe: flo
             traced[key] = decoder_activation_bytes(dict(modules["vae"].config), latent_shape, images, dtype)
         return traced[key]
 
-    embedded_guidance = family == "flux" and takes_guidance_input(denoiser.config)  # as `Backbone.embeds_guidance`
+    embedded_guidance = takes_guidance_input(denoiser.config)  # as `Backbone.embeds_guidance`
     methods = [_method_entry(name, method, plan.train_configs[name], processes, plan.budgets, seconds_per_nfe, denoiser,
                              frozen_bytes, frozen_width, activations, decoder_activations, embedded_guidance)
                for name, method in plan.methods.items()]
