@@ -66,5 +66,10 @@ def test_the_diversity_sentence_names_only_significant_costs_of_a_significant_ga
         "At 40000nfe, of the methods that raise oracle over the base model, dpo (vendi-toyclip/vendi Δ -0.900 "
         "[-1.496, -0.404]) pays for it in diversity or distance to the reference; kto shows no detectable rise in "
         "fd-toyclip or fall in vendi-toyclip (conservative intervals).")
+    two_clean = set_metric_table(RECORDS + [_record("kto", 0, (1.1, 0.9, 1.3), (2.0, 1.8, 2.2)),
+                                            _record("sft", 0, (1.0, 0.8, 1.2), (2.0, 1.8, 2.2))])
+    (sentence,) = diversity_statements(two_clean, gains.assign(oracle_delta_ci_low=[0.1, 0.05, 0.02]), "oracle", RECORDS)
+    assert sentence.endswith("; kto and sft show no detectable rise in fd-toyclip or fall in vendi-toyclip "
+                             "(conservative intervals).")
     no_gain = gains.assign(oracle_delta_ci_low=-0.1)
     assert diversity_statements(sets, no_gain, "oracle", RECORDS) == []  # no gain, nothing to pay for

@@ -55,6 +55,7 @@ from bench.results.reward_hacking import (
     training_curves,
 )
 from bench.results.set_metrics import display_set_table, diversity_statements, set_metric_table
+from bench.results.wording import name_list
 from metrics.weights import sha256_file
 
 MANIFEST = "leaderboard.json"
@@ -282,10 +283,6 @@ def _ci(mean: float, low: float, high: float, digits: int) -> str:
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def _names(items: list[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
 
 def _seeds(count) -> str:
     return f"{int(count)} seed{'s' if int(count) != 1 else ''}"
@@ -318,21 +315,21 @@ def base_statements(table: pd.DataFrame, metric: str, *, digits: int = 3) -> lis
         lead = f"At {budget} ({count}), "
         raised, lowered, neither = by_verdict.values()
         if len(raised) == len(group):
-            out.append(f"{lead}every method raises {metric} over the base model: {_names(raised)}.")
+            out.append(f"{lead}every method raises {metric} over the base model: {name_list(raised)}.")
         elif len(lowered) == len(group):
-            out.append(f"{lead}every method lowers {metric} below the base model: {_names(lowered)}.")
+            out.append(f"{lead}every method lowers {metric} below the base model: {name_list(lowered)}.")
         elif len(neither) == len(group):
             out.append(f"{lead}no method shows a detectable difference from the base model in {metric}: "
-                       f"{_names(neither)}.")
+                       f"{name_list(neither)}.")
         else:
             clauses = []
             if raised:
-                clauses.append(f"{_names(raised)} {'raise' if len(raised) > 1 else 'raises'} {metric} over the base model")
+                clauses.append(f"{name_list(raised)} {'raise' if len(raised) > 1 else 'raises'} {metric} over the base model")
             if lowered:
-                clauses.append(f"{_names(lowered)} {'lower' if len(lowered) > 1 else 'lowers'} "
+                clauses.append(f"{name_list(lowered)} {'lower' if len(lowered) > 1 else 'lowers'} "
                                f"{'it' if clauses else metric} below the base model")
             if neither:
-                clauses.append(f"{_names(neither)} {'show' if len(neither) > 1 else 'shows'} no detectable difference "
+                clauses.append(f"{name_list(neither)} {'show' if len(neither) > 1 else 'shows'} no detectable difference "
                                f"from the base model{'' if clauses else ' in ' + metric}")
             out.append(lead + "; ".join(clauses) + ".")
     return out
@@ -365,7 +362,7 @@ def pair_statements(pairs: pd.DataFrame, metric: str, *, alpha: float = ALPHA, d
                 else "shared training seeds as noted")
         for better in sorted(beats, key=lambda m: (-len(beats[m]), m)):
             worse = [text for _, text in sorted(beats[better], key=lambda item: -item[0])]
-            out.append(f"At {budget} ({note}), {better} has a {direction} {metric} than {_names(worse)}.")
+            out.append(f"At {budget} ({note}), {better} has a {direction} {metric} than {name_list(worse)}.")
         if ties:
             out.append(f"At {budget}, no detectable difference in {metric} (p_Holm ≥ {alpha:g}) between " + "; ".join(ties)
                        + ".")

@@ -31,6 +31,7 @@ import torch
 
 from bench.results.report import budget_label
 from bench.results.reward_hacking import row_reward, series_label
+from bench.results.wording import name_list
 
 ROW_KEYS = ("suite", "method", "reward", "budget")
 
@@ -139,10 +140,10 @@ def diversity_statements(sets: pd.DataFrame, table: pd.DataFrame, primary: str, 
         moves = " or ".join(f"{'fall' if about[n]['higher_is_better'] else 'rise'} in {n.split('/')[0]}" for n in watched)
         parts = []
         if costs:
-            parts.append(f"{', '.join(costs)} {'pay' if len(costs) > 1 else 'pays'} for it in diversity or distance "
+            parts.append(f"{name_list(costs)} {'pay' if len(costs) > 1 else 'pays'} for it in diversity or distance "
                          "to the reference")
         if clean:
-            parts.append(f"{', '.join(clean)} {'show' if len(clean) > 1 else 'shows'} no detectable {moves} "
+            parts.append(f"{name_list(clean)} {'show' if len(clean) > 1 else 'shows'} no detectable {moves} "
                          "(conservative intervals)")
         out.append(f"At {budget}, of the methods that raise {primary} over the base model, " + "; ".join(parts) + ".")
     return out
