@@ -194,3 +194,14 @@ def build_tiny_flux_backbone(seed: int = 0, guidance_embeds: bool = True):
 def tiny_flux_backbone():
     """A randomly initialised FLUX-shaped backbone (`build_tiny_flux_backbone`)."""
     return build_tiny_flux_backbone()
+
+
+def shipped_through_vae(build_dir, build: dict) -> dict:
+    """A shipped toy build's report entry `ground_truth_through_vae`, computed anew: the shipped builds predate it."""
+    from bench.core.backbone import Backbone
+    from bench.core.config import EvalConfig
+    from bench.harness.toy_build.build import ground_truth_report
+    from bench.toy.world import split_combos
+
+    return ground_truth_report(split_combos().captions("test"), EvalConfig(**build["config"]["eval"]),
+                               build["config"]["seed"] + 1, through=Backbone.from_pretrained(build_dir / "pipeline"))

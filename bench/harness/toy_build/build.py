@@ -8,7 +8,8 @@ Steps (deterministic given the seed, about 11 minutes on 2 CPU cores):
    diffusers format, without tokenizer files (the tokenizer is rebuilt from open_clip's vocabulary);
 4. reload the saved pipeline (so all that follows uses exactly the shipped weights), sample
    preference pairs for the training prompts and label them with the oracle (`bench.harness.toy_build.preferences`);
-5. report the oracle score of the base model beside ground-truth renders on the evaluation prompts
+5. report the oracle score of the base model beside ground-truth renders on the evaluation prompts, and beside
+   those renders passed through the VAE (encode, decode: what the latent space keeps of a perfect image)
    (means with 95% CIs from the bootstrap over prompts of run records and the leaderboard, `bench.core.stats`).
 
 Output directory layout: `pipeline/`, `prefs.parquet`, `build.json` (config, timings, report).
@@ -84,12 +85,29 @@ def _zero_unused_tokens(text_encoder, used_ids: set[int]) -> int:
     return int(unused.sum())
 
 
-def ground_truth_scores(prompts: list[str], images_per_prompt: int, seed: int) -> dict[str, torch.Tensor]:
-    """Oracle terms of ground-truth renders of `prompts` (nuisance variables drawn with `seed`)."""
+def ground_truth_renders(prompts: list[str], images_per_prompt: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """Ground-truth renders of `prompts` (nuisance variables drawn with `seed`): the caption of each image and the
+    images (N, 3, 32, 32), N = len(prompts) * images_per_prompt."""
     by_caption = {c.caption: c for c in all_combos()}
     rng = random.Random(seed)
     per_image = [p for p in prompts for _ in range(images_per_prompt)]
-    return oracle_terms(per_image, render([sample_scene(by_caption[p], rng) for p in per_image]))
+    return per_image, render([sample_scene(by_caption[p], rng) for p in per_image])
+
+
+def ground_truth_report(prompts: list[str], eval_cfg: EvalConfig, seed: int,
+                        through: Backbone | None = None) -> dict:
+    """The build report's entry for ground-truth renders of `prompts` (`eval_cfg.images_per_prompt` each, nuisance
+    variables drawn with `seed`): the oracle's mean with its 95% CI (the bootstrap over prompts of run records, the
+    evaluation's B and seed) and each term's mean. With `through`, of the renders passed through its VAE
+    (`decode(encode_images(x))`, the posterior mean): what the latent space keeps of a perfect image."""
+    per_image, images = ground_truth_renders(prompts, eval_cfg.images_per_prompt, seed)
+    if through is not None:
+        with torch.no_grad():
+            images = through.decode(through.encode_images(images.to(through.device)))
+    terms = oracle_terms(per_image, images)
+    return {"oracle": bootstrap_mean(terms["reward"], groups=per_image, resamples=eval_cfg.bootstrap,
+                                     seed=eval_cfg.seed),
+            **{k: v.mean().item() for k, v in terms.items() if k != "reward"}}
 
 
 def build_toy(out_dir: str | Path, cfg: ToyBuildConfig | ToyFlowBuildConfig = ToyBuildConfig(), *, progress: bool = True,
@@ -192,19 +210,20 @@ def _label_and_report(out: Path, cfg: ToyBuildConfig | ToyFlowBuildConfig, progr
     eval_prompts = splits.captions("test")
     base, _ = evaluate(backbone, eval_prompts, cfg.eval, {"oracle": OracleScorer()}, progress=progress,
                        desc="eval base")
-    truth = ground_truth_scores(eval_prompts, cfg.eval.images_per_prompt, cfg.seed + 1)
+    truth = ground_truth_report(eval_prompts, cfg.eval, cfg.seed + 1)
+    through_vae = ground_truth_report(eval_prompts, cfg.eval, cfg.seed + 1, through=backbone)
     timings["report"] = time.perf_counter() - t3
     timings["total"] = sum(timings.get(k, 0.0) for k in ("vae", "denoiser", "preferences", "report"))
 
     agree = [(r0 > r1) == (l0 > l1) for r0, r1, l0, l1 in
              zip(prefs["reward_0"], prefs["reward_1"], prefs["label_0"], prefs["label_1"])]
     # the CIs of run records and the leaderboard: a bootstrap over prompts (`bench.core.stats`), the evaluation's B and seed
-    bootstrap = {"groups": base.prompts, "resamples": cfg.eval.bootstrap, "seed": cfg.eval.seed}
     report = {
-        "base_model": {"oracle": bootstrap_mean(base.scores["oracle"], **bootstrap),
+        "base_model": {"oracle": bootstrap_mean(base.scores["oracle"], groups=base.prompts,
+                                                resamples=cfg.eval.bootstrap, seed=cfg.eval.seed),
                        **{k: sum(v) / len(v) for k, v in base.components["oracle"].items()}},
-        "ground_truth_renders": {"oracle": bootstrap_mean(truth["reward"], **bootstrap),  # the same prompts per image
-                                 **{k: v.mean().item() for k, v in truth.items() if k != "reward"}},
+        "ground_truth_renders": truth,
+        "ground_truth_through_vae": through_vae,
         "preferences": {"pairs": len(prefs), "prompts": len(splits.train),
                         "label_agreement_with_oracle": sum(agree) / len(agree),
                         "mean_abs_reward_gap": float(torch.tensor(prefs["reward_0"]).sub(
