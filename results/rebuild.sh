@@ -35,7 +35,7 @@ run "$out/toy-doodl" --methods doodl,edict-only=doodl -a edict-only.opt_steps=0 
 # the flow toy (suite toy-flow): its own tuned settings (bench/toy/assets/flow/tuned.json, from the committed tuning run
 # in results/tuning/toy-flow/), the offline methods and the flow online methods on the oracle
 run "$out/toy-flow" --suite toy-flow --methods dpo,kto,inpo,dpo-gamma-t,flow-grpo,diffusionnft "${grid[@]}"
-# the flow online methods at 4x and 8x the largest budget (one training per seed, recorded at both)
+# the flow online methods at 4x and 8x the default budget of 4e4 (one training per seed, recorded at both)
 run "$out/toy-flow-online" --suite toy-flow --methods flow-grpo,diffusionnft --budgets 1.6e5nfe,3.2e5nfe --seeds 0,1,2 \
   --jobs "$jobs" --quiet
 if [[ $out == results/runs ]]; then
