@@ -29,9 +29,10 @@ from bench.core.backbone import (
     unpack_latents,
 )
 from bench.core.budget import Budget
-from bench.core.config import TrainConfig
+from bench.core.config import TrainConfig, apply_overrides
 from bench.harness.data import EncodedPreferences
 from bench.harness.sampling import initial_noise, sample_latents
+from bench.harness.suites import get_suite
 from bench.harness.trainer import Trainer, declared_step_cost
 from methods.alignment import METHODS
 from methods.alignment.flow_grpo import FlowGRPO, FlowGRPOConfig
@@ -366,3 +367,24 @@ def test_offline_training_forwards_get_the_train_guidance_on_flux(tiny_flux_back
     assert result.steps == 1 and math.isfinite(result.history[0]["loss"])
     assert sorted(seen, key=lambda call: call[1]) == [({train_guidance}, False), ({train_guidance}, True)]
     assert tiny_flux_backbone.default_guidance == result.policy.default_guidance == 1.0
+
+
+@pytest.mark.parametrize("name", ["flow-grpo", "diffusionnft"])
+def test_flux_dev_online_methods_roll_out_and_train_at_the_distilled_scale(tiny_flux_backbone, name):
+    """On the flux-dev suite the online methods are one velocity field u_θ(x, σ, c, 3.5): every transformer call of a
+    training step (rollouts, the policy's and the reference's training forwards) embeds the scale the suite evaluates
+    at, and so does the method's evaluation (DiffusionNFT's CFG-free default 1 and Flow-GRPO's CFG 4.5 would not)."""
+    suite = get_suite("flux-dev")
+    cls = METHODS.get(name)
+    method = cls(apply_overrides(cls.Config(), {**suite.method_args.get(name, {}), "steps": 2, "group_size": 2}))
+    seen = []  # the embedded scales of each transformer call
+    hook = tiny_flux_backbone.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(set(kwargs["guidance"].tolist())), with_kwargs=True)
+    try:
+        result = Trainer(method, tiny_flux_backbone, flux_data(tiny_flux_backbone),
+                         TrainConfig(lr=1e-3, batch_size=2, train_guidance=suite.train.train_guidance),
+                         Budget.parse("1steps"), seed=0, progress=False, reward=RedReward()).fit()
+    finally:
+        hook.remove()
+    assert result.steps == 1 and len(seen) > 2
+    assert set().union(*seen) == {FLUX_GUIDANCE} == {suite.eval.guidance, method.evaluation(suite.eval).guidance}

@@ -299,6 +299,14 @@ def flux_dev_suite() -> Suite:
     3.5 by default, "the FLUX.1 dev variant is a guidance distilled model"); the default 1 would train the policy at
     a scale this suite never samples at.
 
+    The online methods roll out at that distilled 3.5 too (`flow-grpo` and `diffusionnft` `guidance`: one transformer
+    call per latent, no CFG batch), as this suite evaluates and DanceGRPO's FLUX recipe samples (XueZeyue/DanceGRPO
+    fastvideo/train_grpo_flux.py @22b85ef: guidance embedding 3.5, no CFG); their defaults (Flow-GRPO's SD3.5 CFG
+    4.5, DiffusionNFT's CFG-free 1) would give FLUX.1-dev an embedded scale it was not distilled for. For DiffusionNFT
+    this is its CFG-free sampling on a guidance-distilled model (an adaptation: its repository trains SD3.5-M only):
+    the policy is the one velocity field u_θ(x, σ, c, 3.5) in its rollouts, its training forwards (which pass no
+    scale: `train_guidance`) and its evaluation.
+
     The variant `dpo-full` (`--methods dpo,dpo-full=dpo`) fine-tunes every weight instead, as DanceGRPO's FLUX recipe
     does under FSDP (XueZeyue/DanceGRPO scripts/finetune/finetune_flux_grpo.sh @22b85ef: 720², 16 sampling steps, 12
     images per prompt, lr 1e-5, weight decay 1e-4, bf16, 4 accumulation); the dry run estimates it unsharded.
@@ -313,7 +321,8 @@ def flux_dev_suite() -> Suite:
                           mixed_precision="bf16", checkpoint_every=60, gradient_checkpointing=True, lora_rank=64,
                           lora_alpha=128.0, lora_targets=FLUX_LORA_TARGETS, train_guidance=guidance),
         eval=EvalConfig(images_per_prompt=1, steps=28, guidance=guidance, batch_size=8),
-        method_args={"dpo": {"beta": _FLOW_DPO_BETA}},
+        method_args={"dpo": {"beta": _FLOW_DPO_BETA}, "flow-grpo": {"guidance": guidance},
+                     "diffusionnft": {"guidance": guidance}},
         train_args={"dpo-full": {"lr": 1e-5, "lora_rank": 0, "lora_alpha": None, "lora_targets": LORA_TARGETS}},
         variants={"dpo-full": "dpo"},
         default_methods=("dpo",),
