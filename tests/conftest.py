@@ -204,4 +204,5 @@ def shipped_through_vae(build_dir, build: dict) -> dict:
     from bench.toy.world import split_combos
 
     return ground_truth_report(split_combos().captions("test"), EvalConfig(**build["config"]["eval"]),
-                               build["config"]["seed"] + 1, through=Backbone.from_pretrained(build_dir / "pipeline"))
+                               build["config"]["seed"] + 1, Backbone.from_pretrained(build_dir / "pipeline")
+                               )["ground_truth_through_vae"]

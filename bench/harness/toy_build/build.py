@@ -94,20 +94,22 @@ def ground_truth_renders(prompts: list[str], images_per_prompt: int, seed: int) 
     return per_image, render([sample_scene(by_caption[p], rng) for p in per_image])
 
 
-def ground_truth_report(prompts: list[str], eval_cfg: EvalConfig, seed: int,
-                        through: Backbone | None = None) -> dict:
-    """The build report's entry for ground-truth renders of `prompts` (`eval_cfg.images_per_prompt` each, nuisance
-    variables drawn with `seed`): the oracle's mean with its 95% CI (the bootstrap over prompts of run records, the
-    evaluation's B and seed) and each term's mean. With `through`, of the renders passed through its VAE
-    (`decode(encode_images(x))`, the posterior mean): what the latent space keeps of a perfect image."""
+def ground_truth_report(prompts: list[str], eval_cfg: EvalConfig, seed: int, backbone: Backbone) -> dict[str, dict]:
+    """The build report's entries for ground-truth renders of `prompts` (`eval_cfg.images_per_prompt` each, nuisance
+    variables drawn with `seed`): `ground_truth_renders`, and `ground_truth_through_vae` for the same renders passed
+    through `backbone`'s VAE (`decode(encode_images(x))`, the posterior mean: what the latent space keeps of a perfect
+    image). Each holds the oracle's mean with its 95% CI (the bootstrap over prompts of run records, the evaluation's
+    B and seed) and each term's mean."""
     per_image, images = ground_truth_renders(prompts, eval_cfg.images_per_prompt, seed)
-    if through is not None:
-        with torch.no_grad():
-            images = through.decode(through.encode_images(images.to(through.device)))
-    terms = oracle_terms(per_image, images)
-    return {"oracle": bootstrap_mean(terms["reward"], groups=per_image, resamples=eval_cfg.bootstrap,
-                                     seed=eval_cfg.seed),
-            **{k: v.mean().item() for k, v in terms.items() if k != "reward"}}
+    with torch.no_grad():
+        through_vae = backbone.decode(backbone.encode_images(images.to(backbone.device)))
+    report = {}
+    for name, pixels in (("ground_truth_renders", images), ("ground_truth_through_vae", through_vae)):
+        terms = oracle_terms(per_image, pixels)
+        report[name] = {"oracle": bootstrap_mean(terms["reward"], groups=per_image, resamples=eval_cfg.bootstrap,
+                                                 seed=eval_cfg.seed),
+                        **{k: v.mean().item() for k, v in terms.items() if k != "reward"}}
+    return report
 
 
 def build_toy(out_dir: str | Path, cfg: ToyBuildConfig | ToyFlowBuildConfig = ToyBuildConfig(), *, progress: bool = True,
@@ -210,8 +212,7 @@ def _label_and_report(out: Path, cfg: ToyBuildConfig | ToyFlowBuildConfig, progr
     eval_prompts = splits.captions("test")
     base, _ = evaluate(backbone, eval_prompts, cfg.eval, {"oracle": OracleScorer()}, progress=progress,
                        desc="eval base")
-    truth = ground_truth_report(eval_prompts, cfg.eval, cfg.seed + 1)
-    through_vae = ground_truth_report(eval_prompts, cfg.eval, cfg.seed + 1, through=backbone)
+    truth = ground_truth_report(eval_prompts, cfg.eval, cfg.seed + 1, backbone)
     timings["report"] = time.perf_counter() - t3
     timings["total"] = sum(timings.get(k, 0.0) for k in ("vae", "denoiser", "preferences", "report"))
 
@@ -222,8 +223,7 @@ def _label_and_report(out: Path, cfg: ToyBuildConfig | ToyFlowBuildConfig, progr
         "base_model": {"oracle": bootstrap_mean(base.scores["oracle"], groups=base.prompts,
                                                 resamples=cfg.eval.bootstrap, seed=cfg.eval.seed),
                        **{k: sum(v) / len(v) for k, v in base.components["oracle"].items()}},
-        "ground_truth_renders": truth,
-        "ground_truth_through_vae": through_vae,
+        **truth,
         "preferences": {"pairs": len(prefs), "prompts": len(splits.train),
                         "label_agreement_with_oracle": sum(agree) / len(agree),
                         "mean_abs_reward_gap": float(torch.tensor(prefs["reward_0"]).sub(
