@@ -23,6 +23,7 @@ import copy
 import importlib
 import inspect
 import math
+import re
 import sys
 
 import pytest
@@ -195,6 +196,17 @@ def test_a_method_of_an_unknown_data_kind_is_refused(scratch_registries):
         class Kindless(AlignmentMethod, name="throwaway-method", needs_reference=True, config=DPOConfig):
             pass
     assert "throwaway-method" not in METHODS
+
+
+@pytest.mark.parametrize(("base", "registry", "keywords"), DECLARATIONS[:2], ids=lambda x: getattr(x, "__name__", None))
+def test_a_plugin_on_an_unknown_schedule_is_refused(scratch_registries, base, registry, keywords):
+    """Methods and samplers declare their noise schedules from `bench.core.schedules` (one check for both)."""
+    before = registry.names()
+    for schedules in (("ode",), (), ("vp", "edm")):
+        with pytest.raises(ValueError, match=re.escape(f"Odd.schedules must be some of ('vp', 'flow'), got {schedules!r}")):
+            class Odd(base, name="throwaway-odd", schedules=schedules, **keywords):
+                pass
+    assert registry.names() == before
 
 
 @pytest.mark.parametrize(("base", "registry", "keywords"), DECLARATIONS, ids=lambda x: getattr(x, "__name__", None))

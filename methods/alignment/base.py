@@ -44,6 +44,7 @@ import torch
 from bench.core.backbone import SPACES, Backbone, Conditioning
 from bench.core.config import EvalConfig
 from bench.core.registry import Registry
+from bench.core.schedules import SCHEDULES, check_declared_schedules, require_schedule
 from methods.checks import require
 from methods.shards import sample_levels, sample_noise
 
@@ -67,20 +68,10 @@ class MethodConfig:
         require(self.loss_space in LOSS_SPACES, "loss_space", f"one of {LOSS_SPACES}", self.loss_space)
 
 
-SCHEDULES = ("vp", "flow")  # the noise schedules a method may train on: variance-preserving (SD 1.5, SDXL) or flow
-
-
 def _check_data_kind(cls: type[AlignmentMethod]) -> None:
     if getattr(cls, "data_kind", None) not in DATA_KINDS:
         raise ValueError(f"{cls.__name__}.data_kind must be one of {DATA_KINDS}")
-    if not cls.schedules or set(cls.schedules) - set(SCHEDULES):
-        raise ValueError(f"{cls.__name__}.schedules must be some of {SCHEDULES}, got {cls.schedules}")
-
-
-def schedule_of(native_space: str) -> str:
-    """The schedule of a backbone whose native prediction space is `native_space` (flow predictions need a flow
-    schedule, and a flow schedule's models predict velocities: `bench.core.backbone`)."""
-    return "flow" if native_space == "flow" else "vp"
+    check_declared_schedules(cls)
 
 
 def resolve_loss_space(loss_space: str, native_space: str) -> str:
@@ -152,11 +143,7 @@ class AlignmentMethod(ABC):
         """ValueError (one line) unless the method, as configured, trains on the schedule of a backbone with this
         native space (its class's `schedules`; a method may add what its settings need): a capability, checked when a
         run is planned and again by the Trainer."""
-        if schedule_of(native_space) not in self.schedules:
-            needs = {"flow": "flow-matching backbones (x_σ = (1 − σ) x0 + σ ε, e.g. SD3)",
-                     "vp": "variance-preserving backbones (SD 1.5, SDXL)"}[self.schedules[0]]
-            raise ValueError(f"{self.name} trains {needs}; this pipeline predicts {native_space} on a "
-                             f"{schedule_of(native_space)} schedule")
+        require_schedule(self.name, "trains", self.schedules, native_space)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

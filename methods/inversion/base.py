@@ -40,22 +40,9 @@ import torch
 
 from bench.core.backbone import Backbone, Conditioning
 from bench.core.registry import Registry
+from bench.core.schedules import SCHEDULES, check_declared_schedules, require_schedule
 
 SAMPLERS: Registry[type[InversionSampler]] = Registry("sampler", entry_point_group="diffusion_align_bench.samplers")
-SCHEDULES = ("vp", "flow")  # the noise schedules a sampler may be defined on: variance-preserving, or flow matching
-
-
-def schedule_of(native_space: str) -> str:
-    """The schedule of a backbone whose native prediction space is `native_space` (as `methods.alignment.base`'s: a
-    flow-matching model predicts the velocity, every VP model something else)."""
-    return "flow" if native_space == "flow" else "vp"
-
-
-def _check_schedules(cls: type) -> None:
-    if not cls.schedules or set(cls.schedules) - set(SCHEDULES):
-        raise ValueError(f"{cls.__name__}.schedules must be some of {SCHEDULES}, got {cls.schedules}")
-
-
 @dataclass(frozen=True)
 class StoredSize:
     """What an inversion keeps for its reconstruction, per image, in latents (C·h·w numbers each):
@@ -130,17 +117,13 @@ class InversionSampler(ABC):
     def __init_subclass__(cls, **keywords):
         super().__init_subclass__()
         SAMPLERS.declare(cls, keywords, ("name", "Config", "exact", "stochastic", "max_steps", "schedules"),
-                         check=_check_schedules)
+                         check=check_declared_schedules)
 
     @classmethod
     def check_schedule(cls, native_space: str) -> None:
         """ValueError (one line) unless the sampler is defined on the schedule of a backbone with this native space
         (`Backbone.native_space`): a capability, as `AlignmentMethod.check_schedule`."""
-        if schedule_of(native_space) not in cls.schedules:
-            needs = {"flow": "flow-matching backbones (x_σ = (1 − σ) x0 + σ ε, e.g. SD3)",
-                     "vp": "variance-preserving backbones (SD 1.5, SDXL)"}[cls.schedules[0]]
-            raise ValueError(f"{cls.name} inverts {needs}; this pipeline predicts {native_space} on a "
-                             f"{schedule_of(native_space)} schedule")
+        require_schedule(cls.name, "inverts", cls.schedules, native_space)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
