@@ -172,7 +172,7 @@ def run(
     from bench.harness.dryrun import dry_run as plan_dry_run  # deferred: loads diffusers
     from bench.harness.dryrun import report_notes, report_tables
     from bench.harness.requests import ScorerArgs, parse_key_values, run_request, set_threads
-    from bench.harness.run import execute, summary
+    from bench.harness.run import check_launch, execute, summary
     from bench.results.tables import write_run_tables
 
     try:
@@ -193,6 +193,8 @@ def run(
                 write_json_atomic(json_path, report.to_dict())
                 console.print(f"dry-run report written to {json_path}")
             return
+        check_launch(jobs, launcher)
+        set_threads(threads)
         if processes().is_main_process:
             console.print(f"suite [bold]{suite}[/]: {the_suite.description}; budget "
                           f"{', '.join(map(str, plan.budgets))} per method; records in {plan.run_dir}", highlight=False)
@@ -202,7 +204,6 @@ def run(
             console.print(f"  {record['method']:>6}  {the_suite.primary_metric} {stat['mean']:.3f} "
                           f"[{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]  -> {path}", highlight=False)
 
-        set_threads(threads)
         paths = execute(plan, on_record=announce, jobs=jobs, launcher=launcher,
                         launcher_args=parse_key_values(launcher_arg, "--launcher-arg", "timeout_min=240"))
     except _user_errors() as err:
@@ -247,10 +248,12 @@ def tune(
     several seeds and report them on test prompts."""
     _quiet_libraries()
     from bench.harness.requests import tune_request  # deferred: loads diffusers and optuna
+    from bench.harness.run import check_launch
     from bench.harness.tune import suite_defaults
     from bench.harness.tune import tune as run_tune
 
     try:
+        check_launch(jobs)
         plan = tune_request(suite, methods=methods, trials=trials, budget=budget, objective=objective, seed=seed,
                             storage=storage, run_dir=run_dir, resume=resume, progress=not quiet,
                             final_seeds=final_seeds, final_budgets=final_budgets, method_args=method_arg,
@@ -330,36 +333,51 @@ def invert(
     console.print(f"records, table and figures in {out}")
 
 
+SPEED_SAMPLERS = {"vp": "ddim,edict,bdia,belm",  # `bench speed`'s default samplers per schedule (DDIM, the reference,
+                  "flow": "euler,rf-solver,fireflow,bdia,rex"}  # is timed first either way)
+
+
 @app.command()
 def speed(
-    samplers: str = typer.Option("ddim,edict,bdia,belm", help="comma-separated inversion samplers"),
+    samplers: str = typer.Option(None, help="comma-separated inversion samplers; default: "
+                                 f"{SPEED_SAMPLERS['vp']} (flow pipelines: {SPEED_SAMPLERS['flow']})"),
     steps: int = typer.Option(50, help="sampling steps"),
     images: int = typer.Option(8, help="batch of toy renders inverted at once"),
     dtype: str = typer.Option("float32", help="float32 or float64"),
     repeats: int = typer.Option(3, help="timed round trips per sampler (median reported)"),
-    pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the toy pipeline)"),
+    pipeline: str = typer.Option(None, help="pipeline directory or hub id (default: the suite's)"),
     json_path: Path = typer.Option(None, "--json", callback=_output_file, help="also write the timings here"),
     methods: str = typer.Option(None, "--methods", "-m", help="time these alignment methods' optimizer steps instead "
                                 "(seconds per step against the UNet compute of its calls), e.g. grpo,ddpo,dpo"),
-    suite: str = typer.Option("toy", help="--methods: the suite they train on"),
+    suite: str = typer.Option("toy", help="whose pipeline inverts (e.g. toy-flow); with --methods, the suite they "
+                              "train on"),
     train_steps: int = typer.Option(3, help="--methods: optimizer steps timed per method (median reported)"),
     warmup: int = typer.Option(1, help="--methods: untimed optimizer steps first"),
 ) -> None:
-    """Inversion speed: seconds per image, ratio to DDIM and overhead over the UNet compute floor (medians); with
+    """Inversion speed on the suite's pipeline: seconds per image, ratio to DDIM and overhead over the denoiser's
+    compute floor (medians); with
     --methods, each method's seconds per optimizer step against the same floor."""
     _quiet_libraries()
     if methods:
         return _method_speed(methods, suite, train_steps, warmup, repeats, json_path)
+    from bench.core.schedules import schedule_of
     from bench.harness.invert import InvertConfig, load_inputs, speed_record  # deferred: loads diffusers
+    from bench.harness.suites import get_suite
     from bench.results.inversion import speed_table
+    from methods.inversion import SAMPLERS
 
     try:
-        names = split_list(samplers)
-        cfg = InvertConfig(samplers=tuple(names), steps=steps, dtype=dtype, repeats=repeats)
-        backbone, pixels, prompts = load_inputs(pipeline, count=images)
-    except (ValueError, *_user_errors()) as err:
+        settings = dict(steps=steps, dtype=dtype, repeats=repeats)
+        cfg = InvertConfig(samplers=tuple(split_list(samplers)), **settings) if samplers else None  # before loading
+        backbone, pixels, prompts = load_inputs(pipeline or get_suite(suite).pipeline, count=images)
+        cfg = cfg or InvertConfig(samplers=tuple(split_list(SPEED_SAMPLERS[schedule_of(backbone.native_space)])),
+                                  **settings)
+        names = list(cfg.samplers)
+        for name in ("ddim", *names):  # the reference and each sampler, before any work (as `bench invert`)
+            SAMPLERS.get(name).check_schedule(backbone.native_space)
+        record = speed_record(backbone, pixels, prompts, cfg)
+    except (ValueError, *_user_errors()) as err:  # ValueError: also a sampler with no step on this level path
         _fail(str(err))
-    record = speed_record(backbone, pixels, prompts, cfg)
     _print_table(speed_table(record, names), f"inversion speed: batch {images}, {steps} steps, guidance 1, {dtype}, "
                                              f"median of {repeats}, t_fwd {record['records'][0]['t_fwd'] * 1e3:.1f} ms")
     if json_path is not None:

@@ -32,6 +32,7 @@ def in_tmp(tmp_path, monkeypatch, tiny_toy_dir):
     (["run", "--method-arg", "kto.beta=2", "--methods", "dpo"], "not in --methods"),
     (["run", "--seeds", "a,b"], "--seeds"),
     (["run", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["run", "--launcher", "sge"], "--launcher 'sge': expected one of local, slurm, submitit-local"),
     (["run", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["run", "--resume"], "--resume needs --run-dir"),
     (["run", "--methods", "dpo", "--budget", "100nfe"], "smaller than one dpo step (128 nfe"),
@@ -52,6 +53,7 @@ def test_bad_input_exits_2_and_writes_nothing(in_tmp, args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+    assert "records in" not in result.output  # refused before the run is announced
     assert list(in_tmp.iterdir()) == []
 
 

@@ -41,8 +41,31 @@ def test_invert_rejects_bad_arguments(tmp_path):
         result = runner.invoke(app, ["invert", *args, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "x").exists()
-    result = runner.invoke(app, ["speed", "--images", "0"])
-    assert result.exit_code == 2 and "--images 0" in result.output, result.output
+    for args, message in ((["--images", "0"], "--images 0"), (["--suite", "nope"], "unknown suite 'nope'"),
+                          (["--samplers", "eulr"], "did you mean 'euler'"),
+                          (["--samplers", "euler"], "euler inverts flow-matching backbones"),
+                          (["--suite", "toy-flow", "--samplers", "belm"], "belm cannot invert to level 1000")):
+        result = runner.invoke(app, ["speed", *args, "--json", str(tmp_path / "speed.json")])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "speed.json").exists()
+
+
+def test_speed_times_the_suites_pipeline_with_its_schedules_default_samplers(tmp_path):
+    """`bench speed --suite toy-flow`: DDIM (the reference) and the flow defaults, each with the NFE its docstring
+    states at 3 steps (Euler 1 call a step, RF-Solver 2, FireFlow N + 1, Rex 2 a step to invert and 2N − 1 to
+    reconstruct, BDIA N to invert and N − 1 to reconstruct from its pair), times relative to DDIM's."""
+    from bench.cli import SPEED_SAMPLERS
+
+    out = tmp_path / "speed.json"
+    result = runner.invoke(app, ["speed", "--suite", "toy-flow", "--steps", "3", "--images", "1", "--repeats", "1",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    records = {r["sampler"]: r for r in json.loads(out.read_text())["records"]}
+    assert list(records) == ["ddim", *SPEED_SAMPLERS["flow"].split(",")]
+    nfe = {name: (r["nfe_invert"], r["nfe_reconstruct"]) for name, r in records.items()}
+    assert nfe == {"ddim": (3, 3), "euler": (3, 3), "rf-solver": (6, 6), "fireflow": (4, 4), "bdia": (3, 2),
+                   "rex": (6, 5)}
+    assert records["ddim"]["time_vs_ddim"] == 1 and all(r["time_vs_ddim"] > 0 for r in records.values())
 
 
 def test_invert_on_the_flow_toy_exact_and_approximate_samplers():

@@ -175,6 +175,8 @@ def test_tune_refuses_bad_requests(in_tmp):
     result = runner.invoke(app, ["tune", "--methods", "sft", "--run-dir", "nowhere", "--resume"])
     assert result.exit_code == 2 and "holds no sweep" in result.output
     assert not (in_tmp / "nowhere").exists()
+    result = runner.invoke(app, ["tune", "--methods", "sft", "--jobs", "0"])  # before the study is announced
+    assert result.exit_code == 2 and result.output.strip() == "error: --jobs must be >= 1, got 0", result.output
 
 
 def _thread_pool(monkeypatch):

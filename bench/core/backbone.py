@@ -380,11 +380,8 @@ class Backbone:
         open_clip's vocabulary (the toy pipeline ships that way: no third-party files in the repo).
         """
         source = str(path_or_id)
+        Backbone.check_source(source)
         local = Path(source).is_dir()
-        if not local and os.path.exists(source):
-            raise BackboneLoadError(f"pipeline path {source!r} is not a directory")
-        if not local and (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1):
-            raise BackboneLoadError(f"pipeline directory {source!r} does not exist")
         text_encoder_3 = tokenizer_3 = None
         try:
             index = DiffusionPipeline.load_config(source)
@@ -529,6 +526,19 @@ class Backbone:
     def native_space(self) -> str:
         """The space the denoiser predicts in, what it was trained to regress: "eps", "v", "x0" or "flow" (`SPACES`)."""
         return space_of(self.prediction_type)
+
+    @staticmethod
+    def check_source(path_or_id: str | os.PathLike) -> None:
+        """BackboneLoadError (one line) unless `path_or_id` can name a pipeline: a directory, or a hub id (a path
+        that looks local, absolute, relative or with more than one "/", must exist as a directory). Cheap: a run
+        checks it before announcing itself; `from_pretrained` checks it again."""
+        source = str(path_or_id)
+        if Path(source).is_dir():
+            return
+        if os.path.exists(source):
+            raise BackboneLoadError(f"pipeline path {source!r} is not a directory")
+        if os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1:
+            raise BackboneLoadError(f"pipeline directory {source!r} does not exist")
 
     @staticmethod
     def native_space_of(path_or_id: str | os.PathLike) -> str | None:

@@ -62,6 +62,15 @@ def _split_files(root: Path, split: str) -> list[str]:
     return chosen or [str(f) for f in files]
 
 
+def check_data_source(source: str | os.PathLike) -> None:
+    """DataError (one line) when `source` names a local path (absolute, relative, "~", or a .parquet file) that does
+    not exist: a run checks it before announcing itself; anything else is for `load_pickapic` to load."""
+    text = str(source)
+    if not Path(text).exists() and (os.path.isabs(text) or text.startswith((".", "~")) or text.endswith(".parquet")):
+        raise DataError(f"cannot load preference data {text!r}: no such file or directory. Pass a local parquet file "
+                        "or directory in the Pick-a-Pic v2 schema, or a hub id that is in the cache.")
+
+
 def load_pickapic(source: str | os.PathLike, split: str = "train") -> datasets.Dataset:
     """Pick-a-Pic-v2-schema data from a parquet file, a directory of parquet files, a
     `save_to_disk` directory, or a hub dataset id (read from the local cache when offline)."""

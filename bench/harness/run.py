@@ -48,7 +48,7 @@ from bench.core.records import (
     read_record,
     write_json_atomic,
 )
-from bench.harness.data import encode_preferences, load_pickapic, png_bytes, preference_pairs
+from bench.harness.data import check_data_source, encode_preferences, load_pickapic, png_bytes, preference_pairs
 from bench.harness.evaluation import EvalResult, SetEvaluation, aggregate, compare_to_base, evaluate, evaluation_set
 from bench.harness.prompts import prompt_digest, resolve_prompts
 from bench.harness.reward import ScorerReward, parse_reward
@@ -197,6 +197,9 @@ def plan_run(suite: Suite, method_names: list[str], *, budgets: list[Budget] | N
     budgets = budgets or [suite.budget]
     if len(set(budgets)) != len(budgets):
         raise RunSetupError(f"a budget is listed twice: {', '.join(map(str, budgets))}")
+    Backbone.check_source(pipeline or suite.pipeline)  # mistyped paths, before the run is announced
+    if preference_data is not None:
+        check_data_source(preference_data)
     embedded_guidance = Backbone.embeds_guidance_of(pipeline or suite.pipeline)  # FLUX.1-dev: a guided forward is 1 NFE
     for budget in budgets:
         for name, method in methods.items():
@@ -406,6 +409,15 @@ def record_name(method: str, budget: Budget, seed: int) -> str:
 LAUNCHERS = ("local", "slurm", "submitit-local")  # where the runs of --jobs / a cluster grid execute
 
 
+def check_launch(jobs: int, launcher: str = "local") -> None:
+    """RunSetupError (one line) unless `jobs` and `launcher` are ones `execute` takes; the CLI checks them before it
+    announces a run."""
+    if jobs < 1:
+        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
+    if launcher not in LAUNCHERS:
+        raise RunSetupError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+
+
 def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int = 1, launcher: str = "local",
             launcher_args: dict | None = None) -> list[Path]:
     """Run the plan; returns the record paths in order (base first, then per budget, seed and method).
@@ -418,10 +430,7 @@ def execute(plan: RunPlan, *, on_record=None, trainer_callbacks=None, jobs: int 
     submits each chain as a Slurm job through submitit (`launcher_args`: submitit's parameters, e.g.
     slurm_partition, gpus_per_node, timeout_min), all writing to this (shared) run directory; "submitit-local" runs
     the same path as local processes."""
-    if jobs < 1:
-        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
-    if launcher not in LAUNCHERS:
-        raise RunSetupError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    check_launch(jobs, launcher)
     state = processes()
     if jobs > 1 and state.num_processes > 1:
         raise RunSetupError("--jobs runs independent runs in worker processes; it cannot be combined with a "

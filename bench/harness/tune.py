@@ -46,7 +46,7 @@ from bench.core.config import TrainConfig
 from bench.core.progress import progress_bar
 from bench.core.records import TUNING, new_record, read_record, write_json_atomic
 from bench.core.search_space import Space, search_space
-from bench.harness.run import RunPlan, RunSetupError, execute, parse_method_specs, plan_run
+from bench.harness.run import RunPlan, RunSetupError, check_launch, execute, parse_method_specs, plan_run
 from bench.harness.suites import Suite
 from methods.alignment import METHODS
 from metrics import SCORERS
@@ -308,8 +308,7 @@ def tune_methods(plan: TunePlan, methods: list[str], *, jobs: int = 1, on_method
     every trial), calling `on_method(method, summary)` as each method's sweep completes. `jobs` > 1 runs trials in
     that many worker processes (see the module docstring: the same trials and values as `jobs=1`). A failed trial is
     told failed and raised once the trials running next to it have finished (and been told)."""
-    if jobs < 1:
-        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
+    check_launch(jobs)
     sweeps = [_Sweep(plan, method) for method in methods]
     summaries: dict[str, dict] = {}
     worker_plan = dataclasses.replace(plan, progress=False) if jobs > 1 else plan  # workers' bars would interleave
@@ -404,8 +403,7 @@ def tune(plan: TunePlan, *, final: bool = True, jobs: int = 1) -> dict:
     """Tune every method, write `tune.json` (atomically, as each method's sweep completes), then retrain the best
     settings on the final seeds and budgets and evaluate them on the test prompts (`final/`). `jobs` > 1: trials and
     final runs in that many worker processes, with the same trials, values and records (module docstring)."""
-    if jobs < 1:
-        raise RunSetupError(f"--jobs must be >= 1, got {jobs}")
+    check_launch(jobs)
     out = {"suite": plan.suite.name, "budget": str(plan.budget), "trials": plan.trials, "objective": plan.objective,
            "seed": plan.seed, "split": "validation", "storage": plan.storage or "tune.db", "methods": {}}
     tuned: dict[str, dict] = {}
