@@ -519,10 +519,12 @@ def leaderboard(
 
 @app.command("list")
 def list_registry(
-    name: str = typer.Argument(None, help="a method, sampler or metric: list its settings (type, default, help)"),
+    name: str = typer.Argument(None, help="a method, sampler or metric: list its settings (type, default, help); a "
+                               "suite: what its runs use"),
 ) -> None:
     """List the registered alignment methods, inversion samplers, metrics and suites; with NAME, that plugin's
-    settings: every field of its Config with type, default and help (and, for a method, what `bench tune` searches)."""
+    settings: every field of its Config with type, default and help (and, for a method, what `bench tune` searches),
+    or a suite's pipeline, data, prompts, metrics, budget, recipe and per-method settings."""
     from bench.harness.catalog import catalog, plugin_settings  # deferred: the registries import their plugins
 
     if name is None:

@@ -222,6 +222,28 @@ def test_list_name_prints_the_fields_with_their_help(name, config_cls, field_nam
 def test_list_of_an_unknown_name_suggests_the_nearest():
     result = runner.invoke(app, ["list", "bdai"])
     assert result.exit_code == 2 and "unknown plugin 'bdai'; did you mean 'bdia'?" in result.output
+    result = runner.invoke(app, ["list", "toy-flw"])
+    assert result.exit_code == 2 and "did you mean 'toy-flow'?" in result.output
+
+
+def test_list_suite_shows_what_its_runs_use():
+    """`bench list toy-flow`: the suite's budget, evaluation and each method's settings with where they were tuned
+    (this pipeline's own tuning run, or the SD toy's for a method it did not tune); methods that cannot train on its
+    flow schedule are named apart, not listed with settings."""
+    suite = get_suite("toy-flow")
+    result = runner.invoke(app, ["list", "toy-flow"])
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    dpo, mapo = suite.method_args["dpo"], suite.method_args["mapo"]
+    assert (f"dpo: beta={dpo['beta']:.3g}, train.lr={suite.train_args['dpo']['lr']:.3g} [tuned on toy-flow, 8 trials "
+            "of 40000nfe]") in lines
+    assert any(line.startswith(f"mapo: beta={mapo['beta']:.3g}, gamma={mapo['gamma']:.3g}, ") and "[tuned on toy, "
+               in line for line in lines)
+    vp_only = sorted(name for name, cls in METHODS.items() if cls.schedules == ("vp",))
+    assert vp_only and f"not for this pipeline's flow schedule: {', '.join(vp_only)}" in lines
+    assert "budget per method: 40000nfe; dtype fp32" in lines and "test prompts (reported): 64 prompts" in lines
+    real = " ".join(runner.invoke(app, ["list", "sd15-pickapic"]).output.split())
+    assert "test prompts (reported): column 'caption' of yuvalkirstain/pickapic_v2 (test_unique split)" in real
 
 
 # ----------------------------------------------------------------------------------------------- old run directories

@@ -1,13 +1,18 @@
-"""What `bench list` shows: the registered methods, samplers, metrics and suites, and one plugin's settings."""
+"""What `bench list` shows: the registered methods, samplers, metrics and suites, one plugin's settings, and what one
+suite runs with."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
+from bench.core.backbone import Backbone
 from bench.core.config import TrainConfig, field_rows
 from bench.core.registry import UnknownNameError
+from bench.core.schedules import schedule_of
 from bench.core.search_space import search_space
-from bench.harness.suites import SUITES
+from bench.harness.prompts import PromptSource
+from bench.harness.suites import SUITES, Suite, get_suite
 from methods.alignment import METHODS
 from methods.inversion import SAMPLERS
 from metrics import SCORERS
@@ -31,12 +36,12 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
 
 def plugin_settings(name: str) -> list[list[str]]:
     """For each kind of plugin called `name` (a sampler and a metric may share a name): a title line, then each field
-    of its Config (type, default, what `bench tune` searches) with its help, then how to set them.
-    UnknownNameError, naming the nearest plugin, if none is called `name`."""
+    of its Config (type, default, what `bench tune` searches) with its help, then how to set them; for a suite, what
+    its runs use (`suite_settings`). UnknownNameError, naming the nearest plugin or suite, if none is called `name`."""
     found = [(kind, registry, flag) for kind, registry, flag in PLUGINS if name in registry]
-    if not found:
-        raise UnknownNameError("plugin", name, sorted(entry for _, registry, _ in PLUGINS for entry in registry))
-    blocks = []
+    if not found and name not in SUITES:
+        raise UnknownNameError("plugin", name, sorted({*SUITES, *(e for _, registry, _ in PLUGINS for e in registry)}))
+    blocks = [suite_settings(get_suite(name))] if name in SUITES else []
     for kind, registry, flag in found:
         cls = registry.get(name)
         lines = [f"{kind} {name}: {summary(cls)}"]
@@ -51,3 +56,52 @@ def plugin_settings(name: str) -> list[list[str]]:
                          f"(--train-arg {name}.lr=VALUE sets it)")
         blocks.append(lines)
     return blocks
+
+
+def _prompts(prompts: tuple[str, ...] | PromptSource) -> str:
+    if isinstance(prompts, PromptSource):
+        limit = f", at most {prompts.limit}" if prompts.limit else ""
+        return f"column {prompts.column!r} of {prompts.dataset} ({prompts.split} split{limit}), loaded when a run starts"
+    return f"{len(prompts)} prompts"
+
+
+def _settings(values: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def suite_settings(suite: Suite) -> list[str]:
+    """What `bench run --suite NAME` uses: pipeline, data, prompt splits, metrics, budget, training and evaluation
+    recipe, and each method's settings over its defaults, marked where they come from the suite's tuning run."""
+    native_space = Backbone.native_space_of(suite.pipeline)  # None: a hub id not in the cache
+    lines = [f"suite {suite.name}: {suite.description}",
+             f"  pipeline: {suite.pipeline}",
+             f"  preference data: {suite.preference_data} (split {suite.preference_split!r}"
+             + (f", at most {suite.max_pairs} pairs)" if suite.max_pairs else ")"),
+             f"  test prompts (reported): {_prompts(suite.eval_prompts)}",
+             f"  validation prompts (bench tune): {_prompts(suite.validation_prompts)}",
+             f"  metrics: {', '.join(suite.metrics)} (primary: {suite.primary_metric})"
+             + (f"; set metrics: {', '.join(suite.set_metrics)} against {suite.reference}" if suite.set_metrics else ""),
+             f"  budget per method: {suite.budget}; dtype {suite.dtype}",
+             f"  evaluation: {_settings(dataclasses.asdict(suite.eval))}",
+             f"  training: {_settings(dataclasses.asdict(suite.train))}",
+             f"  default methods: {', '.join(suite.default_methods)}",
+             "  method settings over each method's defaults (tuned on SUITE: chosen by `bench tune` on that suite's "
+             "validation prompts):"]
+    refused = []
+    for label in sorted({*suite.method_args, *suite.train_args}):
+        method = suite.variants.get(label, label)
+        try:
+            if native_space is not None:
+                METHODS.get(method)().check_schedule(native_space)
+        except ValueError:
+            refused.append(label)
+            continue
+        given = {**suite.method_args.get(label, {}), **{f"train.{k}": v for k, v in suite.train_args.get(label, {}).items()}}
+        tuning = suite.tuning.get(label)
+        origin = (f"tuned on {tuning.get('study', suite.name).split('/')[0]}, {tuning['trials']} trials of "
+                  f"{tuning['budget_per_trial']}" if tuning else "the suite's recipe")
+        lines.append(f"    {label}{f' (= {method})' if method != label else ''}: {_settings(given) or '-'} [{origin}]")
+    if refused:
+        lines.append(f"  not for this pipeline's {schedule_of(native_space)} schedule: {', '.join(refused)}")
+    lines.append(f"run with: bench run --suite {suite.name} --methods {','.join(suite.default_methods)}")
+    return lines
