@@ -238,3 +238,25 @@ def test_the_toy_suites_base_evaluation_is_shipped_with_the_build(monkeypatch, t
     assert record["set_metrics"] == shipped["set_metrics"] and set(record["set_metrics"]) == set(suite.set_metrics)
     assert len(shipped["evaluation"]["scores"]["oracle"]) == 256
     assert record["config"] == plan.config() and not (tmp_path / "empty-cache" / "base").exists()
+
+
+def test_the_environment_names_the_cpu_model(monkeypatch, tmp_path):
+    """Records carry the CPU's model next to the thread count (multi-threaded results differ between CPU models):
+    /proc/cpuinfo's first "model name" on Linux, else `platform.processor()`, else None."""
+    import builtins
+    import platform
+
+    from bench.core import records
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\n"
+                       "model name\t: AMD EPYC 7B13\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
+                                                                           *a, **k))
+    assert records.environment()["hardware"]["cpu"] == "AMD EPYC 7B13"
+    cpuinfo.unlink()  # no /proc/cpuinfo (macOS, Windows): the platform's own name, or None
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert records.cpu_model() == "arm"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert records.cpu_model() is None
