@@ -296,7 +296,7 @@ def invert(
 ) -> None:
     """Invert and reconstruct the same images with each sampler: error, NFE, time, overhead vs the compute floor."""
     _quiet_libraries()
-    from bench.harness.invert import InvertConfig, invert_record, load_inputs  # deferred: loads diffusers
+    from bench.harness.invert import InvertConfig, check_schedules, invert_record, load_inputs  # deferred: diffusers
     from bench.harness.suites import get_suite
     from bench.results.inversion import write_inversion
     from bench.results.report import three_significant
@@ -312,8 +312,7 @@ def invert(
                            sampler_configs=parse_plugin_configs(sampler_arg, "--sampler-arg", SAMPLERS, names,
                                                                 where="--samplers"))
         backbone, pixels, prompts = load_inputs(pipeline or get_suite(suite).pipeline, images_dir, prompt, images)
-        for name in names:  # e.g. a flow-only sampler on a VP pipeline: before any work
-            SAMPLERS.get(name).check_schedule(backbone.native_space)
+        check_schedules(names, backbone.native_space)
     except (ValueError, FileNotFoundError, *_user_errors()) as err:
         _fail(str(err))
     try:
@@ -355,16 +354,14 @@ def speed(
     warmup: int = typer.Option(1, help="--methods: untimed optimizer steps first"),
 ) -> None:
     """Inversion speed on the suite's pipeline: seconds per image, ratio to DDIM and overhead over the denoiser's
-    compute floor (medians); with
-    --methods, each method's seconds per optimizer step against the same floor."""
+    compute floor (medians); with --methods, each method's seconds per optimizer step against the same floor."""
     _quiet_libraries()
     if methods:
         return _method_speed(methods, suite, train_steps, warmup, repeats, json_path)
     from bench.core.schedules import schedule_of
-    from bench.harness.invert import InvertConfig, load_inputs, speed_record  # deferred: loads diffusers
+    from bench.harness.invert import InvertConfig, check_schedules, load_inputs, speed_record  # deferred: diffusers
     from bench.harness.suites import get_suite
     from bench.results.inversion import speed_table
-    from methods.inversion import SAMPLERS
 
     try:
         settings = dict(steps=steps, dtype=dtype, repeats=repeats)
@@ -373,8 +370,7 @@ def speed(
         cfg = cfg or InvertConfig(samplers=tuple(split_list(SPEED_SAMPLERS[schedule_of(backbone.native_space)])),
                                   **settings)
         names = list(cfg.samplers)
-        for name in ("ddim", *names):  # the reference and each sampler, before any work (as `bench invert`)
-            SAMPLERS.get(name).check_schedule(backbone.native_space)
+        check_schedules(("ddim", *names), backbone.native_space)  # the reference too
         record = speed_record(backbone, pixels, prompts, cfg)
     except (ValueError, *_user_errors()) as err:  # ValueError: also a sampler with no step on this level path
         _fail(str(err))

@@ -105,6 +105,13 @@ def held_out_images(count: int) -> tuple[torch.Tensor, list[str]]:
     return render_dataset(held_out_combos(count), 1, seed=0)
 
 
+def check_schedules(samplers, native_space: str) -> None:
+    """ValueError (one line) naming the first of `samplers` not defined on the schedule of a backbone predicting
+    `native_space` (e.g. a flow-only sampler on a VP pipeline): checked before any work."""
+    for name in samplers:
+        SAMPLERS.get(name).check_schedule(native_space)
+
+
 def load_inputs(pipeline: str | None = None, images_dir: Path | None = None, prompt: str = "",
                 count: int = 8) -> tuple[Backbone, torch.Tensor, list[str]]:
     """(backbone, images (N, 3, H, W), prompts) to invert: the pipeline `pipeline` (default: the toy suite's) and
