@@ -283,5 +283,6 @@ def test_a_run_of_doodl_records_its_inference_cost_and_batches_its_images(tmp_pa
     assert record["inference"]["nfe_per_image"] == record["inference"]["declared_nfe_per_image"] \
         == declared.max_nfe_per_image()
     assert record["budget"]["usage"]["nfe"] == 0 and record["training"]["steps"] == 0
-    for metric, scores in record["evaluation"]["scores"].items():
-        assert scores == pytest.approx(records[1]["evaluation"]["scores"][metric], abs=1e-4), metric
+    for metric, scores in record["evaluation"]["scores"].items():  # float32 scores up to ~40: relative, as abs 1e-4
+        # alone failed by 1.07e-4 on an AMD EPYC machine (at the commit before this change too)
+        assert scores == pytest.approx(records[1]["evaluation"]["scores"][metric], rel=1e-5, abs=1e-4), metric
